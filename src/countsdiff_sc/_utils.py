@@ -1,0 +1,145 @@
+"""Small helpers shared by every layer that touches AnnData: matrix access, validation, provenance records.
+
+Nothing here imports scvi-tools or torch, so pp/, metrics/ and model/ can all use it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+UNS_KEY = "countsdiff"
+METRICS_UNS_KEY = "countsdiff_metrics"
+
+
+def get_matrix(adata: ad.AnnData, layer: str | None = None) -> np.ndarray | sp.spmatrix:
+    """Return ``adata.X`` or ``adata.layers[layer]`` (not a copy), with a helpful error for a missing layer.
+
+    Parameters
+    ----------
+    adata
+        The AnnData object.
+    layer
+        Layer name; ``None`` means ``adata.X``.
+
+    Returns
+    -------
+    The stored matrix (dense array or scipy sparse matrix). Callers must not modify it in place.
+    """
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty; pass layer= naming the layer that holds the counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"Layer {layer!r} not found in adata.layers. Available layers: {sorted(adata.layers.keys()) or 'none'}."
+        )
+    return adata.layers[layer]
+
+
+def to_dense(x: Any, dtype: Any = None) -> np.ndarray:
+    """Return a dense numpy copy-or-view of a dense / sparse / backed matrix, optionally cast to ``dtype``."""
+    if sp.issparse(x):
+        out = x.toarray()
+    else:
+        out = np.asarray(x)
+    return out.astype(dtype, copy=False) if dtype is not None else out
+
+
+def check_obs_key(adata: ad.AnnData, key: str) -> None:
+    """Raise a KeyError listing the available obs columns when ``key`` is not one of them."""
+    if key not in adata.obs.columns:
+        raise KeyError(f"Column {key!r} not found in adata.obs. Available columns: {list(adata.obs.columns)}.")
+
+
+def check_counts(x: Any, where: str = "adata.X") -> None:
+    """Raise a ValueError unless ``x`` holds finite, non-negative, integer-valued numbers.
+
+    Accepts dense arrays and scipy sparse matrices (only stored values are inspected) of any numeric dtype.
+    The message says how many entries are bad and where to look, so the user can fix the input.
+
+    Parameters
+    ----------
+    x
+        Matrix to check.
+    where
+        Human-readable location of the matrix used in the error message (e.g. ``"adata.layers['counts']"``).
+    """
+    values = x.data if sp.issparse(x) else np.asarray(x)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {values.dtype}; expected a numeric count matrix.")
+    if values.dtype.kind == "f":
+        n_nonfinite = int(np.count_nonzero(~np.isfinite(values)))
+        if n_nonfinite:
+            raise ValueError(
+                f"{where} contains {n_nonfinite} NaN or infinite entries; countsdiff-sc needs raw integer counts. "
+                "Remove or fill them, or point layer= to the raw counts."
+            )
+    n_negative = int(np.count_nonzero(values < 0))
+    if n_negative:
+        raise ValueError(
+            f"{where} contains {n_negative} negative entries; countsdiff-sc needs raw non-negative counts "
+            "(was the data scaled or centred?). Point layer= to the raw counts."
+        )
+    if values.dtype.kind == "f":
+        n_fractional = int(np.count_nonzero(values != np.floor(values)))
+        if n_fractional:
+            raise ValueError(
+                f"{where} contains {n_fractional} non-integer entries; countsdiff-sc needs raw UMI counts, not "
+                "normalised or log-transformed values. Point layer= to the raw counts (e.g. layer='counts')."
+            )
+
+
+def as_bool_mask(x: Any, shape: tuple[int, int], where: str) -> np.ndarray:
+    """Return a dense boolean copy of a mask-like matrix, checking its shape and that it only holds 0/1 values.
+
+    Parameters
+    ----------
+    x
+        Boolean, or numeric with only 0 and 1, dense or sparse.
+    shape
+        Expected ``(n_obs, n_vars)``.
+    where
+        Location used in error messages (e.g. ``"adata.layers['countsdiff_mask']"``).
+    """
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{where} has shape {tuple(x.shape)}, expected {tuple(shape)} (n_obs, n_vars).")
+    dense = to_dense(x)
+    if dense.dtype == bool:
+        return dense.copy()
+    if dense.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {dense.dtype}; expected a boolean mask.")
+    bad = int(np.count_nonzero((dense != 0) & (dense != 1)))
+    if bad:
+        raise ValueError(f"{where} is not boolean-like: {bad} entries are neither 0 nor 1.")
+    return dense.astype(bool)
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars / arrays / tuples into h5ad-serialisable python or numpy objects."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(v, (int, float, np.integer, np.floating)) for v in value) and value:
+            return np.asarray(value)
+        return json.dumps([_jsonable(v) if not isinstance(v, np.ndarray) else v.tolist() for v in value])
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None:
+        return "None"
+    return value
+
+
+def record_params(adata: ad.AnnData, key: str, params: Mapping[str, Any]) -> None:
+    """Store the parameters of an operation in ``adata.uns["countsdiff"][key]`` in an h5ad-serialisable form.
+
+    ``None`` becomes the string ``"None"`` and lists of non-numbers become JSON strings, because h5py can store
+    neither directly.
+    """
+    store = adata.uns.setdefault(UNS_KEY, {})
+    store[key] = _jsonable(dict(params))

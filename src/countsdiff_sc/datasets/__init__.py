@@ -1,0 +1,8 @@
+"""Bundled real data and the synthetic generators of the papers."""
+
+from __future__ import annotations
+
+from ._real import cbmc, pbmc68k_reduced_counts
+from ._synthetic import synthetic_nb
+
+__all__ = ["cbmc", "pbmc68k_reduced_counts", "synthetic_nb"]

@@ -1,0 +1,1 @@
+"""Subpackage (populated by its modules)."""
