@@ -1,1 +1,53 @@
-"""Subpackage (populated by its modules)."""
+"""Pure-torch count diffusion: p-schedules, loss weights, thinning, the reverse step with attrition, random rounding,
+guidance and the generation / RePaint loops. No AnnData and no scvi-tools in here: everything is testable with
+tensors alone.
+"""
+
+from __future__ import annotations
+
+from ._process import (
+    ATTRITION_KINDS,
+    attrition_rate,
+    binomial,
+    count_loss,
+    guidance_mix,
+    random_round,
+    reverse_step,
+    sigma_max,
+    thin,
+)
+from ._sampling import RateFn, StepCallback, generate, repaint, time_grid
+from ._schedules import (
+    BlackoutSchedule,
+    CosineSchedule,
+    CustomSchedule,
+    DiscreteBlackoutSchedule,
+    PSchedule,
+    get_schedule,
+)
+from ._weights import LOSS_WEIGHTINGS, loss_weight
+
+__all__ = [
+    "ATTRITION_KINDS",
+    "LOSS_WEIGHTINGS",
+    "BlackoutSchedule",
+    "CosineSchedule",
+    "CustomSchedule",
+    "DiscreteBlackoutSchedule",
+    "PSchedule",
+    "RateFn",
+    "StepCallback",
+    "attrition_rate",
+    "binomial",
+    "count_loss",
+    "generate",
+    "get_schedule",
+    "guidance_mix",
+    "loss_weight",
+    "random_round",
+    "repaint",
+    "reverse_step",
+    "sigma_max",
+    "thin",
+    "time_grid",
+]

@@ -1,0 +1,213 @@
+"""Forward thinning, the count loss, random rounding, guidance and the reverse step with attrition.
+
+References are to the CountsDiff paper (../shared/seeds/000): Eq. 4-6, Proposition 3.2 (Eq. 8), Sec. 3.4 and 3.5.
+All functions are pure torch and vectorised over any tensor shape.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "ATTRITION_KINDS",
+    "attrition_rate",
+    "binomial",
+    "count_loss",
+    "guidance_mix",
+    "random_round",
+    "reverse_step",
+    "sigma_max",
+    "thin",
+]
+
+ATTRITION_KINDS = ("none", "rescale", "cap", "constant")
+
+_LOG_EPS = 1e-8
+
+
+def binomial(count: torch.Tensor, prob: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Element-wise ``Binomial(count, prob)`` draws as float tensors (``prob`` is clamped to ``[0, 1]``).
+
+    ``count`` must hold non-negative integers (any float dtype); ``prob`` broadcasts against it.
+    """
+    count = count.to(torch.float32)
+    prob = torch.as_tensor(prob, dtype=torch.float32, device=count.device).clamp(0.0, 1.0).expand_as(count)
+    return torch.binomial(count, prob.contiguous(), generator=generator)
+
+
+def thin(x0: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Forward process: ``x_t ~ Binomial(x_0, p(t))`` element-wise (Eq. 4).
+
+    Parameters
+    ----------
+    x0
+        Counts, shape ``(n, g)``.
+    p
+        Survival probabilities; shape ``(n, 1)`` (one time per cell) or anything broadcastable to ``x0``.
+    generator
+        Optional torch generator for reproducibility.
+
+    Returns
+    -------
+    Thinned counts ``x_t`` (float tensor, same shape as ``x0``).
+    """
+    return binomial(x0, p, generator)
+
+
+def count_loss(
+    y_hat: torch.Tensor,
+    y: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    reduce: bool = True,
+) -> torch.Tensor:
+    """The CountsDiff loss of Eq. 6 restricted to valid entries.
+
+    Per cell: the mean over valid genes of ``y_hat - y log(y_hat + 1e-8)``; batch: the mean over cells of
+    ``w(t)`` times that. Cells without any valid gene contribute zero.
+
+    Parameters
+    ----------
+    y_hat
+        Predicted rates (positive, softplus already applied), shape ``(n, g)``.
+    y
+        Targets ``x_0 - x_t``, shape ``(n, g)``.
+    valid
+        Boolean (or 0/1) mask of entries that count; all entries when None.
+    weight
+        Per-cell weights ``w(t)``, shape ``(n,)``; 1 when None.
+    reduce
+        Return the batch mean (default) or the per-cell weighted losses.
+
+    Returns
+    -------
+    Scalar loss, or a tensor of shape ``(n,)`` when ``reduce=False``.
+    """
+    term = y_hat - y * torch.log(y_hat + _LOG_EPS)
+    if valid is None:
+        per_cell = term.mean(dim=-1)
+    else:
+        v = valid.to(term.dtype)
+        per_cell = (term * v).sum(dim=-1) / v.sum(dim=-1).clamp_min(1.0)
+    if weight is not None:
+        per_cell = per_cell * weight
+    return per_cell.mean() if reduce else per_cell
+
+
+def random_round(y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Randomised rounding ``floor(y) + Bernoulli(y - floor(y))`` (Sec. 3.5); unbiased, ``E[result] = y``.
+
+    Negative inputs are clamped to zero first (rates are non-negative).
+    """
+    y = y.clamp_min(0.0)
+    lower = torch.floor(y)
+    frac = y - lower
+    u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    return lower + (u < frac).to(y.dtype)
+
+
+def guidance_mix(y_cond: torch.Tensor, y_uncond: torch.Tensor, guidance: float | torch.Tensor) -> torch.Tensor:
+    """Predictor-free guidance on rates: ``y_cond^g * y_uncond^(1 - g)`` (Sec. 3.4), computed in log space.
+
+    ``g = 1`` is purely conditional, ``g = 0`` unconditional, ``g > 1`` extrapolates away from the unconditional
+    rate. ``guidance`` may be a tensor broadcastable to the rates (e.g. one strength per cell).
+    """
+    if not torch.is_tensor(guidance):
+        if guidance == 1.0:
+            return y_cond
+        if guidance == 0.0:
+            return y_uncond
+    log_c = torch.log(y_cond.clamp_min(1e-12))
+    log_u = torch.log(y_uncond.clamp_min(1e-12))
+    return torch.exp(log_u + guidance * (log_c - log_u))
+
+
+def sigma_max(p_t: torch.Tensor, p_s: torch.Tensor) -> torch.Tensor:
+    """Largest admissible attrition ``min(1, (1 - p(s)) / p(t))`` of a step from ``t`` to ``s < t`` (Prop. 3.2)."""
+    return ((1.0 - p_s) / p_t.clamp_min(1e-30)).clamp(0.0, 1.0)
+
+
+def attrition_rate(
+    kind: str, eta: float, p_t: torch.Tensor, p_s: torch.Tensor, dt: float | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attrition ``sigma_{t,s}`` of one reverse step, always within ``[0, sigma_max]``.
+
+    Parameters
+    ----------
+    kind
+        ``"none"``: ``sigma = 0`` (pure-birth, Blackout-style step). ``"rescale"``: ``sigma = eta * sigma_max``
+        (ReMDM-rescale, paper Sec. 3.3; ``eta`` in [0, 1]). ``"cap"``: ``sigma = min(eta, sigma_max)``
+        (ReMDM-cap: a fixed per-step death probability, capped). ``"constant"``: a constant death *rate* ``eta``
+        per unit time, ``sigma = min(1 - exp(-eta (t - s)), sigma_max)``, which, unlike ``"cap"``, does not
+        depend on how many steps the sampler takes.
+    eta
+        Strength of the attrition (non-negative).
+    p_t, p_s
+        Schedule values at the current time ``t`` and the next time ``s < t``.
+    dt
+        Step length ``t - s``; required for ``"constant"``.
+
+    Returns
+    -------
+    Tensor ``sigma`` broadcast from ``p_t`` and ``p_s``.
+    """
+    smax = sigma_max(p_t, p_s)
+    if kind not in ATTRITION_KINDS:
+        raise ValueError(f"Unknown attrition kind {kind!r}; choose one of {ATTRITION_KINDS}.")
+    if eta < 0.0:
+        raise ValueError(f"Attrition strength must be non-negative, got {eta}.")
+    if kind == "none" or eta == 0.0:
+        return torch.zeros_like(smax)
+    if kind == "rescale":
+        if eta > 1.0:
+            raise ValueError(f"ReMDM-rescale attrition needs eta in [0, 1] (sigma = eta * sigma_max), got {eta}.")
+        return eta * smax
+    if kind == "cap":
+        return smax.clamp(max=float(eta))
+    if dt is None:
+        raise ValueError("Constant-rate attrition needs the step length dt = t - s.")
+    dt = torch.as_tensor(dt, dtype=smax.dtype, device=smax.device)
+    return torch.minimum(-torch.expm1(-eta * dt), smax)
+
+
+def reverse_step(
+    x_t: torch.Tensor,
+    y_hat: torch.Tensor,
+    p_t: torch.Tensor,
+    p_s: torch.Tensor,
+    sigma: torch.Tensor | float = 0.0,
+    generator: torch.Generator | None = None,
+    rounding: bool = True,
+) -> torch.Tensor:
+    """One reverse step with attrition from ``t`` to ``s < t`` (Prop. 3.2, Eq. 8; Algorithm 2).
+
+    ``x_s = Binomial(x_t, 1 - sigma) + Binomial(round(y_hat), beta)`` with
+    ``beta = (p(s) - (1 - sigma) p(t)) / (1 - p(t))``. With the oracle ``y_hat = x_0 - x_t`` this preserves the
+    marginal ``x_s ~ Binomial(x_0, p(s))`` for every ``sigma`` in ``[0, sigma_max]``.
+
+    Parameters
+    ----------
+    x_t
+        Current counts.
+    y_hat
+        Predicted number of missing molecules ``x_0 - x_t`` (non-negative; real-valued unless ``rounding=False``).
+    p_t, p_s
+        Schedule values at ``t`` and ``s``; scalars or tensors broadcastable to ``x_t``.
+    sigma
+        Attrition (death probability of each present molecule), within ``[0, sigma_max(p_t, p_s)]``.
+    generator
+        Optional torch generator.
+    rounding
+        Apply :func:`random_round` to ``y_hat`` (Sec. 3.5). Set False only when ``y_hat`` already holds integers.
+
+    Returns
+    -------
+    ``x_s`` as a float tensor of non-negative integers.
+    """
+    p_t = torch.as_tensor(p_t, dtype=torch.float32, device=x_t.device)
+    p_s = torch.as_tensor(p_s, dtype=torch.float32, device=x_t.device)
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x_t.device)
+    beta = (p_s - (1.0 - sigma) * p_t) / (1.0 - p_t).clamp_min(1e-12)
+    births_pool = random_round(y_hat, generator) if rounding else y_hat.clamp_min(0.0)
+    survivors = x_t if not bool((sigma > 0).any()) else binomial(x_t, 1.0 - sigma, generator)
+    return survivors + binomial(births_pool, beta, generator)

@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from countsdiff_sc.diffusion import (
+    BlackoutSchedule,
+    CosineSchedule,
+    attrition_rate,
+    count_loss,
+    generate,
+    guidance_mix,
+    random_round,
+    repaint,
+    reverse_step,
+    sigma_max,
+    thin,
+)
+
+X0_VALUES = torch.tensor([0.0, 1.0, 3.0, 12.0, 40.0])
+N_REP = 6000
+
+
+def _chi2_pvalue(samples: np.ndarray, n: int, p: float) -> float:
+    """Goodness of fit of integer samples to Binomial(n, p), merging bins with expected count < 5."""
+    if n == 0 or p <= 0.0:
+        return 1.0 if np.all(samples == 0) else 0.0
+    if p >= 1.0:
+        return 1.0 if np.all(samples == n) else 0.0
+    pmf = stats.binom.pmf(np.arange(n + 1), n, p) * len(samples)
+    observed = np.bincount(samples.astype(int), minlength=n + 1)[: n + 1].astype(float)
+    if observed.sum() != len(samples):  # values outside the support
+        return 0.0
+    obs_bins, exp_bins, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(observed, pmf, strict=True):
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 5:
+            obs_bins.append(acc_o)
+            exp_bins.append(acc_e)
+            acc_o = acc_e = 0.0
+    if acc_e > 0:
+        if exp_bins:
+            obs_bins[-1] += acc_o
+            exp_bins[-1] += acc_e
+        else:
+            return 1.0
+    if len(exp_bins) < 2:
+        return 1.0
+    exp_arr = np.asarray(exp_bins)
+    return float(stats.chisquare(obs_bins, exp_arr * (sum(obs_bins) / exp_arr.sum())).pvalue)
+
+
+def _marginal_pvalues(rate_offset: float, eta: float, schedule, n_steps=8, seed=0):
+    x0 = X0_VALUES.repeat(N_REP, 1)
+    gen = torch.Generator().manual_seed(seed)
+    pvals = []
+
+    def oracle(x, t):
+        return (x0 - x + rate_offset).clamp_min(0)
+
+    def check(k, t, s, x):
+        ps = float(schedule.p(torch.tensor(s, dtype=torch.float64)))
+        for j, n in enumerate(X0_VALUES.tolist()):
+            pvals.append(_chi2_pvalue(x[:, j].numpy(), int(n), ps))
+
+    out = generate(oracle, x0.shape, schedule, n_steps=n_steps, attrition="rescale", eta=eta, generator=gen,
+                   callback=check)
+    return np.asarray(pvals), out, x0
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.01, 0.5, 1.0])
+@pytest.mark.parametrize("schedule", [CosineSchedule(), BlackoutSchedule()], ids=["cosine", "blackout"])
+def test_oracle_chain_reproduces_binomial_marginals(eta, schedule):
+    pvals, out, x0 = _marginal_pvalues(0.0, eta, schedule)
+    # Bonferroni over all (step, x0) checks at family-wise level 1e-3
+    assert pvals.min() > 1e-3 / len(pvals), f"worst p-value {pvals.min():.2e}"
+    assert torch.equal(out, x0), "the oracle chain must end exactly at x0"
+
+
+def test_marginal_test_detects_a_biased_rate():
+    # negative control: the same statistical test rejects a chain driven by y + 1
+    pvals, out, x0 = _marginal_pvalues(1.0, 0.0, CosineSchedule())
+    assert pvals.min() < 1e-6
+    assert not torch.equal(out, x0)
+
+
+def test_repaint_with_oracle_keeps_marginals_and_observed_entries():
+    schedule = CosineSchedule()
+    x0 = X0_VALUES.repeat(N_REP, 1)
+    target = torch.zeros_like(x0, dtype=torch.bool)
+    target[:, [1, 3]] = True
+    gen = torch.Generator().manual_seed(1)
+    pvals = []
+
+    def check(k, t, s, x):
+        ps = float(schedule.p(torch.tensor(s, dtype=torch.float64)))
+        for j in (1, 3, 4):  # imputed and observed columns alike follow Binomial(x0, p(s))
+            pvals.append(_chi2_pvalue(x[:, j].numpy(), int(X0_VALUES[j]), ps))
+
+    out = repaint(lambda x, t: x0 - x, x0, target, schedule, n_steps=6, attrition="rescale", eta=0.1,
+                  generator=gen, callback=check)
+    assert torch.equal(out, x0)
+    assert min(pvals) > 1e-3 / len(pvals)
+
+
+def test_repaint_resampling_rewinds_only_to_window_start():
+    schedule = CosineSchedule()
+    x0 = torch.full((2000, 3), 20.0)
+    target = torch.tensor([True, False, False]).expand_as(x0)
+    seen = []
+    out = repaint(lambda x, t: x0 - x, x0, target, schedule, n_steps=6, resample_jump=2, resample_iters=3,
+                  generator=torch.Generator().manual_seed(0), callback=lambda k, t, s, x: seen.append(k))
+    # windows [0,1], [2,3], [4,5], each run three times
+    assert seen == [0, 1] * 3 + [2, 3] * 3 + [4, 5] * 3
+    assert torch.equal(out, x0)
+
+
+def test_repaint_resampling_keeps_marginals():
+    schedule = CosineSchedule()
+    x0 = torch.tensor([5.0, 9.0]).repeat(N_REP, 1)
+    target = torch.tensor([True, False]).expand_as(x0)
+    pvals = []
+
+    def check(k, t, s, x):
+        ps = float(schedule.p(torch.tensor(s, dtype=torch.float64)))
+        pvals.append(_chi2_pvalue(x[:, 0].numpy(), 5, ps))
+
+    repaint(lambda x, t: x0 - x, x0, target, schedule, n_steps=4, resample_jump=2, resample_iters=2,
+            generator=torch.Generator().manual_seed(3), callback=check)
+    assert min(pvals) > 1e-3 / len(pvals)
+
+
+def test_random_round_unbiased_and_integer():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.tensor([0.0, 0.1, 0.49, 0.5, 2.7, 10.25]).repeat(200000, 1)
+    r = random_round(y, gen)
+    assert torch.equal(r, r.round())
+    assert bool((r >= torch.floor(y)).all() and (r <= torch.ceil(y)).all())
+    se = y[0] * 0 + 0.5 / np.sqrt(200000)
+    assert bool(((r.mean(0) - y[0]).abs() < 5 * se).all())
+    # naive rounding would collapse 0.1 and 0.49 to zero; random rounding keeps their mass
+    assert float(r[:, 1].mean()) > 0.09
+
+
+def test_thin_binomial_moments():
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.full((100000, 1), 30.0)
+    xt = thin(x0, torch.tensor([[0.3]]), gen)
+    assert abs(float(xt.mean()) - 9.0) < 0.05
+    assert abs(float(xt.var()) - 6.3) < 0.15
+    assert bool((xt <= x0).all())
+
+
+def test_count_loss_valid_mask_and_weights():
+    y = torch.tensor([[1.0, 2.0, 0.0], [4.0, 0.0, 1.0]])
+    y_hat = torch.tensor([[1.5, 2.0, 0.5], [3.0, 0.2, 1.0]])
+    valid = torch.tensor([[True, True, False], [False, False, False]])
+    term = y_hat - y * torch.log(y_hat + 1e-8)
+    per_cell = count_loss(y_hat, y, valid, reduce=False)
+    torch.testing.assert_close(per_cell[0], term[0, :2].mean())
+    assert float(per_cell[1]) == 0.0  # no valid gene: no contribution, no NaN
+    w = torch.tensor([2.0, 3.0])
+    torch.testing.assert_close(count_loss(y_hat, y, valid, w), (per_cell * w).mean())
+    # minimised at y_hat = y (Poisson-type loss)
+    yy = torch.tensor([[3.0]])
+    grid = torch.linspace(0.5, 6, 1000)[:, None]
+    losses = torch.stack([count_loss(g[None], yy) for g in grid])
+    assert abs(float(grid[losses.argmin()]) - 3.0) < 0.01
+
+
+def test_guidance_mix():
+    yc, yu = torch.tensor([4.0, 1.0]), torch.tensor([1.0, 4.0])
+    torch.testing.assert_close(guidance_mix(yc, yu, 1.0), yc)
+    torch.testing.assert_close(guidance_mix(yc, yu, 0.0), yu)
+    torch.testing.assert_close(guidance_mix(yc, yu, 0.5), torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(guidance_mix(yc, yu, 2.0), yc**2 / yu)
+    torch.testing.assert_close(guidance_mix(yc, yu, torch.tensor([0.5, 1.0])), torch.tensor([2.0, 1.0]))
+
+
+@pytest.mark.parametrize("kind", ["none", "rescale", "cap", "constant"])
+def test_attrition_within_bounds(kind):
+    s = CosineSchedule()
+    grid = torch.linspace(1, 0, 21, dtype=torch.float64)
+    for eta in (0.0, 0.01, 0.3, 1.0):
+        for t, u in zip(grid[:-1], grid[1:], strict=True):
+            p_t, p_s = s.p(t), s.p(u)
+            sig = attrition_rate(kind, eta, p_t, p_s, dt=float(t - u))
+            smax = sigma_max(p_t, p_s)
+            assert 0.0 <= float(sig) <= float(smax) + 1e-12
+            beta = (p_s - (1 - sig) * p_t) / (1 - p_t)
+            assert -1e-9 <= float(beta) <= 1 + 1e-9
+
+
+def test_attrition_values_and_errors():
+    p_t, p_s = torch.tensor(0.5), torch.tensor(0.8)
+    assert float(sigma_max(p_t, p_s)) == pytest.approx(0.4)
+    assert float(attrition_rate("rescale", 0.5, p_t, p_s)) == pytest.approx(0.2)
+    assert float(attrition_rate("cap", 0.1, p_t, p_s)) == pytest.approx(0.1)
+    assert float(attrition_rate("constant", 2.0, p_t, p_s, dt=0.1)) == pytest.approx(1 - np.exp(-0.2))
+    with pytest.raises(ValueError, match="eta in \\[0, 1\\]"):
+        attrition_rate("rescale", 1.5, p_t, p_s)
+    with pytest.raises(ValueError, match="Unknown attrition"):
+        attrition_rate("remask", 0.1, p_t, p_s)
+    with pytest.raises(ValueError, match="dt"):
+        attrition_rate("constant", 0.1, p_t, p_s)
+
+
+def test_reverse_step_final_step_adds_rounded_rate():
+    x_t = torch.tensor([[2.0, 0.0]])
+    out = reverse_step(x_t, torch.tensor([[3.0, 1.0]]), torch.tensor(0.2), torch.tensor(1.0))
+    assert torch.equal(out, torch.tensor([[5.0, 1.0]]))
+
+
+def test_seed_reproducibility():
+    x0 = torch.poisson(torch.full((50, 10), 4.0), generator=torch.Generator().manual_seed(0))
+    run = lambda seed: generate(lambda x, t: (x0 - x).clamp_min(0) + 0.3, x0.shape, CosineSchedule(), n_steps=5,  # noqa: E731
+                                attrition="rescale", eta=0.2, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
