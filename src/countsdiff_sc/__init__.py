@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets
+from . import datasets, diffusion, nn
+from .model import CountsDiffModel
 
 try:
     __version__ = version("countsdiff-sc")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without installation
     __version__ = "0.0.0"
 
-__all__ = ["__version__", "datasets"]
+__all__ = ["CountsDiffModel", "__version__", "datasets", "diffusion", "nn"]

@@ -1,1 +1,7 @@
-"""Subpackage (populated by its modules)."""
+"""User-facing scvi-tools models."""
+
+from __future__ import annotations
+
+from ._countsdiff import CountsDiffModel
+
+__all__ = ["CountsDiffModel"]

@@ -1,1 +1,9 @@
-"""Subpackage (populated by its modules)."""
+"""Denoiser backbones and their embeddings."""
+
+from __future__ import annotations
+
+from ._embeddings import ConditionEncoder, SinusoidalTimeEmbedding
+from ._mlp import ResidualMLPDenoiser
+from ._transformer import GeneTransformerDenoiser
+
+__all__ = ["ConditionEncoder", "GeneTransformerDenoiser", "ResidualMLPDenoiser", "SinusoidalTimeEmbedding"]

@@ -1,0 +1,51 @@
+"""Exponential moving average of a network's weights, stored inside the module so it survives save / load."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = ["EMAMixin"]
+
+
+class EMAMixin:
+    """Keeps ``self.ema_net``, an EMA copy of ``self.net``, for validation and sampling.
+
+    Modules call :meth:`_init_ema` after building ``self.net``. The copy is a registered submodule with frozen
+    parameters, so it is part of ``state_dict()`` (saved with the model) and moves with ``.to(device)``; the
+    optimizer never sees it because its parameters do not require gradients. ``ema_decay = 0`` disables the EMA
+    (the live weights are used everywhere).
+    """
+
+    net: nn.Module
+    ema_net: nn.Module | None
+    ema_decay: float
+
+    def _init_ema(self, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {decay}.")
+        self.ema_decay = float(decay)
+        if self.ema_decay > 0:
+            self.ema_net = copy.deepcopy(self.net)
+            for p in self.ema_net.parameters():
+                p.requires_grad_(False)
+        else:
+            self.ema_net = None
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """One EMA update ``ema <- decay * ema + (1 - decay) * live`` (call after every optimizer step)."""
+        if self.ema_net is None:
+            return
+        live = dict(self.net.named_parameters())
+        for name, p_ema in self.ema_net.named_parameters():
+            p_ema.lerp_(live[name].detach(), 1.0 - self.ema_decay)
+        live_buffers = dict(self.net.named_buffers())
+        for name, b_ema in self.ema_net.named_buffers():
+            b_ema.copy_(live_buffers[name])
+
+    def network(self, use_ema: bool = True) -> nn.Module:
+        """The EMA network when it exists and ``use_ema`` is True, else the live one."""
+        return self.ema_net if (use_ema and self.ema_net is not None) else self.net
