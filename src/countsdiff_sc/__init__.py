@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, diffusion, nn
+from . import baselines, datasets, diffusion, metrics, nn, pp
 from .model import CountsDiffModel
 
 try:
@@ -12,4 +12,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without installation
     __version__ = "0.0.0"
 
-__all__ = ["CountsDiffModel", "__version__", "datasets", "diffusion", "nn"]
+__all__ = ["CountsDiffModel", "__version__", "baselines", "datasets", "diffusion", "metrics", "nn", "pp"]

@@ -17,11 +17,16 @@ class EMAMixin:
     parameters, so it is part of ``state_dict()`` (saved with the model) and moves with ``.to(device)``; the
     optimizer never sees it because its parameters do not require gradients. ``ema_decay = 0`` disables the EMA
     (the live weights are used everywhere).
+
+    The effective decay warms up as ``min(decay, (1 + k) / (10 + k))`` after ``k`` updates, so a short run does not
+    leave a large weight on the random initial weights (with a fixed 0.999, 22% of the average would still sit on
+    them after 1,500 steps). The update counter is a buffer and is saved with the model.
     """
 
     net: nn.Module
     ema_net: nn.Module | None
     ema_decay: float
+    ema_updates: torch.Tensor
 
     def _init_ema(self, decay: float) -> None:
         if not 0.0 <= decay < 1.0:
@@ -33,15 +38,19 @@ class EMAMixin:
                 p.requires_grad_(False)
         else:
             self.ema_net = None
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def update_ema(self) -> None:
         """One EMA update ``ema <- decay * ema + (1 - decay) * live`` (call after every optimizer step)."""
         if self.ema_net is None:
             return
+        k = float(self.ema_updates)
+        decay = min(self.ema_decay, (1.0 + k) / (10.0 + k))
+        self.ema_updates += 1
         live = dict(self.net.named_parameters())
         for name, p_ema in self.ema_net.named_parameters():
-            p_ema.lerp_(live[name].detach(), 1.0 - self.ema_decay)
+            p_ema.lerp_(live[name].detach(), 1.0 - decay)
         live_buffers = dict(self.net.named_buffers())
         for name, b_ema in self.ema_net.named_buffers():
             b_ema.copy_(live_buffers[name])

@@ -1,0 +1,240 @@
+"""Command line interface ``countsdiff-sc`` over .h5ad files.
+
+Subcommands: ``demo`` (the end-to-end job on the bundled data), ``train``, ``impute``, ``sample``, ``evaluate``,
+``embed``. Every subcommand has ``--help``. Errors in the input (missing files, wrong layers or keys, data that
+are not counts) end with a one-line message and exit code 1; usage errors exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class CLIError(Exception):
+    """An input problem reported as one line and exit code 1."""
+
+
+def _read(path: str):
+    import anndata as ad
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"input file not found: {path}")
+    try:
+        return ad.read_h5ad(p)
+    except Exception as err:  # noqa: BLE001 - any read failure becomes one clear line
+        raise CLIError(f"cannot read {path} as .h5ad: {err}") from err
+
+
+def _write(adata, path: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    adata.write_h5ad(p, compression="gzip")
+    print(f"wrote {p}")
+
+
+def _load_model(path: str, adata=None):
+    from countsdiff_sc.model import CountsDiffModel
+
+    if not Path(path, "model.pt").exists():
+        raise CLIError(f"no saved CountsDiff model in {path} (expected {path}/model.pt; create it with 'train')")
+    return CountsDiffModel.load(path, adata=adata, accelerator="cpu")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from countsdiff_sc._demo import run_demo
+
+    run_demo(out=args.out, max_steps=args.max_steps, n_samples=args.n_samples, n_steps=args.n_steps,
+             seed=args.seed, quick=args.quick, progress=not args.quiet)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import scvi
+
+    from countsdiff_sc.model import CountsDiffModel
+
+    adata = _read(args.input)
+    scvi.settings.seed = args.seed
+    CountsDiffModel.setup_anndata(
+        adata, layer=args.layer, labels_key=args.labels_key, categorical_covariate_keys=args.covariate_keys,
+        valid_layer=args.valid_layer,
+    )
+    model = CountsDiffModel(adata, backbone=args.backbone, schedule=args.schedule)
+    model.train(max_epochs=args.max_epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                accelerator=args.accelerator, enable_progress_bar=not args.quiet)
+    model.save(args.model, overwrite=args.overwrite)
+    print(f"saved model to {args.model}")
+
+
+def _cmd_impute(args: argparse.Namespace) -> None:
+    adata = _read(args.input)
+    model = _load_model(args.model)
+    model.impute(adata, mask_layer=args.mask_layer, n_samples=args.n_samples, n_steps=args.n_steps,
+                 guidance=args.guidance, attrition=args.attrition, seed=args.seed, key_added=args.key_added,
+                 store_samples=not args.no_samples, progress=not args.quiet)
+    _write(adata, args.out)
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    model = _load_model(args.model)
+    labels = None
+    if args.labels:
+        labels = [lab for lab in args.labels.split(",") if lab]
+        if args.n is not None:
+            labels = [labels[i % len(labels)] for i in range(args.n)]
+    gen = model.sample(n_samples=args.n, labels=labels, n_steps=args.n_steps, guidance=args.guidance,
+                       attrition=args.attrition, seed=args.seed, progress=not args.quiet)
+    _write(gen, args.out)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from countsdiff_sc import metrics
+
+    adata = _read(args.input)
+    table = metrics.evaluate_imputation(adata, truth_layer=args.truth_layer, imputed_layer=args.imputed_layer,
+                                        mask_layer=args.mask_layer, n_bootstrap=args.n_bootstrap, seed=args.seed)
+    print(table.to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    if args.out:
+        _write(adata, args.out)
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    import countsdiff_sc
+
+    if not hasattr(countsdiff_sc, "DICEModel"):
+        raise CLIError("DICE embeddings are not available in this installation")
+    adata = _read(args.input)
+    cls = countsdiff_sc.DICEModel
+    if args.model and Path(args.model, "model.pt").exists():
+        model = cls.load(args.model, adata=None, accelerator="cpu")
+    else:
+        cls.setup_anndata(adata, layer=args.layer, labels_key=args.labels_key)
+        model = cls(adata, n_latent=args.n_latent)
+        model.train(max_epochs=args.max_epochs, accelerator="cpu", enable_progress_bar=not args.quiet)
+        if args.model:
+            model.save(args.model, overwrite=True)
+    model.embed(adata, n_iter=args.n_iter, n_chains=args.n_chains, seed=args.seed, progress=not args.quiet)
+    _write(adata, args.out)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="countsdiff-sc",
+        description="Count diffusion for single-cell RNA-seq: impute, generate and embed cells from .h5ad files.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, seed: bool = True) -> None:
+        if seed:
+            p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+
+    p = sub.add_parser("demo", help="train on the bundled CBMC data, impute, generate, print metrics, write .h5ad")
+    p.add_argument("--out", default="countsdiff_demo.h5ad", help="output .h5ad (default countsdiff_demo.h5ad)")
+    p.add_argument("--max-steps", type=int, default=3000, help="training steps (default 3000)")
+    p.add_argument("--n-samples", type=int, default=5, help="imputation draws per cell (default 5)")
+    p.add_argument("--n-steps", type=int, default=20, help="reverse steps of the imputation (default 20)")
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (about a minute)")
+    common(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train a CountsDiff model on an .h5ad of raw counts")
+    p.add_argument("input", help="input .h5ad with raw integer counts")
+    p.add_argument("--model", required=True, help="output directory of the saved model")
+    p.add_argument("--layer", help="layer holding the counts (default: X)")
+    p.add_argument("--labels-key", help="obs column to condition on (e.g. cell_type)")
+    p.add_argument("--covariate-keys", nargs="*", help="further categorical obs columns to condition on")
+    p.add_argument("--valid-layer", help="boolean layer, False at suspected dropouts")
+    p.add_argument("--backbone", choices=["mlp", "transformer"], default="mlp")
+    p.add_argument("--schedule", choices=["cosine", "blackout", "blackout_discrete"], default="cosine")
+    p.add_argument("--max-epochs", type=int, help="training epochs")
+    p.add_argument("--max-steps", type=int, help="training steps")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    common(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("impute", help="impute the masked entries of an .h5ad with a trained model (RePaint)")
+    p.add_argument("input", help="input .h5ad with the model's genes and a boolean mask layer")
+    p.add_argument("--model", required=True, help="directory of a model saved by 'train'")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument("--mask-layer", default="countsdiff_mask")
+    p.add_argument("--key-added", default="countsdiff_imputed")
+    p.add_argument("--n-samples", type=int, default=5)
+    p.add_argument("--n-steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=0.5)
+    p.add_argument("--attrition", type=float, default=0.02)
+    p.add_argument("--no-samples", action="store_true", help="do not store the draws in obsm")
+    common(p)
+    p.set_defaults(func=_cmd_impute)
+
+    p = sub.add_parser("sample", help="generate cells with a trained model")
+    p.add_argument("--model", required=True, help="directory of a model saved by 'train'")
+    p.add_argument("--out", required=True, help="output .h5ad")
+    p.add_argument("--n", type=int, help="number of cells")
+    p.add_argument("--labels", help="comma-separated labels, cycled to --n cells")
+    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--attrition", type=float, default=0.0)
+    common(p)
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("evaluate", help="score an imputation layer against the truth on the masked entries")
+    p.add_argument("input", help="input .h5ad")
+    p.add_argument("--imputed-layer", default="countsdiff_imputed")
+    p.add_argument("--mask-layer", default="countsdiff_mask")
+    p.add_argument("--truth-layer", help="layer with the true counts (default: X)")
+    p.add_argument("--n-bootstrap", type=int, default=10)
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--out", help="write the .h5ad with the table in uns")
+    common(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("embed", help="DICE embeddings (trains a DICE model unless --model holds one)")
+    p.add_argument("input", help="input .h5ad with raw counts")
+    p.add_argument("--out", required=True, help="output .h5ad (obsm X_dice, X_dice_std)")
+    p.add_argument("--model", help="directory of a saved DICE model (loaded if present, else saved there)")
+    p.add_argument("--layer", help="layer holding the counts (default: X)")
+    p.add_argument("--labels-key", help="obs column of labels (mixup augmentation)")
+    p.add_argument("--n-latent", type=int, help="number of PCs (default: elbo of the singular values)")
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--n-iter", type=int, default=100)
+    p.add_argument("--n-chains", type=int, default=10)
+    common(p)
+    p.set_defaults(func=_cmd_embed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``countsdiff-sc`` console script; returns the exit code.
+
+    Examples
+    --------
+    >>> main(["demo", "--quick", "--out", "demo.h5ad"])  # doctest: +SKIP
+    0
+    """
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CLIError as err:
+        print(f"countsdiff-sc {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"countsdiff-sc {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

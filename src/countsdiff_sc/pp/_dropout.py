@@ -1,0 +1,189 @@
+"""Mark suspected dropouts: scIDPMs Algorithm 1 (Zhang & Liu, 2024), as used by CountsDiff (App. D.3.1)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._utils import check_counts, check_obs_key, get_matrix, record_params
+from ._keys import check_writable
+
+logger = logging.getLogger(__name__)
+
+
+def mark_dropouts(
+    adata: ad.AnnData,
+    groupby: str | None = None,
+    *,
+    layer: str | None = None,
+    key_added: str = "countsdiff_valid",
+    resolution: float = 1.0,
+    seed: int = 0,
+    cluster_key_added: str = "countsdiff_leiden",
+    n_pcs: int = 50,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Mark zeros that are suspected dropouts, following scIDPMs Algorithm 1.
+
+    Algorithm 1 of scIDPMs (Zhang & Liu, 2024, Sec. 2.2 "Mark dropout sites"), which CountsDiff uses to define its
+    "valid" entries (CountsDiff paper, App. D.3.1): cells are divided into groups (cell types, or clusters when no
+    cell type is known); inside each group, for every gene (column) that has a non-zero value in at least one cell
+    of the group, every zero of that gene in the group is set to "null", i.e. a suspected dropout. Here:
+
+    - a **non-zero** entry is valid (``True``);
+    - a **zero** of a gene that is non-zero somewhere in the cell's group is a suspected dropout (``False``);
+    - a **zero** of a gene that is zero in the whole group is a true (biological) zero and is valid (``True``).
+
+    Suspected dropouts are excluded from the CountsDiff training loss, from masking and from evaluation.
+
+    Reading of the paper where it is not explicit: Algorithm 1 takes the "pre-processed matrix"; normalisation and
+    log transforms leave the zero pattern unchanged, so it is applied to the raw counts here with exact zeros. A
+    gene expressed in a single cell of a group marks all other zeros of the group, exactly as written (no minimum
+    number of expressing cells). A group of one cell therefore has no suspected dropouts.
+
+    Parameters
+    ----------
+    adata
+        AnnData with raw counts in ``X`` or in ``layers[layer]``. Not modified except for the keys written below.
+    groupby
+        Column of ``adata.obs`` holding cell types (or any grouping). ``None`` clusters the cells first, as the
+        paper prescribes for data without cell-type information (Sec. 2.2): on a *copy* of the counts,
+        ``normalize_total`` -> ``log1p`` -> PCA -> neighbour graph with UMAP connectivities (scanpy's default,
+        i.e. the paper's "UMAP to compute cellular neighborhood relationships") -> Leiden (``resolution``,
+        ``seed``). The paper's per-cell normalisation "to a range between 0 and 1" is read as library-size
+        normalisation (only the relative profile matters for the graph). The labels are stored in
+        ``adata.obs[cluster_key_added]`` and a warning is issued.
+    layer
+        Layer holding the counts; ``None`` uses ``adata.X``.
+    key_added
+        Layer to write: a dense boolean array, ``True`` = trusted (valid) entry, ``False`` = suspected dropout.
+        An existing layer (or ``obs`` column for ``cluster_key_added``) is replaced only if countsdiff-sc wrote it;
+        a user's own raises ``ValueError``.
+    resolution
+        Leiden resolution, used only when ``groupby is None``.
+    seed
+        Random seed of PCA / neighbours / Leiden, used only when ``groupby is None``.
+    cluster_key_added
+        ``obs`` column for the Leiden labels, used only when ``groupby is None``.
+    n_pcs
+        Number of principal components for clustering (capped by the data size), used only when ``groupby is None``.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or the modified copy when ``copy=True``. Writes ``layers[key_added]`` (bool), possibly
+    ``obs[cluster_key_added]``, and ``uns["countsdiff"]["mark_dropouts"]`` with the parameters, the number of
+    groups, the number of suspected dropouts and the fraction of valid entries.
+
+    Examples
+    --------
+    >>> import countsdiff_sc as cds
+    >>> adata = cds.datasets.pbmc68k_reduced_counts()
+    >>> cds.pp.mark_dropouts(adata, groupby="bulk_labels")
+    >>> adata.layers["countsdiff_valid"].dtype
+    dtype('bool')
+    >>> 0 < adata.uns["countsdiff"]["mark_dropouts"]["fraction_valid"] < 1
+    True
+    """
+    if key_added == layer:
+        raise ValueError(f"key_added={key_added!r} equals layer=; choose another name so the counts are not replaced.")
+    if copy:
+        adata = adata.copy()
+    x = get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_counts(x, where)
+    check_writable(adata, key_added, "layers")
+
+    clustered = groupby is None
+    if clustered:
+        if not (isinstance(resolution, (int, float)) and np.isfinite(resolution) and resolution > 0):
+            raise ValueError(f"resolution must be a positive number; got {resolution!r}.")
+        check_writable(adata, cluster_key_added, "obs")
+        labels = _leiden_labels(x, resolution=float(resolution), seed=seed, n_pcs=n_pcs)
+        adata.obs[cluster_key_added] = pd.Categorical(labels, categories=sorted(set(labels), key=int))
+        n_clusters = len(set(labels))
+        msg = (
+            f"mark_dropouts: no groupby given, so cells were clustered (Leiden, resolution={resolution}, "
+            f"seed={seed}) into {n_clusters} clusters stored in adata.obs[{cluster_key_added!r}]; suspected dropouts "
+            "are defined within these clusters. Pass groupby='<cell type column>' to use known cell types."
+        )
+        logger.info(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        group_values = adata.obs[cluster_key_added]
+    else:
+        check_obs_key(adata, groupby)
+        group_values = adata.obs[groupby]
+        n_missing = int(pd.isna(group_values).sum())
+        if n_missing:
+            raise ValueError(
+                f"adata.obs[{groupby!r}] has {n_missing} missing labels; every cell needs a group. Fill them (e.g. "
+                "with 'unknown') or drop those cells."
+            )
+    codes, uniques = pd.factorize(group_values, sort=False)
+
+    valid = _valid_within_groups(x, codes, len(uniques))
+    adata.layers[key_added] = valid
+
+    n_dropouts = int(valid.size - np.count_nonzero(valid))
+    frac_valid = float(np.count_nonzero(valid) / valid.size) if valid.size else 1.0
+    record_params(
+        adata,
+        "mark_dropouts",
+        {
+            "groupby": cluster_key_added if clustered else groupby,
+            "clustered": clustered,
+            "resolution": float(resolution) if clustered else None,
+            "seed": int(seed) if clustered else None,
+            "layer": layer,
+            "key_added": key_added,
+            "cluster_key_added": cluster_key_added if clustered else None,
+            "n_groups": len(uniques),
+            "n_suspected_dropouts": n_dropouts,
+            "fraction_valid": frac_valid,
+            "reference": "scIDPMs Algorithm 1 (Zhang & Liu, 2024)",
+        },
+    )
+    return adata if copy else None
+
+
+def _valid_within_groups(x: np.ndarray | sp.spmatrix, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Dense boolean validity matrix: non-zero, or zero in a gene that is zero in the whole group of the cell."""
+    n_obs = x.shape[0]
+    if sp.issparse(x):
+        nz = sp.csr_matrix(x, copy=True)
+        nz.data = (nz.data != 0).astype(np.float32)
+        nz.eliminate_zeros()
+        nonzero = nz.toarray() > 0
+    else:
+        nonzero = np.asarray(x) != 0
+        nz = sp.csr_matrix(nonzero.astype(np.float32))
+    # (n_groups x n_obs) one-hot indicator; indicator @ nz counts the expressing cells per group and gene.
+    indicator = sp.csr_matrix((np.ones(n_obs, dtype=np.float32), (codes, np.arange(n_obs))), shape=(n_groups, n_obs))
+    expressed_in_group = np.asarray((indicator @ nz).todense()) > 0
+    return nonzero | ~expressed_in_group[codes]
+
+
+def _leiden_labels(x: np.ndarray | sp.spmatrix, resolution: float, seed: int, n_pcs: int) -> np.ndarray:
+    """Leiden clusters of the cells, computed on a private copy of the counts (scanpy's standard recipe)."""
+    import scanpy as sc
+
+    n_obs, n_vars = x.shape
+    if n_obs < 3 or n_vars < 2:
+        raise ValueError(
+            f"Cannot cluster {n_obs} cells x {n_vars} genes (need at least 3 cells and 2 genes); pass groupby=."
+        )
+    data = sp.csr_matrix(x, dtype=np.float32, copy=True) if sp.issparse(x) else np.array(x, dtype=np.float32)
+    tmp = ad.AnnData(X=data)
+    sc.pp.normalize_total(tmp)
+    sc.pp.log1p(tmp)
+    n_comps = int(max(1, min(n_pcs, n_obs - 1, n_vars - 1)))
+    sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
+    sc.pp.neighbors(tmp, n_neighbors=int(min(15, n_obs - 1)), use_rep="X_pca", random_state=seed)
+    sc.tl.leiden(tmp, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
+    return tmp.obs["leiden"].astype(str).to_numpy()

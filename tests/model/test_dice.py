@@ -1,0 +1,240 @@
+"""DICEModel: setup validation, projection, training history, the Gibbs embedding, query mapping, save / load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import countsdiff_sc as cds
+from countsdiff_sc.model._dice import DICEModel
+from countsdiff_sc.model._dice_preprocess import elbow_rank, fit_projection, project_matrix
+
+EMBED = {"n_iter": 4, "rho": (5.0, 0.5), "n_chains": 3, "n_prior_steps": 10, "progress": False}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the test machine is small and shared: one intra-op thread is much faster than two contending ones
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    return cds.datasets.pbmc68k_reduced_counts()
+
+
+@pytest.fixture(scope="module")
+def trained(pbmc):
+    adata = pbmc.copy()
+    DICEModel.setup_anndata(adata, labels_key="bulk_labels")
+    model = DICEModel(adata, n_latent=6, n_hidden=32, n_blocks=1, dim_time=16, mixup_prob=0.5)
+    model.train(max_epochs=4, batch_size=128, enable_progress_bar=False, enable_model_summary=False)
+    return model, adata
+
+
+# ---------------------------------------------------------------------- setup and input validation
+def test_setup_rejects_bad_counts_and_keys(pbmc):
+    adata = pbmc[:50].copy()
+    neg = adata.copy()
+    neg.X = neg.X.toarray()
+    neg.X[0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        DICEModel.setup_anndata(neg)
+    frac = adata.copy()
+    frac.X = frac.X.toarray() + 0.5
+    with pytest.raises(ValueError, match="non-integer"):
+        DICEModel.setup_anndata(frac)
+    with pytest.raises(KeyError, match="nope"):
+        DICEModel.setup_anndata(adata, layer="nope")
+    with pytest.raises(KeyError, match="cell_type"):
+        DICEModel.setup_anndata(adata, labels_key="cell_type")
+    with pytest.raises(KeyError, match="donor"):
+        DICEModel.setup_anndata(adata, batch_key="donor")
+    # non-count data is accepted only when declared
+    real = adata.copy()
+    real.X = np.random.default_rng(0).normal(size=real.shape)
+    DICEModel.setup_anndata(real, is_counts=False)
+    real.X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        DICEModel.setup_anndata(real, is_counts=False)
+
+
+def test_mixup_needs_labels(pbmc):
+    adata = pbmc[:100].copy()
+    DICEModel.setup_anndata(adata)
+    with pytest.raises(ValueError, match="labels"):
+        DICEModel(adata, n_latent=3, mixup_prob=0.9)
+
+
+# ---------------------------------------------------------------------- projection
+def test_elbow_rank():
+    s = np.array([50.0, 40.0, 31.0, 30.0, 6.0, 5.5, 5.0, 4.8, 4.5, 4.2, 4.0, 3.9])
+    assert elbow_rank(s) == 5  # four large values, then the knee (the first small one) is kept too
+    # brute-force definition: farthest point below the chord of the normalised curve
+    x = np.linspace(0, 1, s.size)
+    y = (s - s[-1]) / (s[0] - s[-1])
+    assert elbow_rank(s) == int(np.argmax(1 - x - y)) + 1
+    assert elbow_rank(np.array([10.0, 1.0, 0.9, 0.8]), min_rank=2) == 2
+    assert elbow_rank(np.ones(10)) == 2
+
+
+def test_projection_matches_scanpy_pca(pbmc):
+    import scanpy as sc
+
+    adata = pbmc.copy()
+    proj = fit_projection(adata.X, n_latent=8)
+    ref = adata.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    sc.pp.scale(ref, max_value=10)
+    sc.pp.pca(ref, n_comps=8, svd_solver="full")
+    ours = project_matrix(adata.X, proj)
+    for j in range(8):
+        corr = np.corrcoef(ours[:, j], ref.obsm["X_pca"][:, j])[0, 1]
+        assert abs(corr) > 0.999, (j, corr)
+    np.testing.assert_allclose(np.abs(ours), np.abs(ref.obsm["X_pca"]), atol=2e-2 * np.abs(ours).max())
+    np.testing.assert_allclose(proj.loadings.T @ proj.loadings, np.eye(8), atol=1e-10)
+
+
+def test_elbow_choice_and_hvg_subset(pbmc):
+    adata = pbmc.copy()
+    DICEModel.setup_anndata(adata)
+    model = DICEModel(adata, n_top_genes=300, max_components=30, n_hidden=16, n_blocks=1, dim_time=8)
+    assert model.n_latent == elbow_rank(model.singular_values_[:30])
+    assert model.init_params_["non_kwargs"]["n_latent"] == model.n_latent
+    assert model.highly_variable_.sum() == 300
+    # genes outside the subset do not enter the projection
+    assert np.all(model.loadings[~model.highly_variable_] == 0)
+    np.testing.assert_allclose(model.loadings.T @ model.loadings, np.eye(model.n_latent), atol=1e-5)
+
+
+def test_query_projection_consistency(trained, pbmc):
+    model, adata = trained
+    full = model.project(adata, key_added=None)
+    assert full.shape == (adata.n_obs, 6)
+    # the module's torch projection equals the numpy projection of the fit
+    proj = fit_projection(adata.X, n_latent=6)
+    np.testing.assert_allclose(np.abs(full), np.abs(project_matrix(adata.X, proj)), rtol=1e-4, atol=1e-3)
+    # a query made of reference rows (without labels, genes shuffled, one extra gene) lands on the same coordinates
+    idx = np.arange(0, adata.n_obs, 7)
+    query = pbmc[idx].copy()
+    del query.obs["bulk_labels"]
+    perm = np.random.default_rng(0).permutation(query.n_vars)
+    query = query[:, perm].copy()
+    extra = sp.hstack([query.X, sp.csr_matrix(np.ones((query.n_obs, 1), dtype=np.float32))]).tocsr()
+    import anndata as ad
+
+    query = ad.AnnData(extra, obs=query.obs, var={"gene": [*query.var_names, "EXTRA"]})
+    query.var_names = query.var["gene"].astype(str)
+    out = model.project(query)
+    np.testing.assert_allclose(out, full[idx], rtol=1e-5, atol=1e-5)
+    assert "X_pca" in query.obsm and query.uns["countsdiff"]["X_pca"]["method"] == "dice_reference_pca"
+    # genes missing from the query
+    with pytest.raises(ValueError, match="lacks 5"):
+        model.project(pbmc[:10, 5:].copy())
+    with pytest.raises(ValueError, match="lacks"):
+        model.embed(pbmc[:10, 5:].copy(), **EMBED)
+    # counts checked on the query too
+    bad = pbmc[:10].copy()
+    bad.X = bad.X.toarray() * 0.5
+    with pytest.raises(ValueError, match="non-integer"):
+        model.embed(bad, **EMBED)
+    missing_layer = pbmc[:10].copy()
+    missing_layer.X = None
+    with pytest.raises(ValueError):
+        model.project(missing_layer)
+
+
+# ---------------------------------------------------------------------- training and mixup
+def test_training_history(trained):
+    model, _ = trained
+    assert model.is_trained
+    history = model.history
+    assert {"train_loss", "validation_loss"} <= set(history)
+    for key in ("train_loss", "validation_loss"):
+        values = history[key].to_numpy(dtype=float).ravel()
+        assert len(values) == 4 and np.all(np.isfinite(values)) and np.all(values > 0)
+    assert not any("elbo" in k or "kl_" in k for k in history)
+
+
+def test_mixup_stays_within_labels():
+    from countsdiff_sc.module import DICEModule
+
+    module = DICEModule(n_input=5, n_latent=3, n_labels=3, use_labels=True, mixup_prob=1.0, n_hidden=8,
+                        n_blocks=1, dim_time=8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 0, 0])
+    y = labels[:, None].float().repeat(1, 3) * 10  # every cell equals its label's constant
+    torch.manual_seed(0)
+    mixed = module.mixup(y, labels)
+    torch.testing.assert_close(mixed, y)
+    # with distinct rows, mixed rows are convex combinations of same-label rows (inside their bounding box)
+    y = torch.randn(10, 3)
+    mixed = module.mixup(y, labels)
+    assert not torch.allclose(mixed, y)
+    for lab in range(3):
+        rows = y[labels == lab]
+        sel = mixed[labels == lab]
+        assert bool((sel >= rows.min(0).values - 1e-6).all() and (sel <= rows.max(0).values + 1e-6).all())
+
+
+# ---------------------------------------------------------------------- the embedding
+def test_embed_outputs_and_seed(trained, pbmc):
+    model, _ = trained
+    query = pbmc[:40].copy()
+    mean, std = model.embed(query, seed=3, **EMBED)
+    assert mean.shape == std.shape == (40, 6) and mean.dtype == np.float32
+    np.testing.assert_array_equal(query.obsm["X_dice"], mean)
+    np.testing.assert_array_equal(query.obsm["X_dice_std"], std)
+    assert np.all(std > 0) and np.all(np.isfinite(mean))
+    params = query.uns["countsdiff"]["X_dice"]
+    assert params["seed"] == 3 and params["n_chains"] == 3 and params["rho_schedule"] == "linear"
+    again, _ = model.embed(query, seed=3, key_added="X_again", **EMBED)
+    np.testing.assert_array_equal(again, mean)
+    other, _ = model.embed(query, seed=4, key_added="X_other", **EMBED)
+    assert not np.allclose(other, mean)
+    alias = model.get_latent_representation(query, seed=3, **EMBED)
+    np.testing.assert_array_equal(alias, mean)
+    # one chain has no spread; a constant rho is recorded as such
+    _, std1 = model.embed(query, seed=3, key_added="X_one", n_iter=2, rho=1.0, n_chains=1, progress=False)
+    assert np.all(std1 == 0) and query.uns["countsdiff"]["X_one"]["rho_schedule"] == "constant"
+    with pytest.raises(ValueError):
+        model.embed(query, n_chains=0, progress=False)
+    with pytest.raises(ValueError):
+        model.embed(query, rho=(5.0, -1.0), progress=False)
+
+
+def test_embedding_is_batch_independent_given_rows(trained, pbmc):
+    """LayerNorm (not BatchNorm): a network call on a chunk equals the same rows inside a larger batch."""
+    model, _ = trained
+    net = model.module.network(True)
+    x = torch.randn(20, 6)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x, torch.tensor(0.4))[:5], net(x[:5], torch.tensor(0.4)))
+
+
+def test_save_load_roundtrip(trained, pbmc, tmp_path):
+    model, _ = trained
+    query = pbmc[100:130].copy()
+    before, _ = model.embed(query, seed=11, **EMBED)
+    model.save(tmp_path / "dice", overwrite=True)
+    loaded = DICEModel.load(tmp_path / "dice", adata=None)
+    assert loaded.adata is None and loaded.n_latent == model.n_latent
+    for name in ("gene_mean", "gene_std", "pca_mean", "loadings", "latent_scale"):
+        torch.testing.assert_close(getattr(loaded.module, name), getattr(model.module, name), atol=0, rtol=0)
+    np.testing.assert_array_equal(loaded.history["train_loss"], model.history["train_loss"])
+    after, _ = loaded.embed(query, seed=11, **EMBED)
+    np.testing.assert_array_equal(after, before)
+    np.testing.assert_array_equal(loaded.project(query, key_added=None), model.project(query, key_added=None))
+    # loading with a (small) query AnnData does not refit the projection on it
+    q2 = pbmc[:20].copy()
+    with_data = DICEModel.load(tmp_path / "dice", adata=q2)
+    torch.testing.assert_close(with_data.module.loadings, model.module.loadings, atol=0, rtol=0)
+    np.testing.assert_array_equal(with_data.embed(query, seed=11, **EMBED)[0], before)
+    with pytest.raises(ValueError, match="without AnnData"):
+        loaded_no_data = DICEModel.load(tmp_path / "dice", adata=None)
+        loaded_no_data.embed(**EMBED)
