@@ -1,15 +1,38 @@
-"""countsdiff-sc: diffusion on the natural numbers for single-cell counts, on scvi-tools."""
+"""countsdiff-sc: diffusion on the natural numbers for single-cell counts, on scvi-tools.
+
+Subpackages and models are imported on first use, so ``import countsdiff_sc`` and the command line's ``--help`` stay
+fast; ``cds.pp``, ``cds.metrics``, ``cds.CountsDiffModel`` ... load their dependencies (scvi-tools, torch) when
+first touched.
+"""
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-
-from . import baselines, datasets, diffusion, metrics, nn, pp
-from .model import CountsDiffModel
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("countsdiff-sc")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without installation
     __version__ = "0.0.0"
 
-__all__ = ["CountsDiffModel", "__version__", "baselines", "datasets", "diffusion", "metrics", "nn", "pp"]
+_SUBPACKAGES = ("baselines", "datasets", "diffusion", "metrics", "model", "module", "nn", "pp")
+_MODELS = {"CountsDiffModel": "countsdiff_sc.model", "DICEModel": "countsdiff_sc.model"}
+
+__all__ = ["CountsDiffModel", "DICEModel", "__version__", *_SUBPACKAGES]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from . import baselines, datasets, diffusion, metrics, model, module, nn, pp
+    from .model import CountsDiffModel, DICEModel
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"countsdiff_sc.{name}")
+    if name in _MODELS:
+        return getattr(importlib.import_module(_MODELS[name]), name)
+    raise AttributeError(f"module 'countsdiff_sc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

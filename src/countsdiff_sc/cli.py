@@ -27,7 +27,7 @@ def _read(path: str):
         raise CLIError(f"input file not found: {path}")
     try:
         return ad.read_h5ad(p)
-    except Exception as err:  # noqa: BLE001 - any read failure becomes one clear line
+    except Exception as err:
         raise CLIError(f"cannot read {path} as .h5ad: {err}") from err
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -184,7 +186,7 @@ def test_attrition_within_bounds(kind):
     s = CosineSchedule()
     grid = torch.linspace(1, 0, 21, dtype=torch.float64)
     for eta in (0.0, 0.01, 0.3, 1.0):
-        for t, u in zip(grid[:-1], grid[1:], strict=True):
+        for t, u in itertools.pairwise(grid):
             p_t, p_s = s.p(t), s.p(u)
             sig = attrition_rate(kind, eta, p_t, p_s, dt=float(t - u))
             smax = sigma_max(p_t, p_s)

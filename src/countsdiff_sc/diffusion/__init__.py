@@ -5,6 +5,16 @@ tensors alone.
 
 from __future__ import annotations
 
+from ._gaussian import (
+    RHO_SCHEDULES,
+    EpsFn,
+    GaussianDiffusion,
+    gaussian_likelihood_posterior,
+    gaussian_likelihood_step,
+    linear_beta_schedule,
+    rho_schedule,
+    split_gibbs,
+)
 from ._process import (
     ATTRITION_KINDS,
     attrition_rate,
@@ -30,24 +40,32 @@ from ._weights import LOSS_WEIGHTINGS, loss_weight
 __all__ = [
     "ATTRITION_KINDS",
     "LOSS_WEIGHTINGS",
+    "RHO_SCHEDULES",
     "BlackoutSchedule",
     "CosineSchedule",
     "CustomSchedule",
     "DiscreteBlackoutSchedule",
+    "EpsFn",
+    "GaussianDiffusion",
     "PSchedule",
     "RateFn",
     "StepCallback",
     "attrition_rate",
     "binomial",
     "count_loss",
+    "gaussian_likelihood_posterior",
+    "gaussian_likelihood_step",
     "generate",
     "get_schedule",
     "guidance_mix",
+    "linear_beta_schedule",
     "loss_weight",
     "random_round",
     "repaint",
     "reverse_step",
+    "rho_schedule",
     "sigma_max",
+    "split_gibbs",
     "thin",
     "time_grid",
 ]

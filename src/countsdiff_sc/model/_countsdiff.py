@@ -81,6 +81,10 @@ class CountsDiffModel(BaseModelClass):
         Probability of dropping all conditions of a training cell (classifier-free guidance).
     ema_decay
         Decay of the EMA weights used for validation and sampling (0 disables).
+    rate_baseline
+        ``"gamma_poisson"`` (default) predicts the rate as a per-gene empirical-Bayes baseline times
+        ``softplus(NN)``; ``"none"`` is the paper's plain ``softplus(NN)`` (see
+        :class:`~countsdiff_sc.module.CountsDiffModule`).
 
     Examples
     --------
@@ -107,6 +111,7 @@ class CountsDiffModel(BaseModelClass):
         loss_weighting: Literal["neg_dp", "nll", "constant"] = "neg_dp",
         p_uncond: float = 0.1,
         ema_decay: float = 0.999,
+        rate_baseline: Literal["gamma_poisson", "none"] = "gamma_poisson",
     ):
         super().__init__(adata, registry)
         if isinstance(schedule, PSchedule) and schedule.name != "custom":
@@ -124,10 +129,9 @@ class CountsDiffModel(BaseModelClass):
         n_continuous = 0
         if CONDITION_KEY in field_registries:
             n_continuous = int(field_registries[CONDITION_KEY]["summary_stats"][f"n_{CONDITION_KEY}"])
-        gene_means = None
+        gene_stats = None
         if adata is not None:
-            x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            gene_means = torch.as_tensor(np.asarray(x.mean(axis=0)).ravel(), dtype=torch.float32)
+            gene_stats = self._gene_stats()
             counts_obj = adata
             if hasattr(adata, "mod"):  # MuData: the genes are those of the RNA modality
                 counts_obj = adata.mod[setup_args["modalities"]["rna_layer"]]
@@ -144,7 +148,8 @@ class CountsDiffModel(BaseModelClass):
             loss_weighting=loss_weighting,
             p_uncond=p_uncond,
             ema_decay=ema_decay,
-            gene_means=gene_means,
+            rate_baseline=rate_baseline,
+            gene_stats=gene_stats,
         )
         n_params = sum(p.numel() for p in self.module.net.parameters())
         self._model_summary_string = (
@@ -287,6 +292,30 @@ class CountsDiffModel(BaseModelClass):
             raise ValueError(f"adata.obsm[{key!r}] must be 2-dimensional (n_obs, n_features), got {arr.shape}.")
         if arr.dtype.kind not in "biuf" or not np.isfinite(arr).all():
             raise ValueError(f"adata.obsm[{key!r}] must hold finite numbers.")
+
+    def _gene_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of every gene over the valid entries of the registered training cells."""
+        x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        if VALID_KEY in self.adata_manager.data_registry:
+            w = self.adata_manager.get_from_registry(VALID_KEY)
+            w = (w.astype(bool).astype(np.float64) if sp.issparse(w) else np.asarray(w, dtype=np.float64))
+        else:
+            w = None
+        xs = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64)
+        if w is None:
+            n = np.full(x.shape[1], float(x.shape[0]))
+            s1 = np.asarray(xs.sum(axis=0)).ravel()
+            s2 = np.asarray(xs.multiply(xs).sum(axis=0)).ravel() if sp.issparse(xs) else (xs**2).sum(axis=0)
+        else:
+            w = w.toarray() if sp.issparse(w) else w
+            n = w.sum(axis=0)
+            xw = xs.multiply(w) if sp.issparse(xs) else xs * w
+            s1 = np.asarray(xw.sum(axis=0)).ravel()
+            s2 = np.asarray((xw.multiply(xs) if sp.issparse(xw) else xw * xs).sum(axis=0)).ravel()
+        n = np.maximum(n, 1.0)
+        mean = s1 / n
+        var = np.maximum(s2 / n - mean**2, 0.0)
+        return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(var, dtype=torch.float32)
 
     # ------------------------------------------------------------------ registry helpers
     def _state(self, key: str) -> dict:
@@ -490,7 +519,8 @@ class CountsDiffModel(BaseModelClass):
         arr = np.asarray(conditions, dtype=np.float32)
         if arr.shape != (n, self.module.n_continuous):
             raise ValueError(
-                f"conditions must have shape ({n}, {self.module.n_continuous}) (cells x condition dims), got {arr.shape}."
+                f"conditions must have shape ({n}, {self.module.n_continuous}) (cells x condition dims), "
+                f"got {arr.shape}."
             )
         return torch.from_numpy(arr)
 

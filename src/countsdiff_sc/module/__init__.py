@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from ._countsdiff import BACKBONES, CONDITION_KEY, VALID_KEY, CountsDiffModule
+from ._countsdiff import BACKBONES, CONDITION_KEY, RATE_BASELINES, VALID_KEY, CountsDiffModule, gene_prior
+from ._dice import DICEModule
 from ._ema import EMAMixin
 from ._trainingplan import DiffusionTrainingPlan
 
-__all__ = ["BACKBONES", "CONDITION_KEY", "VALID_KEY", "CountsDiffModule", "DiffusionTrainingPlan", "EMAMixin"]
+__all__ = [
+    "BACKBONES",
+    "CONDITION_KEY",
+    "RATE_BASELINES",
+    "VALID_KEY",
+    "CountsDiffModule",
+    "DICEModule",
+    "DiffusionTrainingPlan",
+    "EMAMixin",
+    "gene_prior",
+]

@@ -14,11 +14,25 @@ from countsdiff_sc.nn import GeneTransformerDenoiser, ResidualMLPDenoiser
 
 from ._ema import EMAMixin
 
-__all__ = ["BACKBONES", "CONDITION_KEY", "VALID_KEY", "CountsDiffModule"]
+__all__ = ["BACKBONES", "CONDITION_KEY", "RATE_BASELINES", "VALID_KEY", "CountsDiffModule", "gene_prior"]
 
 VALID_KEY = "valid"
 CONDITION_KEY = "condition"
 BACKBONES = ("mlp", "transformer")
+RATE_BASELINES = ("gamma_poisson", "none")
+
+
+def gene_prior(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-gene Gamma prior of the Poisson rate (mean ``mu``, shape ``a``) by the method of moments.
+
+    For counts with mean ``mu`` and variance ``v``, a Gamma(shape ``a``, rate ``a / mu``) mixture of Poissons has
+    ``v = mu + mu^2 / a``, so ``a = mu^2 / (v - mu)``; ``a`` is clipped to ``[0.05, 100]`` (100 ~ Poisson) and
+    ``mu`` to at least 1e-3.
+    """
+    mean = mean.float().clamp_min(1e-3)
+    excess = (var.float() - mean).clamp_min(1e-6)
+    shape = (mean**2 / excess).clamp(0.05, 100.0)
+    return mean, shape
 
 
 class CountsDiffModule(EMAMixin, BaseModuleClass):
@@ -52,8 +66,16 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         Probability of dropping all conditions of a training cell.
     ema_decay
         Decay of the EMA copy of the network used for validation and sampling (0 disables it).
-    gene_means
-        Optional per-gene mean counts used to initialise the output bias.
+    rate_baseline
+        Preconditioning of the predicted rate. ``"gamma_poisson"`` (default): ``y_hat = b * softplus(NN)`` with
+        ``b = (1 - p(t)) (a_g + x_t) / (a_g / mu_g + p(t))``, the posterior mean of ``y = x_0 - x_t`` given ``x_t``
+        when gene ``g`` has a Gamma(a_g, a_g / mu_g)-Poisson prior (:func:`gene_prior`). The network then learns a
+        correction factor of order one; ``b -> 0`` as ``t -> 0`` and ``b = mu_g`` at ``t = 1``, which keeps the
+        near-deterministic last reverse steps (``beta -> 1``) from adding spurious molecules. The objective (Eq. 6)
+        and its minimiser are unchanged. ``"none"``: the paper's plain ``y_hat = softplus(NN)``.
+    gene_stats
+        ``(mean, variance)`` of every gene's counts over the training cells (valid entries), used for the
+        baseline and for the initial output bias. Stored as buffers, so they are saved with the model.
     """
 
     def __init__(
@@ -68,7 +90,8 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         loss_weighting: str = "neg_dp",
         p_uncond: float = 0.1,
         ema_decay: float = 0.999,
-        gene_means: torch.Tensor | None = None,
+        rate_baseline: str = "gamma_poisson",
+        gene_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         super().__init__()
         if backbone not in BACKBONES:
@@ -87,9 +110,25 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         self.net: nn.Module = cls(
             n_genes, n_cats_per_cov=self.n_cats_per_cov, n_continuous=self.n_continuous, **(backbone_kwargs or {})
         )
-        if gene_means is not None:
-            self.net.init_output_bias(torch.as_tensor(gene_means))
+        if rate_baseline not in RATE_BASELINES:
+            raise ValueError(f"Unknown rate_baseline {rate_baseline!r}; choose one of {RATE_BASELINES}.")
+        self.rate_baseline = rate_baseline
+        if gene_stats is None:
+            gene_stats = (torch.ones(n_genes), torch.full((n_genes,), 2.0))
+        mean, shape = gene_prior(torch.as_tensor(gene_stats[0]), torch.as_tensor(gene_stats[1]))
+        self.register_buffer("prior_mean", mean)
+        self.register_buffer("prior_shape", shape)
+        # start at y_hat = b (baseline) or at y_hat = mean count (plain softplus)
+        self.net.init_output_bias(torch.ones(n_genes) if rate_baseline == "gamma_poisson" else mean)
         self._init_ema(ema_decay)
+
+    def baseline(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+        """Gamma-Poisson baseline rate ``b(t, x_t)`` of shape ``x_t.shape`` (None for ``rate_baseline="none"``)."""
+        if self.rate_baseline == "none":
+            return None
+        p = self.schedule.p(t).to(x_t.dtype)[:, None]
+        a, mu = self.prior_shape[None, :], self.prior_mean[None, :]
+        return (1.0 - p) * (a + x_t) / (a / mu + p)
 
     # ------------------------------------------------------------------ scvi-tools module interface
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
@@ -140,7 +179,8 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         """Predict ``y_hat = softplus(NN(x_t, t, c))``."""
         valid_b = valid.bool() if valid is not None else None
         net = self.network(use_ema)
-        return {"y_hat": net(x_t, t, conditions["cat"], conditions["cont"], drop, valid_b)}
+        scale = self.baseline(x_t, t)
+        return {"y_hat": net(x_t, t, conditions["cat"], conditions["cont"], drop, valid_b, scale)}
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
         """Eq. 6 on valid entries: mean over cells of ``w(t) * mean_valid(y_hat - y log(y_hat + 1e-8))``."""
@@ -168,20 +208,21 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         """
         net = self.network(use_ema)
         n = x_t.shape[0]
+        scale = self.baseline(x_t, t)
         if self.n_conditions == 0:
-            return net(x_t, t, valid=valid)
+            return net(x_t, t, valid=valid, scale=scale)
         all_drop = torch.ones(n, self.n_conditions, dtype=torch.bool, device=x_t.device)
         if cat is None and cont is None:
-            return net(x_t, t, self._null_cat(n, x_t.device), self._null_cont(n, x_t.device), all_drop, valid)
+            return net(x_t, t, self._null_cat(n, x_t.device), self._null_cont(n, x_t.device), all_drop, valid, scale)
         cat = cat if cat is not None else self._null_cat(n, x_t.device)
         cont = cont if cont is not None else self._null_cont(n, x_t.device)
         no_drop = torch.zeros_like(all_drop)
         if not torch.is_tensor(guidance) and guidance == 1.0:
-            return net(x_t, t, cat, cont, no_drop, valid)
+            return net(x_t, t, cat, cont, no_drop, valid, scale)
         if not torch.is_tensor(guidance) and guidance == 0.0:
-            return net(x_t, t, cat, cont, all_drop, valid)
+            return net(x_t, t, cat, cont, all_drop, valid, scale)
         two = lambda a: None if a is None else torch.cat([a, a], dim=0)  # noqa: E731
-        y = net(two(x_t), two(t), two(cat), two(cont), torch.cat([no_drop, all_drop]), two(valid))
+        y = net(two(x_t), two(t), two(cat), two(cont), torch.cat([no_drop, all_drop]), two(valid), two(scale))
         return guidance_mix(y[:n], y[n:], guidance)
 
     def _null_cat(self, n: int, device: torch.device) -> torch.Tensor | None:

@@ -117,10 +117,13 @@ class ResidualMLPDenoiser(nn.Module):
         cont: torch.Tensor | None = None,
         drop: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predicted rates ``y_hat`` (n, n_genes), strictly positive.
+        """Predicted rates ``y_hat = scale * softplus(raw)`` (n, n_genes), strictly positive.
 
+        ``scale`` is an optional positive baseline rate (the module's preconditioning); softplus is applied once.
         ``valid`` is accepted for interface parity with the transformer; the MLP sees every gene (suspected
         dropouts enter as the zeros they are, exactly as during training).
         """
-        return F.softplus(self.raw(x_t, t, cat, cont, drop, valid))
+        rate = F.softplus(self.raw(x_t, t, cat, cont, drop, valid))
+        return rate if scale is None else rate * scale

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from countsdiff_sc.cli import main
+from tests.conftest import make_counts
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run(capsys):
+    """Call the CLI in-process (fast); exit codes of argparse's SystemExit are returned too."""
+
+    def _run(*args, check=False):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(out.err[-3000:])
+        return Result(code, out.out, out.err)
+
+    return _run
+
+
+def test_console_entry_point_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "countsdiff_sc", "--help"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0
+    for cmd in ["demo", "train", "impute", "sample", "evaluate", "embed"]:
+        assert cmd in proc.stdout
+
+
+@pytest.mark.parametrize("cmd", ["demo", "train", "impute", "sample", "evaluate", "embed"])
+def test_help(cmd, run):
+    proc = run(cmd, "--help")
+    assert proc.returncode == 0
+    assert "usage: countsdiff-sc" in proc.stdout
+
+
+def test_missing_file_and_bad_usage(tmp_path, run):
+    proc = run("impute", str(tmp_path / "nope.h5ad"), "--model", str(tmp_path), "--out", str(tmp_path / "o.h5ad"))
+    assert proc.returncode == 1
+    assert "input file not found" in proc.stderr and proc.stderr.count("\n") == 1
+    assert run("train").returncode == 2  # argparse usage error
+
+
+def test_train_impute_sample_evaluate_roundtrip(tmp_path, run):
+    adata = make_counts(n_obs=120, n_vars=15)
+    rng = np.random.default_rng(0)
+    adata.layers["countsdiff_mask"] = rng.random(adata.shape) < 0.2
+    path = tmp_path / "data.h5ad"
+    adata.write_h5ad(path)
+    model_dir = tmp_path / "model"
+    run("train", str(path), "--model", str(model_dir), "--labels-key", "cell_type", "--max-steps", "3",
+        "--accelerator", "cpu", "--quiet", check=True)
+    out = tmp_path / "imputed.h5ad"
+    run("impute", str(path), "--model", str(model_dir), "--out", str(out), "--n-samples", "2", "--n-steps", "3",
+        "--quiet", check=True)
+    res = ad.read_h5ad(out)
+    assert res.layers["countsdiff_imputed"].shape == adata.shape
+    assert res.obsm["countsdiff_samples"].shape == (120, 2, 15)
+    gen_path = tmp_path / "gen.h5ad"
+    run("sample", "--model", str(model_dir), "--out", str(gen_path), "--labels", "type_0,type_1", "--n", "4",
+        "--n-steps", "3", "--quiet", check=True)
+    gen = ad.read_h5ad(gen_path)
+    assert list(gen.obs["cell_type"]) == ["type_0", "type_1", "type_0", "type_1"]
+    proc = run("evaluate", str(out), "--n-bootstrap", "2", "--csv", str(tmp_path / "m.csv"), check=True)
+    assert "rmse" in proc.stdout
+    bad = run("sample", "--model", str(model_dir), "--out", str(gen_path), "--labels", "nope", "--quiet")
+    assert bad.returncode == 1 and "Known values" in bad.stderr
+
+
+def test_non_count_data_is_a_one_line_error(tmp_path, run):
+    adata = make_counts(n_obs=20, n_vars=5)
+    adata.X = adata.X.toarray() * 0.5 + 0.25
+    path = tmp_path / "bad.h5ad"
+    adata.write_h5ad(path)
+    proc = run("train", str(path), "--model", str(tmp_path / "m"), "--quiet")
+    assert proc.returncode == 1
+    assert "non-integer" in proc.stderr

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from scvi import REGISTRY_KEYS
+
+from countsdiff_sc.diffusion import CosineSchedule
+from countsdiff_sc.module import CountsDiffModule, gene_prior
+
+
+def _module(**kw):
+    torch.manual_seed(0)
+    defaults = {"backbone_kwargs": {"n_hidden": 32, "n_layers": 1, "dim_emb": 16}}
+    defaults.update(kw)
+    return CountsDiffModule(20, n_cats_per_cov=[3], use_labels=True, **defaults)
+
+
+def _batch(n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.poisson(torch.rand(1, 20, generator=gen).expand(n, 20) * 10, generator=gen)
+    labels = torch.randint(0, 3, (n, 1), generator=gen).float()
+    return {REGISTRY_KEYS.X_KEY: x, REGISTRY_KEYS.LABELS_KEY: labels}
+
+
+def test_gene_prior_method_of_moments():
+    mu, a = gene_prior(torch.tensor([2.0, 2.0, 0.0]), torch.tensor([6.0, 1.0, 0.0]))
+    assert float(a[0]) == pytest.approx(4.0 / 4.0)  # mu^2 / (v - mu)
+    assert float(a[1]) == 100.0  # under-dispersed: Poisson limit
+    assert float(mu[2]) == pytest.approx(1e-3)
+
+
+def test_baseline_is_gamma_poisson_posterior_mean():
+    m = _module(gene_stats=(torch.full((20,), 4.0), torch.full((20,), 12.0)))  # a = 16 / 8 = 2
+    s = CosineSchedule()
+    t = torch.tensor([0.0, 0.5, 1.0])
+    x_t = torch.tensor([3.0]).expand(3, 20)
+    b = m.baseline(x_t, t)
+    p = s.p(t)[:, None]
+    expected = (1 - p) * (2 + 3.0) / (2 / 4.0 + p)
+    torch.testing.assert_close(b, expected.expand(3, 20))
+    assert float(b[0].abs().max()) < 1e-6  # no births at t = 0
+    # Monte-Carlo check of the posterior mean E[x0 - x_t | x_t] under the Gamma-Poisson prior at p = 0.5
+    gen = torch.Generator().manual_seed(0)
+    lam = torch.distributions.Gamma(2.0, 0.5).sample((400000,))
+    x0 = torch.poisson(lam, generator=gen)
+    pt = 0.5
+    xt = torch.binomial(x0, torch.full_like(x0, pt), generator=gen)
+    sel = xt == 3
+    mc = float((x0 - xt)[sel].mean())
+    analytic = (1 - pt) * (2 + 3) / (2 / 4 + pt)
+    assert mc == pytest.approx(analytic, rel=0.03)
+
+
+def test_loss_decreases_with_training_and_ema_tracks():
+    m = _module(ema_decay=0.9)
+    opt = torch.optim.Adam(m.net.parameters(), 3e-3)
+    batch = _batch()
+    torch.manual_seed(1)
+    first = float(m(batch)[2].loss)
+    for _ in range(150):
+        loss = m(batch)[2].loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.update_ema()
+    torch.manual_seed(1)
+    assert float(m(batch)[2].loss) < first
+    assert int(m.ema_updates) == 150
+    live = dict(m.net.named_parameters())
+    assert any(not torch.equal(p, live[n]) for n, p in m.ema_net.named_parameters())
+
+
+def test_ema_warmup_first_update_moves_far():
+    m = _module(ema_decay=0.999)
+    with torch.no_grad():
+        for p in m.net.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in m.ema_net.named_parameters()}
+    m.update_ema()  # effective decay min(0.999, 1/10) = 0.1
+    name, p = next(iter(m.ema_net.named_parameters()))
+    live = dict(m.net.named_parameters())[name]
+    torch.testing.assert_close(p, 0.1 * before[name] + 0.9 * live)
+
+
+def test_condition_dropout_only_in_training():
+    m = _module(p_uncond=1.0)
+    batch = _batch(8)
+    m.train()
+    inf = m.inference(batch[REGISTRY_KEYS.X_KEY], m._conditions_from_tensors(batch))
+    assert inf["drop"].all()
+    m.eval()
+    inf = m.inference(batch[REGISTRY_KEYS.X_KEY], m._conditions_from_tensors(batch))
+    assert inf["drop"] is None
+
+
+def test_rate_guidance_batches_cond_and_uncond():
+    m = _module().eval()
+    x = torch.poisson(torch.full((4, 20), 2.0))
+    t = torch.full((4,), 0.5)
+    cat = torch.tensor([[0], [1], [2], [0]])
+    y_c = m.rate(x, t, cat, guidance=1.0)
+    y_u = m.rate(x, t)
+    y_half = m.rate(x, t, cat, guidance=0.5)
+    torch.testing.assert_close(y_half, (y_c * y_u).sqrt(), rtol=1e-5, atol=1e-6)
+
+
+def test_module_argument_errors():
+    with pytest.raises(ValueError, match="backbone"):
+        CountsDiffModule(5, backbone="unet")
+    with pytest.raises(ValueError, match="p_uncond"):
+        CountsDiffModule(5, p_uncond=1.5)
+    with pytest.raises(ValueError, match="rate_baseline"):
+        CountsDiffModule(5, rate_baseline="poisson")
+    with pytest.raises(ValueError, match="ema_decay"):
+        CountsDiffModule(5, ema_decay=1.0)
