@@ -19,7 +19,19 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 _SUBPACKAGES = ("baselines", "datasets", "diffusion", "metrics", "model", "module", "nn", "pp")
 _MODELS = {"CountsDiffModel": "countsdiff_sc.model", "DICEModel": "countsdiff_sc.model"}
 
-__all__ = ["CountsDiffModel", "DICEModel", "__version__", *_SUBPACKAGES]
+__all__ = [
+    "CountsDiffModel",
+    "DICEModel",
+    "__version__",
+    "baselines",
+    "datasets",
+    "diffusion",
+    "metrics",
+    "model",
+    "module",
+    "nn",
+    "pp",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import baselines, datasets, diffusion, metrics, model, module, nn, pp

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from ._countsdiff import CountsDiffModel
+from ._dice import DICEModel
 
-__all__ = ["CountsDiffModel"]
+__all__ = ["CountsDiffModel", "DICEModel"]
