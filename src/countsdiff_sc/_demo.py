@@ -13,16 +13,27 @@ import scipy.sparse as sp
 __all__ = ["run_demo"]
 
 
-def _generation_stats(real_x: np.ndarray, gen_x: np.ndarray) -> dict[str, float]:
-    """Per-gene agreement of generated and real cells of one label (means and zero fractions)."""
-    real_mean, gen_mean = real_x.mean(0), gen_x.mean(0)
-    real_zero, gen_zero = (real_x == 0).mean(0), (gen_x == 0).mean(0)
+def _generation_stats(real_x: np.ndarray, real_valid: np.ndarray, gen_x: np.ndarray) -> dict[str, float]:
+    """Per-gene agreement of generated and real cells of one label.
+
+    The model is trained on valid entries only (suspected dropouts are excluded from the loss, as in the paper's
+    protocol), so it learns dropout-free expression. Real statistics are therefore given twice: over valid entries
+    (what the model is trained to reproduce) and over all entries (raw data, dropouts included).
+    """
+    n_valid = np.maximum(real_valid.sum(0), 1)
+    real_mean_valid = (real_x * real_valid).sum(0) / n_valid
+    real_zero_valid = ((real_x == 0) & real_valid).sum(0) / n_valid
+    gen_mean, gen_zero = gen_x.mean(0), (gen_x == 0).mean(0)
+    corr = lambda a, b: float(np.corrcoef(a, b)[0, 1])  # noqa: E731
     return {
-        "mean_corr_log1p": float(np.corrcoef(np.log1p(real_mean), np.log1p(gen_mean))[0, 1]),
-        "zero_frac_corr": float(np.corrcoef(real_zero, gen_zero)[0, 1]),
-        "zero_frac_mae": float(np.abs(real_zero - gen_zero).mean()),
-        "total_counts_real": float(real_x.sum(1).mean()),
-        "total_counts_generated": float(gen_x.sum(1).mean()),
+        "mean_corr_log1p (valid)": corr(np.log1p(real_mean_valid), np.log1p(gen_mean)),
+        "mean_corr_log1p (all)": corr(np.log1p(real_x.mean(0)), np.log1p(gen_mean)),
+        "zero_frac_corr (valid)": corr(real_zero_valid, gen_zero),
+        "zero_frac real valid": float(((real_x == 0) & real_valid).sum() / max(real_valid.sum(), 1)),
+        "zero_frac real all": float((real_x == 0).mean()),
+        "zero_frac generated": float(gen_zero.mean()),
+        "counts/cell real valid": float((real_x * real_valid).sum(1).mean()),
+        "counts/cell generated": float(gen_x.sum(1).mean()),
     }
 
 
@@ -136,7 +147,9 @@ def run_demo(
         gen = model.sample(labels=[label] * n_generate, n_steps=50, guidance=1.0, seed=seed + i, progress=False)
         real = test[test.obs["cell_type"] == label]
         real_x = real.X.toarray() if sp.issparse(real.X) else np.asarray(real.X)
-        gen_rows.append({"cell_type": label, "n_real": real.n_obs, **_generation_stats(real_x, gen.X.toarray())})
+        real_valid = np.asarray(real.layers["countsdiff_valid"], dtype=bool)
+        gen_rows.append({"cell_type": label, "n_real": real.n_obs,
+                         **_generation_stats(real_x, real_valid, gen.X.toarray())})
         gens.append(gen)
     generation = pd.DataFrame(gen_rows).set_index("cell_type")
 
@@ -153,8 +166,9 @@ def run_demo(
     with pd.option_context("display.width", 140, "display.max_columns", 20, "display.precision", 3):
         print("\nImputation of held-out test entries (50% MCAR; lower is better except spearman):")
         print(wide.to_string(float_format=lambda v: f"{v:.4g}"))
-        print("\nGenerated vs held-out real cells, per-gene statistics:")
-        print(generation.to_string(float_format=lambda v: f"{v:.3f}"))
+        print("\nGenerated vs held-out real cells of the same type (the model learns dropout-free expression, so the "
+              "'valid' columns are the like-for-like comparison):")
+        print(generation.T.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"\nWrote {out} (test cells with layers countsdiff_imputed / countsdiff_mask, obsm countsdiff_samples, "
           f"uns countsdiff_metrics) and {gen_path}.")
     print(f"Total time {time.perf_counter() - t_start:.0f} s (training {t_train:.0f} s, imputation {t_impute:.0f} s).")

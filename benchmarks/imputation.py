@@ -1,0 +1,182 @@
+"""Imputation benchmark on the bundled CBMC counts with the CountsDiff paper's scRNA-seq protocol.
+
+Protocol (paper Sec. 4.3, App. D.3; REFERENCE_NOTES.md):
+
+1. suspected dropouts marked per cell type (scIDPMs Algorithm 1); they are never held out nor scored;
+2. cells split 80/10/10 (train / validation / test), stratified by cell type;
+3. CountsDiff and the learned baselines are trained on the train + validation cells only;
+4. on the test cells, two missingness regimes: 50% MCAR and 25% MNAR-low (per gene, the held-out entries are drawn
+   from the lowest values; the candidate pool ``k + pool_extra`` is scaled to the test-set size, see below);
+5. every method imputes the same masked entries; all metrics of ``countsdiff_sc.metrics.evaluate_imputation`` with
+   10 bootstrap resamples of cells for the standard errors.
+
+The paper's MNAR code draws from the ``k + 5000`` lowest values of a gene; on ~860 test cells that pool covers every
+valid entry and the mask would be MCAR in disguise, so the pool here is ``k + n_test_cells // 10``.
+
+Usage::
+
+    python benchmarks/imputation.py            # full run (tens of minutes on 2 CPU cores)
+    python benchmarks/imputation.py --quick    # smoke test (a few minutes)
+
+Writes ``benchmarks/results/imputation[_quick].md``, ``.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).parent / "results"
+
+try:
+    from _markdown import frame_to_markdown
+except ImportError:  # run as a module from the repository root
+    from benchmarks._markdown import frame_to_markdown
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small settings for a smoke test")
+    p.add_argument("--max-steps", type=int, default=6000, help="CountsDiff training steps (full mode)")
+    p.add_argument("--n-steps", type=int, default=20, help="reverse steps of the RePaint imputation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scfid", action="store_true", help="also compute scFID (trains an scVI embedder)")
+    p.add_argument("--no-scvi", action="store_true", help="skip the scVI baseline")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = _parse()
+    import scvi
+
+    import countsdiff_sc as cds
+    from countsdiff_sc import baselines, metrics, pp
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    scvi.settings.verbosity = 30
+    scvi.settings.seed = args.seed
+    t_all = time.perf_counter()
+    adata = cds.datasets.cbmc()
+    max_steps, n_bootstrap, scvi_epochs = args.max_steps, 10, 200
+    if args.quick:
+        rng = np.random.default_rng(args.seed)
+        adata = adata[np.sort(rng.choice(adata.n_obs, 2500, replace=False))].copy()
+        max_steps, n_bootstrap, scvi_epochs = 400, 3, 20
+    pp.mark_dropouts(adata, groupby="cell_type")
+    pp.split_cells(adata, seed=args.seed, stratify="cell_type")
+    split = adata.obs["countsdiff_split"]
+    train = adata[split != "test"].copy()
+    test = adata[split == "test"].copy()
+    print(f"CBMC {adata.n_obs} cells; train+validation {train.n_obs}, test {test.n_obs}; max_steps={max_steps}")
+
+    cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type", valid_layer="countsdiff_valid")
+    model = cds.CountsDiffModel(train)
+    t0 = time.perf_counter()
+    model.train(max_steps=max_steps, train_size=8 / 9, accelerator="cpu", enable_progress_bar=False)
+    timings = {"countsdiff_train_s": time.perf_counter() - t0}
+    print(f"CountsDiff trained in {timings['countsdiff_train_s']:.0f} s")
+
+    regimes = {
+        "MCAR 50%": lambda a: pp.mask_mcar(a, rate=0.5, seed=args.seed),
+        "MNAR-low 25%": lambda a: pp.mask_mnar(a, rate=0.25, bias="low", seed=args.seed,
+                                               pool_extra=max(1, a.n_obs // 10)),
+    }
+    scvi_model = None
+    tables = []
+    for regime, make_mask in regimes.items():
+        data = test.copy()
+        make_mask(data)
+        mask = data.layers["countsdiff_mask"]
+        print(f"\n== {regime}: {int(mask.sum())} held-out entries, mean held-out count "
+              f"{float(data.X.toarray()[mask].mean()):.3f}")
+        methods: dict[str, str] = {}
+        t0 = time.perf_counter()
+        model.impute(data, n_samples=5, n_steps=args.n_steps, seed=args.seed, key_added="cd5", progress=False)
+        timings[f"{regime} countsdiff_5draw_s"] = time.perf_counter() - t0
+        methods["CountsDiff, 5-sample"] = "cd5"
+        data.layers["cd1"] = np.where(mask, data.obsm["countsdiff_samples"][:, 0, :], data.layers["cd5"])
+        methods["CountsDiff, 1-sample"] = "cd1"
+        baselines.impute_zero(data)
+        methods["Zero"] = "zero_imputed"
+        baselines.impute_mean(data, reference=train, valid_layer="countsdiff_valid")
+        methods["Mean"] = "mean_imputed"
+        baselines.impute_conditional_mean(data, "cell_type", reference=train, valid_layer="countsdiff_valid")
+        methods["Conditional mean"] = "conditional_mean_imputed"
+        if not args.no_scvi:
+            t0 = time.perf_counter()
+            res = baselines.impute_scvi(data, train, labels_key=None, max_epochs=scvi_epochs, seed=args.seed,
+                                        model=scvi_model, progress_bar=False)
+            scvi_model = res.model
+            timings[f"{regime} scvi_s"] = time.perf_counter() - t0
+            methods["scVI (posterior mean)"] = "scvi_imputed"
+            methods["scVI (1 posterior sample)"] = "scvi_sample"
+        try:
+            baselines.impute_magic(data)
+            methods["MAGIC"] = "magic_imputed"
+        except ImportError as err:
+            print(f"MAGIC skipped: {str(err).splitlines()[0]}")
+        for name, layer in methods.items():
+            df = metrics.evaluate_imputation(
+                data, imputed_layer=layer, n_bootstrap=n_bootstrap, seed=args.seed, scfid=args.scfid,
+                key_added=f"{regime}:{name}",
+            )
+            tables.append(df.assign(regime=regime, method=name))
+            print(f"  {name:28s} " + "  ".join(f"{m}={v:.4g}" for m, v in zip(df.metric, df.value, strict=True)))
+    table = pd.concat(tables, ignore_index=True)
+    timings["total_s"] = time.perf_counter() - t_all
+    _write(table, timings, args)
+
+
+def _write(table: pd.DataFrame, timings: dict, args: argparse.Namespace) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / ("imputation_quick" if args.quick else "imputation")
+    lines = [f"# Imputation benchmark on CBMC ({'quick' if args.quick else 'full'} mode)", "",
+             "Mean (bootstrap standard error over cells). Lower is better except spearman / pearson / r2; "
+             "bias closest to 0 is best.", ""]
+    for regime, sub in table.groupby("regime", sort=False):
+        cell = sub.assign(txt=[f"{v:.4g} ({s:.2g})" for v, s in zip(sub.value, sub.std_error, strict=True)])
+        wide = cell.pivot(index="method", columns="metric", values="txt")
+        wide = wide.loc[list(dict.fromkeys(sub.method))]
+        lines += [f"## {regime}", "", frame_to_markdown(wide), ""]
+    lines += ["## Timings (s, 2 CPU cores)", "", frame_to_markdown(pd.Series(timings).round(1).to_frame("seconds")), ""]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    stem.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "timings": timings,
+                                                     "table": table.to_dict(orient="records")}, indent=1,
+                                                    default=float))
+    _plot(table, stem.with_suffix(".png"))
+    print("\n".join(lines))
+    print(f"wrote {stem}.md / .json / .png")
+
+
+def _plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ["rmse", "bias", "spearman", "energy_distance", "mmd", "swd"]
+    regimes = list(dict.fromkeys(table.regime))
+    fig, axes = plt.subplots(len(regimes), len(shown), figsize=(3.2 * len(shown), 3.4 * len(regimes)), squeeze=False)
+    for i, regime in enumerate(regimes):
+        sub = table[table.regime == regime]
+        for j, metric in enumerate(shown):
+            ax = axes[i, j]
+            m = sub[sub.metric == metric]
+            ax.barh(m.method, m.value, xerr=m.std_error, color="tab:blue", alpha=0.8)
+            ax.set_title(f"{regime}: {metric}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if j:
+                ax.set_yticklabels([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
