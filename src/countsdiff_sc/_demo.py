@@ -32,7 +32,8 @@ def _generation_stats(real_x: np.ndarray, real_valid: np.ndarray, gen_x: np.ndar
         "zero_frac real valid": float(((real_x == 0) & real_valid).sum() / max(real_valid.sum(), 1)),
         "zero_frac real all": float((real_x == 0).mean()),
         "zero_frac generated": float(gen_zero.mean()),
-        "counts/cell real valid": float((real_x * real_valid).sum(1).mean()),
+        "counts/cell real (sum of valid means)": float(real_mean_valid.sum()),
+        "counts/cell real (all entries)": float(real_x.sum(1).mean()),
         "counts/cell generated": float(gen_x.sum(1).mean()),
     }
 

@@ -30,7 +30,7 @@ def test_gene_prior_method_of_moments():
 
 
 def test_baseline_is_gamma_poisson_posterior_mean():
-    m = _module(gene_stats=(torch.full((20,), 4.0), torch.full((20,), 12.0)))  # a = 16 / 8 = 2
+    m = _module(rate_baseline="gamma_poisson", gene_stats=(torch.full((20,), 4.0), torch.full((20,), 12.0)))  # a = 2
     s = CosineSchedule()
     t = torch.tensor([0.0, 0.5, 1.0])
     x_t = torch.tensor([3.0]).expand(3, 20)
@@ -113,3 +113,9 @@ def test_module_argument_errors():
         CountsDiffModule(5, rate_baseline="poisson")
     with pytest.raises(ValueError, match="ema_decay"):
         CountsDiffModule(5, ema_decay=1.0)
+
+
+def test_default_is_the_papers_plain_softplus():
+    m = _module()
+    assert m.rate_baseline == "none"
+    assert m.baseline(torch.ones(2, 20), torch.rand(2)) is None

@@ -82,9 +82,8 @@ class CountsDiffModel(BaseModelClass):
     ema_decay
         Decay of the EMA weights used for validation and sampling (0 disables).
     rate_baseline
-        ``"gamma_poisson"`` (default) predicts the rate as a per-gene empirical-Bayes baseline times
-        ``softplus(NN)``; ``"none"`` is the paper's plain ``softplus(NN)`` (see
-        :class:`~countsdiff_sc.module.CountsDiffModule`).
+        ``"none"`` (default) is the paper's plain ``y_hat = softplus(NN)``; ``"gamma_poisson"`` multiplies it by a
+        per-gene empirical-Bayes baseline rate (see :class:`~countsdiff_sc.module.CountsDiffModule`).
 
     Examples
     --------
@@ -111,7 +110,7 @@ class CountsDiffModel(BaseModelClass):
         loss_weighting: Literal["neg_dp", "nll", "constant"] = "neg_dp",
         p_uncond: float = 0.1,
         ema_decay: float = 0.999,
-        rate_baseline: Literal["gamma_poisson", "none"] = "gamma_poisson",
+        rate_baseline: Literal["none", "gamma_poisson"] = "none",
     ):
         super().__init__(adata, registry)
         if isinstance(schedule, PSchedule) and schedule.name != "custom":

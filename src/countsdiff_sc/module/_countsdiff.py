@@ -67,12 +67,15 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
     ema_decay
         Decay of the EMA copy of the network used for validation and sampling (0 disables it).
     rate_baseline
-        Preconditioning of the predicted rate. ``"gamma_poisson"`` (default): ``y_hat = b * softplus(NN)`` with
+        Preconditioning of the predicted rate. ``"none"`` (default): the paper's plain ``y_hat = softplus(NN)``.
+        ``"gamma_poisson"``: ``y_hat = b * softplus(NN)`` with
         ``b = (1 - p(t)) (a_g + x_t) / (a_g / mu_g + p(t))``, the posterior mean of ``y = x_0 - x_t`` given ``x_t``
         when gene ``g`` has a Gamma(a_g, a_g / mu_g)-Poisson prior (:func:`gene_prior`). The network then learns a
         correction factor of order one; ``b -> 0`` as ``t -> 0`` and ``b = mu_g`` at ``t = 1``, which keeps the
         near-deterministic last reverse steps (``beta -> 1``) from adding spurious molecules. The objective (Eq. 6)
-        and its minimiser are unchanged. ``"none"``: the paper's plain ``y_hat = softplus(NN)``.
+        and its minimiser are unchanged. Measured on CBMC (50% MCAR, 1,500 training steps, same seed) it was worse
+        than the plain parametrization (RMSE 16.8 vs 10.4, SWD 5.9 vs 3.7, similar ED / MMD), so it is an option,
+        not the default.
     gene_stats
         ``(mean, variance)`` of every gene's counts over the training cells (valid entries), used for the
         baseline and for the initial output bias. Stored as buffers, so they are saved with the model.
@@ -90,7 +93,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         loss_weighting: str = "neg_dp",
         p_uncond: float = 0.1,
         ema_decay: float = 0.999,
-        rate_baseline: str = "gamma_poisson",
+        rate_baseline: str = "none",
         gene_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         super().__init__()
