@@ -122,7 +122,7 @@ def test_impute_invariants(trained):
     assert imputed.dtype == np.float32
     np.testing.assert_array_equal(bdata.layers["countsdiff_imputed"], imputed)
     np.testing.assert_array_equal(bdata.obsm["countsdiff_samples"], samples)
-    assert bdata.uns["countsdiff"]["impute"]["n_entries_imputed"] == int(mask.sum())
+    assert bdata.uns["countsdiff"]["countsdiff_imputed"]["n_entries_imputed"] == int(mask.sum())
     again, _ = model.impute(bdata, n_samples=3, n_steps=6, seed=0, progress=False, key_added="again",
                             store_samples=False)
     np.testing.assert_array_equal(again, imputed)
@@ -148,6 +148,10 @@ def test_impute_errors_and_warnings(trained):
     assert "marked invalid" in messages and "all their valid entries masked" in messages
     invalid = ~bdata.layers["valid"][0]
     np.testing.assert_array_equal(imputed[0, invalid], bdata.X.toarray()[0, invalid])
+    bdata.layers["mine"] = np.zeros(bdata.shape, dtype=np.float32)
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        model.impute(bdata, key_added="mine", progress=False)
+    np.testing.assert_array_equal(bdata.layers["mine"], 0)
     other = adata[:, :-1].copy()
     other.layers["countsdiff_mask"] = np.zeros(other.shape, dtype=bool)
     with pytest.raises(ValueError):

@@ -9,8 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._utils import as_bool_mask, check_counts, check_obs_key, get_matrix, record_params, to_dense
-from ..pp._keys import check_writable
+from .._utils import as_bool_mask, check_counts, check_obs_key, check_writable, get_matrix, record_params, to_dense
 from ..pp._subset import ObsSelection, describe_selection, resolve_obs_selection
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..pp._keys import check_writable
+from .._utils import check_writable
 from ..pp._subset import ObsSelection
 from ._common import load_inputs, load_reference, query_labels, reference_labels, write_output
 

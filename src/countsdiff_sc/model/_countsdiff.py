@@ -29,7 +29,15 @@ from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from countsdiff_sc._utils import as_bool_mask, check_counts, check_obs_key, get_matrix, record_params, to_dense
+from countsdiff_sc._utils import (
+    as_bool_mask,
+    check_counts,
+    check_obs_key,
+    check_writable,
+    get_matrix,
+    record_params,
+    to_dense,
+)
 from countsdiff_sc.diffusion import ATTRITION_KINDS, PSchedule, generate, repaint
 from countsdiff_sc.module import CONDITION_KEY, VALID_KEY, CountsDiffModule, DiffusionTrainingPlan
 
@@ -37,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CountsDiffModel"]
 
-_IMPUTE_UNS = "impute"
 
 
 def _check_valid_layer(x: Any, where: str) -> None:
@@ -699,13 +706,15 @@ class CountsDiffModel(BaseModelClass):
         Returns
         -------
         ``(imputed, samples)``: the float32 matrix written to ``layers[key_added]`` and the int32 draws (or None).
+        The settings are recorded in ``uns["countsdiff"][key_added]``.
 
         Raises
         ------
         KeyError
             The mask layer is missing.
         ValueError
-            Wrong mask shape or non-boolean mask, genes that do not match the model, or bad settings.
+            Wrong mask shape or non-boolean mask, genes that do not match the model, bad settings, or a
+            ``key_added`` / ``samples_key`` that names a layer / obsm entry the user owns (never overwritten).
 
         Warns
         -----
@@ -726,6 +735,9 @@ class CountsDiffModel(BaseModelClass):
                 "with countsdiff_sc.pp.mask_mcar / mask_mnar, or pass mask_layer=."
             )
         mask = as_bool_mask(adata.layers[mask_layer], adata.shape, f"adata.layers[{mask_layer!r}]")
+        check_writable(adata, key_added, "layers")
+        if store_samples:
+            check_writable(adata, samples_key, "obsm")
         x_all = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         valid_all = None
         if VALID_KEY in manager.data_registry:
@@ -788,7 +800,7 @@ class CountsDiffModel(BaseModelClass):
             adata.obsm[samples_key] = samples
         record_params(
             adata,
-            _IMPUTE_UNS,
+            key_added,
             {
                 "mask_layer": mask_layer, "key_added": key_added, "samples_key": samples_key if store_samples else None,
                 "n_samples": n_draws, "n_steps": n_steps, "guidance": guidance, "attrition": attrition,

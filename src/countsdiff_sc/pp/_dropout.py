@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import check_counts, check_obs_key, get_matrix, record_params
-from ._keys import check_writable
+from .._utils import check_counts, check_obs_key, check_writable, get_matrix, record_params
 
 logger = logging.getLogger(__name__)
 

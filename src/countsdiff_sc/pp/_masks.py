@@ -11,8 +11,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from .._utils import as_bool_mask, check_counts, get_matrix, record_params
-from ._keys import check_writable
+from .._utils import as_bool_mask, check_counts, check_writable, get_matrix, record_params
 from ._subset import ObsSelection, describe_selection, resolve_obs_selection
 
 DEFAULT_VALID_LAYER = "countsdiff_valid"

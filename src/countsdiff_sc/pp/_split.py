@@ -9,8 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._utils import check_obs_key, record_params
-from ._keys import check_writable
+from .._utils import check_obs_key, check_writable, record_params
 
 SPLITS = ("train", "validation", "test")
 
