@@ -7,10 +7,9 @@ from collections.abc import Sequence
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-from torch import nn
 
 from countsdiff_sc.diffusion import count_loss, get_schedule, guidance_mix, loss_weight, thin
-from countsdiff_sc.nn import GeneTransformerDenoiser, ResidualMLPDenoiser
+from countsdiff_sc.nn import GeneTransformerDenoiser, RateDenoiser, ResidualMLPDenoiser
 
 from ._ema import EMAMixin
 
@@ -110,7 +109,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         self.loss_weighting = loss_weighting
         self.p_uncond = float(p_uncond)
         cls = ResidualMLPDenoiser if backbone == "mlp" else GeneTransformerDenoiser
-        self.net: nn.Module = cls(
+        self.net: RateDenoiser = cls(
             n_genes, n_cats_per_cov=self.n_cats_per_cov, n_continuous=self.n_continuous, **(backbone_kwargs or {})
         )
         if rate_baseline not in RATE_BASELINES:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._base import RateDenoiser, inverse_softplus
 from ._embeddings import ConditionEncoder, SinusoidalTimeEmbedding
 
 __all__ = ["ResidualMLPDenoiser"]
@@ -31,7 +31,7 @@ class _FiLMBlock(nn.Module):
         return h + self.mlp(self.norm(h) * (1.0 + scale) + shift)
 
 
-class ResidualMLPDenoiser(nn.Module):
+class ResidualMLPDenoiser(RateDenoiser):
     """Predicts the number of thinned molecules ``y_hat = softplus(NN(x_t, t, c))`` with a residual MLP.
 
     The input is ``log1p(x_t)`` of all genes; the time (sinusoidal embedding) and the sum of the condition
@@ -84,11 +84,10 @@ class ResidualMLPDenoiser(nn.Module):
         self.head = nn.Linear(n_hidden, n_genes)
         nn.init.zeros_(self.head.weight)
 
-    def init_output_bias(self, gene_means: torch.Tensor) -> None:
-        """Start the output at the per-gene mean count (inverse softplus) so early training is well scaled."""
-        m = gene_means.float().clamp_min(1e-3).to(self.head.bias.device)
+    def init_output_bias(self, rates: torch.Tensor) -> None:
+        """Start the output at ``rates`` (e.g. per-gene mean counts) so early training is well scaled."""
         with torch.no_grad():
-            self.head.bias.copy_(m + torch.log(-torch.expm1(-m)))
+            self.head.bias.copy_(inverse_softplus(rates).to(self.head.bias.device))
 
     def raw(
         self,
@@ -108,22 +107,3 @@ class ResidualMLPDenoiser(nn.Module):
         for block in self.blocks:
             h = block(h, emb)
         return self.head(self.out_norm(h))
-
-    def forward(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        cat: torch.Tensor | None = None,
-        cont: torch.Tensor | None = None,
-        drop: torch.Tensor | None = None,
-        valid: torch.Tensor | None = None,
-        scale: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Predicted rates ``y_hat = scale * softplus(raw)`` (n, n_genes), strictly positive.
-
-        ``scale`` is an optional positive baseline rate (the module's preconditioning); softplus is applied once.
-        ``valid`` is accepted for interface parity with the transformer; the MLP sees every gene (suspected
-        dropouts enter as the zeros they are, exactly as during training).
-        """
-        rate = F.softplus(self.raw(x_t, t, cat, cont, drop, valid))
-        return rate if scale is None else rate * scale

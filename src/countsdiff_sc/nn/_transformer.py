@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._base import RateDenoiser, inverse_softplus
 from ._embeddings import ConditionEncoder, SinusoidalTimeEmbedding
 
 __all__ = ["GeneTransformerDenoiser"]
 
 
-class GeneTransformerDenoiser(nn.Module):
+class GeneTransformerDenoiser(RateDenoiser):
     """One token per gene, plus a time token and one token per condition, through a transformer encoder.
 
     Gene token ``g`` = ``Linear(log1p(x_t[g]))`` + a learned gene embedding. The time and each condition are
@@ -70,11 +70,10 @@ class GeneTransformerDenoiser(nn.Module):
         self.head = nn.Linear(d_model, 1)
         self.gene_bias = nn.Parameter(torch.zeros(n_genes))
 
-    def init_output_bias(self, gene_means: torch.Tensor) -> None:
-        """Start the output at the per-gene mean count (inverse softplus) so early training is well scaled."""
-        m = gene_means.float().clamp_min(1e-3).to(self.gene_bias.device)
+    def init_output_bias(self, rates: torch.Tensor) -> None:
+        """Start the output near ``rates`` (e.g. per-gene mean counts) so early training is well scaled."""
         with torch.no_grad():
-            self.gene_bias.copy_(m + torch.log(-torch.expm1(-m)))
+            self.gene_bias.copy_(inverse_softplus(rates).to(self.gene_bias.device))
             self.head.weight.mul_(0.1)
 
     def raw(
@@ -104,20 +103,3 @@ class GeneTransformerDenoiser(nn.Module):
         h = self.encoder(tokens, src_key_padding_mask=padding)
         h = h[:, extra_tokens.shape[1] :, :]
         return self.head(self.out_norm(h)).squeeze(-1) + self.gene_bias[None]
-
-    def forward(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        cat: torch.Tensor | None = None,
-        cont: torch.Tensor | None = None,
-        drop: torch.Tensor | None = None,
-        valid: torch.Tensor | None = None,
-        scale: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Predicted rates ``y_hat = scale * softplus(raw)`` (n, n_genes), strictly positive.
-
-        ``scale`` is an optional positive baseline rate (the module's preconditioning); softplus is applied once.
-        """
-        rate = F.softplus(self.raw(x_t, t, cat, cont, drop, valid))
-        return rate if scale is None else rate * scale
