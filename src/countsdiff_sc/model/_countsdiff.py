@@ -41,6 +41,8 @@ from countsdiff_sc._utils import (
 from countsdiff_sc.diffusion import ATTRITION_KINDS, PSchedule, generate, repaint
 from countsdiff_sc.module import CONDITION_KEY, VALID_KEY, CountsDiffModule, DiffusionTrainingPlan
 
+from ._training import DiffusionTrainingMixin
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CountsDiffModel"]
@@ -59,7 +61,7 @@ def _check_valid_layer(x: Any, where: str) -> None:
         raise ValueError(f"{where} must be boolean (True = trusted entry); {bad} entries are neither 0 nor 1.")
 
 
-class CountsDiffModel(BaseModelClass):
+class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
     """Diffusion on the natural numbers for single-cell UMI counts (CountsDiff).
 
     The forward process thins counts binomially with a p-schedule, ``x_t ~ Binomial(x_0, p(t))``; a network
@@ -418,44 +420,14 @@ class CountsDiffModel(BaseModelClass):
         The history (``model.history``) holds ``train_loss`` and ``validation_loss`` per epoch; validation uses
         the EMA weights.
         """
-        n_train = int(self.adata.n_obs * (train_size if train_size is not None else 0.9))
-        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-        if max_epochs is None:
-            target = max_steps if max_steps is not None else 6000
-            max_epochs = int(np.clip(math.ceil(target / steps_per_epoch), 1 if max_steps else 20,
-                                     10**6 if max_steps else 400))
-        plan = {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer, "warmup_steps": warmup_steps}
-        plan.update(plan_kwargs or {})
-        if max_steps is not None:
-            trainer_kwargs["max_steps"] = int(max_steps)
-        if gradient_clip_val is not None:
-            trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
-        if early_stopping:
-            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
-            trainer_kwargs.setdefault("early_stopping_mode", "min")
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        data_splitter = self._data_splitter_cls(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            shuffle_set_split=shuffle_set_split,
-            batch_size=batch_size,
-            **(datasplitter_kwargs or {}),
+        self._train_diffusion(
+            max_epochs=max_epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            optimizer=optimizer, warmup_steps=warmup_steps, gradient_clip_val=gradient_clip_val,
+            train_size=train_size, validation_size=validation_size, shuffle_set_split=shuffle_set_split,
+            early_stopping=early_stopping, early_stopping_patience=early_stopping_patience, accelerator=accelerator,
+            devices=devices, datasplitter_kwargs=datasplitter_kwargs, plan_kwargs=plan_kwargs,
+            default_steps=6000, max_default_epochs=400, **trainer_kwargs,
         )
-        training_plan = self._training_plan_cls(self.module, **plan)
-        runner = self._train_runner_cls(
-            self,
-            training_plan=training_plan,
-            data_splitter=data_splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            **trainer_kwargs,
-        )
-        runner()
-        self.module.eval()
 
     # ------------------------------------------------------------------ conditions for sampling
     def _resolve_conditions(
