@@ -1,0 +1,95 @@
+"""Input validation and matrix access shared by the metric modules (private)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from .._utils import as_bool_mask, get_matrix, to_dense
+
+#: Rows processed at once by the row-chunked metrics (bounds the dense working memory).
+ROW_CHUNK = 4096
+
+
+def as_matrix(x: Any, name: str, layer: str | None = None) -> np.ndarray | sp.csr_matrix:
+    """Return a 2-D numeric matrix (dense ndarray or CSR) from an array, sparse matrix or AnnData.
+
+    ``layer`` is only used for AnnData input (``None`` = ``adata.X``). Dense inputs are returned without a copy.
+    """
+    if isinstance(x, ad.AnnData):
+        x = get_matrix(x, layer)
+    if sp.issparse(x):
+        out = sp.csr_matrix(x)
+    else:
+        out = np.asarray(x)
+    if out.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (cells x genes) matrix, got an array with shape {out.shape}.")
+    if out.dtype.kind not in "biuf":
+        raise ValueError(f"{name} has dtype {out.dtype}; expected a numeric matrix.")
+    return out
+
+
+def check_same_shape(**arrays: Any) -> tuple[int, int]:
+    """Raise a ValueError unless all given matrices have the same shape; return that shape."""
+    shapes = {name: tuple(np.shape(a)) for name, a in arrays.items() if a is not None}
+    if len(set(shapes.values())) > 1:
+        listing = ", ".join(f"{k}: {v}" for k, v in shapes.items())
+        raise ValueError(
+            f"Shape mismatch ({listing}). These matrices must describe the same cells and genes in the same order; "
+            "subset or reorder them (e.g. adata[:, genes]) so that the shapes agree."
+        )
+    return next(iter(shapes.values()))
+
+
+def resolve_mask(mask: Any, shape: tuple[int, int], where: str = "mask") -> np.ndarray:
+    """Return a dense boolean mask; ``None`` selects every entry."""
+    if mask is None:
+        return np.ones(shape, dtype=bool)
+    return as_bool_mask(mask, shape, where)
+
+
+def row_chunks(n: int, size: int = ROW_CHUNK) -> Iterator[slice]:
+    """Yield consecutive row slices of at most ``size`` rows."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def dense_rows(x: np.ndarray | sp.spmatrix, rows: slice | np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+    """Dense ``dtype`` copy of the selected rows of a dense or CSR matrix."""
+    return to_dense(x[rows], dtype=dtype)
+
+
+def check_finite(values: np.ndarray, name: str) -> None:
+    """Raise a ValueError counting NaN / infinite entries."""
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise ValueError(
+            f"{name} contains {bad} NaN or infinite entries among the evaluated values; fill or drop them."
+        )
+
+
+def check_nonnegative(x: np.ndarray | sp.spmatrix, name: str) -> None:
+    """Raise a ValueError if a matrix has negative or non-finite entries."""
+    values = x.data if sp.issparse(x) else np.asarray(x)
+    check_finite(values, name)
+    n_neg = int(np.count_nonzero(values < 0))
+    if n_neg:
+        raise ValueError(f"{name} contains {n_neg} negative entries; expected non-negative (count-scale) values.")
+
+
+def labels_array(data: Any, labels: Any, n: int, name: str) -> np.ndarray:
+    """Resolve labels given as an obs column name (for AnnData input) or as an array of length ``n``."""
+    if isinstance(labels, str):
+        if not isinstance(data, ad.AnnData):
+            raise ValueError(f"{name}: a label column name ({labels!r}) needs AnnData input; pass an array instead.")
+        if labels not in data.obs.columns:
+            raise KeyError(f"Column {labels!r} not found in {name}.obs. Available columns: {list(data.obs.columns)}.")
+        return np.asarray(data.obs[labels].astype(str))
+    out = np.asarray(labels)
+    if out.shape != (n,):
+        raise ValueError(f"{name}: labels must have shape ({n},) (one per cell), got {out.shape}.")
+    return out.astype(str)
