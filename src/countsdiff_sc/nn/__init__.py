@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._base import RateDenoiser, inverse_softplus
 from ._embeddings import ConditionEncoder, SinusoidalTimeEmbedding
 from ._latent import LatentDenoiser
 from ._mlp import ResidualMLPDenoiser
@@ -11,6 +12,8 @@ __all__ = [
     "ConditionEncoder",
     "GeneTransformerDenoiser",
     "LatentDenoiser",
+    "RateDenoiser",
     "ResidualMLPDenoiser",
     "SinusoidalTimeEmbedding",
+    "inverse_softplus",
 ]

@@ -1,0 +1,322 @@
+"""Reference preprocessing and PCA loadings of DICE, fitted once on the reference and frozen with the model.
+
+Pipeline (paper Sec. 5 and App. H.1): library-size normalisation to ``target_sum``, ``log1p``, optional subset to
+highly variable genes, per-gene scaling to unit variance with values clipped to ``[-max_value, max_value]``, then
+PCA. The loading matrix ``V`` (paper Eq. 1-3, estimated by the SVD of Sec. 3) and every statistic of the pipeline
+come from the reference alone, so a query is projected exactly as the reference was.
+
+Genes outside the highly variable subset keep a zero row in ``V``: projecting all genes with that ``V`` equals
+projecting the subset, so every stored array is indexed by the registered genes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+__all__ = ["DICEProjection", "elbow_rank", "fit_projection", "project_matrix"]
+
+
+@dataclass
+class DICEProjection:
+    """Frozen preprocessing statistics and PCA loadings of a reference.
+
+    Attributes
+    ----------
+    gene_mean, gene_std
+        ``(n_genes,)`` mean and standard deviation (ddof = 1) of the log-normalised reference, used for scaling
+        (0 and 1 when scaling is off or for genes outside the selected subset; constant genes get std 1).
+    pca_mean
+        ``(n_genes,)`` mean of the scaled, clipped reference (0 outside the subset): the PCA centre.
+    loadings
+        ``(n_genes, n_latent)`` orthonormal principal axes ``V`` (zero rows outside the subset). Each axis is
+        signed so that its largest-magnitude entry is positive.
+    singular_values
+        The leading singular values of the centred reference matrix (the scree curve, at most ``max_components``).
+    highly_variable
+        ``(n_genes,)`` boolean mask of the genes used.
+    latent_scale
+        Scale ``c`` with which the diffusion prior sees ``u / c`` (1 when not standardised).
+    n_latent
+        Number of components ``k``.
+    """
+
+    gene_mean: np.ndarray
+    gene_std: np.ndarray
+    pca_mean: np.ndarray
+    loadings: np.ndarray
+    singular_values: np.ndarray
+    highly_variable: np.ndarray
+    latent_scale: float
+    n_latent: int
+
+
+def elbow_rank(singular_values: np.ndarray, min_rank: int = 2) -> int:
+    """Number of components at the elbow of a scree curve: the point farthest below its chord.
+
+    The curve ``(i, s_i)``, ``i = 1..m``, is mapped to the unit square (``x = (i - 1) / (m - 1)``,
+    ``y = (s_i - s_m) / (s_1 - s_m)``); the chord joins its end points ``(0, 1)`` and ``(1, 0)``. The elbow is the
+    ``i`` maximising the distance to the chord on the lower side, ``1 - x_i - y_i`` (the "kneedle" rule), and ``k``
+    is that ``i`` (components 1..i are kept), at least ``min_rank``. For a spectrum with a clean drop after ``r``
+    large values the knee is the first small value, so ``k = r + 1``: one component more than the signal rank,
+    which the paper (App. F) notes is safe ("choosing a slightly larger k is generally safe").
+
+    Parameters
+    ----------
+    singular_values
+        Non-increasing singular values ``s_1 >= ... >= s_m`` (the first ``m`` considered; ``m >= 3``).
+    min_rank
+        Smallest rank returned.
+
+    Returns
+    -------
+    The chosen rank ``k``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> elbow_rank(np.array([10.0, 9.0, 8.0, 1.2, 1.1, 1.0, 0.9, 0.8]))
+    4
+    """
+    s = np.asarray(singular_values, dtype=np.float64)
+    m = s.size
+    if m < 3:
+        return int(max(min(m, min_rank), 1))
+    span = s[0] - s[-1]
+    if span <= 0:
+        return int(min(max(min_rank, 1), m))
+    x = np.arange(m) / (m - 1)
+    y = (s - s[-1]) / span
+    k = int(np.argmax(1.0 - x - y)) + 1
+    return int(min(max(k, min_rank), m))
+
+
+def _log_normalize(x: Any, target_sum: float) -> np.ndarray | sp.csr_matrix:
+    """``log1p(x / rowsum * target_sum)`` keeping sparsity (float64); cells with no counts stay at zero."""
+    if sp.issparse(x):
+        x = sp.csr_matrix(x, dtype=np.float64, copy=True)
+        totals = np.asarray(x.sum(axis=1)).ravel()
+        factors = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        x = sp.csr_matrix(sp.diags(factors) @ x)
+        np.log1p(x.data, out=x.data)
+        return x
+    x = np.asarray(x, dtype=np.float64)
+    totals = x.sum(axis=1, keepdims=True)
+    factors = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log1p(x * factors)
+
+
+def _dense(x: Any) -> np.ndarray:
+    return x.toarray() if sp.issparse(x) else np.asarray(x, dtype=np.float64)
+
+
+def _transform_chunk(
+    x: Any, log_normalize: bool, target_sum: float, gene_mean: np.ndarray, gene_std: np.ndarray, max_value: float | None
+) -> np.ndarray:
+    """Normalise (optionally), scale and clip one chunk of cells; returns a dense float64 array."""
+    z = _dense(_log_normalize(x, target_sum)) if log_normalize else _dense(x).astype(np.float64, copy=False)
+    z = (z - gene_mean) / gene_std
+    if max_value is not None:
+        np.clip(z, -max_value, max_value, out=z)
+    return z
+
+
+def _select_genes(
+    x: Any, n_top_genes: int | None, log_normalize: bool, target_sum: float, variances: np.ndarray
+) -> np.ndarray:
+    """Boolean mask of the highly variable genes (all genes when ``n_top_genes`` is None)."""
+    n_genes = x.shape[1]
+    if n_top_genes is None or int(n_top_genes) >= n_genes:
+        return np.ones(n_genes, dtype=bool)
+    n_top = int(n_top_genes)
+    if n_top < 2:
+        raise ValueError(f"n_top_genes must be at least 2, got {n_top_genes}.")
+    if log_normalize:
+        import anndata as ad
+        import scanpy as sc
+
+        # Seurat-flavoured dispersion ranking on the log-normalised reference (scanpy's "seurat" flavour).
+        tmp = ad.AnnData(X=_log_normalize(x, target_sum))
+        sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat", subset=False, inplace=True)
+        return tmp.var["highly_variable"].to_numpy(dtype=bool)
+    mask = np.zeros(n_genes, dtype=bool)
+    mask[np.argsort(-variances, kind="stable")[:n_top]] = True
+    return mask
+
+
+def fit_projection(
+    x: Any,
+    *,
+    log_normalize: bool = True,
+    scale: bool = True,
+    target_sum: float = 1e4,
+    max_value: float | None = 10.0,
+    n_top_genes: int | None = None,
+    n_latent: int | None = None,
+    max_components: int = 50,
+    standardize_latent: bool = True,
+    chunk_size: int = 4096,
+) -> DICEProjection:
+    """Fit the preprocessing and the PCA loadings ``V`` of DICE on a reference matrix.
+
+    Two passes over the cells (in chunks, so the dense matrix is never built): per-gene moments of the
+    log-normalised data, then the mean and Gram matrix of the scaled, clipped data; the principal axes are the
+    leading eigenvectors of its covariance (exact PCA, memory ``O(n_genes^2)``).
+
+    Parameters
+    ----------
+    x
+        Reference matrix ``(n_cells, n_genes)``: raw counts when ``log_normalize``, else already transformed values.
+    log_normalize
+        Library-size normalisation to ``target_sum`` followed by ``log1p``.
+    scale
+        Scale every gene to unit variance (mean-centred), clipped to ``[-max_value, max_value]``.
+    target_sum
+        Library size after normalisation.
+    max_value
+        Clip of the scaled values (None: no clip; ignored without ``scale``).
+    n_top_genes
+        Keep this many highly variable genes (scanpy's ``"seurat"`` flavour on the log-normalised data, or the
+        largest variances without ``log_normalize``); None keeps all genes.
+    n_latent
+        Number of components ``k``; None chooses it at the elbow of the singular values (:func:`elbow_rank`).
+    max_components
+        Length of the scree curve used by the elbow rule.
+    standardize_latent
+        Give the diffusion prior ``u / c`` with ``c = sqrt(mean_j Var(u_j))`` over the ``k`` components, so that
+        it sees data of unit average variance; otherwise ``c = 1`` (the paper trains on raw PCA scores).
+    chunk_size
+        Cells per chunk.
+
+    Returns
+    -------
+    :class:`DICEProjection`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> proj = fit_projection(rng.poisson(2.0, size=(200, 30)), n_latent=5)
+    >>> proj.loadings.shape, bool(np.allclose(proj.loadings.T @ proj.loadings, np.eye(5)))
+    ((30, 5), True)
+    """
+    n_cells, n_genes = x.shape
+    if n_cells < 3:
+        raise ValueError(f"The reference needs at least 3 cells to fit a PCA, got {n_cells}.")
+    if target_sum <= 0:
+        raise ValueError(f"target_sum must be positive, got {target_sum}.")
+    if max_value is not None and max_value <= 0:
+        raise ValueError(f"max_value must be positive or None, got {max_value}.")
+    chunks = [slice(i, min(i + chunk_size, n_cells)) for i in range(0, n_cells, chunk_size)]
+
+    # pass 1: moments of the (log-normalised) expression
+    s1 = np.zeros(n_genes)
+    s2 = np.zeros(n_genes)
+    for sl in chunks:
+        z = _dense(_log_normalize(x[sl], target_sum)) if log_normalize else _dense(x[sl])
+        s1 += z.sum(axis=0)
+        s2 += np.square(z).sum(axis=0)
+    mean = s1 / n_cells
+    var = np.maximum(s2 - n_cells * mean**2, 0.0) / (n_cells - 1)
+    hvg = _select_genes(x, n_top_genes, log_normalize, target_sum, var)
+    if scale:
+        gene_mean = np.where(hvg, mean, 0.0)
+        std = np.sqrt(var)
+        gene_std = np.where(hvg & (std > 0), std, 1.0)
+        clip = max_value
+    else:
+        gene_mean, gene_std, clip = np.zeros(n_genes), np.ones(n_genes), None
+
+    # pass 2: mean and Gram matrix of the scaled, clipped values of the selected genes
+    idx = np.flatnonzero(hvg)
+    g = idx.size
+    c1 = np.zeros(g)
+    gram = np.zeros((g, g))
+    for sl in chunks:
+        z = _transform_chunk(x[sl], log_normalize, target_sum, gene_mean, gene_std, clip)[:, idx]
+        c1 += z.sum(axis=0)
+        gram += z.T @ z
+    centre = c1 / n_cells
+    cov = (gram - n_cells * np.outer(centre, centre)) / (n_cells - 1)
+    rank_cap = min(g, n_cells - 1)
+    n_eig = min(max(max_components, int(n_latent or 0), 3), g)
+    # only the leading eigenpairs are needed (scree curve and axes)
+    evals, evecs = scipy.linalg.eigh(cov, subset_by_index=[g - n_eig, g - 1])
+    evals, evecs = np.clip(evals[::-1], 0.0, None), evecs[:, ::-1]
+    singular = np.sqrt(evals[: min(max_components, rank_cap)] * (n_cells - 1))
+    if n_latent is None:
+        n_latent = elbow_rank(singular)
+    n_latent = int(n_latent)
+    if not 1 <= n_latent <= rank_cap:
+        raise ValueError(
+            f"n_latent={n_latent} is not possible with {n_cells} reference cells and {g} genes; choose a value in "
+            f"1..{rank_cap} (or None to pick it at the elbow of the singular values)."
+        )
+    axes = evecs[:, :n_latent]
+    signs = np.sign(axes[np.argmax(np.abs(axes), axis=0), np.arange(n_latent)])
+    axes = axes * np.where(signs == 0, 1.0, signs)
+    loadings = np.zeros((n_genes, n_latent))
+    loadings[idx] = axes
+    pca_mean = np.zeros(n_genes)
+    pca_mean[idx] = centre
+    latent_scale = float(np.sqrt(np.mean(evals[:n_latent]))) if standardize_latent else 1.0
+    if not latent_scale > 0:
+        latent_scale = 1.0
+    return DICEProjection(
+        gene_mean=gene_mean,
+        gene_std=gene_std,
+        pca_mean=pca_mean,
+        loadings=loadings,
+        singular_values=np.sqrt(evals[: min(max(max_components, n_latent), rank_cap)] * (n_cells - 1)),
+        highly_variable=hvg,
+        latent_scale=latent_scale,
+        n_latent=n_latent,
+    )
+
+
+def project_matrix(
+    x: Any,
+    projection: DICEProjection,
+    *,
+    log_normalize: bool = True,
+    scale: bool = True,
+    target_sum: float = 1e4,
+    max_value: float | None = 10.0,
+    chunk_size: int = 4096,
+) -> np.ndarray:
+    """PCA coordinates ``V^T (x_tilde - mean)`` of cells under a fitted projection (numpy reference version).
+
+    Parameters
+    ----------
+    x
+        Matrix ``(n_cells, n_genes)`` with the genes of the reference, in the same order.
+    projection
+        Output of :func:`fit_projection`.
+    log_normalize, scale, target_sum, max_value
+        The settings used in :func:`fit_projection`.
+    chunk_size
+        Cells per chunk.
+
+    Returns
+    -------
+    float64 array ``(n_cells, n_latent)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).poisson(2.0, size=(100, 20))
+    >>> proj = fit_projection(x, n_latent=3)
+    >>> project_matrix(x, proj).shape
+    (100, 3)
+    """
+    clip = max_value if scale else None
+    out = np.empty((x.shape[0], projection.n_latent))
+    for i in range(0, x.shape[0], chunk_size):
+        sl = slice(i, min(i + chunk_size, x.shape[0]))
+        z = _transform_chunk(x[sl], log_normalize, target_sum, projection.gene_mean, projection.gene_std, clip)
+        out[sl] = (z - projection.pca_mean) @ projection.loadings
+    return out

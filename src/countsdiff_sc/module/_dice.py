@@ -1,0 +1,250 @@
+"""scvi-tools module of DICE: frozen reference projection + Gaussian DDPM prior on the PCA embeddings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+
+from countsdiff_sc.diffusion import GaussianDiffusion, linear_beta_schedule, split_gibbs
+from countsdiff_sc.nn import LatentDenoiser
+
+from ._ema import EMAMixin
+
+__all__ = ["DICEModule"]
+
+
+class DICEModule(EMAMixin, BaseModuleClass):
+    """Gaussian diffusion prior over the k-dimensional PCA embeddings of a reference (DICE, Sec. 3 and App. A, C).
+
+    The module reads raw counts (the registered layer) and computes the embedding itself with frozen buffers
+    fitted on the reference (``set_projection``): library-size normalisation and ``log1p`` (``log_normalize``),
+    per-gene scaling and clipping (``scale``), centring and projection on the loadings ``V``. Keeping the
+    projection inside the module makes training, query mapping and save / load use one code path, and the
+    buffers travel with the state dict.
+
+    Training (paper Algorithm 2): ``u = V^T (x_tilde - mean)``, optionally a same-label Dirichlet mixup inside the
+    minibatch (App. C), ``y = u / latent_scale``, ``t ~ U{1..T}``, ``y_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps``
+    (Eq. 8) and the loss ``mean ||eps - eps_theta(y_t, t)||^2 / k``.
+
+    Parameters
+    ----------
+    n_input
+        Number of registered genes.
+    n_latent
+        Embedding dimension ``k``.
+    n_labels
+        Number of label categories (for mixup).
+    use_labels
+        Whether labels were registered (mixup needs them).
+    log_normalize
+        Normalise library sizes to ``target_sum`` and apply ``log1p`` (raw counts); False for data that is
+        already transformed.
+    scale
+        Scale genes with the stored mean / std and clip to ``[-max_value, max_value]``.
+    target_sum
+        Library size after normalisation.
+    max_value
+        Clip of the scaled values (None: no clip).
+    n_hidden, n_blocks, expansion, dim_time, dropout
+        Denoiser architecture (:class:`~countsdiff_sc.nn.LatentDenoiser`).
+    n_timesteps, beta_start, beta_end
+        Linear beta schedule (App. C: T = 512, 1e-4 .. 2e-2).
+    mixup_prob
+        Probability that a training embedding is replaced by a Dirichlet(1) mixture of itself and
+        ``mixup_size - 1`` random same-label cells of the minibatch (App. C uses 0.9 with 5 cells).
+    mixup_size
+        Number of cells in a mixup.
+    ema_decay
+        Decay of the EMA network used for validation and sampling (0 disables it).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_latent: int,
+        n_labels: int = 1,
+        use_labels: bool = False,
+        log_normalize: bool = True,
+        scale: bool = True,
+        target_sum: float = 1e4,
+        max_value: float | None = 10.0,
+        n_hidden: int = 256,
+        n_blocks: int = 3,
+        expansion: int = 2,
+        dim_time: int = 64,
+        dropout: float = 0.0,
+        n_timesteps: int = 512,
+        beta_start: float = 1e-4,
+        beta_end: float = 2e-2,
+        mixup_prob: float = 0.0,
+        mixup_size: int = 5,
+        ema_decay: float = 0.999,
+    ):
+        super().__init__()
+        if not 0.0 <= mixup_prob <= 1.0:
+            raise ValueError(f"mixup_prob must lie in [0, 1], got {mixup_prob}.")
+        if mixup_prob > 0 and not use_labels:
+            raise ValueError("mixup_prob > 0 needs labels: register labels_key= in setup_anndata, or set mixup_prob=0.")
+        if int(mixup_size) < 2:
+            raise ValueError(f"mixup_size must be >= 2, got {mixup_size}.")
+        self.n_input = int(n_input)
+        self.n_latent = int(n_latent)
+        self.n_labels = int(n_labels)
+        self.use_labels = bool(use_labels)
+        self.log_normalize = bool(log_normalize)
+        self.scale = bool(scale)
+        self.target_sum = float(target_sum)
+        self.max_value = None if max_value is None else float(max_value)
+        self.mixup_prob = float(mixup_prob)
+        self.mixup_size = int(mixup_size)
+        self.diffusion = GaussianDiffusion(linear_beta_schedule(n_timesteps, beta_start, beta_end))
+        self.register_buffer("gene_mean", torch.zeros(self.n_input))
+        self.register_buffer("gene_std", torch.ones(self.n_input))
+        self.register_buffer("pca_mean", torch.zeros(self.n_input))
+        self.register_buffer("loadings", torch.zeros(self.n_input, self.n_latent))
+        self.register_buffer("latent_scale", torch.ones(()))
+        self.register_buffer("projection_fitted", torch.zeros((), dtype=torch.bool))
+        self.net = LatentDenoiser(
+            self.n_latent, n_hidden=n_hidden, n_blocks=n_blocks, expansion=expansion, dim_time=dim_time,
+            dropout=dropout,
+        )
+        self._init_ema(ema_decay)
+
+    # ------------------------------------------------------------------ projection
+    @torch.no_grad()
+    def set_projection(
+        self,
+        gene_mean: np.ndarray,
+        gene_std: np.ndarray,
+        pca_mean: np.ndarray,
+        loadings: np.ndarray,
+        latent_scale: float,
+    ) -> None:
+        """Store the reference preprocessing and loadings (see :func:`countsdiff_sc.model._dice_preprocess`)."""
+        for name, value in [("gene_mean", gene_mean), ("gene_std", gene_std), ("pca_mean", pca_mean),
+                            ("loadings", loadings)]:
+            buf = getattr(self, name)
+            value = torch.as_tensor(np.asarray(value), dtype=buf.dtype)
+            if value.shape != buf.shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(buf.shape)}.")
+            buf.copy_(value)
+        self.latent_scale.fill_(float(latent_scale))
+        self.projection_fitted.fill_(True)
+
+    def check_fitted(self) -> None:
+        """Raise a ValueError when the projection buffers were never set."""
+        if not bool(self.projection_fitted):
+            raise ValueError(
+                "The DICE projection has not been fitted: build the model from a reference AnnData "
+                "(DICEModel(adata)) or load a saved model."
+            )
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised, scaled and clipped expression ``x_tilde`` of count rows ``x`` (n, n_input)."""
+        z = x.to(self.gene_mean.dtype)
+        if self.log_normalize:
+            totals = z.sum(dim=1, keepdim=True)
+            factors = torch.where(totals > 0, self.target_sum / totals.clamp_min(1e-12), torch.zeros_like(totals))
+            z = torch.log1p(z * factors)
+        if self.scale:
+            z = (z - self.gene_mean) / self.gene_std
+            if self.max_value is not None:
+                z = z.clamp(-self.max_value, self.max_value)
+        return z
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """PCA coordinates ``V^T (x_tilde - mean)`` (paper Sec. 3, ``U_hat = V_hat^T X``) of count rows ``x``."""
+        return (self.transform(x) - self.pca_mean) @ self.loadings
+
+    # ------------------------------------------------------------------ scvi-tools module interface
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {"x": tensors[REGISTRY_KEYS.X_KEY], "labels": tensors.get(REGISTRY_KEYS.LABELS_KEY)}
+
+    def _get_generative_input(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> dict:
+        return {"y_t": inference_outputs["y_t"], "t": inference_outputs["t"]}
+
+    def mixup(self, y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Same-label Dirichlet(1) mixup inside a minibatch (paper App. C).
+
+        Each row is, with probability ``mixup_prob``, replaced by ``sum_j lambda_j y_j`` over itself and
+        ``mixup_size - 1`` cells drawn with replacement among the minibatch cells of its label,
+        ``lambda ~ Dirichlet(1)``. Mixing embeddings equals mixing the preprocessed profiles, since the
+        projection is linear. A label alone in the minibatch mixes with itself (no change).
+        """
+        n = y.shape[0]
+        if self.mixup_prob <= 0 or n < 2:
+            return y
+        lab = labels.reshape(-1).long()
+        order = torch.argsort(lab, stable=True)
+        counts = torch.bincount(lab, minlength=self.n_labels)
+        starts = torch.cumsum(counts, 0) - counts
+        m = self.mixup_size - 1
+        pick = (torch.rand(n, m, device=y.device) * counts[lab][:, None]).long()
+        partners = order[starts[lab][:, None] + pick]  # (n, m) indices of same-label cells
+        members = torch.cat([y[:, None, :], y[partners]], dim=1)  # (n, mixup_size, k)
+        weights = torch.distributions.Dirichlet(torch.ones(self.mixup_size, device=y.device)).sample((n,))
+        mixed = (weights[:, :, None] * members).sum(dim=1)
+        use = torch.rand(n, device=y.device) < self.mixup_prob
+        return torch.where(use[:, None], mixed, y)
+
+    @auto_move_data
+    def inference(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        """Embed the counts, (optionally) mix up, draw ``t`` and noise the embedding (Eq. 8)."""
+        y = self.project(x) / self.latent_scale
+        if self.training and self.mixup_prob > 0 and labels is not None:
+            y = self.mixup(y, labels)
+        n = y.shape[0]
+        t = torch.randint(1, self.diffusion.n_timesteps + 1, (n,), device=y.device)
+        eps = torch.randn_like(y)
+        return {"y": y, "t": t, "eps": eps, "y_t": self.diffusion.q_sample(y, t, eps)}
+
+    @auto_move_data
+    def generative(self, y_t: torch.Tensor, t: torch.Tensor, use_ema: bool = False) -> dict:
+        """Predict the noise ``eps_theta(y_t, t / T)``."""
+        net = self.network(use_ema)
+        return {"eps_hat": net(y_t, t.to(y_t.dtype) / self.diffusion.n_timesteps)}
+
+    def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
+        """Noise-prediction loss of Algorithm 2, averaged over the ``k`` dimensions and the cells."""
+        per_cell = (inference_outputs["eps"] - generative_outputs["eps_hat"]).pow(2).mean(dim=1)
+        return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, n_obs_minibatch=per_cell.shape[0])
+
+    # ------------------------------------------------------------------ sampling
+    def eps_fn(self, use_ema: bool = True):
+        """``eps_fn(y_t, t)`` for integer ``t`` shared by the batch (the sampler's interface)."""
+        net = self.network(use_ema)
+        n_timesteps = self.diffusion.n_timesteps
+
+        def fn(y_t: torch.Tensor, t: int) -> torch.Tensor:
+            return net(y_t, torch.tensor(t / n_timesteps, dtype=y_t.dtype, device=y_t.device))
+
+        return fn
+
+    @torch.inference_mode()
+    def gibbs(
+        self,
+        vtx: torch.Tensor,
+        rhos: np.ndarray,
+        n_chains: int,
+        noise_var: float = 1.0,
+        n_prior_steps: int | None = None,
+        variance: Literal["beta", "posterior"] = "beta",
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+        callback=None,
+    ) -> torch.Tensor:
+        """DICE split Gibbs chains (Algorithm 1) from the PCA coordinates ``vtx`` (n, k); returns (n, chains, k).
+
+        See :func:`countsdiff_sc.diffusion.split_gibbs`; ``V^T V`` is computed from the stored loadings.
+        """
+        self.check_fitted()
+        vtv = self.loadings.T @ self.loadings
+        return split_gibbs(
+            self.eps_fn(use_ema), vtx, vtv, rhos, self.diffusion, n_chains=n_chains, noise_var=noise_var,
+            latent_scale=float(self.latent_scale), n_prior_steps=n_prior_steps, variance=variance,
+            generator=generator, callback=callback,
+        )
