@@ -47,6 +47,7 @@ def test_synthetic_nb_matches_app_d1():
     # size factors couple the dimensions: positive correlation between dimensions on average
     c = np.corrcoef(x.T)
     assert c[np.triu_indices(10, 1)].mean() > 0
-    assert np.array_equal(cds.datasets.synthetic_nb(n_cells=50, seed=3).X, cds.datasets.synthetic_nb(n_cells=50, seed=3).X)
+    again = cds.datasets.synthetic_nb(n_cells=50, seed=3).X
+    assert np.array_equal(cds.datasets.synthetic_nb(n_cells=50, seed=3).X, again)
     with pytest.raises(ValueError):
         cds.datasets.synthetic_nb(mean_range=(0.5, 0.1))

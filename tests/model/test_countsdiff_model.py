@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from tests.conftest import make_counts
 
 import countsdiff_sc as cds
+from tests.conftest import make_counts
 
 TINY = {"n_hidden": 32, "n_layers": 1, "dim_emb": 16}
 FAST = {"accelerator": "cpu", "enable_progress_bar": False, "batch_size": 64, "warmup_steps": 5}
