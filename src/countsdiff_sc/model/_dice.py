@@ -25,6 +25,7 @@ from countsdiff_sc.diffusion import rho_schedule as make_rho_schedule
 from countsdiff_sc.module import DICEModule, DiffusionTrainingPlan
 
 from ._dice_preprocess import fit_projection
+from ._training import DiffusionTrainingMixin
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _schedule_name(rho: float | Sequence[float], kind: str) -> str:
     return "constant" if size == 1 else (kind if size == 2 else "custom")
 
 
-class DICEModel(BaseModelClass):
+class DICEModel(DiffusionTrainingMixin, BaseModelClass):
     """Diffusion Induced Cell Embeddings (DICE; Meier et al., "Clustering by denoising").
 
     A reference fixes the preprocessing and the PCA loadings ``V`` (paper Sec. 3, Eq. 1-3) and trains a Gaussian
@@ -91,6 +92,15 @@ class DICEModel(BaseModelClass):
         Same-label Dirichlet mixup of the training embeddings (paper App. C: 0.9 and 5); needs ``labels_key``.
     ema_decay
         Decay of the EMA weights used for validation and sampling (0 disables them).
+
+    Notes
+    -----
+    Query mapping: :meth:`embed`, :meth:`get_latent_representation` and :meth:`project` read only the registered
+    layer of the AnnData they are given, aligned to the reference genes by name; a query needs neither the labels
+    nor the batch column of the reference and is not registered with scvi-tools. A saved model can be loaded
+    without data (``DICEModel.load(path, adata=None)``) and used on queries directly; loading with an AnnData runs
+    ``setup_anndata`` on it with the saved arguments (so it then needs those obs columns), and never refits the
+    projection.
 
     Examples
     --------
@@ -326,44 +336,14 @@ class DICEModel(BaseModelClass):
         if self.adata is None:
             raise ValueError("This model has no AnnData to train on (it was loaded with adata=None).")
         self.module.check_fitted()
-        n_train = int(self.adata.n_obs * (train_size if train_size is not None else 0.9))
-        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-        if max_epochs is None:
-            target = max_steps if max_steps is not None else 4000
-            max_epochs = int(np.clip(math.ceil(target / steps_per_epoch), 1 if max_steps else 20,
-                                     10**6 if max_steps else 2000))
-        plan = {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer, "warmup_steps": warmup_steps}
-        plan.update(plan_kwargs or {})
-        if max_steps is not None:
-            trainer_kwargs["max_steps"] = int(max_steps)
-        if gradient_clip_val is not None:
-            trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
-        if early_stopping:
-            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
-            trainer_kwargs.setdefault("early_stopping_mode", "min")
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        data_splitter = self._data_splitter_cls(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            shuffle_set_split=shuffle_set_split,
-            batch_size=batch_size,
-            **(datasplitter_kwargs or {}),
+        self._train_diffusion(
+            max_epochs=max_epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            optimizer=optimizer, warmup_steps=warmup_steps, gradient_clip_val=gradient_clip_val,
+            train_size=train_size, validation_size=validation_size, shuffle_set_split=shuffle_set_split,
+            early_stopping=early_stopping, early_stopping_patience=early_stopping_patience, accelerator=accelerator,
+            devices=devices, datasplitter_kwargs=datasplitter_kwargs, plan_kwargs=plan_kwargs,
+            default_steps=4000, max_default_epochs=2000, **trainer_kwargs,
         )
-        training_plan = self._training_plan_cls(self.module, **plan)
-        runner = self._train_runner_cls(
-            self,
-            training_plan=training_plan,
-            data_splitter=data_splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            **trainer_kwargs,
-        )
-        runner()
-        self.module.eval()
 
     # ------------------------------------------------------------------ data access
     def _query_matrix(self, adata: ad.AnnData | None) -> tuple[ad.AnnData, Any]:

@@ -60,6 +60,16 @@ class DICEModule(EMAMixin, BaseModuleClass):
         Number of cells in a mixup.
     ema_decay
         Decay of the EMA network used for validation and sampling (0 disables it).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> module = DICEModule(n_input=4, n_latent=2, log_normalize=False, scale=False, n_hidden=16, n_blocks=1)
+    >>> module.set_projection(np.zeros(4), np.ones(4), np.zeros(4), np.eye(4)[:, :2], latent_scale=1.0)
+    >>> module.project(torch.ones(3, 4)).shape
+    torch.Size([3, 2])
+    >>> module.gibbs(torch.zeros(3, 2), np.array([2.0, 1.0]), n_chains=5, n_prior_steps=4).shape
+    torch.Size([3, 5, 2])
     """
 
     def __init__(
@@ -124,7 +134,23 @@ class DICEModule(EMAMixin, BaseModuleClass):
         loadings: np.ndarray,
         latent_scale: float,
     ) -> None:
-        """Store the reference preprocessing and loadings (see :func:`countsdiff_sc.model._dice_preprocess`)."""
+        """Store the frozen reference preprocessing and loadings (fitted by ``fit_projection`` in the model layer).
+
+        Parameters
+        ----------
+        gene_mean, gene_std
+            ``(n_input,)`` scaling statistics of the log-normalised reference.
+        pca_mean
+            ``(n_input,)`` PCA centre of the scaled reference.
+        loadings
+            ``(n_input, n_latent)`` principal axes ``V``.
+        latent_scale
+            Scale ``c`` of the diffusion coordinates ``y = u / c``.
+
+        Returns
+        -------
+        None; the buffers (saved with the state dict) are overwritten and the module is marked as fitted.
+        """
         for name, value in [("gene_mean", gene_mean), ("gene_std", gene_std), ("pca_mean", pca_mean),
                             ("loadings", loadings)]:
             buf = getattr(self, name)
@@ -136,7 +162,12 @@ class DICEModule(EMAMixin, BaseModuleClass):
         self.projection_fitted.fill_(True)
 
     def check_fitted(self) -> None:
-        """Raise a ValueError when the projection buffers were never set."""
+        """Raise a ValueError when the projection buffers were never set.
+
+        Returns
+        -------
+        None.
+        """
         if not bool(self.projection_fitted):
             raise ValueError(
                 "The DICE projection has not been fitted: build the model from a reference AnnData "
@@ -144,7 +175,17 @@ class DICEModule(EMAMixin, BaseModuleClass):
             )
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised, scaled and clipped expression ``x_tilde`` of count rows ``x`` (n, n_input)."""
+        """Normalised, scaled and clipped expression ``x_tilde`` of count rows.
+
+        Parameters
+        ----------
+        x
+            Counts ``(n, n_input)`` (or transformed values when ``log_normalize`` is False).
+
+        Returns
+        -------
+        Float tensor ``(n, n_input)``; cells without counts stay at zero before scaling.
+        """
         z = x.to(self.gene_mean.dtype)
         if self.log_normalize:
             totals = z.sum(dim=1, keepdim=True)
@@ -157,7 +198,17 @@ class DICEModule(EMAMixin, BaseModuleClass):
         return z
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """PCA coordinates ``V^T (x_tilde - mean)`` (paper Sec. 3, ``U_hat = V_hat^T X``) of count rows ``x``."""
+        """PCA coordinates ``V^T (x_tilde - mean)`` of count rows (paper Sec. 3, ``U_hat = V_hat^T X``).
+
+        Parameters
+        ----------
+        x
+            Counts ``(n, n_input)``.
+
+        Returns
+        -------
+        Float tensor ``(n, n_latent)``.
+        """
         return (self.transform(x) - self.pca_mean) @ self.loadings
 
     # ------------------------------------------------------------------ scvi-tools module interface
@@ -174,6 +225,17 @@ class DICEModule(EMAMixin, BaseModuleClass):
         ``mixup_size - 1`` cells drawn with replacement among the minibatch cells of its label,
         ``lambda ~ Dirichlet(1)``. Mixing embeddings equals mixing the preprocessed profiles, since the
         projection is linear. A label alone in the minibatch mixes with itself (no change).
+
+        Parameters
+        ----------
+        y
+            Embeddings ``(n, k)`` of a minibatch.
+        labels
+            Label codes ``(n,)`` or ``(n, 1)``.
+
+        Returns
+        -------
+        Tensor ``(n, k)``.
         """
         n = y.shape[0]
         if self.mixup_prob <= 0 or n < 2:
@@ -193,7 +255,19 @@ class DICEModule(EMAMixin, BaseModuleClass):
 
     @auto_move_data
     def inference(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-        """Embed the counts, (optionally) mix up, draw ``t`` and noise the embedding (Eq. 8)."""
+        """Embed the counts, (optionally) mix up, draw ``t ~ U{1..T}`` and noise the embedding (Eq. 8).
+
+        Parameters
+        ----------
+        x
+            Counts ``(n, n_input)``.
+        labels
+            Label codes (used by the mixup in training mode only).
+
+        Returns
+        -------
+        Dict with the clean coordinates ``y``, times ``t``, noise ``eps`` and noised ``y_t``.
+        """
         y = self.project(x) / self.latent_scale
         if self.training and self.mixup_prob > 0 and labels is not None:
             y = self.mixup(y, labels)
@@ -204,18 +278,54 @@ class DICEModule(EMAMixin, BaseModuleClass):
 
     @auto_move_data
     def generative(self, y_t: torch.Tensor, t: torch.Tensor, use_ema: bool = False) -> dict:
-        """Predict the noise ``eps_theta(y_t, t / T)``."""
+        """Predict the noise ``eps_theta(y_t, t / T)``.
+
+        Parameters
+        ----------
+        y_t
+            Noised coordinates ``(n, k)``.
+        t
+            Integer times ``(n,)``.
+        use_ema
+            Use the EMA network (validation and sampling).
+
+        Returns
+        -------
+        Dict with ``eps_hat`` ``(n, k)``.
+        """
         net = self.network(use_ema)
         return {"eps_hat": net(y_t, t.to(y_t.dtype) / self.diffusion.n_timesteps)}
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
-        """Noise-prediction loss of Algorithm 2, averaged over the ``k`` dimensions and the cells."""
+        """Noise-prediction loss of Algorithm 2, averaged over the ``k`` dimensions and the cells.
+
+        Parameters
+        ----------
+        tensors
+            The minibatch (unused).
+        inference_outputs, generative_outputs
+            Outputs of :meth:`inference` and :meth:`generative`.
+
+        Returns
+        -------
+        :class:`~scvi.module.base.LossOutput` with the mean loss and the per-cell losses.
+        """
         per_cell = (inference_outputs["eps"] - generative_outputs["eps_hat"]).pow(2).mean(dim=1)
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, n_obs_minibatch=per_cell.shape[0])
 
     # ------------------------------------------------------------------ sampling
     def eps_fn(self, use_ema: bool = True):
-        """``eps_fn(y_t, t)`` for integer ``t`` shared by the batch (the sampler's interface)."""
+        """The noise predictor as the sampler expects it: ``eps_fn(y_t, t)`` for one integer ``t`` per batch.
+
+        Parameters
+        ----------
+        use_ema
+            Use the EMA network.
+
+        Returns
+        -------
+        Callable ``(y_t, t) -> eps_hat``.
+        """
         net = self.network(use_ema)
         n_timesteps = self.diffusion.n_timesteps
 
@@ -237,9 +347,24 @@ class DICEModule(EMAMixin, BaseModuleClass):
         use_ema: bool = True,
         callback=None,
     ) -> torch.Tensor:
-        """DICE split Gibbs chains (Algorithm 1) from the PCA coordinates ``vtx`` (n, k); returns (n, chains, k).
+        """DICE split Gibbs chains (Algorithm 1) started at the PCA coordinates ``vtx``.
 
-        See :func:`countsdiff_sc.diffusion.split_gibbs`; ``V^T V`` is computed from the stored loadings.
+        Parameters
+        ----------
+        vtx
+            ``V^T x`` per cell, ``(n, k)`` (:meth:`project`).
+        rhos
+            Coupling level per iteration.
+        n_chains
+            Chains per cell.
+        noise_var, n_prior_steps, variance, generator, callback
+            See :func:`countsdiff_sc.diffusion.split_gibbs`.
+        use_ema
+            Use the EMA network.
+
+        Returns
+        -------
+        Final states ``(n, n_chains, k)``; ``V^T V`` comes from the stored loadings.
         """
         self.check_fitted()
         vtv = self.loadings.T @ self.loadings

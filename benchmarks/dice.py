@@ -1,0 +1,507 @@
+"""DICE benchmarks: the paper's synthetic setups, CBMC query mapping, confidence sets and embed() timing.
+
+Usage::
+
+    python benchmarks/dice.py --quick                      # reduced sizes (about 10-15 minutes on 2 shared cores)
+    python benchmarks/dice.py                              # the paper's sizes where feasible on a CPU
+    python benchmarks/dice.py --parts synthetic,timing     # a subset of: synthetic, cbmc, confidence, timing
+
+Parts
+
+(a) ``synthetic``: the four setups of the paper's Sec. 4 (k = 15, d = 2000; reference of 1600 cells from
+    1/2 N(0, 1.5 I) + 1/2 N(1, 1.3 I) latents, X = V U + N(0, I), V ~ N(0, 1) entries; 400 test cells per setup:
+    1 matched, 2 noise variance 10, 3 multivariate t_4 noise, 4 latents 1/2 N(1, 1.5 I) + 1/2 t_4(1.3 I) with noise
+    variance 10). PCA = test cells projected on the reference's 15 principal axes; DICE = 200 Gibbs iterations at a
+    constant rho, mean of 10 chains. Metrics on the true cluster labels: cosine silhouette (sklearn) and cLISI
+    (scib-metrics ``lisi_knn``, 90 neighbours, perplexity 30; 1 = pure neighbourhoods, 2 = fully mixed).
+(b) ``cbmc``: CITE-seq CBMC RNA counts (8617 cells x 500 genes, 13 labels); a stratified query of 1000 cells, the rest
+    is the reference (PCA with k = 25 as in the paper, prior trained on it). Query embeddings: reference PCA, DICE
+    (rho 5 -> 0.5 linear over 100 iterations, 10 chains, as the paper's Sec. 5.1), DICE with the paper's same-label
+    mixup (App. C; uses the reference labels), and an scVI latent (10 dims, trained on the reference). Leiden
+    clustering on a 15-NN graph of each embedding over resolutions 0.1, 0.2, ..., 2.0; as in the paper (App. I) the
+    resolution with the best ARI is kept and ARI and NMI are reported there (the best NMI over the sweep is listed
+    too). Also cosine silhouette and cLISI on the cell types. UMAP figure of the query (PCA vs DICE).
+(c) ``confidence``: the paper's Fig. 2 picture on synthetic setup 1: 500 chains on the noise-free centre of cluster 2
+    and on the midpoint of the two centres; per-dimension spread and the share of chains on each cluster (nearest
+    reference cluster mean), plus a figure (UMAP of the reference embeddings with the chains' end points).
+(d) ``timing``: embed() on 10,000 CBMC-like cells (drawn with replacement) x 10 chains x 100 iterations with the
+    default settings and the CBMC model.
+
+The network is the package default (about 0.1 M parameters) in every part; the paper's single-cell network has 35 M
+parameters and trains for 10,000 epochs on a GPU.
+
+Writes ``benchmarks/results/dice.md``, ``dice.json``, ``dice_cbmc_umap.png`` and ``dice_confidence.png``
+(``dice_quick*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+logging.getLogger("lightning").setLevel(logging.ERROR)
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+logging.getLogger("scvi").setLevel(logging.ERROR)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PAPER_TABLE1 = {  # setup: (silhouette PCA, DICE, cLISI PCA, DICE)
+    1: (0.25, 0.37, 1.27, 1.17),
+    2: (0.24, 0.36, 1.27, 1.17),
+    3: (0.22, 0.34, 1.32, 1.18),
+    4: (0.22, 0.28, 1.35, 1.27),
+}
+PAPER_CITESEQ = {"DICE": {"ARI": 0.805, "NMI": 0.740, "cLISI": 1.344}, "PCA": {"ARI": 0.745, "NMI": 0.689,
+                                                                             "cLISI": 1.334},
+                 "scVI": {"ARI": 0.641, "NMI": 0.595, "cLISI": 1.361}}
+TRAINER = {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------- metrics (sklearn / scanpy / scib-metrics)
+def clisi(x: np.ndarray, labels: np.ndarray, n_neighbors: int = 90) -> float:
+    """Mean cell-type LISI (raw inverse Simpson index; 1 = pure neighbourhoods)."""
+    import scib_metrics
+
+    nn = scib_metrics.nearest_neighbors.pynndescent(np.asarray(x, dtype=np.float32), n_neighbors=n_neighbors)
+    return float(np.mean(scib_metrics.lisi_knn(nn, np.asarray(labels), perplexity=n_neighbors / 3)))
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import silhouette_score
+
+    return float(silhouette_score(x, labels, metric="cosine"))
+
+
+def leiden_sweep(x: np.ndarray, labels: np.ndarray, resolutions: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Leiden over a resolution sweep; ARI and NMI at the best-ARI resolution (paper App. I) and the best NMI."""
+    import scanpy as sc
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    tmp = ad.AnnData(np.zeros((x.shape[0], 1), dtype=np.float32))
+    tmp.obsm["rep"] = np.asarray(x, dtype=np.float32)
+    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=15, random_state=seed)
+    rows = []
+    for res in resolutions:
+        sc.tl.leiden(tmp, resolution=float(res), key_added="cl", flavor="igraph", n_iterations=2, directed=False,
+                       random_state=seed)
+        cl = tmp.obs["cl"].to_numpy()
+        rows.append((float(res), adjusted_rand_score(labels, cl), normalized_mutual_info_score(labels, cl),
+                     len(np.unique(cl))))
+    best = max(rows, key=lambda r: r[1])
+    return {"ARI": best[1], "NMI": best[2], "resolution": best[0], "n_clusters": best[3],
+            "NMI_best_over_sweep": max(r[2] for r in rows), "sweep": rows}
+
+
+# ---------------------------------------------------------------------- synthetic data of the paper (Sec. 4)
+def mixture(rng: np.random.Generator, n: int, k: int, shifted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Latents and labels (1 = cluster 1, the component centred at 1_k; 2 = cluster 2)."""
+    cluster1 = rng.random(n) < 0.5
+    if not shifted:  # 1/2 N(0, 1.5 I) + 1/2 N(1, 1.3 I)
+        c1 = 1.0 + np.sqrt(1.3) * rng.normal(size=(n, k))
+        c2 = np.sqrt(1.5) * rng.normal(size=(n, k))
+    else:  # setup 4: 1/2 N(1, 1.5 I) + 1/2 t_4(1.3 I)
+        c1 = 1.0 + np.sqrt(1.5) * rng.normal(size=(n, k))
+        c2 = np.sqrt(1.3) * rng.normal(size=(n, k)) * np.sqrt(4.0 / rng.chisquare(4.0, size=(n, 1)))
+    return np.where(cluster1[:, None], c1, c2), np.where(cluster1, 1, 2)
+
+
+def synthetic_data(seed: int, n_ref: int = 1600, n_test: int = 400, k: int = 15, d: int = 2000):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(d, k))
+    u, lab = mixture(rng, n_ref, k)
+    ref = u @ v.T + rng.normal(size=(n_ref, d))
+    tests = {}
+    for setup in (1, 2, 3, 4):
+        u, lab_t = mixture(rng, n_test, k, shifted=setup == 4)
+        if setup == 1:
+            noise = rng.normal(size=(n_test, d))
+        elif setup in (2, 4):
+            noise = np.sqrt(10.0) * rng.normal(size=(n_test, d))
+        else:  # multivariate t_4 with scale I: one chi-square mixing variable per cell
+            noise = rng.normal(size=(n_test, d)) * np.sqrt(4.0 / rng.chisquare(4.0, size=(n_test, 1)))
+        tests[setup] = (u @ v.T + noise, lab_t)
+    names = [f"g{i}" for i in range(d)]
+    return ref, lab, tests, v, names
+
+
+def as_adata(x: np.ndarray, names: list[str], labels: np.ndarray | None = None) -> ad.AnnData:
+    out = ad.AnnData(np.asarray(x, dtype=np.float32))
+    out.var_names = names
+    if labels is not None:
+        out.obs["cluster"] = np.asarray(labels).astype(str)
+    return out
+
+
+def train_synthetic_model(quick: bool, seed: int):
+    from countsdiff_sc.model import DICEModel
+
+    ref_x, ref_lab, tests, v, names = synthetic_data(seed)
+    ref = as_adata(ref_x, names, ref_lab)
+    DICEModel.setup_anndata(ref, is_counts=False)
+    model = DICEModel(ref, n_latent=15, scale=False)
+    steps = 1000 if quick else 3000
+    t = time.perf_counter()
+    model.train(max_steps=steps, batch_size=512, check_val_every_n_epoch=20, **TRAINER)
+    train_s = time.perf_counter() - t
+    return model, ref, tests, v, names, train_s, steps
+
+
+def run_synthetic(quick: bool, seed: int, cache: dict, stem: Path) -> dict[str, Any]:
+    log("synthetic: training the prior on the 1600 reference cells")
+    model, ref, tests, v, names, train_s, steps = train_synthetic_model(quick, seed)
+    cache["synthetic"] = (model, ref, v, names)
+    scale = float(model.module.latent_scale)
+    n_iter = 50 if quick else 200
+    rhos = {"paper_rho20": 20.0, "rho_eq_latent_scale": round(scale, 2)}
+    sweep_rhos = [10.0, 20.0, 40.0, round(scale, 2), 80.0, 120.0]
+    out: dict[str, Any] = {"train_seconds": train_s, "train_steps": steps, "latent_scale": scale, "n_iter": n_iter,
+                           "n_chains": 10, "rho_settings": rhos, "setups": {}, "rho_sweep_setup1": []}
+    for setup, (x, lab) in tests.items():
+        q = as_adata(x, names, lab)
+        pca = model.project(q, key_added=None)
+        row = {"PCA": {"silhouette": silhouette(pca, lab), "cLISI": clisi(pca, lab)}}
+        for name, rho in rhos.items():
+            t = time.perf_counter()
+            mean, _ = model.embed(q, n_iter=n_iter, rho=rho, n_chains=10, seed=seed, progress=False)
+            row[f"DICE_{name}"] = {"silhouette": silhouette(mean, lab), "cLISI": clisi(mean, lab), "rho": rho,
+                                   "seconds": time.perf_counter() - t}
+        paper = PAPER_TABLE1[setup]
+        row["paper"] = {"PCA": {"silhouette": paper[0], "cLISI": paper[2]},
+                        "DICE": {"silhouette": paper[1], "cLISI": paper[3]}}
+        out["setups"][setup] = row
+        log(f"synthetic setup {setup}: " + ", ".join(f"{k} sil={v['silhouette']:.3f} cLISI={v['cLISI']:.3f}"
+                                                     for k, v in row.items() if k != "paper"))
+    x, lab = tests[1]
+    q = as_adata(x, names, lab)
+    for rho in sweep_rhos:
+        mean, sd = model.embed(q, n_iter=n_iter, rho=rho, n_chains=10, seed=seed, progress=False)
+        out["rho_sweep_setup1"].append({"rho": rho, "silhouette": silhouette(mean, lab), "cLISI": clisi(mean, lab),
+                                        "mean_chain_std": float(sd.mean())})
+        log(f"synthetic setup 1, rho={rho}: sil={out['rho_sweep_setup1'][-1]['silhouette']:.3f}")
+    return out
+
+
+# ---------------------------------------------------------------------- confidence sets (paper Fig. 2)
+def run_confidence(quick: bool, seed: int, cache: dict, stem: Path) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import umap
+
+    if "synthetic" not in cache:
+        model, ref, _, v, names, _, _ = train_synthetic_model(quick, seed)
+        cache["synthetic"] = (model, ref, v, names)
+    model, ref, v, names = cache["synthetic"]
+    k = v.shape[1]
+    ref_emb = model.project(ref, key_added=None)
+    lab = ref.obs["cluster"].to_numpy()
+    centres = {c: ref_emb[lab == c].mean(0) for c in ("1", "2")}
+    inputs = {"centre of cluster 2": np.zeros(k), "midpoint of clusters 1 and 2": np.full(k, 0.5)}
+    q = as_adata(np.stack([v @ u for u in inputs.values()]), names)
+    n_chains = 200 if quick else 500
+    scale = float(model.module.latent_scale)
+    out: dict[str, Any] = {"n_chains": n_chains, "n_iter": 50 if quick else 200, "results": []}
+    reducer = umap.UMAP(random_state=seed).fit(ref_emb)
+    ref_2d = reducer.embedding_
+    rhos = [20.0, round(scale, 2)]
+    fig, axes = plt.subplots(len(rhos), 2, figsize=(9, 4.2 * len(rhos)), squeeze=False)
+    for i, rho in enumerate(rhos):
+        model.embed(q, n_iter=out["n_iter"], rho=rho, n_chains=n_chains, seed=seed, key_added="dice",
+                    store_samples=True, progress=False)
+        samples = q.obsm["dice_samples"]
+        for j, name in enumerate(inputs):
+            s = samples[j]
+            d1 = np.linalg.norm(s - centres["1"], axis=1)
+            d2 = np.linalg.norm(s - centres["2"], axis=1)
+            res = {"input": name, "rho": rho, "mean_std_per_dim": float(s.std(0).mean()),
+                   "share_cluster1": float(np.mean(d1 < d2)), "share_cluster2": float(np.mean(d2 <= d1))}
+            out["results"].append(res)
+            log(f"confidence: {name}, rho={rho}: spread={res['mean_std_per_dim']:.2f}, "
+                f"cluster1={res['share_cluster1']:.2f}, cluster2={res['share_cluster2']:.2f}")
+            pts = reducer.transform(s)
+            ax = axes[i, j]
+            for c, colour in (("1", "#a6c8e8"), ("2", "#f6c89a")):
+                sel = lab == c
+                ax.scatter(ref_2d[sel, 0], ref_2d[sel, 1], s=3, c=colour, label=f"reference, cluster {c}")
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, c="black", alpha=0.6, label="DICE chains")
+            ax.set_title(f"{name}, rho={rho}\ncluster 1: {res['share_cluster1']:.0%}, "
+                         f"cluster 2: {res['share_cluster2']:.0%}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(f"{stem}_confidence.png", dpi=120)
+    out["figure"] = f"{stem.name}_confidence.png"
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------- CBMC
+def stratified_query(labels: np.ndarray, n_query: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = []
+    for lab in np.unique(labels):
+        members = np.flatnonzero(labels == lab)
+        take = max(1, round(n_query * members.size / labels.size))
+        idx.extend(rng.choice(members, size=min(take, members.size - 1), replace=False))
+    return np.sort(np.asarray(idx))
+
+
+def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    import countsdiff_sc as cds
+    from countsdiff_sc.model import DICEModel
+
+    adata = cds.datasets.cbmc()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    q_idx = stratified_query(labels, 1000, seed)
+    is_query = np.zeros(adata.n_obs, dtype=bool)
+    is_query[q_idx] = True
+    ref, query = adata[~is_query].copy(), adata[is_query].copy()
+    q_lab = query.obs["cell_type"].astype(str).to_numpy()
+    log(f"cbmc: reference {ref.n_obs} cells, query {query.n_obs} cells")
+    steps = 1500 if quick else 6000
+    n_iter = 50 if quick else 100
+    out: dict[str, Any] = {"n_reference": int(ref.n_obs), "n_query": int(query.n_obs), "k": 25, "train_steps": steps,
+                           "n_iter": n_iter, "n_chains": 10, "rho": [5.0, 0.5], "methods": {}}
+    reps: dict[str, np.ndarray] = {}
+    DICEModel.setup_anndata(ref, labels_key="cell_type")
+    models = {}
+    for name, mixup in [("DICE", 0.0), ("DICE + mixup (labels)", 0.9)]:
+        model = DICEModel(ref, n_latent=25, mixup_prob=mixup)
+        t = time.perf_counter()
+        model.train(max_steps=steps, batch_size=256, check_val_every_n_epoch=5, **TRAINER)
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        mean, std = model.embed(query, n_iter=n_iter, rho=(5.0, 0.5), n_chains=10, seed=seed, progress=False)
+        reps[name] = mean
+        out["methods"][name] = {"train_seconds": train_s, "embed_seconds": time.perf_counter() - t,
+                                "mean_chain_std": float(std.mean()),
+                                "final_validation_loss": float(model.history["validation_loss"].iloc[-1, 0])}
+        models[name] = model
+        log(f"cbmc: {name} trained in {train_s:.0f}s, embedded in {out['methods'][name]['embed_seconds']:.0f}s")
+    reps["PCA"] = models["DICE"].project(query, key_added=None)
+    out["latent_scale"] = float(models["DICE"].module.latent_scale)
+    cache["cbmc_model"] = models["DICE"]
+    cache["cbmc"] = adata
+    if with_scvi:
+        import scvi
+
+        scvi.settings.seed = seed
+        ref_s, query_s = ref.copy(), query.copy()
+        scvi.model.SCVI.setup_anndata(ref_s)
+        vae = scvi.model.SCVI(ref_s, n_latent=10)
+        t = time.perf_counter()
+        vae.train(max_epochs=60 if quick else 200, batch_size=256, **TRAINER)
+        reps["scVI"] = vae.get_latent_representation(query_s)
+        out["methods"]["scVI"] = {"train_seconds": time.perf_counter() - t}
+        log("cbmc: scVI done")
+    resolutions = np.round(np.arange(0.1, 2.01, 0.1), 2)
+    for name, x in reps.items():
+        res = leiden_sweep(x, q_lab, resolutions, seed)
+        res.update({"silhouette": silhouette(x, q_lab), "cLISI": clisi(x, q_lab)})
+        out["methods"].setdefault(name, {}).update(res)
+        log(f"cbmc {name}: ARI={res['ARI']:.3f} NMI={res['NMI']:.3f} sil={res['silhouette']:.3f} "
+            f"cLISI={res['cLISI']:.3f} (resolution {res['resolution']})")
+    # UMAP figure of the query cells
+    panels = [n for n in ("PCA", "DICE", "DICE + mixup (labels)", "scVI") if n in reps]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8))
+    cats = sorted(np.unique(q_lab))
+    palette = dict(zip(cats, plt.get_cmap("tab20").colors, strict=False))
+    for ax, name in zip(axes, panels, strict=True):
+        tmp = ad.AnnData(np.zeros((query.n_obs, 1), dtype=np.float32))
+        tmp.obsm["rep"] = reps[name]
+        sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=15, random_state=seed)
+        sc.tl.umap(tmp, random_state=seed)
+        xy = tmp.obsm["X_umap"]
+        for c in cats:
+            sel = q_lab == c
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=4, color=palette[c], label=c)
+        m = out["methods"][name]
+        ax.set_title(f"{name}\nARI {m['ARI']:.3f}, NMI {m['NMI']:.3f}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, markerscale=3)
+    fig.suptitle(f"CBMC: {query.n_obs} query cells embedded with a reference of {ref.n_obs} cells")
+    fig.tight_layout()
+    fig.savefig(f"{stem}_cbmc_umap.png", dpi=110)
+    out["figure"] = f"{stem.name}_cbmc_umap.png"
+    plt.close(fig)
+    out["paper_citeseq_table2"] = PAPER_CITESEQ
+    return out
+
+
+# ---------------------------------------------------------------------- timing
+def run_timing(quick: bool, seed: int, cache: dict, threads: list[int]) -> dict[str, Any]:
+    import countsdiff_sc as cds
+    from countsdiff_sc.model import DICEModel
+
+    if "cbmc_model" not in cache:
+        adata = cds.datasets.cbmc()
+        DICEModel.setup_anndata(adata)
+        model = DICEModel(adata, n_latent=25)
+        model.train(max_steps=300, batch_size=256, check_val_every_n_epoch=5, **TRAINER)
+        cache["cbmc_model"], cache["cbmc"] = model, adata
+    model, adata = cache["cbmc_model"], cache["cbmc"]
+    n_cells = 2000 if quick else 10_000
+    rng = np.random.default_rng(seed)
+    query = adata[rng.choice(adata.n_obs, size=n_cells, replace=True)].copy()
+    query.obs_names_make_unique()
+    out: dict[str, Any] = {"n_cells": n_cells, "n_chains": 10, "n_iter": 100, "rho": [5.0, 0.5],
+                           "n_prior_steps": 20, "batch_size": 1024, "runs": []}
+    diff = model.module.diffusion
+    scale = float(model.module.latent_scale)
+    rhos = np.linspace(5.0, 0.5, 100)
+    evals = sum(max(1, int(np.ceil(20 * diff.select_t0(r / scale) / diff.n_timesteps))) for r in rhos
+                if diff.select_t0(r / scale) > 0)
+    out["network_calls_per_batch"] = int(evals)
+    old = torch.get_num_threads()
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        load = os.getloadavg()[0]
+        t = time.perf_counter()
+        model.embed(query, n_iter=100, rho=(5.0, 0.5), n_chains=10, seed=seed, progress=False)
+        secs = time.perf_counter() - t
+        out["runs"].append({"threads": n_threads, "seconds": secs, "load_average_before": load,
+                            "extrapolated_10k_seconds": secs * 10_000 / n_cells})
+        log(f"timing: {n_cells} cells x 10 chains x 100 iterations with {n_threads} thread(s): {secs:.0f}s "
+            f"(load average before: {load:.1f})")
+    torch.set_num_threads(old)
+    return out
+
+
+# ---------------------------------------------------------------------- report
+def fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    lines = ["# DICE benchmarks", "",
+             f"Generated by `python benchmarks/dice.py{' --quick' if results['quick'] else ''}` on "
+             f"{results['machine']} ({results['cpus']} CPUs, torch threads: {results['torch_threads']}); "
+             f"total {results['total_seconds'] / 60:.1f} min.", ""]
+    if "synthetic" in results:
+        s = results["synthetic"]
+        lines += ["## (a) Synthetic setups of the paper (Sec. 4, Table 1)", "",
+                  f"Prior trained for {s['train_steps']} steps ({s['train_seconds']:.0f} s); DICE: {s['n_iter']} Gibbs "
+                  f"iterations at constant rho, mean of {s['n_chains']} chains. The latent scale of the reference "
+                  f"embedding (RMS standard deviation per PC) is c = {s['latent_scale']:.1f}; rho is in PCA units.",
+                  "",
+                  "| setup | silhouette PCA | silhouette DICE rho=20 | silhouette DICE rho=c | paper PCA | paper DICE "
+                  "| cLISI PCA | cLISI DICE rho=20 | cLISI DICE rho=c | paper PCA | paper DICE |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for setup, row in s["setups"].items():
+            p = row["paper"]
+            lines.append(
+                f"| {setup} | {fmt(row['PCA']['silhouette'])} | {fmt(row['DICE_paper_rho20']['silhouette'])} | "
+                f"{fmt(row['DICE_rho_eq_latent_scale']['silhouette'])} | {p['PCA']['silhouette']} | "
+                f"{p['DICE']['silhouette']} | {fmt(row['PCA']['cLISI'])} | {fmt(row['DICE_paper_rho20']['cLISI'])} "
+                f"| {fmt(row['DICE_rho_eq_latent_scale']['cLISI'])} | {p['PCA']['cLISI']} | {p['DICE']['cLISI']} |")
+        lines += ["", "rho sweep on setup 1 (the effect of the coupling level):", "",
+                  "| rho | silhouette | cLISI | mean spread across chains |", "|---|---|---|---|"]
+        for r in s["rho_sweep_setup1"]:
+            lines.append(f"| {r['rho']} | {fmt(r['silhouette'])} | {fmt(r['cLISI'])} | {r['mean_chain_std']:.2f} |")
+        lines.append("")
+    if "cbmc" in results:
+        c = results["cbmc"]
+        lines += ["## (b) CBMC query mapping", "",
+                  f"Reference {c['n_reference']} cells, stratified query {c['n_query']} cells, k = {c['k']}, prior "
+                  f"trained for {c['train_steps']} steps; DICE rho 5 -> 0.5 (linear), {c['n_iter']} iterations, "
+                  f"{c['n_chains']} chains. Leiden on a 15-NN graph, resolutions 0.1-2.0, ARI and NMI at the "
+                  "best-ARI resolution (the paper's rule, App. I).", "",
+                  "| embedding | ARI | NMI | (best NMI over sweep) | resolution | clusters | cosine silhouette "
+                  "| cLISI |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in ("PCA", "DICE", "DICE + mixup (labels)", "scVI"):
+            if name in c["methods"]:
+                m = c["methods"][name]
+                lines.append(f"| {name} | {fmt(m['ARI'])} | {fmt(m['NMI'])} | {fmt(m['NMI_best_over_sweep'])} | "
+                             f"{m['resolution']} | {m['n_clusters']} | {fmt(m['silhouette'])} | {fmt(m['cLISI'])} |")
+        lines += ["", "Paper, Table 2 (CITE-seq PBMC of Hao et al., 9000 / 1000 cells, 3000 HVGs, k = 25, "
+                  "35 M-parameter network on a GPU; a different dataset):", "",
+                  "| embedding | ARI | NMI | cLISI |", "|---|---|---|---|"]
+        for name, m in c["paper_citeseq_table2"].items():
+            lines.append(f"| {name} | {m['ARI']} | {m['NMI']} | {m['cLISI']} |")
+        lines += ["", f"![CBMC UMAP]({c['figure']})", ""]
+    if "confidence" in results:
+        cf = results["confidence"]
+        lines += ["## (c) Confidence sets (paper Fig. 2)", "",
+                  f"{cf['n_chains']} chains of {cf['n_iter']} iterations on one noise-free input, setup-1 model.", "",
+                  "| input | rho | mean spread per dim | share on cluster 1 | share on cluster 2 |",
+                  "|---|---|---|---|---|"]
+        for r in cf["results"]:
+            lines.append(f"| {r['input']} | {r['rho']} | {r['mean_std_per_dim']:.2f} | {r['share_cluster1']:.2f} | "
+                         f"{r['share_cluster2']:.2f} |")
+        lines += ["", f"![confidence sets]({cf['figure']})", ""]
+    if "timing" in results:
+        tm = results["timing"]
+        lines += ["## (d) embed() timing", "",
+                  f"{tm['n_cells']} cells x {tm['n_chains']} chains x {tm['n_iter']} iterations, rho 5 -> 0.5, "
+                  f"n_prior_steps={tm['n_prior_steps']} ({tm['network_calls_per_batch']} network calls per batch of "
+                  f"{tm['batch_size']} cells x {tm['n_chains']} chains), CBMC model (k = 25, default network).", "",
+                  "| torch threads | seconds | extrapolated to 10k cells | load average before |", "|---|---|---|---|"]
+        for r in tm["runs"]:
+            lines.append(f"| {r['threads']} | {r['seconds']:.0f} | {r['extrapolated_10k_seconds']:.0f} | "
+                         f"{r['load_average_before']:.1f} |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced sizes for a fast run")
+    parser.add_argument("--parts", default="synthetic,confidence,cbmc,timing",
+                        help="comma-separated subset of synthetic, confidence, cbmc, timing")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    parser.add_argument("--timing-threads", default="1,2", help="thread counts for the timing part")
+    parser.add_argument("--no-scvi", action="store_true", help="skip the scVI baseline on CBMC")
+    parser.add_argument("--out", default=None,
+                        help="output stem (default benchmarks/results/dice, or dice_quick with --quick)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    stem = Path(args.out) if args.out else RESULTS / ("dice_quick" if args.quick else "dice")
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"quick": args.quick, "seed": args.seed, "machine": platform.platform(),
+                               "cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__}
+    cache: dict[str, Any] = {}
+    if "synthetic" in parts:
+        results["synthetic"] = run_synthetic(args.quick, args.seed, cache, stem)
+    if "confidence" in parts:
+        results["confidence"] = run_confidence(args.quick, args.seed, cache, stem)
+    if "cbmc" in parts:
+        results["cbmc"] = run_cbmc(args.quick, args.seed, cache, with_scvi=not args.no_scvi, stem=stem)
+    if "timing" in parts:
+        results["timing"] = run_timing(args.quick, args.seed, cache,
+                                       [int(t) for t in args.timing_threads.split(",") if t])
+    results["total_seconds"] = time.perf_counter() - t0
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
+    write_markdown(results, stem.with_suffix(".md"))
+    log(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
