@@ -1,1 +1,0 @@
-"""Subpackage (populated by its modules)."""
