@@ -1,8 +1,8 @@
 """countsdiff-sc: diffusion on the natural numbers for single-cell counts, on scvi-tools.
 
 Subpackages and models are imported on first use, so ``import countsdiff_sc`` and the command line's ``--help`` stay
-fast; ``cds.pp``, ``cds.metrics``, ``cds.CountsDiffModel`` ... load their dependencies (scvi-tools, torch) when
-first touched.
+fast; ``cds.pp``, ``cds.metrics``, ``cds.pl``, ``cds.CountsDiffModel`` ... load their dependencies (scvi-tools,
+torch, matplotlib) when first touched.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without installation
     __version__ = "0.0.0"
 
-_SUBPACKAGES = ("baselines", "datasets", "diffusion", "metrics", "model", "module", "nn", "pp")
+_SUBPACKAGES = ("baselines", "datasets", "diffusion", "metrics", "model", "module", "nn", "pl", "pp")
 _MODELS = {"CountsDiffModel": "countsdiff_sc.model", "DICEModel": "countsdiff_sc.model"}
 
 __all__ = [
@@ -30,11 +30,12 @@ __all__ = [
     "model",
     "module",
     "nn",
+    "pl",
     "pp",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import baselines, datasets, diffusion, metrics, model, module, nn, pp
+    from . import baselines, datasets, diffusion, metrics, model, module, nn, pl, pp
     from .model import CountsDiffModel, DICEModel
 
 

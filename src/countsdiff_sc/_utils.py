@@ -6,7 +6,7 @@ Nothing here imports scvi-tools or torch, so pp/, metrics/ and model/ can all us
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import anndata as ad
@@ -44,6 +44,8 @@ def get_matrix(adata: ad.AnnData, layer: str | None = None) -> np.ndarray | sp.s
 
 def to_dense(x: Any, dtype: Any = None) -> np.ndarray:
     """Return a dense numpy copy-or-view of a dense / sparse / backed matrix, optionally cast to ``dtype``."""
+    if is_backed_matrix(x):
+        x = x[:]
     if sp.issparse(x):
         out = x.toarray()
     else:
@@ -57,10 +59,29 @@ def check_obs_key(adata: ad.AnnData, key: str) -> None:
         raise KeyError(f"Column {key!r} not found in adata.obs. Available columns: {list(adata.obs.columns)}.")
 
 
+def is_backed_matrix(x: Any) -> bool:
+    """Whether ``x`` is an on-disk matrix of a backed AnnData (h5py dataset or anndata sparse dataset)."""
+    import h5py
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(x, (h5py.Dataset, CSRDataset, CSCDataset))
+
+
+def iter_row_blocks(x: Any, block_size: int = 8192) -> Iterator[tuple[int, Any]]:
+    """Yield ``(start, x[start:start + block_size])`` over the rows of a dense, sparse or backed matrix.
+
+    Each block is loaded into memory (for a backed matrix only that block is read from disk), so callers that
+    reduce block by block use memory bounded by ``block_size`` rows.
+    """
+    for start in range(0, int(x.shape[0]), int(block_size)):
+        yield start, x[start : start + int(block_size)]
+
+
 def check_counts(x: Any, where: str = "adata.X") -> None:
     """Raise a ValueError unless ``x`` holds finite, non-negative, integer-valued numbers.
 
-    Accepts dense arrays and scipy sparse matrices (only stored values are inspected) of any numeric dtype.
+    Accepts dense arrays, scipy sparse matrices (only stored values are inspected) and the on-disk matrices of a
+    backed AnnData (checked in blocks of rows, never loaded whole), of any numeric dtype.
     The message says how many entries are bad and where to look, so the user can fix the input.
 
     Parameters
@@ -70,29 +91,32 @@ def check_counts(x: Any, where: str = "adata.X") -> None:
     where
         Human-readable location of the matrix used in the error message (e.g. ``"adata.layers['counts']"``).
     """
-    values = x.data if sp.issparse(x) else np.asarray(x)
-    if values.dtype.kind not in "biuf":
-        raise ValueError(f"{where} has dtype {values.dtype}; expected a numeric count matrix.")
-    if values.dtype.kind == "f":
-        n_nonfinite = int(np.count_nonzero(~np.isfinite(values)))
-        if n_nonfinite:
-            raise ValueError(
-                f"{where} contains {n_nonfinite} NaN or infinite entries; countsdiff-sc needs raw integer counts. "
-                "Remove or fill them, or point layer= to the raw counts."
-            )
-    n_negative = int(np.count_nonzero(values < 0))
+    blocks = (b for _, b in iter_row_blocks(x)) if is_backed_matrix(x) else [x]
+    n_nonfinite = n_negative = n_fractional = 0
+    for block in blocks:
+        values = block.data if sp.issparse(block) else np.asarray(block)
+        if values.dtype.kind not in "biuf":
+            raise ValueError(f"{where} has dtype {values.dtype}; expected a numeric count matrix.")
+        if values.dtype.kind == "f":
+            finite = np.isfinite(values)
+            n_nonfinite += int(np.count_nonzero(~finite))
+            n_fractional += int(np.count_nonzero(finite & (values != np.floor(values))))
+        n_negative += int(np.count_nonzero(values < 0))
+    if n_nonfinite:
+        raise ValueError(
+            f"{where} contains {n_nonfinite} NaN or infinite entries; countsdiff-sc needs raw integer counts. "
+            "Remove or fill them, or point layer= to the raw counts."
+        )
     if n_negative:
         raise ValueError(
             f"{where} contains {n_negative} negative entries; countsdiff-sc needs raw non-negative counts "
             "(was the data scaled or centred?). Point layer= to the raw counts."
         )
-    if values.dtype.kind == "f":
-        n_fractional = int(np.count_nonzero(values != np.floor(values)))
-        if n_fractional:
-            raise ValueError(
-                f"{where} contains {n_fractional} non-integer entries; countsdiff-sc needs raw UMI counts, not "
-                "normalised or log-transformed values. Point layer= to the raw counts (e.g. layer='counts')."
-            )
+    if n_fractional:
+        raise ValueError(
+            f"{where} contains {n_fractional} non-integer entries; countsdiff-sc needs raw UMI counts, not "
+            "normalised or log-transformed values. Point layer= to the raw counts (e.g. layer='counts')."
+        )
 
 
 def as_bool_mask(x: Any, shape: tuple[int, int], where: str) -> np.ndarray:

@@ -14,6 +14,7 @@ from countsdiff_sc.diffusion import (
     count_loss,
     generate,
     guidance_mix,
+    log_linear_mix,
     random_round,
     repaint,
     reverse_step,
@@ -221,3 +222,39 @@ def test_seed_reproducibility():
                                 attrition="rescale", eta=0.2, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+@pytest.mark.parametrize("kind", ["none", "rescale", "cap", "constant"])
+@pytest.mark.parametrize("schedule", [CosineSchedule(), BlackoutSchedule()], ids=["cosine", "blackout"])
+def test_attrition_within_bounds_on_a_grid_of_t_s_eta(kind, schedule):
+    # every pair s < t of a 41-point grid (not only consecutive steps), strengths from tiny to huge
+    grid = torch.linspace(0, 1, 41, dtype=torch.float64)
+    t, s = torch.meshgrid(grid, grid, indexing="ij")
+    keep = s < t
+    t, s = t[keep], s[keep]
+    p_t, p_s = schedule.p(t), schedule.p(s)
+    smax = sigma_max(p_t, p_s)
+    etas = [0.0, 1e-3, 0.02, 0.5, 1.0] + ([] if kind == "rescale" else [3.0, 100.0])
+    for eta in etas:
+        sig = attrition_rate(kind, eta, p_t, p_s, dt=t - s)
+        assert sig.shape == t.shape
+        assert bool((sig >= 0).all()), (kind, eta)
+        assert bool((sig <= smax + 1e-12).all()), (kind, eta)
+        assert bool((smax <= 1).all())
+        if kind == "none" or eta == 0.0:
+            assert bool((sig == 0).all())
+        beta = (p_s - (1 - sig) * p_t) / (1 - p_t).clamp_min(1e-12)
+        assert bool((beta >= -1e-9).all() and (beta <= 1 + 1e-9).all()), (kind, eta)
+
+
+def test_log_linear_mix():
+    y1, y2, y3 = torch.tensor([4.0, 1.0]), torch.tensor([1.0, 4.0]), torch.tensor([2.0, 2.0])
+    torch.testing.assert_close(log_linear_mix([y1, y2], [0.5, 0.5]), torch.tensor([2.0, 2.0]))
+    # the single-condition guidance rule is the two-term special case
+    torch.testing.assert_close(log_linear_mix([y1, y2], [2.0, -1.0]), guidance_mix(y1, y2, 2.0))
+    # coefficients summing to one leave a rate all terms agree on unchanged; per-cell tensor coefficients
+    torch.testing.assert_close(log_linear_mix([y3, y3, y3], [3.0, -1.5, -0.5]), y3)
+    a = torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(log_linear_mix([y1, y2], [1 - a, a]), torch.tensor([4.0, 4.0]))
+    with pytest.raises(ValueError, match="one coefficient per rate"):
+        log_linear_mix([y1, y2], [1.0])

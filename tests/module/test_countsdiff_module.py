@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from scvi import REGISTRY_KEYS
@@ -119,3 +120,71 @@ def test_default_is_the_papers_plain_softplus():
     m = _module()
     assert m.rate_baseline == "none"
     assert m.baseline(torch.ones(2, 20), torch.rand(2)) is None
+
+
+def _module2(**kw):
+    """Two categorical conditions (labels with 3 values, a covariate with 2) and a 2-d vector condition."""
+    torch.manual_seed(0)
+    return CountsDiffModule(20, n_cats_per_cov=[3, 2], n_continuous=2, use_labels=True,
+                            backbone_kwargs={"n_hidden": 32, "n_layers": 1, "dim_emb": 16}, **kw)
+
+
+def test_independent_condition_dropout_frequencies():
+    n = 20000
+    x = torch.ones(n, 20)
+    conds = {"cat": torch.zeros(n, 2, dtype=torch.long), "cont": torch.zeros(n, 2)}
+    joint = _module2(p_uncond=0.5).train()
+    drop = joint.inference(x, conds)["drop"]
+    assert bool((drop == drop[:, :1]).all())  # all conditions together
+    indep = _module2(p_uncond=0.5, uncond_mode="independent").train()
+    drop = indep.inference(x, conds)["drop"].float()
+    # each slot: p + (1 - p) p = 0.75; all three dropped: p + (1 - p) p^3 = 0.5625; only slot 0 kept: (1 - p)^2 p^2
+    assert drop.mean(0).sub(0.75).abs().max() < 0.02
+    assert abs(float(drop.all(1).float().mean()) - 0.5625) < 0.02
+    only_first = (drop[:, 0] == 0) & (drop[:, 1:] == 1).all(1)
+    assert abs(float(only_first.float().mean()) - 0.0625) < 0.01
+    with pytest.raises(ValueError, match="uncond_mode"):
+        _module2(uncond_mode="partial")
+
+
+def test_per_condition_guidance_formula_in_one_batched_pass():
+    m = _module2(uncond_mode="independent").eval()
+    n = 5
+    x = torch.poisson(torch.full((n, 20), 3.0), generator=torch.Generator().manual_seed(0))
+    t = torch.full((n,), 0.4)
+    cat = torch.tensor([[0, 1], [1, 0], [2, 1], [0, 0], [1, 1]])
+    cont = torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
+
+    def single(keep):
+        return m.mixed_rate(x, t, [(cat, cont, m.drop_mask(n, x.device, np.array(keep)))], [1.0])
+
+    log_u, log_c = single([False] * 3).log(), single([True] * 3).log()
+    log_k = [single([k == j for j in range(3)]).log() for k in range(3)]
+    g = [2.0, 0.0, 0.5]
+    g_bar = sum(g) / 3
+    expected = log_u + g_bar * (log_c - log_u) + sum((g[k] - g_bar) * (log_k[k] - log_u) for k in range(3))
+    calls = []
+    hook = m.ema_net.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    y = m.rate(x, t, cat, cont, guidance=g)
+    hook.remove()
+    torch.testing.assert_close(y.log(), expected, rtol=1e-4, atol=1e-4)
+    assert calls == [5 * n]  # u, C and the three single-condition passes in one forward
+    # equal strengths reduce to the single-strength rule; a vector condition that is not given is dropped
+    torch.testing.assert_close(m.rate(x, t, cat, cont, guidance=[1.5] * 3), m.rate(x, t, cat, cont, guidance=1.5))
+    no_cont = m.mixed_rate(x, t, [(cat, torch.zeros(n, 2), m.drop_mask(n, x.device, np.array([True, True, False])))],
+                           [1.0])
+    torch.testing.assert_close(m.rate(x, t, cat), no_cont)
+    with pytest.raises(ValueError, match="3 strengths"):
+        m.rate(x, t, cat, cont, guidance=[1.0, 2.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        m.rate(x, t, cat, cont, guidance=[1.0, -2.0, 1.0])
+
+
+def test_joint_module_rejects_unequal_strengths():
+    m = _module2().eval()
+    x, t = torch.ones(3, 20), torch.full((3,), 0.5)
+    cat = torch.tensor([[0, 1], [1, 0], [2, 1]])
+    with pytest.raises(ValueError, match="uncond_mode='independent'"):
+        m.rate(x, t, cat, torch.zeros(3, 2), guidance=[2.0, 1.0, 1.0])
+    # strengths of conditions that are not given do not count
+    torch.testing.assert_close(m.rate(x, t, cat, guidance=[2.0, 2.0, 0.0]), m.rate(x, t, cat, guidance=2.0))

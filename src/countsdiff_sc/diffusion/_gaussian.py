@@ -26,6 +26,7 @@ __all__ = [
     "RHO_SCHEDULES",
     "EpsFn",
     "GaussianDiffusion",
+    "cosine_beta_schedule",
     "gaussian_likelihood_posterior",
     "gaussian_likelihood_step",
     "linear_beta_schedule",
@@ -65,6 +66,41 @@ def linear_beta_schedule(n_timesteps: int = 512, beta_start: float = 1e-4, beta_
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(f"Need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}.")
     return torch.linspace(beta_start, beta_end, int(n_timesteps), dtype=torch.float64)
+
+
+def cosine_beta_schedule(n_timesteps: int = 1000, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine noise schedule of Nichol & Dhariwal (2021): ``abar(t) = cos^2(pi / 2 (t / T + s) / (1 + s))``.
+
+    ``beta_t = 1 - abar(t) / abar(t - 1)``, clipped at ``max_beta`` (the singularity at ``t = T``). The CountsDiff
+    paper's Gaussian baseline of the toy experiment (App. D.1) uses this schedule.
+
+    Parameters
+    ----------
+    n_timesteps
+        Number of diffusion steps ``T``.
+    offset
+        Small offset ``s`` that keeps ``beta_1`` away from 0.
+    max_beta
+        Upper clip of every ``beta_t``, in ``(0, 1)``.
+
+    Returns
+    -------
+    float64 tensor of shape ``(T,)``.
+
+    Examples
+    --------
+    >>> b = cosine_beta_schedule(1000)
+    >>> b.shape, float(b[-1])
+    (torch.Size([1000]), 0.999)
+    """
+    if int(n_timesteps) < 1:
+        raise ValueError(f"n_timesteps must be >= 1, got {n_timesteps}.")
+    if not 0.0 < max_beta < 1.0 or offset < 0:
+        raise ValueError(f"Need 0 < max_beta < 1 and offset >= 0, got max_beta={max_beta}, offset={offset}.")
+    steps = torch.arange(int(n_timesteps) + 1, dtype=torch.float64) / int(n_timesteps)
+    abar = torch.cos((steps + offset) / (1.0 + offset) * math.pi / 2) ** 2
+    betas = 1.0 - abar[1:] / abar[:-1]
+    return betas.clamp(min=1e-8, max=max_beta)
 
 
 class GaussianDiffusion:

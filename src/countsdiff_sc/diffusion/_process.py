@@ -6,6 +6,8 @@ All functions are pure torch and vectorised over any tensor shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 __all__ = [
@@ -14,6 +16,7 @@ __all__ = [
     "binomial",
     "count_loss",
     "guidance_mix",
+    "log_linear_mix",
     "random_round",
     "reverse_step",
     "sigma_max",
@@ -120,6 +123,36 @@ def guidance_mix(y_cond: torch.Tensor, y_uncond: torch.Tensor, guidance: float |
     log_c = torch.log(y_cond.clamp_min(1e-12))
     log_u = torch.log(y_uncond.clamp_min(1e-12))
     return torch.exp(log_u + guidance * (log_c - log_u))
+
+
+def log_linear_mix(rates: Sequence[torch.Tensor], coefs: Sequence[float | torch.Tensor]) -> torch.Tensor:
+    """Weighted geometric mean of rates, ``exp(sum_j c_j log y_j)``, the common form of every guided rate.
+
+    Single-condition guidance (Sec. 3.4) is ``rates = (y_c, y_u)`` with ``coefs = (g, 1 - g)``; per-covariate
+    (compositional) guidance and cell-state interpolation use more terms. The coefficients of a guided rate sum to
+    one (an affine combination in log space), so a rate that all terms agree on is returned unchanged.
+
+    Parameters
+    ----------
+    rates
+        Positive rates of one shape (each clamped at 1e-12 before the log).
+    coefs
+        One coefficient per rate: a float or a tensor broadcastable to the rates (e.g. ``(n, 1)``, one per cell).
+
+    Returns
+    -------
+    The mixed rate, same shape as ``rates[0]``.
+
+    Examples
+    --------
+    >>> y_c, y_u = torch.tensor([4.0]), torch.tensor([1.0])
+    >>> log_linear_mix([y_c, y_u], [0.5, 0.5])
+    tensor([2.])
+    """
+    if len(rates) != len(coefs) or not rates:
+        raise ValueError(f"Need one coefficient per rate, got {len(rates)} rates and {len(coefs)} coefficients.")
+    log_y = sum(c * torch.log(y.clamp_min(1e-12)) for y, c in zip(rates, coefs, strict=True))
+    return torch.exp(log_y)
 
 
 def sigma_max(p_t: torch.Tensor, p_s: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ StepCallback = Callable[[int, float, float, torch.Tensor], None]
 
 
 def time_grid(n_steps: int, schedule: PSchedule | None = None, t_start: float = 1.0) -> torch.Tensor:
-    """Uniform decreasing grid ``t_start = t_0 > t_1 > ... > t_K = 0`` with ``K = n_steps`` transitions.
+    """Uniform decreasing time grid from ``t_0 = t_start`` down to ``t_K = 0`` with ``K = n_steps`` transitions.
 
     ``n_steps`` counts network evaluations (transitions): the paper's "20 time points" are ``n_steps = 19``.
     For a discrete schedule the times are snapped to its grid and duplicates dropped, so the grid stays strictly
@@ -48,6 +48,7 @@ def _sched(schedule: PSchedule, t: float, device: torch.device) -> torch.Tensor:
     return schedule.p(torch.tensor(t, dtype=torch.float64)).to(device=device, dtype=torch.float32)
 
 
+@torch.inference_mode()
 def generate(
     rate_fn: RateFn,
     shape: tuple[int, int],
@@ -113,6 +114,7 @@ def generate(
     return x
 
 
+@torch.inference_mode()
 def repaint(
     rate_fn: RateFn,
     x_obs: torch.Tensor,

@@ -569,8 +569,8 @@ def evaluate_embedding(
 
     Returns
     -------
-    DataFrame with one row per (embedding, metric): ``embedding, metric, value, std_error, resolution, n_cells,
-    note``.
+    DataFrame with one row per (embedding, metric) and the columns ``embedding, metric, value, std_error,
+    resolution, n_cells, note``.
 
     Examples
     --------

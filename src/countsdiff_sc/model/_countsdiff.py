@@ -35,10 +35,11 @@ from countsdiff_sc._utils import (
     check_obs_key,
     check_writable,
     get_matrix,
+    iter_row_blocks,
     record_params,
     to_dense,
 )
-from countsdiff_sc.diffusion import ATTRITION_KINDS, PSchedule, generate, repaint
+from countsdiff_sc.diffusion import ATTRITION_KINDS, PSchedule, generate, repaint, thin, time_grid
 from countsdiff_sc.module import CONDITION_KEY, VALID_KEY, CountsDiffModule, DiffusionTrainingPlan
 
 from ._training import DiffusionTrainingMixin
@@ -46,6 +47,9 @@ from ._training import DiffusionTrainingMixin
 logger = logging.getLogger(__name__)
 
 __all__ = ["CountsDiffModel"]
+
+#: Default interpolation weights of :meth:`CountsDiffModel.interpolate`: 0, 0.1, ..., 1.
+_DEFAULT_WEIGHTS = tuple(float(a) for a in np.linspace(0.0, 1.0, 11))
 
 
 
@@ -87,12 +91,18 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
     loss_weighting
         ``"neg_dp"`` (default, ``w = -p'(t)``), ``"nll"`` or ``"constant"``.
     p_uncond
-        Probability of dropping all conditions of a training cell (classifier-free guidance).
+        Condition-dropout probability of a training cell (classifier-free guidance; see ``uncond_mode``).
     ema_decay
         Decay of the EMA weights used for validation and sampling (0 disables).
     rate_baseline
         ``"none"`` (default) is the paper's plain ``y_hat = softplus(NN)``; ``"gamma_poisson"`` multiplies it by a
         per-gene empirical-Bayes baseline rate (see :class:`~countsdiff_sc.module.CountsDiffModule`).
+    uncond_mode
+        ``"joint"`` (default, the paper's scheme): a training cell loses all its conditions together with
+        probability ``p_uncond``. ``"independent"``: each condition (labels, every categorical covariate, the
+        vector condition) is dropped independently with probability ``p_uncond``, and all of them together with
+        probability ``p_uncond``; needed for per-covariate guidance with unequal strengths
+        (``sample(guidance={...})``, see :meth:`sample`).
 
     Examples
     --------
@@ -120,6 +130,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         p_uncond: float = 0.1,
         ema_decay: float = 0.999,
         rate_baseline: Literal["none", "gamma_poisson"] = "none",
+        uncond_mode: Literal["joint", "independent"] = "joint",
     ):
         super().__init__(adata, registry)
         if isinstance(schedule, PSchedule) and schedule.name != "custom":
@@ -158,11 +169,12 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             ema_decay=ema_decay,
             rate_baseline=rate_baseline,
             gene_stats=gene_stats,
+            uncond_mode=uncond_mode,
         )
         n_params = sum(p.numel() for p in self.module.net.parameters())
         self._model_summary_string = (
             f"CountsDiffModel: backbone={backbone}, schedule={self.module.schedule!r}, "
-            f"loss_weighting={loss_weighting}, conditions={self._condition_names()}, "
+            f"loss_weighting={loss_weighting}, conditions={self._condition_names()} ({uncond_mode} dropout), "
             f"{self.summary_stats.n_vars} genes, {n_params:,} network parameters, ema_decay={ema_decay}."
         )
         self.init_params_ = self._get_init_params(locals())
@@ -302,24 +314,27 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             raise ValueError(f"adata.obsm[{key!r}] must hold finite numbers.")
 
     def _gene_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of every gene over the valid entries of the registered training cells."""
+        """Mean and variance of every gene over the valid entries of the registered training cells.
+
+        Accumulated over blocks of cells, so a backed (on-disk) count matrix is never loaded whole.
+        """
         x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        w_all = None
         if VALID_KEY in self.adata_manager.data_registry:
-            w = self.adata_manager.get_from_registry(VALID_KEY)
-            w = (w.astype(bool).astype(np.float64) if sp.issparse(w) else np.asarray(w, dtype=np.float64))
-        else:
-            w = None
-        xs = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64)
-        if w is None:
-            n = np.full(x.shape[1], float(x.shape[0]))
-            s1 = np.asarray(xs.sum(axis=0)).ravel()
-            s2 = np.asarray(xs.multiply(xs).sum(axis=0)).ravel() if sp.issparse(xs) else (xs**2).sum(axis=0)
-        else:
-            w = w.toarray() if sp.issparse(w) else w
-            n = w.sum(axis=0)
-            xw = xs.multiply(w) if sp.issparse(xs) else xs * w
-            s1 = np.asarray(xw.sum(axis=0)).ravel()
-            s2 = np.asarray((xw.multiply(xs) if sp.issparse(xw) else xw * xs).sum(axis=0)).ravel()
+            w_all = self.adata_manager.get_from_registry(VALID_KEY)
+        n = np.zeros(x.shape[1])
+        s1 = np.zeros(x.shape[1])
+        s2 = np.zeros(x.shape[1])
+        for start, block in iter_row_blocks(x, max(64, 2**20 // max(1, x.shape[1]))):
+            xb = to_dense(block, np.float64)
+            if w_all is None:
+                n += xb.shape[0]
+            else:
+                wb = to_dense(w_all[start : start + xb.shape[0]]).astype(bool)
+                n += wb.sum(axis=0)
+                xb = np.where(wb, xb, 0.0)
+            s1 += xb.sum(axis=0)
+            s2 += (xb**2).sum(axis=0)
         n = np.maximum(n, 1.0)
         mean = s1 / n
         var = np.maximum(s2 / n - mean**2, 0.0)
@@ -406,7 +421,10 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             Stop when ``validation_loss`` has not improved for ``early_stopping_patience`` epochs.
         accelerator, devices
             Lightning accelerator and devices (``"cpu"``, ``"gpu"``, ...). ``strategy="ddp"`` and other
-            :class:`lightning.pytorch.Trainer` arguments pass through ``trainer_kwargs``.
+            :class:`lightning.pytorch.Trainer` arguments pass through ``trainer_kwargs``; with a DDP strategy every
+            process trains on its own shard of the cells (scvi-tools' distributed sampler), so ``batch_size`` is
+            per process. Lightning's ``"ddp"`` re-runs the calling script for each process: call ``train`` from a
+            script (guarded by ``if __name__ == "__main__"``), or use ``"ddp_notebook"`` in notebooks.
         datasplitter_kwargs
             Extra arguments of the data splitter (e.g. ``num_workers``).
         plan_kwargs
@@ -508,16 +526,62 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         return gen, np.random.default_rng(int(seed)), int(seed)
 
-    @staticmethod
-    def _check_sampling_args(n_steps: int, guidance: float, attrition: float, attrition_kind: str) -> None:
+    def _check_sampling_args(
+        self, n_steps: int, guidance: float | Mapping[str, float], attrition: float, attrition_kind: str
+    ) -> float | list[float]:
+        """Validate the reverse-process settings; returns the guidance in the form ``module.rate`` takes."""
         if int(n_steps) < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
-        if guidance < 0:
-            raise ValueError(f"guidance must be non-negative, got {guidance}.")
-        if attrition_kind not in ATTRITION_KINDS:
-            raise ValueError(f"attrition_kind must be one of {ATTRITION_KINDS}, got {attrition_kind!r}.")
-        if attrition < 0 or (attrition_kind == "rescale" and attrition > 1):
-            raise ValueError(f"attrition must lie in [0, 1] for attrition_kind='rescale', got {attrition}.")
+        if not isinstance(attrition_kind, str) or attrition_kind not in ATTRITION_KINDS:
+            raise ValueError(
+                f"Unknown attrition_kind {attrition_kind!r}; choose one of {ATTRITION_KINDS} (see "
+                "countsdiff_sc.diffusion.attrition_rate)."
+            )
+        if not math.isfinite(float(attrition)) or attrition < 0:
+            raise ValueError(f"attrition (the attrition strength eta) must be a non-negative number, got {attrition}.")
+        if attrition_kind == "rescale" and attrition > 1:
+            raise ValueError(
+                f"attrition must lie in [0, 1] for attrition_kind='rescale' (sigma = attrition * sigma_max), got "
+                f"{attrition}. For a per-step death probability use attrition_kind='cap', for a death rate per unit "
+                "time attrition_kind='constant'."
+            )
+        return self._guidance_strengths(guidance)
+
+    def _condition_slot_names(self) -> list[tuple[str, ...]]:
+        """Names by which each condition slot (labels, categorical covariates, vector condition) can be addressed."""
+        setup_args = self.registry_["setup_args"]
+        slots: list[tuple[str, ...]] = []
+        if self.module.use_labels:
+            slots.append((setup_args["labels_key"],))
+        slots += [(k,) for k in self._covariate_categories()]
+        if self.module.n_continuous > 0:
+            key = setup_args["condition_obsm_key"]
+            slots.append((key, f"obsm[{key!r}]"))
+        return slots
+
+    def _guidance_strengths(self, guidance: float | Mapping[str, float]) -> float | list[float]:
+        """A float stays a float; a dict becomes one strength per condition slot (unnamed slots get 1.0)."""
+        if not isinstance(guidance, Mapping):
+            g = float(guidance)
+            if not math.isfinite(g) or g < 0:
+                raise ValueError(f"guidance must be a non-negative number or a dict of them, got {guidance}.")
+            return g
+        slots = self._condition_slot_names()
+        known = [names[0] for names in slots]
+        if not slots:
+            raise ValueError("Per-covariate guidance needs a conditional model; this one was set up without "
+                             "labels_key, categorical_covariate_keys or condition_obsm_key.")
+        lookup = {name: i for i, names in enumerate(slots) for name in names}
+        unknown = sorted(str(k) for k in guidance if k not in lookup)
+        if unknown:
+            raise ValueError(f"guidance names unknown condition(s) {unknown}; the model's conditions are {known}.")
+        strengths = [1.0] * len(slots)
+        for name, g in guidance.items():
+            g = float(g)
+            if not math.isfinite(g) or g < 0:
+                raise ValueError(f"guidance[{name!r}] must be a non-negative number, got {g}.")
+            strengths[lookup[name]] = g
+        return strengths
 
     # ------------------------------------------------------------------ generation
     @torch.inference_mode()
@@ -528,7 +592,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         covariates: Mapping[str, str | Sequence[str]] | None = None,
         conditions: np.ndarray | None = None,
         n_steps: int = 50,
-        guidance: float = 1.0,
+        guidance: float | Mapping[str, float] = 1.0,
         attrition: float = 0.0,
         attrition_kind: Literal["rescale", "cap", "constant", "none"] = "rescale",
         seed: int | None = None,
@@ -536,6 +600,10 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         progress: bool = True,
     ) -> ad.AnnData:
         """Generate cells (paper Algorithm 2), conditioned on labels / covariates or unconditionally.
+
+        Without labels, covariates and vector conditions the cells are drawn from the unconditional rate (every
+        condition replaced by its null token, learned through condition dropout) and ``guidance`` has no effect.
+        A vector condition that is not passed (``conditions=None``) is likewise replaced by its null token.
 
         Parameters
         ----------
@@ -553,10 +621,18 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         n_steps
             Number of reverse transitions.
         guidance
-            Guidance strength ``g`` of ``y_c^g y_u^(1-g)``: 1 = conditional, 0 = unconditional, > 1 sharpens.
+            One strength ``g`` for all conditions: the guided rate ``y_C^g y_u^(1-g)`` of paper Sec. 3.4
+            (1 = conditional, 0 = unconditional, > 1 sharpens). Or a dict ``{condition: strength}`` naming the
+            labels key, categorical covariate keys or the obsm condition key (conditions not named get 1.0): the
+            compositional guidance of :meth:`~countsdiff_sc.module.CountsDiffModule.rate`,
+            ``log y = log y_u + gbar (log y_C - log y_u) + sum_k (g_k - gbar) (log y_k - log y_u)`` with ``gbar``
+            the mean strength and ``y_k`` the rate given condition ``k`` alone; equal strengths give exactly the
+            single-strength rule. Unequal strengths need a model trained with ``uncond_mode="independent"``
+            (a jointly trained model raises a ValueError).
         attrition, attrition_kind
-            Attrition strength and kind (``"rescale"``: ``sigma = attrition * sigma_max``; see
-            :func:`~countsdiff_sc.diffusion.attrition_rate`).
+            Attrition strength and kind: ``"rescale"`` (``sigma = attrition * sigma_max``, attrition in [0, 1]),
+            ``"cap"`` (``sigma = min(attrition, sigma_max)``), ``"constant"`` (death rate ``attrition`` per unit
+            time) or ``"none"``; see :func:`~countsdiff_sc.diffusion.attrition_rate`.
         seed
             Random seed; the same seed gives the same cells on the same device.
         batch_size
@@ -568,8 +644,22 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         -------
         AnnData of generated cells: integer counts (float32 CSR) in ``X``, the conditions in ``obs``, the genes of
         the training data as ``var_names`` and the settings in ``uns["countsdiff"]["sample"]``.
+
+        Raises
+        ------
+        ValueError
+            Unknown label / covariate values, a guidance dict naming unknown conditions (the message lists the
+            model's), unequal per-condition strengths on a jointly trained model, an unknown ``attrition_kind`` or
+            an attrition strength out of range.
+
+        Examples
+        --------
+        >>> gen = model.sample(labels=["B"] * 100, guidance=1.5, attrition=0.01, seed=0)
+        >>> gen = model.sample(labels=["B"] * 100, covariates={"batch": "b1"},
+        ...                    guidance={"cell_type": 2.0, "batch": 0.0}, seed=0)  # uncond_mode="independent"
+        >>> noise = model.sample(n_samples=100, seed=0)  # unconditional
         """
-        self._check_sampling_args(n_steps, guidance, attrition, attrition_kind)
+        strengths = self._check_sampling_args(n_steps, guidance, attrition, attrition_kind)
         if n_samples is None:
             sized = [v for v in [labels, *(covariates or {}).values()] if v is not None and not isinstance(v, str)]
             if not sized:
@@ -583,6 +673,8 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         cont = self._check_obsm_condition(conditions, n)
         if cont is not None and codes is None and self.module.n_cats_per_cov:
             raise ValueError("With a vector condition, also give the categorical conditions (labels / covariates).")
+        if isinstance(guidance, Mapping) and codes is None and cont is None:
+            raise ValueError("Per-covariate guidance needs conditions: give labels, covariates or conditions.")
         self.module.eval()
         device = self.device
         out = []
@@ -596,7 +688,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             def rate_fn(x, t, cat_b=cat_b, cont_b=cont_b, conditional=conditional):
                 if not conditional:
                     return self.module.rate(x, t)
-                return self.module.rate(x, t, cat_b, cont_b, guidance=guidance)
+                return self.module.rate(x, t, cat_b, cont_b, guidance=strengths)
 
             x = generate(rate_fn, (sl.stop - sl.start, self.module.n_genes), self.module.schedule, n_steps,
                          attrition_kind, attrition, generator=gen, device=device,
@@ -612,6 +704,205 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
                                          "attrition_kind": attrition_kind, "seed": seed})
         return result
 
+    @torch.inference_mode()
+    def interpolate(
+        self,
+        adata_source: ad.AnnData,
+        source_label: str,
+        target_label: str,
+        weights: Sequence[float] | np.ndarray = _DEFAULT_WEIGHTS,
+        t_start: float = 0.6,
+        n_steps: int = 30,
+        guidance: float = 1.0,
+        attrition: float = 0.0,
+        attrition_kind: Literal["rescale", "cap", "constant", "none"] = "rescale",
+        n_cells: int | None = None,
+        seed: int | None = None,
+        batch_size: int = 1024,
+        progress: bool = True,
+    ) -> ad.AnnData:
+        """Move real cells of one label towards another along a path of mixed conditional rates.
+
+        The cells of ``source_label`` in ``adata_source`` are thinned to ``t_start``,
+        ``x_t ~ Binomial(x_0, p(t_start))`` (Eq. 4; one thinning per cell, shared by all weights), and the reverse
+        process runs from ``t_start`` to 0 (Algorithm 2) with, for each weight ``a``, the rate
+
+        ``log y = log y_u + g ((1 - a) log y_src + a log y_tgt - log y_u)``,
+
+        the geometric mix ``y_src^(1-a) y_tgt^a`` of the source- and target-label rates, guided against the
+        unconditional rate ``y_u`` with strength ``g`` as in paper Sec. 3.4 (``g = 1``: no unconditional pass).
+        Every other condition (categorical covariates, vector condition) is kept from the source cell. The
+        counts thinned away are the part of the cell the reverse process rewrites: a larger ``t_start`` moves
+        cells further (``t_start = 1`` forgets the source cell entirely).
+
+        Parameters
+        ----------
+        adata_source
+            AnnData holding the source cells: the model's genes (any order; extra genes are ignored) in the
+            registered counts layer, the labels column and, when registered, the covariate columns (covariates
+            missing there are drawn from their co-occurrence with ``source_label`` in the training cells) and the
+            obsm vector condition.
+        source_label, target_label
+            Labels (values of the model's ``labels_key``) of the start and end of the path.
+        weights
+            Interpolation weights ``a`` in [0, 1]; 0 keeps the source label, 1 is the target label.
+        t_start
+            Time in (0, 1] the source cells are noised to.
+        n_steps
+            Number of reverse transitions from ``t_start`` to 0.
+        guidance
+            Guidance strength ``g`` (one float).
+        attrition, attrition_kind
+            Attrition strength and kind, as in :meth:`sample`.
+        n_cells
+            Number of source cells, drawn at random without replacement (all cells of ``source_label`` when None).
+        seed
+            Random seed; the same seed gives the same cells on the same device (and ``batch_size``).
+        batch_size
+            Rows (cells times weights) generated at once.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        AnnData of ``n_cells * len(weights)`` cells (grouped by weight, source cells in their original order
+        within each group) with integer counts (float32 CSR) in ``X``, the model's genes as ``var_names``, and in
+        ``obs``: ``interpolation_weight``, ``source_cell`` (obs name of the source cell), ``source_label``,
+        ``target_label`` and the kept covariates. The settings are in ``uns["countsdiff"]["interpolation"]``.
+
+        Raises
+        ------
+        ValueError
+            The model has no labels, a label is unknown to the model or absent from ``adata_source``, weights
+            outside [0, 1], genes of the model missing from ``adata_source``, or bad sampling settings.
+        KeyError
+            The labels column, the counts layer or the obsm condition is missing from ``adata_source``.
+
+        Examples
+        --------
+        >>> path = model.interpolate(adata, "CD4 T", "B", weights=[0.0, 0.5, 1.0], t_start=0.6, n_cells=100, seed=0)
+        >>> path.obs.groupby("interpolation_weight").size()
+        """
+        if not self.module.use_labels:
+            raise ValueError("interpolate needs a model set up with labels_key; this model has no labels.")
+        if isinstance(guidance, Mapping):
+            raise ValueError("interpolate takes one guidance strength (a float), not a dict.")
+        g = self._check_sampling_args(n_steps, guidance, attrition, attrition_kind)
+        if not 0.0 < float(t_start) <= 1.0:
+            raise ValueError(f"t_start must lie in (0, 1], got {t_start}.")
+        w = np.asarray(weights, dtype=np.float64).ravel()
+        if w.size == 0 or not np.isfinite(w).all() or (w < 0).any() or (w > 1).any():
+            raise ValueError(f"weights must be a non-empty list of numbers in [0, 1], got {np.asarray(weights)}.")
+        if hasattr(adata_source, "mod"):
+            raise ValueError("Pass the AnnData of the RNA modality (mdata.mod[...]) as adata_source, not a MuData.")
+        labels_key = self.registry_["setup_args"]["labels_key"]
+        cats = self._label_categories()
+        for name, value in (("source_label", source_label), ("target_label", target_label)):
+            if str(value) not in cats:
+                raise ValueError(f"Unknown {name} {value!r}: the model knows the {labels_key} values {cats}.")
+        check_obs_key(adata_source, labels_key)
+        obs_labels = adata_source.obs[labels_key].astype(str).to_numpy()
+        cells = np.flatnonzero(obs_labels == str(source_label))
+        if cells.size == 0:
+            raise ValueError(
+                f"No cell of adata_source has {labels_key} == {source_label!r}; its labels are "
+                f"{sorted(set(obs_labels.tolist()))}."
+            )
+        gen, rng, seed = self._generator(seed)
+        if n_cells is not None:
+            if not 1 <= int(n_cells) <= cells.size:
+                raise ValueError(f"n_cells must lie in [1, {cells.size}] (cells of {source_label!r}), got {n_cells}.")
+            cells = np.sort(rng.choice(cells, size=int(n_cells), replace=False))
+        n, n_w = cells.size, w.size
+
+        # counts of the source cells, genes in the model's order
+        layer = self.registry_["setup_args"].get("layer")
+        x_src = to_dense(get_matrix(adata_source, layer)[cells], np.float32)
+        var_names = getattr(self, "var_names_", None)
+        if var_names is not None:
+            pos = adata_source.var_names.get_indexer(pd.Index(var_names))
+            if (pos < 0).any():
+                raise ValueError(
+                    f"{int((pos < 0).sum())} of the model's {len(var_names)} genes are missing from adata_source "
+                    f"(e.g. {list(np.asarray(var_names)[pos < 0][:5])})."
+                )
+            x_src = x_src[:, pos]
+        elif x_src.shape[1] != self.module.n_genes:
+            raise ValueError(f"adata_source has {x_src.shape[1]} genes, the model {self.module.n_genes}.")
+        check_counts(x_src, where=f"the counts of the {source_label!r} cells of adata_source")
+
+        # conditions: the source label (or the target label), covariates and vector condition of the source cells
+        present = {k: adata_source.obs[k].to_numpy()[cells].astype(str) for k in self._covariate_categories()
+                   if k in adata_source.obs.columns}
+        src_codes, cov_obs = self._resolve_conditions(n, [str(source_label)] * n, present, rng)
+        tgt_codes = src_codes.copy()
+        tgt_codes[:, 0] = cats.index(str(target_label))
+        cont = None
+        if self.module.n_continuous > 0:
+            key = self.registry_["setup_args"]["condition_obsm_key"]
+            if key not in adata_source.obsm:
+                raise KeyError(f"adata_source has no obsm[{key!r}], the model's vector condition.")
+            cont = self._check_obsm_condition(to_dense(adata_source.obsm[key])[cells], n)
+
+        # rows: weight-major, one shared thinning per source cell
+        schedule, device = self.module.schedule, self.device
+        t0 = float(time_grid(n_steps, schedule, float(t_start))[0])  # snapped for discrete schedules
+        p0 = schedule.p(torch.tensor(t0, dtype=torch.float64)).float()
+        x_t = thin(torch.from_numpy(x_src).to(device), p0.to(device), generator=gen)
+        rows_x = x_t.repeat(n_w, 1)
+        rows_a = torch.from_numpy(np.repeat(w, n).astype(np.float32)).to(device)
+        rows_src = torch.from_numpy(np.tile(src_codes, (n_w, 1))).to(device)
+        rows_tgt = torch.from_numpy(np.tile(tgt_codes, (n_w, 1))).to(device)
+        rows_cont = None if cont is None else cont.to(device).repeat(n_w, 1)
+        keep_all = np.ones(self.module.n_conditions, dtype=bool)
+        self.module.eval()
+        out = []
+        n_rows = n * n_w
+        n_batches = math.ceil(n_rows / batch_size)
+        for b in range(n_batches):
+            sl = slice(b * batch_size, min(n_rows, (b + 1) * batch_size))
+            m = sl.stop - sl.start
+            a_b = rows_a[sl, None]
+            cont_b = None if rows_cont is None else rows_cont[sl]
+            cond = self.module.drop_mask(m, device, keep_all)
+            uncond = self.module.drop_mask(m, device, ~keep_all)
+            variants = [(rows_src[sl], cont_b, cond), (rows_tgt[sl], cont_b, cond), (rows_src[sl], cont_b, uncond)]
+            coefs = [g * (1.0 - a_b), g * a_b, 1.0 - g]
+
+            def rate_fn(x, t, variants=variants, coefs=coefs):
+                return self.module.mixed_rate(x, t, variants, coefs)
+
+            x = generate(rate_fn, (m, self.module.n_genes), schedule, n_steps, attrition_kind, attrition,
+                         x_start=rows_x[sl], t_start=t0, generator=gen, device=device,
+                         progress=progress and n_batches == 1)
+            out.append(x.cpu().numpy())
+            if progress and n_batches > 1:
+                logger.info("interpolated batch %d / %d", b + 1, n_batches)
+        counts = np.concatenate(out, axis=0).astype(np.float32)
+        names = np.asarray(adata_source.obs_names)[cells].astype(str)
+        obs = pd.DataFrame(
+            {
+                "interpolation_weight": np.repeat(w, n),
+                "source_cell": pd.Categorical(np.tile(names, n_w), categories=pd.unique(names)),
+                "source_label": pd.Categorical([str(source_label)] * n_rows),
+                "target_label": pd.Categorical([str(target_label)] * n_rows),
+            },
+            index=[f"{c}_w{j}" for j in range(n_w) for c in names],
+        )
+        for col in cov_obs.columns:
+            if col != labels_key:
+                obs[col] = pd.Categorical(np.tile(np.asarray(cov_obs[col].astype(str)), n_w),
+                                          categories=cov_obs[col].cat.categories)
+        var = pd.DataFrame(index=pd.Index(var_names if var_names is not None else
+                                          [f"gene_{i}" for i in range(self.module.n_genes)], dtype=str))
+        result = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+        record_params(result, "interpolation", {
+            "source_label": str(source_label), "target_label": str(target_label), "weights": [float(a) for a in w],
+            "t_start": t0, "n_steps": n_steps, "guidance": g, "attrition": attrition,
+            "attrition_kind": attrition_kind, "n_cells": n, "seed": seed, "batch_size": batch_size,
+        })
+        return result
+
     # ------------------------------------------------------------------ imputation
     @torch.inference_mode()
     def impute(
@@ -620,7 +911,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         mask_layer: str = "countsdiff_mask",
         n_samples: int = 5,
         n_steps: int = 20,
-        guidance: float = 0.5,
+        guidance: float | Mapping[str, float] = 0.5,
         attrition: float = 0.02,
         attrition_kind: Literal["rescale", "cap", "constant", "none"] = "rescale",
         resample_jump: int | None = None,
@@ -645,7 +936,10 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         ----------
         adata
             AnnData with the training genes (set up with the model's registry automatically); the training data
-            when None. A view is turned into an actual AnnData first (scvi-tools behaviour).
+            when None. A view is turned into an actual AnnData first (scvi-tools behaviour). A backed AnnData
+            (``anndata.read_h5ad(path, backed="r")``) works: its counts are read from disk in blocks of cells, and the
+            results go to in-memory ``layers`` / ``obsm`` of the object (the file is not modified; save them with
+            ``adata.write_h5ad(new_path)`` or use the returned arrays).
         mask_layer
             Boolean layer, True where the value is held out (see :func:`countsdiff_sc.pp.mask_mcar`).
         n_samples
@@ -653,9 +947,11 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         n_steps
             Number of reverse transitions (paper: 20 time points).
         guidance
-            Guidance strength (paper's best scRNA setting: 0.5); ignored for an unconditional model.
+            Guidance strength (paper's best scRNA setting: 0.5), or per-condition strengths as a dict (see
+            :meth:`sample`); ignored for an unconditional model.
         attrition, attrition_kind
-            Attrition (paper's best scRNA setting: ReMDM-rescale ``eta = 0.02``).
+            Attrition (paper's best scRNA setting: ReMDM-rescale ``eta = 0.02``); ``attrition_kind`` is one of
+            ``"rescale"``, ``"cap"``, ``"constant"``, ``"none"`` (see :func:`~countsdiff_sc.diffusion.attrition_rate`).
         resample_jump, resample_iters
             RePaint resampling: windows of ``resample_jump`` transitions run ``resample_iters`` times, re-noising
             by thinning back to the window start in between (not a restart; see
@@ -671,7 +967,9 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         samples_key
             obsm key receiving the draws (int32, ``n_obs x n_samples x n_vars``) when ``store_samples``.
         store_samples
-            Store the draws (memory: 4 bytes x n_obs x n_samples x n_vars); set False for large data.
+            Store the draws (memory: 4 bytes x n_obs x n_samples x n_vars); set False for large data. Without
+            them, memory beyond the inputs is the float32 output (4 bytes per entry), the dense boolean mask (and
+            validity layer; 1 byte per entry) and a working set bounded by ``batch_size``.
         progress
             Show a progress bar.
 
@@ -694,7 +992,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             Masked entries that are invalid in the validity layer (they are dropped from the mask), or cells whose
             valid entries are all masked (their imputation then rests on their conditions alone).
         """
-        self._check_sampling_args(n_steps, guidance, attrition, attrition_kind)
+        strengths = self._check_sampling_args(n_steps, guidance, attrition, attrition_kind)
         if int(n_samples) < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
         if point_estimate not in ("mean", "median"):
@@ -739,10 +1037,15 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         gen, _, seed = self._generator(seed)
         cells = np.flatnonzero(mask.any(axis=1))
         n_draws = int(n_samples)
-        imputed = to_dense(x_all, np.float32).copy()
+        # the outputs are the only arrays of size n_obs x n_vars (besides the boolean mask / validity layer);
+        # a backed count matrix is read in blocks of rows
+        imputed = np.empty(adata.shape, dtype=np.float32)
+        for start, block in iter_row_blocks(x_all, max(64, 2**20 // max(1, adata.n_vars))):
+            imputed[start : start + block.shape[0]] = to_dense(block, np.float32)
         samples = None
         if store_samples:
-            samples = np.repeat(imputed.astype(np.int32)[:, None, :], n_draws, axis=1)
+            samples = np.empty((adata.n_obs, n_draws, adata.n_vars), dtype=np.int32)
+            samples[:] = imputed[:, None, :]
         cells_per_batch = max(1, batch_size // n_draws)
         device = self.device
         from tqdm.auto import tqdm
@@ -758,7 +1061,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             cont_b = None if cont_all is None else torch.from_numpy(np.repeat(cont_all[idx], n_draws, 0)).to(device)
 
             def rate_fn(x, t, cat_b=cat_b, cont_b=cont_b, valid_b=valid_b):
-                return self.module.rate(x, t, cat_b, cont_b, valid=valid_b, guidance=guidance)
+                return self.module.rate(x, t, cat_b, cont_b, valid=valid_b, guidance=strengths)
 
             draws = repaint(rate_fn, x_obs, target, self.module.schedule, n_steps, attrition_kind, attrition,
                             resample_jump, resample_iters, generator=gen)

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from lightning.pytorch.strategies import DDPStrategy
 
 __all__ = ["DiffusionTrainingMixin"]
+
+
+def _is_ddp(strategy: Any) -> bool:
+    """Whether a Lightning ``strategy`` argument selects distributed data parallel (``"ddp"``, ``"ddp_spawn"``, ...)."""
+    if isinstance(strategy, str):
+        return "ddp" in strategy
+    return isinstance(strategy, DDPStrategy)
 
 
 class DiffusionTrainingMixin:
@@ -60,15 +69,19 @@ class DiffusionTrainingMixin:
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
             trainer_kwargs.setdefault("early_stopping_mode", "min")
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        splitter_kwargs = dict(datasplitter_kwargs or {})
+        # under DDP every process must see its own shard of the cells (as scvi-tools' own models do)
+        splitter_kwargs.setdefault("distributed_sampler", _is_ddp(trainer_kwargs.get("strategy")))
         data_splitter = self._data_splitter_cls(
             self.adata_manager,
             train_size=train_size,
             validation_size=validation_size,
             shuffle_set_split=shuffle_set_split,
             batch_size=batch_size,
-            **(datasplitter_kwargs or {}),
+            **splitter_kwargs,
         )
+        if getattr(data_splitter, "n_val", 1) > 0:  # validate every epoch; with train_size=1 there is no
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)  # validation set to run on
         training_plan = self._training_plan_cls(self.module, **plan)
         runner = self._train_runner_cls(
             self,

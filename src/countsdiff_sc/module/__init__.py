@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ._countsdiff import BACKBONES, CONDITION_KEY, RATE_BASELINES, VALID_KEY, CountsDiffModule, gene_prior
+from ._countsdiff import (
+    BACKBONES,
+    CONDITION_KEY,
+    RATE_BASELINES,
+    UNCOND_MODES,
+    VALID_KEY,
+    ConditionVariant,
+    CountsDiffModule,
+    gene_prior,
+)
 from ._dice import DICEModule
 from ._ema import EMAMixin
 from ._trainingplan import DiffusionTrainingPlan
@@ -11,7 +20,9 @@ __all__ = [
     "BACKBONES",
     "CONDITION_KEY",
     "RATE_BASELINES",
+    "UNCOND_MODES",
     "VALID_KEY",
+    "ConditionVariant",
     "CountsDiffModule",
     "DICEModule",
     "DiffusionTrainingPlan",

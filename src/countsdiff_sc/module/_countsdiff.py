@@ -4,21 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from countsdiff_sc.diffusion import count_loss, get_schedule, guidance_mix, loss_weight, thin
+from countsdiff_sc.diffusion import count_loss, get_schedule, log_linear_mix, loss_weight, thin
 from countsdiff_sc.nn import GeneTransformerDenoiser, RateDenoiser, ResidualMLPDenoiser
 
 from ._ema import EMAMixin
 
-__all__ = ["BACKBONES", "CONDITION_KEY", "RATE_BASELINES", "VALID_KEY", "CountsDiffModule", "gene_prior"]
+__all__ = [
+    "BACKBONES",
+    "CONDITION_KEY",
+    "RATE_BASELINES",
+    "UNCOND_MODES",
+    "VALID_KEY",
+    "ConditionVariant",
+    "CountsDiffModule",
+    "gene_prior",
+]
 
 VALID_KEY = "valid"
 CONDITION_KEY = "condition"
 BACKBONES = ("mlp", "transformer")
 RATE_BASELINES = ("gamma_poisson", "none")
+UNCOND_MODES = ("joint", "independent")
+
+#: ``(cat, cont, drop)`` of one network pass: category codes, vector condition and the drop mask of its cells.
+ConditionVariant = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]
 
 
 def gene_prior(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +52,8 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
     """Count diffusion module (paper Sec. 3, Algorithm 1).
 
     ``inference`` draws ``t ~ U(0, 1)`` per cell (snapped to the grid of a discrete schedule), thins
-    ``x_t ~ Binomial(x_0, p(t))`` and decides which cells lose their conditions (probability ``p_uncond``, all
-    conditions together, for classifier-free guidance); ``generative`` predicts ``y_hat``; ``loss`` is Eq. 6,
+    ``x_t ~ Binomial(x_0, p(t))`` and decides which conditions of each cell are replaced by their null tokens
+    (classifier-free guidance, see ``uncond_mode``); ``generative`` predicts ``y_hat``; ``loss`` is Eq. 6,
     averaged over valid genes and weighted by ``w(t)``.
 
     Parameters
@@ -62,7 +76,16 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
     loss_weighting
         ``"neg_dp"``, ``"nll"`` or ``"constant"`` (see :func:`~countsdiff_sc.diffusion.loss_weight`).
     p_uncond
-        Probability of dropping all conditions of a training cell.
+        Condition-dropout probability (see ``uncond_mode``).
+    uncond_mode
+        ``"joint"`` (default, the paper's scheme): each training cell loses all its conditions together with
+        probability ``p_uncond``, so the network learns the fully conditional and the unconditional rate.
+        ``"independent"``: each condition of a cell is dropped independently with probability ``p_uncond`` and,
+        in addition, all conditions are dropped together with probability ``p_uncond`` (so the unconditional rate
+        stays well trained). The network then also learns the rates given any subset of the conditions, which
+        per-covariate guidance with unequal strengths needs (see :meth:`rate`). With ``K`` conditions a cell keeps
+        only condition ``k`` with probability ``(1 - p_uncond)^2 p_uncond^(K - 1)``: raise ``p_uncond`` (e.g. to
+        0.2-0.3) when there are three or more conditions.
     ema_decay
         Decay of the EMA copy of the network used for validation and sampling (0 disables it).
     rate_baseline
@@ -94,12 +117,15 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         ema_decay: float = 0.999,
         rate_baseline: str = "none",
         gene_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+        uncond_mode: str = "joint",
     ):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"Unknown backbone {backbone!r}; choose one of {BACKBONES}.")
         if not 0.0 <= p_uncond <= 1.0:
             raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}.")
+        if uncond_mode not in UNCOND_MODES:
+            raise ValueError(f"Unknown uncond_mode {uncond_mode!r}; choose one of {UNCOND_MODES}.")
         self.n_genes = n_genes
         self.n_cats_per_cov = [int(n) for n in n_cats_per_cov]
         self.n_continuous = int(n_continuous)
@@ -108,6 +134,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         self.schedule = get_schedule(schedule)
         self.loss_weighting = loss_weighting
         self.p_uncond = float(p_uncond)
+        self.uncond_mode = uncond_mode
         cls = ResidualMLPDenoiser if backbone == "mlp" else GeneTransformerDenoiser
         self.net: RateDenoiser = cls(
             n_genes, n_cats_per_cov=self.n_cats_per_cov, n_continuous=self.n_continuous, **(backbone_kwargs or {})
@@ -164,8 +191,9 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         x_t = thin(x0, self.schedule.p(t)[:, None])
         drop = None
         if self.n_conditions and self.training and self.p_uncond > 0:
-            drop_cell = torch.rand(n, device=x0.device) < self.p_uncond
-            drop = drop_cell[:, None].expand(n, self.n_conditions)
+            drop = (torch.rand(n, 1, device=x0.device) < self.p_uncond).expand(n, self.n_conditions)
+            if self.uncond_mode == "independent":
+                drop = drop | (torch.rand(n, self.n_conditions, device=x0.device) < self.p_uncond)
         return {"x0": x0, "x_t": x_t, "t": t, "drop": drop, "conditions": conditions}
 
     @auto_move_data
@@ -201,31 +229,178 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         cat: torch.Tensor | None = None,
         cont: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
-        guidance: float | torch.Tensor = 1.0,
+        guidance: float | torch.Tensor | Sequence[float] = 1.0,
         use_ema: bool = True,
     ) -> torch.Tensor:
-        """Guided rate ``y_c^g * y_u^(1 - g)`` (Sec. 3.4); conditional and unconditional passes run as one batch.
+        """Guided rate of the reverse process; all network passes it needs run as one batch.
 
-        With no conditions (or ``cat`` and ``cont`` both None) the unconditional rate is returned.
+        A condition is *given* when its input is passed: every categorical slot when ``cat`` is given, the vector
+        slot when ``cont`` is given. Conditions that are not given are replaced by their null tokens. Write
+        ``y_u`` for the unconditional rate (every condition dropped), ``y_C`` for the rate given all given
+        conditions and ``y_k`` for the rate given condition ``k`` alone.
+
+        * ``guidance`` a float or a tensor ``g`` (broadcastable to the rates, e.g. ``(n, 1)`` for one strength per
+          cell): the predictor-free guidance of paper Sec. 3.4 (Nisonoff et al. 2025; Ho and Salimans 2022),
+          ``log y = log y_u + g (log y_C - log y_u)``, i.e. ``y = y_C^g y_u^(1 - g)``.
+        * ``guidance`` a list or tuple of one strength ``g_k`` per condition (order: labels, categorical
+          covariates, vector condition): compositional guidance anchored on the joint conditional,
+
+          ``log y = log y_u + gbar (log y_C - log y_u) + sum_k (g_k - gbar) (log y_k - log y_u)``,
+
+          where ``gbar`` is the mean of ``g_k`` over the given conditions and the sum runs over them. When all
+          ``g_k`` equal ``g`` this is exactly the single-strength rule above (two passes). When the conditions are
+          conditionally independent given ``x_t`` (``log y_C - log y_u = sum_k (log y_k - log y_u)``) it equals
+          the composable-diffusion rule ``log y_u + sum_k g_k (log y_k - log y_u)`` (Liu et al. 2022,
+          "Compositional visual generation with composable diffusion models"), so ``g_k`` is the strength of
+          condition ``k`` alone; the interaction the joint rate learned beyond that sum keeps the mean strength.
+          Unequal strengths need the single-condition rates ``y_k``, which only ``uncond_mode="independent"``
+          trains: a jointly trained module raises a ValueError.
+
+        Parameters
+        ----------
+        x_t
+            Current counts ``(n, n_genes)``.
+        t
+            Times ``(n,)``.
+        cat
+            Category codes ``(n, n_cat)`` (labels first), or None.
+        cont
+            Vector condition ``(n, n_continuous)``, or None.
+        valid
+            Optional validity mask of the entries (passed to the backbone).
+        guidance
+            Strength (float or tensor) or per-condition strengths (list / tuple of length ``n_conditions``).
+        use_ema
+            Use the EMA weights.
+
+        Returns
+        -------
+        Rates ``(n, n_genes)``; the unconditional rate when no condition is given.
+
+        Examples
+        --------
+        >>> m = CountsDiffModule(20, n_cats_per_cov=[3, 2], use_labels=True, uncond_mode="independent").eval()
+        >>> x, t = torch.zeros(4, 20), torch.full((4,), 0.5)
+        >>> cat = torch.tensor([[0, 1], [1, 0], [2, 1], [0, 0]])
+        >>> m.rate(x, t, cat, guidance=[2.0, 0.5]).shape
+        torch.Size([4, 20])
         """
-        net = self.network(use_ema)
-        n = x_t.shape[0]
-        scale = self.baseline(x_t, t)
+        n, device = x_t.shape[0], x_t.device
         if self.n_conditions == 0:
-            return net(x_t, t, valid=valid, scale=scale)
-        all_drop = torch.ones(n, self.n_conditions, dtype=torch.bool, device=x_t.device)
-        if cat is None and cont is None:
-            return net(x_t, t, self._null_cat(n, x_t.device), self._null_cont(n, x_t.device), all_drop, valid, scale)
-        cat = cat if cat is not None else self._null_cat(n, x_t.device)
-        cont = cont if cont is not None else self._null_cont(n, x_t.device)
-        no_drop = torch.zeros_like(all_drop)
-        if not torch.is_tensor(guidance) and guidance == 1.0:
-            return net(x_t, t, cat, cont, no_drop, valid, scale)
-        if not torch.is_tensor(guidance) and guidance == 0.0:
-            return net(x_t, t, cat, cont, all_drop, valid, scale)
-        two = lambda a: None if a is None else torch.cat([a, a], dim=0)  # noqa: E731
-        y = net(two(x_t), two(t), two(cat), two(cont), torch.cat([no_drop, all_drop]), two(valid), two(scale))
-        return guidance_mix(y[:n], y[n:], guidance)
+            return self.mixed_rate(x_t, t, [(None, None, torch.zeros(n, 0, dtype=torch.bool, device=device))],
+                                   [1.0], valid, use_ema)
+        given = np.zeros(self.n_conditions, dtype=bool)
+        given[: len(self.n_cats_per_cov)] = cat is not None
+        if self.n_continuous > 0:
+            given[-1] = cont is not None
+        cat = cat if cat is not None else self._null_cat(n, device)
+        cont = cont if cont is not None else self._null_cont(n, device)
+        uncond = (cat, cont, self.drop_mask(n, device, np.zeros_like(given)))
+        if not given.any():
+            return self.mixed_rate(x_t, t, [uncond], [1.0], valid, use_ema)
+        full = (cat, cont, self.drop_mask(n, device, given))
+        if isinstance(guidance, (list, tuple)):
+            strengths = self._check_strengths(guidance)[given]
+            g_bar = float(strengths.mean())
+            if not np.allclose(strengths, g_bar, rtol=0.0, atol=1e-12):
+                if self.uncond_mode != "independent":
+                    raise ValueError(
+                        f"Per-condition guidance with unequal strengths {strengths.tolist()} needs the rates given "
+                        "single conditions, which a module trained with uncond_mode='joint' never learned. Retrain "
+                        "with uncond_mode='independent', or use one strength for all conditions."
+                    )
+                variants, coefs = [uncond, full], [1.0 - g_bar, g_bar]
+                for k, g_k in zip(np.flatnonzero(given), strengths, strict=True):
+                    if abs(g_k - g_bar) > 1e-12:
+                        only_k = np.zeros_like(given)
+                        only_k[k] = True
+                        variants.append((cat, cont, self.drop_mask(n, device, only_k)))
+                        coefs.append(float(g_k) - g_bar)
+                return self.mixed_rate(x_t, t, variants, coefs, valid, use_ema)
+            guidance = g_bar
+        return self.mixed_rate(x_t, t, [full, uncond], [guidance, 1.0 - guidance], valid, use_ema)
+
+    @torch.inference_mode()
+    def mixed_rate(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        variants: Sequence[ConditionVariant],
+        coefs: Sequence[float | torch.Tensor],
+        valid: torch.Tensor | None = None,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """``exp(sum_j c_j log y_j)`` over rates ``y_j`` of the same cells under different conditions.
+
+        The network passes of all variants with a non-zero coefficient run as one batch of
+        ``n_variants * n`` rows (see :func:`~countsdiff_sc.diffusion.log_linear_mix`). Guidance, per-covariate
+        guidance and cell-state interpolation are all of this form.
+
+        Parameters
+        ----------
+        x_t, t
+            Current counts ``(n, n_genes)`` and times ``(n,)``.
+        variants
+            ``(cat, cont, drop)`` per pass: codes ``(n, n_cat)`` or None, vector condition ``(n, n_continuous)``
+            or None, drop mask ``(n, n_conditions)`` (True = null token).
+        coefs
+            One coefficient per variant: a float or a tensor broadcastable to ``(n, n_genes)``.
+        valid, use_ema
+            As in :meth:`rate`.
+
+        Returns
+        -------
+        Mixed rates ``(n, n_genes)``.
+        """
+        keep = [(v, c) for v, c in zip(variants, coefs, strict=True) if torch.is_tensor(c) or float(c) != 0.0]
+        if not keep:
+            raise ValueError("All coefficients of the rate mixture are zero.")
+        net = self.network(use_ema)
+        m, n = len(keep), x_t.shape[0]
+        scale = self.baseline(x_t, t)
+
+        def stack(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if parts[0] is None else torch.cat(parts, dim=0)
+
+        def rep(a: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None else a.repeat(m, *([1] * (a.dim() - 1)))
+
+        cat = stack([v[0] for v, _ in keep])
+        cont = stack([v[1] for v, _ in keep])
+        drop = stack([v[2] for v, _ in keep]) if self.n_conditions else None
+        y = net(rep(x_t), rep(t), cat, cont, drop, rep(valid), rep(scale))
+        if m == 1 and not torch.is_tensor(keep[0][1]) and float(keep[0][1]) == 1.0:
+            return y
+        return log_linear_mix(list(y.view(m, n, -1)), [c for _, c in keep])
+
+    def _check_strengths(self, guidance: Sequence[float]) -> np.ndarray:
+        strengths = np.asarray(guidance, dtype=float)
+        if strengths.shape != (self.n_conditions,):
+            raise ValueError(
+                f"Per-condition guidance needs {self.n_conditions} strengths (labels, categorical covariates, vector "
+                f"condition), got {strengths.shape[0] if strengths.ndim == 1 else strengths.shape}."
+            )
+        if not np.isfinite(strengths).all() or (strengths < 0).any():
+            raise ValueError(f"Guidance strengths must be finite and non-negative, got {strengths.tolist()}.")
+        return strengths
+
+    def drop_mask(self, n: int, device: torch.device, keep: np.ndarray) -> torch.Tensor:
+        """Drop mask ``(n, n_conditions)`` of :meth:`mixed_rate` keeping the conditions where ``keep`` is True.
+
+        Parameters
+        ----------
+        n
+            Number of cells.
+        device
+            Device of the mask.
+        keep
+            Boolean array ``(n_conditions,)`` (labels, categorical covariates, vector condition).
+
+        Returns
+        -------
+        Boolean tensor ``(n, n_conditions)``, True where a condition is replaced by its null token.
+        """
+        return torch.from_numpy(~keep).to(device)[None, :].expand(n, -1)
 
     def _null_cat(self, n: int, device: torch.device) -> torch.Tensor | None:
         if not self.n_cats_per_cov:

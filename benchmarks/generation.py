@@ -1,0 +1,337 @@
+"""Label-conditioned generation benchmark on the bundled CBMC counts: CountsDiff vs a Gaussian DDPM and scVI.
+
+Protocol (CountsDiff paper Sec. 3.4 / E.5, Tables 11-12; metrics of scDiffusion Sec. 2.3-3):
+
+1. cells split 80 / 20 (train / held-out), stratified by ``cell_type`` (``countsdiff_sc.pp.split_cells``);
+2. CountsDiff trained on *all* entries of the train cells with the labels (no ``valid_layer``: a model trained on
+   valid-only entries generates too few zeros); the Gaussian DDPM baseline (``countsdiff_sc.baselines``, same
+   residual MLP size, ``log1p`` counts standardised per gene, linear betas, T = 1000) for the same number of steps;
+   plain scVI (NB likelihood, no labels) on the train cells;
+3. for each of the largest cell types, as many cells as held out (capped by ``--max-cells``) are generated:
+   CountsDiff at a small grid of guidance strengths (paper Table 12: 0-3, best ED at 2) and attrition levels
+   (Table 11: eta_rescale 0-0.05), the Gaussian DDPM (guidance 1), scVI posterior-predictive draws of random *train*
+   cells of that type (a label-conditioned generator that never sees held-out cells) and of the held-out cells
+   themselves (an oracle reconstruction, for reference), and random train cells of that type (the floor of every
+   metric: a second real sample);
+4. every set is compared with the held-out cells of its type: MMD and SWD on the top 50 PCs of the pooled
+   log-normalised cells, energy distance of the pooled raw counts (paper App. D.3.4), scFID with one scVI embedder
+   trained once on the train cells, random-forest real-vs-generated AUC, per-gene zero-fraction error (mean
+   absolute), per-gene mean and variance Pearson correlation (log-normalised), and the sparsity difference;
+5. label fidelity: logistic regression on 50 PCs of log-normalised counts, trained on the real train cells (all
+   types); its accuracy on the real held-out cells of each type is compared with its accuracy on the cells generated
+   for that label (guided samples should be classified as their label at least as often as real held-out cells).
+
+Usage::
+
+    python benchmarks/generation.py            # full run (~20-25 min on 2 CPU cores)
+    python benchmarks/generation.py --quick    # smoke test (~3 min)
+
+Writes ``benchmarks/results/generation[_quick].md``, ``.json`` and ``_umap.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).parent / "results"
+
+try:
+    from _markdown import frame_to_markdown
+except ImportError:  # run as a module from the repository root
+    from benchmarks._markdown import frame_to_markdown
+
+FULL_GRID = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (1.0, 0.01), (1.0, 0.05), (2.0, 0.02)]
+QUICK_GRID = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (1.0, 0.05)]
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small settings for a smoke test")
+    p.add_argument("--max-steps", type=int, default=6000, help="training steps of CountsDiff and the Gaussian DDPM")
+    p.add_argument("--n-steps", type=int, default=50, help="sampling steps of CountsDiff and the Gaussian DDPM")
+    p.add_argument("--top", type=int, default=4, help="number of largest cell types evaluated")
+    p.add_argument("--max-cells", type=int, default=500, help="cap on generated cells per type")
+    p.add_argument("--scvi-epochs", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    return p.parse_args()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def lognorm(x: np.ndarray) -> np.ndarray:
+    tot = x.sum(axis=1, keepdims=True)
+    return np.log1p(x * np.divide(1e4, tot, out=np.zeros_like(tot), where=tot > 0))
+
+
+def dense(x: Any) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+
+
+def set_metrics(real: np.ndarray, gen: np.ndarray, embedder: Any, n_estimators: int, seed: int) -> dict[str, float]:
+    """All per-cell-type metrics of one generated set against the held-out cells."""
+    from countsdiff_sc import metrics
+
+    table = metrics.evaluate_generation(
+        real, gen, metrics=["mmd", "swd", "scfid", "classifier_auc", "gene_statistics", "sparsity"],
+        n_bootstrap=0, embedder=embedder, n_estimators=n_estimators, seed=seed,
+    )
+    v = dict(zip(table.metric, table.value, strict=True))
+    return {
+        "mmd": v["mmd"], "swd": v["swd"], "energy_distance": metrics.energy_distance(real, gen),
+        "scfid": v["scfid"], "rf_auc": v["classifier_auc"], "zero_frac_mae": v["gene_zero_frac_mae"],
+        "mean_pearson": v["gene_mean_pearson"], "var_pearson": v["gene_var_pearson"],
+        "sparsity_abs_diff": v["sparsity_abs_diff"],
+    }
+
+
+def main() -> None:
+    args = _parse()
+    import scvi
+    import torch
+
+    import countsdiff_sc as cds
+    from countsdiff_sc import metrics, pp
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    torch.set_num_threads(args.threads)
+    scvi.settings.verbosity = 40
+    scvi.settings.seed = args.seed
+    grid = FULL_GRID
+    n_estimators, embedder_epochs = 1000, None
+    if args.quick:
+        args.max_steps, args.n_steps, args.top, args.max_cells, args.scvi_epochs = 400, 20, 3, 100, 10
+        grid, n_estimators, embedder_epochs = QUICK_GRID, 100, 5
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    # ---------------------------------------------------------------- data
+    adata = cds.datasets.cbmc()
+    pp.split_cells(adata, train=0.8, validation=0.0, test=0.2, seed=args.seed, stratify="cell_type")
+    train = adata[adata.obs["countsdiff_split"] == "train"].copy()
+    held = adata[adata.obs["countsdiff_split"] == "test"].copy()
+    types = list(held.obs["cell_type"].value_counts().index[: args.top])
+    log(f"CBMC {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, held-out {held.n_obs}; "
+        f"cell types {types}")
+    x_train, x_held = dense(train.X), dense(held.X)
+    lab_train = train.obs["cell_type"].astype(str).to_numpy()
+    lab_held = held.obs["cell_type"].astype(str).to_numpy()
+    n_gen = {t: int(min(args.max_cells, np.sum(lab_held == t))) for t in types}
+
+    # ---------------------------------------------------------------- training
+    t0 = time.perf_counter()
+    cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type")
+    model = cds.CountsDiffModel(train)
+    model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",
+                enable_progress_bar=False, enable_model_summary=False)
+    timings["countsdiff_train_s"] = time.perf_counter() - t0
+    log(f"CountsDiff trained ({args.max_steps} steps) in {timings['countsdiff_train_s']:.0f} s")
+
+    t0 = time.perf_counter()
+    gauss = cds.baselines.GaussianDDPMGenerator().fit(train, labels_key="cell_type", max_steps=args.max_steps,
+                                                      batch_size=256, seed=args.seed, progress=False)
+    timings["gaussian_train_s"] = time.perf_counter() - t0
+    log(f"Gaussian DDPM trained ({args.max_steps} steps, {gauss.n_params:,} parameters) in "
+        f"{timings['gaussian_train_s']:.0f} s")
+
+    t0 = time.perf_counter()
+    scvi_data = train.copy()
+    scvi.model.SCVI.setup_anndata(scvi_data)
+    scvi_model = scvi.model.SCVI(scvi_data, gene_likelihood="nb")
+    scvi_model.train(max_epochs=args.scvi_epochs, accelerator="cpu", enable_progress_bar=False)
+    torch.set_num_threads(args.threads)  # scvi-tools may change it
+    timings["scvi_train_s"] = time.perf_counter() - t0
+    log(f"scVI trained ({args.scvi_epochs} epochs) in {timings['scvi_train_s']:.0f} s")
+
+    t0 = time.perf_counter()
+    embedder = metrics.fit_scfid_embedder(train, max_epochs=embedder_epochs, seed=args.seed, accelerator="cpu")
+    torch.set_num_threads(args.threads)
+    timings["scfid_embedder_s"] = time.perf_counter() - t0
+    log(f"scFID embedder trained in {timings['scfid_embedder_s']:.0f} s")
+
+    # label classifier on real train cells
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    t0 = time.perf_counter()
+    pca = PCA(50, random_state=args.seed).fit(lognorm(x_train))
+    clf = LogisticRegression(max_iter=2000).fit(pca.transform(lognorm(x_train)), lab_train)
+
+    def label_accuracy(x: np.ndarray, label: str) -> float:
+        return float(np.mean(clf.predict(pca.transform(lognorm(x))) == label))
+
+    timings["label_classifier_s"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- generation
+    rng = np.random.default_rng(args.seed)
+    generated: dict[str, dict[str, np.ndarray]] = {}
+    t0 = time.perf_counter()
+    for g, eta in grid:
+        name = f"CountsDiff g={g:g} eta={eta:g}"
+        generated[name] = {}
+        for t in types:
+            out = model.sample(n_gen[t], labels=t, n_steps=args.n_steps, guidance=g, attrition=eta,
+                               attrition_kind="rescale", seed=args.seed, progress=False)
+            generated[name][t] = dense(out.X)
+    timings["countsdiff_sample_s"] = time.perf_counter() - t0
+    log(f"CountsDiff: {len(grid)} settings sampled in {timings['countsdiff_sample_s']:.0f} s")
+    t0 = time.perf_counter()
+    generated["Gaussian DDPM"] = {
+        t: dense(gauss.sample(n_gen[t], labels=t, n_steps=args.n_steps, seed=args.seed).X) for t in types
+    }
+    timings["gaussian_sample_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generated["scVI (train cells)"], generated["scVI (held-out cells, oracle)"] = {}, {}
+    generated["real train cells (floor)"] = {}
+    for t in types:
+        idx_train = rng.choice(np.flatnonzero(lab_train == t), n_gen[t], replace=n_gen[t] > np.sum(lab_train == t))
+        idx_held = np.flatnonzero(lab_held == t)[: n_gen[t]]
+        pp_train = scvi_model.posterior_predictive_sample(scvi_data, indices=idx_train.tolist(), n_samples=1)
+        generated["scVI (train cells)"][t] = dense(pp_train.todense() if hasattr(pp_train, "todense") else pp_train)
+        held_copy = held.copy()
+        pp_held = scvi_model.posterior_predictive_sample(held_copy, indices=idx_held.tolist(), n_samples=1)
+        generated["scVI (held-out cells, oracle)"][t] = dense(pp_held.todense() if hasattr(pp_held, "todense")
+                                                              else pp_held)
+        generated["real train cells (floor)"][t] = x_train[idx_train]
+    timings["scvi_sample_s"] = time.perf_counter() - t0
+    for sets in generated.values():
+        for t, x in sets.items():
+            sets[t] = x.reshape(n_gen[t], -1)
+
+    # ---------------------------------------------------------------- metrics
+    t0 = time.perf_counter()
+    rows, fid_rows = [], []
+    for t in types:
+        real_t = x_held[lab_held == t]
+        fid_rows.append({"method": "real held-out cells", "cell_type": t, "accuracy": label_accuracy(real_t, t)})
+        for method, sets in generated.items():
+            m = set_metrics(real_t, sets[t], embedder, n_estimators, args.seed)
+            rows.append({"method": method, "cell_type": t, "n_real": len(real_t), "n_generated": n_gen[t], **m})
+            fid_rows.append({"method": method, "cell_type": t, "accuracy": label_accuracy(sets[t], t)})
+        log(f"metrics for {t} done ({time.perf_counter() - t0:.0f} s)")
+    timings["metrics_s"] = time.perf_counter() - t0
+    table, fidelity = pd.DataFrame(rows), pd.DataFrame(fid_rows)
+
+    t0 = time.perf_counter()
+    umap_path = RESULTS / ("generation_quick_umap.png" if args.quick else "generation_umap.png")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    _umap(x_held, lab_held, types, generated, pca, umap_path, args.seed)
+    timings["umap_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_all
+    _write(table, fidelity, timings, args, grid, types, n_gen, umap_path, gauss.n_params,
+           sum(p.numel() for p in model.module.net.parameters()))
+
+
+def _umap(x_held: np.ndarray, lab_held: np.ndarray, types: list[str], generated: dict, pca: Any, path: Path,
+          seed: int) -> None:
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    shown = ["CountsDiff g=1 eta=0", "Gaussian DDPM", "scVI (train cells)"]
+    blocks, source, label = [], [], []
+    keep = np.isin(lab_held, types)
+    blocks.append(x_held[keep])
+    source += ["real held-out"] * int(keep.sum())
+    label += list(lab_held[keep])
+    for method in shown:
+        for t in types:
+            blocks.append(generated[method][t])
+            source += [method] * len(generated[method][t])
+            label += [t] * len(generated[method][t])
+    x = np.vstack(blocks)
+    emb = ad.AnnData(obs=pd.DataFrame({"source": source, "cell_type": label}, index=[str(i) for i in range(len(x))]))
+    emb.obsm["X_pca"] = pca.transform(lognorm(x))
+    sc.pp.neighbors(emb, use_rep="X_pca", random_state=seed)
+    sc.tl.umap(emb, random_state=seed)
+    sources = ["real held-out", *shown]
+    fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 4.2), sharex=True, sharey=True)
+    u = emb.obsm["X_umap"]
+    colors = {t: plt.cm.tab10(i) for i, t in enumerate(types)}
+    for ax, src in zip(axes, sources, strict=True):
+        ax.scatter(u[:, 0], u[:, 1], s=2, c="lightgrey")
+        for t in types:
+            sel = (emb.obs["source"] == src).to_numpy() & (emb.obs["cell_type"] == t).to_numpy()
+            ax.scatter(u[sel, 0], u[sel, 1], s=3, color=colors[t], label=t)
+        ax.set_title(src, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].legend(markerscale=4, fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write(table: pd.DataFrame, fidelity: pd.DataFrame, timings: dict, args: argparse.Namespace, grid: list,
+           types: list[str], n_gen: dict, umap_path: Path, n_gauss: int, n_cd: int) -> None:
+    import torch
+
+    stem = RESULTS / ("generation_quick" if args.quick else "generation")
+    order = list(dict.fromkeys(table.method))
+    cols = ["mmd", "swd", "energy_distance", "scfid", "rf_auc", "zero_frac_mae", "mean_pearson", "var_pearson",
+            "sparsity_abs_diff"]
+    mean_table = table.groupby("method", sort=False)[cols].mean().loc[order]
+    acc = fidelity.pivot(index="method", columns="cell_type", values="accuracy")
+    acc = acc.loc[["real held-out cells", *order], types]
+    acc["mean"] = acc.mean(axis=1)
+    real_acc = acc.loc["real held-out cells", types]
+    acc["all types >= real"] = [bool(np.all(acc.loc[m, types].to_numpy() >= real_acc.to_numpy() - 1e-12))
+                                for m in acc.index]
+    mode = "quick" if args.quick else "full"
+    lines = [
+        f"# Generation benchmark on CBMC ({mode} mode)", "",
+        f"Generated by `python benchmarks/generation.py{' --quick' if args.quick else ''}` on {platform.platform()} "
+        f"({os.cpu_count()} CPUs, torch threads: {torch.get_num_threads()}); total {timings['total_s'] / 60:.1f} min.",
+        "",
+        f"Train / held-out split 80 / 20 stratified by cell type; {args.max_steps} training steps for CountsDiff "
+        f"(residual MLP, {n_cd:,} parameters, all entries, labels) and the Gaussian DDPM ({n_gauss:,} parameters); "
+        f"{args.n_steps} sampling steps for both; scVI {args.scvi_epochs} epochs. Cell types: "
+        + ", ".join(f"{t} ({n_gen[t]} cells generated)" for t in types) + ".",
+        "",
+        "Metrics against the held-out cells of each type: MMD / SWD on 50 PCs of pooled log-normalised cells, "
+        "energy distance (ED) of pooled raw counts, scFID (one scVI embedder trained on the train cells), random-"
+        "forest AUC (0.5 = indistinguishable), mean absolute error of per-gene zero fractions, Pearson correlation "
+        "of per-gene means / variances (log-normalised), |sparsity difference|. Lower is better except the "
+        "correlations; `real train cells (floor)` is a second real sample, the best any generator can do.",
+        "",
+        "## Mean over cell types", "", frame_to_markdown(mean_table), "",
+        "## Label fidelity (accuracy of a logistic regression on 50 PCs trained on real train cells)", "",
+        "Guided samples should be classified as their label at least as often as real held-out cells.", "",
+        frame_to_markdown(acc, float_format="{:.3f}"), "",
+        "## Per cell type", "",
+    ]
+    for t in types:
+        sub = table[table.cell_type == t].set_index("method")[cols]
+        lines += [f"### {t}", "", frame_to_markdown(sub), ""]
+    lines += [f"![UMAP of real held-out and generated cells]({umap_path.name})", "",
+              "## Timings (s)", "", frame_to_markdown(pd.Series(timings).round(1).to_frame("seconds")), ""]
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    payload = {"settings": vars(args), "grid": grid, "cell_types": types, "n_generated": n_gen,
+               "machine": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "timings": timings, "table": table.to_dict(orient="records"),
+               "label_fidelity": fidelity.to_dict(orient="records")}
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float))
+    print("\n".join(lines))
+    print(f"wrote {stem}.md / .json and {umap_path.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""Performance benchmark of CountsDiff next to scVI on (resampled) CBMC: throughput, peak memory, scaling.
+
+Every measurement runs in a fresh subprocess (``--worker``), so peak memory is that measurement's own: the peak
+resident set size (Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` just before the timed operation) minus
+the resident set size at that moment. The numbers are:
+
+* training throughput (cells / s) and time per epoch over a fixed number of optimizer steps after a warm-up
+  (data loading included, validation off, no full training), CountsDiff ``backbone="mlp"`` and ``"transformer"``
+  next to ``scvi.model.SCVI`` on the same AnnData and batch size;
+* imputation throughput (cells / s per draw; RePaint with 20 steps, guidance 0.5 so conditional and unconditional
+  passes run as one doubled batch) and generation throughput (50 steps, guidance 1), next to scVI's
+  ``posterior_predictive_sample``; the networks are untrained (cost does not depend on the weights);
+* the split of a sampler step: time in the network (``module.rate``), in the rest of the RePaint / generation loop
+  (binomial draws, random rounding, masking), and in ``impute``'s own bookkeeping;
+* peak memory of ``impute(store_samples=False)`` against the number of cells, next to the size of its outputs;
+* scaling over the number of cells (resampled from CBMC's 8,617 cells with replacement) and genes (CBMC ships 500
+  genes; 2,000 and 5,000 genes are made by resampling gene columns with replacement, so they are copies of real
+  genes, not new biology).
+
+Headline numbers are ratios to scVI. Usage::
+
+    python benchmarks/perf.py --quick      # about 2 minutes
+    python benchmarks/perf.py              # full run (about 25 minutes on 2 CPU cores)
+
+Writes ``benchmarks/results/perf[_quick].md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).parent / "results"
+BATCH = 256
+
+try:
+    from _markdown import frame_to_markdown
+except ImportError:  # run as a module from the repository root
+    from benchmarks._markdown import frame_to_markdown
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+def _status_kb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+class _PeakMemory:
+    """Peak RSS growth (MiB) of the enclosed block: VmHWM is reset on entry (Linux >= 4.0)."""
+
+    def __enter__(self) -> _PeakMemory:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.exact = True
+        except OSError:  # no reset possible: the peak may then predate the block
+            self.exact = False
+        self.rss0 = _status_kb("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.delta_mib = max(0.0, _status_kb("VmHWM") - self.rss0) / 1024
+
+
+def _data(n_cells: int, n_genes: int, seed: int = 0):
+    """CBMC cells resampled with replacement to ``n_cells``; genes resampled with replacement beyond 500."""
+    import anndata as ad
+
+    import countsdiff_sc as cds
+
+    base = cds.datasets.cbmc()
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(base.n_obs, n_cells, replace=n_cells > base.n_obs)
+    if n_genes <= base.n_vars:
+        cols = np.arange(n_genes)
+    else:
+        cols = np.concatenate([np.arange(base.n_vars), rng.choice(base.n_vars, n_genes - base.n_vars)])
+    x = base.X[rows][:, cols].tocsr().astype(np.float32)
+    obs = pd.DataFrame({"cell_type": base.obs["cell_type"].to_numpy()[rows]}, index=[f"c{i}" for i in range(n_cells)])
+    obs["cell_type"] = obs["cell_type"].astype("category")
+    var = pd.DataFrame(index=[f"{base.var_names[c]}_{j}" for j, c in enumerate(cols)])
+    return ad.AnnData(X=x, obs=obs, var=var)
+
+
+def _countsdiff(adata, backbone: str):
+    import countsdiff_sc as cds
+
+    cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type")
+    return cds.CountsDiffModel(adata, backbone=backbone)
+
+
+def _scvi(adata):
+    import scvi
+
+    scvi.model.SCVI.setup_anndata(adata)
+    return scvi.model.SCVI(adata)
+
+
+def _train_task(spec: dict) -> dict:
+    from lightning.pytorch.callbacks import Callback
+
+    warmup, steps = spec["warmup"], spec["steps"]
+
+    class StepTimer(Callback):
+        t0 = t1 = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == warmup:
+                self.t0 = time.perf_counter()
+            elif trainer.global_step == warmup + steps:
+                self.t1 = time.perf_counter()
+
+    adata = _data(spec["n_cells"], spec["n_genes"])
+    timer = StepTimer()
+    common = {"max_steps": warmup + steps, "batch_size": BATCH, "train_size": 1.0, "accelerator": "cpu",
+              "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "callbacks": [timer],
+              "logger": False, "enable_checkpointing": False}
+    model = _scvi(adata) if spec["model"] == "scvi" else _countsdiff(adata, spec["model"])
+    with _PeakMemory() as mem:
+        if spec["model"] == "scvi":
+            model.train(max_epochs=10**6, early_stopping=False, **common)
+        else:
+            model.train(**common)
+    s_per_step = (timer.t1 - timer.t0) / steps
+    return {"s_per_step": s_per_step, "cells_per_s": BATCH / s_per_step,
+            "epoch_s": int(np.ceil(adata.n_obs / BATCH)) * s_per_step, "peak_mib": mem.delta_mib}
+
+
+class _Clock:
+    """Wraps a callable and accumulates the wall time spent in it."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds, self.calls = fn, 0.0, 0
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
+def _impute_task(spec: dict) -> dict:
+    import countsdiff_sc as cds
+    from countsdiff_sc.model import _countsdiff as cd_mod
+
+    adata = _data(spec["n_cells"], spec["n_genes"])
+    cds.pp.mask_mcar(adata, rate=0.5, seed=0)
+    model = _countsdiff(adata, spec["model"])
+    rate = model.module.rate = _Clock(model.module.rate)  # instance attribute shadows the method
+    loop = cd_mod.repaint = _Clock(cd_mod.repaint)
+    t0 = time.perf_counter()
+    with _PeakMemory() as mem:
+        model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], store_samples=spec["store_samples"],
+                     batch_size=spec.get("batch_size", 2048), seed=0, progress=False)
+    total = time.perf_counter() - t0
+    n_draws = adata.n_obs * spec["n_samples"]
+    outputs_mib = adata.n_obs * adata.n_vars * (4 + 1) / 2**20  # float32 point estimate + boolean mask
+    if spec["store_samples"]:
+        outputs_mib += n_draws * adata.n_vars * 4 / 2**20
+    # throughput normalised to 20 steps (imputations of one draw per second)
+    return {"total_s": total, "cells_per_s_per_draw": n_draws / total * spec["n_steps"] / 20,
+            "network_frac": rate.seconds / total, "sampler_rest_frac": (loop.seconds - rate.seconds) / total,
+            "impute_overhead_frac": (total - loop.seconds) / total, "peak_mib": mem.delta_mib,
+            "outputs_mib": outputs_mib, "rate_calls": rate.calls}
+
+
+def _sample_task(spec: dict) -> dict:
+    from countsdiff_sc.model import _countsdiff as cd_mod
+
+    adata = _data(max(spec["n_cells"], 1000), spec["n_genes"])
+    model = _countsdiff(adata, spec["model"])
+    rate = model.module.rate = _Clock(model.module.rate)
+    loop = cd_mod.generate = _Clock(cd_mod.generate)
+    labels = list(np.random.default_rng(0).choice(adata.obs["cell_type"].astype(str), spec["n_cells"]))
+    t0 = time.perf_counter()
+    with _PeakMemory() as mem:
+        model.sample(labels=labels, n_steps=spec["n_steps"], guidance=1.0, seed=0, progress=False)
+    total = time.perf_counter() - t0
+    return {"total_s": total, "cells_per_s": spec["n_cells"] / total, "network_frac": rate.seconds / total,
+            "sampler_rest_frac": (loop.seconds - rate.seconds) / total,
+            "overhead_frac": (total - loop.seconds) / total, "peak_mib": mem.delta_mib}
+
+
+def _scvi_ppc_task(spec: dict) -> dict:
+    adata = _data(spec["n_cells"], spec["n_genes"])
+    model = _scvi(adata)
+    model.is_trained_ = True  # cost does not depend on the weights
+    t0 = time.perf_counter()
+    with _PeakMemory() as mem:
+        model.posterior_predictive_sample(adata, n_samples=1, batch_size=BATCH)
+    total = time.perf_counter() - t0
+    return {"total_s": total, "cells_per_s": adata.n_obs / total, "peak_mib": mem.delta_mib}
+
+
+TASKS = {"train": _train_task, "impute": _impute_task, "sample": _sample_task, "scvi_ppc": _scvi_ppc_task}
+
+
+def _worker(spec: dict) -> None:
+    import warnings
+
+    import scvi
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(spec["threads"])
+    scvi.settings.verbosity = 40
+    scvi.settings.seed = 0
+    import logging
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    result = TASKS[spec["task"]](spec)
+    print("RESULT " + json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------- driver side
+def _run(spec: dict, timeout: float) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  timed out after {timeout:.0f} s: {spec}", flush=True)
+        return {**spec, "error": "timeout"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"  failed: {spec}\n{proc.stderr[-2000:]}", flush=True)
+        return {**spec, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    out = {**spec, **json.loads(lines[-1][7:]), "wall_s": time.perf_counter() - t0}
+    print(f"  {spec['task']:8s} {spec.get('model', ''):11s} cells={spec['n_cells']:>6} genes={spec['n_genes']:>5} "
+          + " ".join(f"{k}={v:.3g}" for k, v in out.items() if k not in spec and isinstance(v, float)), flush=True)
+    return out
+
+
+def _plan(quick: bool) -> list[dict]:
+    """The measurements; sizes chosen so the full run fits in about 25 minutes on 2 cores.
+
+    The transformer attends over all genes (memory and time quadratic in n_genes): about 7 s per training step
+    and 2.7 GiB at 500 genes and batch 256 on one core, so it is measured at 500 genes only.
+    """
+    specs: list[dict] = []
+    if quick:
+        warm, steps, t_warm, t_steps = 3, 15, 1, 1
+        cell_sizes, gene_sizes = [1000], [500]
+        impute_cells, tf_cells, tf_steps, mem_cells = 300, 32, 2, [1000, 3000]
+    else:
+        warm, steps, t_warm, t_steps = 20, 200, 1, 5
+        cell_sizes, gene_sizes = [1000, 3000, 10000, 30000, 100000], [500, 2000, 5000]
+        impute_cells, tf_cells, tf_steps, mem_cells = 1000, 256, 5, [1000, 10000, 30000, 100000]
+    ref_cells = cell_sizes[min(2, len(cell_sizes) - 1)]
+    for n in cell_sizes:  # training against n_cells, CBMC's 500 genes
+        for model in ("mlp", "scvi"):
+            specs.append({"task": "train", "model": model, "n_cells": n, "n_genes": 500, "warmup": warm,
+                          "steps": steps})
+    for g in gene_sizes[1:]:  # training against n_genes
+        for model in ("mlp", "scvi"):
+            specs.append({"task": "train", "model": model, "n_cells": ref_cells, "n_genes": g, "warmup": warm,
+                          "steps": steps})
+    specs.append({"task": "train", "model": "transformer", "n_cells": ref_cells, "n_genes": 500, "warmup": t_warm,
+                  "steps": t_steps})
+    for g in gene_sizes:  # sampling throughput and the network / rest split
+        specs.append({"task": "impute", "model": "mlp", "n_cells": impute_cells, "n_genes": g, "n_samples": 1,
+                      "n_steps": 20, "store_samples": False})
+        specs.append({"task": "sample", "model": "mlp", "n_cells": impute_cells, "n_genes": g, "n_steps": 50})
+        specs.append({"task": "scvi_ppc", "model": "scvi", "n_cells": 2000, "n_genes": g})
+    specs.append({"task": "impute", "model": "transformer", "n_cells": tf_cells, "n_genes": 500, "n_samples": 1,
+                  "n_steps": tf_steps, "store_samples": False})
+    if not quick:
+        specs.append({"task": "sample", "model": "transformer", "n_cells": tf_cells, "n_genes": 500,
+                      "n_steps": tf_steps})
+    # peak memory of impute against n_cells: one draw, one step (the working set does not depend on either)
+    for n in mem_cells:
+        specs.append({"task": "impute", "model": "mlp", "n_cells": n, "n_genes": 500, "n_samples": 1, "n_steps": 1,
+                      "store_samples": False, "role": "memory"})
+    specs.append({"task": "impute", "model": "mlp", "n_cells": mem_cells[1], "n_genes": 500, "n_samples": 5,
+                  "n_steps": 1, "store_samples": True, "role": "memory"})
+    return specs
+
+
+def _tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
+    df = pd.DataFrame([r for r in rows if "error" not in r])
+    tables: dict[str, pd.DataFrame] = {}
+    train = df[df.task == "train"]
+    if len(train):
+        wide = train.pivot_table(index=["n_cells", "n_genes"], columns="model", values="cells_per_s")
+        epoch = train.pivot_table(index=["n_cells", "n_genes"], columns="model", values="epoch_s")
+        peak = train.pivot_table(index=["n_cells", "n_genes"], columns="model", values="peak_mib")
+        out = pd.DataFrame(index=wide.index)
+        for m in [c for c in ("mlp", "transformer", "scvi") if c in wide.columns]:
+            out[f"{m} cells/s"] = wide[m]
+            out[f"{m} s/epoch"] = epoch[m]
+            out[f"{m} peak MiB"] = peak[m]
+        for m in [c for c in ("mlp", "transformer") if c in wide.columns and "scvi" in wide.columns]:
+            out[f"{m} / scVI throughput"] = wide[m] / wide["scvi"]
+        tables["Training"] = out.reset_index()
+    samp = df[df.task.isin(["impute", "sample", "scvi_ppc"]) & (df.get("role") != "memory")]
+    if len(samp):
+        samp = samp.assign(**{"cells/s (per draw)": samp.get("cells_per_s_per_draw").fillna(samp.cells_per_s)})
+        ppc = samp[samp.task == "scvi_ppc"].set_index("n_genes")["cells/s (per draw)"]
+        samp = samp.assign(**{"ratio to scVI ppc": samp["cells/s (per draw)"].to_numpy()
+                              / ppc.reindex(samp.n_genes).to_numpy()})
+        cols = ["task", "model", "n_cells", "n_genes", "n_steps", "cells/s (per draw)", "ratio to scVI ppc",
+                "network_frac", "sampler_rest_frac", "peak_mib"]
+        tables["Sampling and imputation"] = samp[[c for c in cols if c in samp.columns]]
+        split = samp[samp.task.isin(["impute", "sample"])].copy()
+        split["bookkeeping_frac"] = split.get("impute_overhead_frac").fillna(split.get("overhead_frac"))
+        tables["Sampler step split (fraction of wall time)"] = split[
+            ["task", "model", "n_genes", "network_frac", "sampler_rest_frac", "bookkeeping_frac"]]
+    mem = df[df.get("role") == "memory"] if "role" in df else df.iloc[:0]
+    if len(mem):
+        tables["impute peak memory vs n_cells"] = mem[
+            ["n_cells", "n_genes", "n_samples", "store_samples", "peak_mib", "outputs_mib", "total_s"]].assign(
+            **{"peak - outputs (MiB)": mem.peak_mib - mem.outputs_mib})
+    return tables
+
+
+def _headline(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Ratios to scVI, as bullet points (medians over the sizes measured)."""
+    lines = ["## Headline (ratios to scVI; > 1 means CountsDiff is faster)", ""]
+    train = tables.get("Training")
+    if train is not None:
+        for m in ("mlp", "transformer"):
+            col = f"{m} / scVI throughput"
+            if col in train and train[col].notna().any():
+                vals = train[col].dropna()
+                lines.append(f"- training throughput, {m}: {vals.median():.3g}x scVI (median of {len(vals)} sizes; "
+                             f"range {vals.min():.3g} to {vals.max():.3g})")
+    samp = tables.get("Sampling and imputation")
+    if samp is not None:
+        for task, what in (("impute", "imputation, per draw, 20 steps"), ("sample", "generation, 50 steps")):
+            for m in ("mlp", "transformer"):
+                sub = samp[(samp.task == task) & (samp.model == m)]
+                if len(sub):
+                    lines.append(f"- {what}, {m}: " + ", ".join(
+                        f"{r:.3g}x ({g} genes)" for r, g in zip(sub["ratio to scVI ppc"], sub.n_genes, strict=True))
+                        + " scVI posterior-predictive sampling")
+    return [*lines, ""]
+
+
+def _header(args: argparse.Namespace, elapsed: float) -> list[str]:
+    import torch
+
+    import countsdiff_sc as cds
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return [f"# Performance benchmark ({'quick' if args.quick else 'full'} mode)", "",
+            f"- machine: {cpu}, {os.cpu_count()} logical CPUs visible; torch {torch.__version__}, CPU only",
+            f"- threads per measurement: {args.threads} (OMP / MKL / torch); every measurement in a fresh subprocess",
+            f"- countsdiff-sc {cds.__version__}; batch size {BATCH}; total time {elapsed / 60:.1f} min",
+            "- data: CBMC (8,617 cells x 500 genes) resampled with replacement to n_cells; n_genes > 500 by "
+            "resampling gene columns with replacement (copies of real genes)",
+            "- networks untrained for sampling / imputation throughput (cost does not depend on the weights); "
+            "imputation: 50% MCAR mask, guidance 0.5 (one doubled batch per step), 20 steps; generation: 50 steps, "
+            "guidance 1; scVI: posterior_predictive_sample, 1 draw",
+            "- peak memory: growth of the peak RSS during the measured call (VmHWM reset before it)", ""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, about 2 minutes")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
+    p.add_argument("--timeout", type=float, default=240.0, help="seconds per measurement before it is skipped")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return
+    t0 = time.perf_counter()
+    rows = [_run({**spec, "threads": args.threads}, args.timeout) for spec in _plan(args.quick)]
+    elapsed = time.perf_counter() - t0
+    tables = _tables(rows)
+    lines = _header(args, elapsed) + _headline(tables)
+    for name, table in tables.items():
+        lines += [f"## {name}", "", frame_to_markdown(table, index=False), ""]
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        lines += ["## Skipped", ""] + [f"- {r['task']} {r.get('model')} {r['n_cells']} x {r['n_genes']}: "
+                                       f"{r['error']}" for r in errors] + [""]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / ("perf_quick" if args.quick else "perf")
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    stem.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "elapsed_s": elapsed, "rows": rows},
+                                                    indent=1, default=float))
+    print("\n".join(lines))
+    print(f"wrote {stem}.md / .json")
+
+
+if __name__ == "__main__":
+    main()
