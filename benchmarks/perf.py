@@ -389,6 +389,11 @@ def main() -> None:
     lines = _header(args, elapsed) + _headline(tables)
     for name, table in tables.items():
         lines += [f"## {name}", "", frame_to_markdown(table, index=False), ""]
+        if name.startswith("impute peak memory"):
+            lines += ["outputs: float32 point estimate + boolean mask (+ int32 draws with store_samples). The rest is "
+                      "the working set of one chunk of `batch_size` = 2048 rows (cells x draws; doubled inside the "
+                      "guided network pass) plus a block of counts read for the output: it grows until a chunk is "
+                      "full and is flat in n_cells after that.", ""]
     errors = [r for r in rows if "error" in r]
     if errors:
         lines += ["## Skipped", ""] + [f"- {r['task']} {r.get('model')} {r['n_cells']} x {r['n_genes']}: "

@@ -31,24 +31,54 @@ BETA_SCHEDULES = ("linear", "cosine")
 
 
 class _NoiseMLP(ResidualMLPDenoiser):
-    """The residual MLP of CountsDiff (same blocks and parameter count) as a noise predictor.
+    """The residual MLP of CountsDiff (same blocks and parameter count) as a noise predictor with a Gaussian skip.
 
     Differences to :class:`~countsdiff_sc.nn.ResidualMLPDenoiser`: the input is the real-valued ``y_t`` itself (not
-    ``log1p`` of counts, which is undefined for negative ``y_t``) and the output is the unconstrained noise estimate
-    (no softplus). The zero-initialised head makes the untrained network predict ``eps = 0``.
+    ``log1p`` of counts, which is undefined for negative ``y_t``), the output is unconstrained (no softplus), and the
+    network predicts the noise as
+
+    ``eps_hat = eps_lin(y_t, t) + MLP(y_t, t, c)``,  ``eps_lin = sqrt(1 - abar_t) (y_t - sqrt(abar_t) mu)
+    / (abar_t sigma^2 + 1 - abar_t)``,
+
+    where ``eps_lin`` is the exact posterior-mean noise of a per-gene Gaussian with the training mean ``mu`` and
+    variance ``sigma^2`` (``mu = 0``, ``sigma = 1`` after standardisation): a parameter-free skip connection, the
+    eps-form of the ``c_skip`` preconditioning of Karras et al. (2022). It is needed because the hidden width
+    (256) is below the number of genes: without it the noise of every gene has to pass through the hidden layers,
+    so at large ``t`` (where ``eps ~ y_t``) a network of width ``h`` can reproduce at most ``h`` of the ``n_genes``
+    noise directions. The rest is never denoised, the reverse chain diverges (or, with ``x0`` clipping, pins the
+    samples to the clipping bounds whatever the label) and the loss stalls at about ``1 - h / n_genes``. The MLP
+    only learns the correction to the Gaussian (gene correlations, labels, non-Gaussian marginals); its
+    zero-initialised head makes the untrained network the per-gene Gaussian model. ``t`` is the integer step
+    ``1..T`` (embedded as ``t / T``).
     """
+
+    def __init__(self, n_genes: int, alpha_bars: torch.Tensor, data_mean: torch.Tensor, data_var: torch.Tensor,
+                 **kwargs: Any):
+        super().__init__(n_genes, **kwargs)
+        self.register_buffer("alpha_bars", torch.as_tensor(alpha_bars, dtype=torch.float32))
+        self.register_buffer("data_mean", torch.as_tensor(data_mean, dtype=torch.float32).reshape(1, -1))
+        self.register_buffer("data_var", torch.as_tensor(data_var, dtype=torch.float32).reshape(1, -1))
+
+    @property
+    def n_timesteps(self) -> int:
+        return self.alpha_bars.numel() - 1
+
+    def gaussian_eps(self, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The skip term ``eps_lin``: the noise estimate of independent Gaussian genes with the data's moments."""
+        ab = self.alpha_bars[t.long()][:, None]
+        return (1.0 - ab).sqrt() * (y_t - ab.sqrt() * self.data_mean) / (ab * self.data_var + 1.0 - ab)
 
     def forward(  # type: ignore[override]
         self, y_t: torch.Tensor, t: torch.Tensor, cat: torch.Tensor | None = None, drop: torch.Tensor | None = None
     ) -> torch.Tensor:
-        emb = self.time_embedding(t)
+        emb = self.time_embedding(t.float() / self.n_timesteps)
         cond = self.conditions(cat, None, drop)
         if cond.shape[1]:
             emb = emb + cond.sum(dim=1)
         h = self.input(y_t)
         for block in self.blocks:
             h = block(h, emb)
-        return self.head(self.out_norm(h))
+        return self.gaussian_eps(y_t, t) + self.head(self.out_norm(h))
 
 
 class _NoiseModel(EMAMixin, nn.Module):
@@ -247,7 +277,8 @@ class GaussianDDPMGenerator:
         abar = self.diffusion.alpha_bars.to(torch.float32)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            net = _NoiseMLP(n_genes, n_cats_per_cov=[len(categories)] if categories else [], **self.net_kwargs)
+            net = _NoiseMLP(n_genes, abar, data.mean(dim=0), data.var(dim=0).clamp_min(1e-6),
+                            n_cats_per_cov=[len(categories)] if categories else [], **self.net_kwargs)
             model = _NoiseModel(net, self.settings["ema_decay"])
             gen = torch.Generator().manual_seed(int(seed))
             opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -272,7 +303,7 @@ class GaussianDDPMGenerator:
                 if codes is not None:
                     cat_b = codes[idx]
                     drop = torch.rand(bs, 1, generator=gen) < self.settings["p_uncond"]
-                loss = torch.mean((model.net(y_t, t.float() / T, cat_b, drop) - eps) ** 2)
+                loss = torch.mean((model.net(y_t, t, cat_b, drop) - eps) ** 2)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if gradient_clip_val is not None:
@@ -388,7 +419,7 @@ class GaussianDDPMGenerator:
             cat_b = None if codes is None else codes[start:stop]
 
             def eps_fn(y: torch.Tensor, t: int, cat_b: torch.Tensor | None = cat_b, m: int = m) -> torch.Tensor:
-                tt = torch.full((y.shape[0],), t / T)
+                tt = torch.full((y.shape[0],), t, dtype=torch.long)
                 if cat_b is None:
                     if null:  # a labelled model sampled without labels: the null token
                         return net(y, tt, torch.full((m, 1), null, dtype=torch.long))
