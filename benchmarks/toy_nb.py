@@ -171,7 +171,8 @@ def _write(results: list[dict], args: argparse.Namespace, net: dict, total: floa
         f"{args.n_cells} training cells, {args.n_cells} fresh ground-truth cells and {args.n_cells} samples per model; "
         f"both models: residual MLP {net} (same parameter count), {args.max_steps} training steps, "
         f"{args.n_steps} sampling steps. CountsDiff: cosine p-schedule (package default) and the continuous Blackout "
-        "schedule of App. D.1, no attrition, no guidance. "
+        "schedule of App. D.1 (default loss weighting \"auto\": -p'(t) for cosine, the NLL weight -p'/(1 - p) for "
+        "Blackout), no attrition, no guidance. "
         "Gaussian DDPM: eps-prediction on log1p counts, cosine schedule, T = 1000, counts = max(0, round(expm1(y))).",
         "",
         "Targets: CountsDiff's (cosine) per-dimension variance within a factor 2 of the truth on every dimension; the "

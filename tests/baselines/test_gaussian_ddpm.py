@@ -124,3 +124,71 @@ def test_errors(fitted: GaussianDDPMGenerator, two_groups: ad.AnnData) -> None:
     unlabelled = GaussianDDPMGenerator(**SMALL).fit(two_groups, max_steps=2, progress=False)
     with pytest.raises(ValueError, match="without labels_key"):
         unlabelled.sample(3, labels="lo")
+
+
+@pytest.fixture(scope="module")
+def correlated() -> ad.AnnData:
+    """200 genes (more than the hidden width) with a rank-3 log-rate structure and two labels 'a' / 'b' that raise
+    the first and the second half of the genes, respectively."""
+    rng = np.random.default_rng(0)
+    n, g = 600, 200
+    z = rng.normal(size=(n, 3))
+    w = rng.normal(scale=0.4, size=(3, g))
+    base = rng.uniform(-1.0, 1.5, size=g)
+    lab = np.repeat(["a", "b"], n // 2)
+    shift = np.zeros((n, g))
+    shift[lab == "a", : g // 2] = 1.0
+    shift[lab == "b", g // 2:] = 1.0
+    x = rng.poisson(np.exp(base + z @ w + shift)).astype(np.float32)
+    return ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame({"group": lab}, index=[f"c{i}" for i in range(n)]))
+
+
+def test_more_genes_than_hidden_units(correlated: ad.AnnData) -> None:
+    """Regression: with n_genes > n_hidden the noise could not pass the hidden layers (loss stalled at about
+    1 - n_hidden / n_genes, samples pinned to the x0-clipping bounds, ~2.4x too many counts, no label effect)."""
+    import torch
+
+    g = GaussianDDPMGenerator(**SMALL).fit(correlated, labels_key="group", max_steps=300, batch_size=128, lr=3e-3,
+                                          warmup_steps=20, progress=False)
+    x = correlated.X.toarray()
+    lab = correlated.obs["group"].to_numpy()
+    # one-step denoising: never worse than the independent-Gaussian predictor eps_lin = sqrt(1 - abar) y_t
+    y0 = torch.as_tensor((np.log1p(x) - g.mean_) / g.std_)
+    codes = torch.as_tensor((lab == "b").astype(np.int64))[:, None]
+    net = g.model_.network(use_ema=True)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in (50, 100, 200):
+            ab = float(g.diffusion.alpha_bars[t])
+            eps = torch.randn(y0.shape, generator=gen)
+            y_t = ab**0.5 * y0 + (1 - ab) ** 0.5 * eps
+            mse = float(((net(y_t, torch.full((len(y_t),), t), codes) - eps) ** 2).mean())
+            assert mse < float((((1 - ab) ** 0.5 * y_t - eps) ** 2).mean()) + 0.02, t
+    half = x.shape[1] // 2
+    contrast = {}
+    for label in ("a", "b"):
+        s = g.sample(300, labels=label, n_steps=50, seed=1).X.toarray()
+        r = x[lab == label]
+        assert s.sum(1).mean() == pytest.approx(r.sum(1).mean(), rel=0.25)
+        assert abs((s == 0).mean() - (r == 0).mean()) < 0.05
+        d = np.abs(np.log1p(s.mean(0)) - np.log1p(r.mean(0)))
+        assert d.mean() < 0.2 and d.max() < 0.6
+        m = np.log1p(s.mean(0))
+        contrast[label] = m[:half].mean() - m[half:].mean()  # real: +0.72 for 'a', -0.69 for 'b'
+    assert contrast["a"] > 0.4 and contrast["b"] < -0.4
+
+
+def test_untrained_network_is_gaussian_model() -> None:
+    """The zero-initialised head leaves the parameter-free skip: the posterior-mean noise of Gaussian genes."""
+    import torch
+
+    from countsdiff_sc.baselines._gaussian_ddpm import _NoiseMLP
+    from countsdiff_sc.diffusion import GaussianDiffusion, linear_beta_schedule
+
+    abar = GaussianDiffusion(linear_beta_schedule(100)).alpha_bars
+    mu, var = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 4.0, 0.25])
+    net = _NoiseMLP(3, abar, mu, var, n_hidden=8, n_layers=1, dim_emb=4)
+    y_t, t = torch.randn(5, 3), torch.tensor([1, 10, 50, 99, 100])
+    ab = abar[t].float()[:, None]
+    expected = (1 - ab).sqrt() * (y_t - ab.sqrt() * mu) / (ab * var + 1 - ab)
+    torch.testing.assert_close(net(y_t, t), expected)

@@ -58,6 +58,7 @@ class _NoiseMLP(ResidualMLPDenoiser):
         self.register_buffer("alpha_bars", torch.as_tensor(alpha_bars, dtype=torch.float32))
         self.register_buffer("data_mean", torch.as_tensor(data_mean, dtype=torch.float32).reshape(1, -1))
         self.register_buffer("data_var", torch.as_tensor(data_var, dtype=torch.float32).reshape(1, -1))
+        nn.init.zeros_(self.head.bias)
 
     @property
     def n_timesteps(self) -> int:
@@ -97,7 +98,10 @@ class GaussianDDPMGenerator:
     (``(y - mean) / std`` over the training cells); ``y_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps`` with ``t``
     uniform on ``1..T`` and the network predicts ``eps`` under the MSE loss. The network is CountsDiff's residual MLP
     (:class:`~countsdiff_sc.nn.ResidualMLPDenoiser` blocks: FiLM time / label conditioning, same default width and
-    depth, so the two models have about the same number of parameters). With ``labels_key`` the label of a training
+    depth, so the two models have about the same number of parameters) plus a parameter-free skip: the MLP adds its
+    output to the posterior-mean noise of independent Gaussian genes, ``sqrt(1 - abar_t) y_t`` for standardised
+    data, so the noise of all genes reaches the output even though the hidden width is below the number of genes
+    (without it a 256-wide MLP cannot denoise 500 genes). With ``labels_key`` the label of a training
     cell is replaced by a null token with probability ``p_uncond``; sampling mixes
     ``eps = eps_u + guidance (eps_c - eps_u)`` (1 = conditional, 0 = unconditional, > 1 sharpens), the convention
     of :meth:`countsdiff_sc.CountsDiffModel.sample`. Optimiser, warm-up, clipping and EMA follow CountsDiff's

@@ -37,7 +37,7 @@ from ._schedules import (
     PSchedule,
     get_schedule,
 )
-from ._weights import LOSS_WEIGHTINGS, loss_weight
+from ._weights import LOSS_WEIGHTINGS, loss_weight, resolve_loss_weighting
 
 __all__ = [
     "ATTRITION_KINDS",
@@ -66,6 +66,7 @@ __all__ = [
     "loss_weight",
     "random_round",
     "repaint",
+    "resolve_loss_weighting",
     "reverse_step",
     "rho_schedule",
     "sigma_max",

@@ -1,7 +1,18 @@
 """Loss weightings ``w(t)`` of the CountsDiff objective (paper Sec. 3.2, App. B.4-B.6).
 
 The objective (Eq. 6) is ``E_{t ~ phi}[w(t) (y_hat - y log y_hat)]``. Every positive ``w`` has the same pointwise
-minimiser ``y_hat = E[y | x_t]``; the weight only changes the training dynamics.
+minimiser ``y_hat = E[y | x_t]``; the weight only changes the training dynamics, i.e. which times a finite network
+fits well.
+
+Which times matter for sampling: a reverse step from ``t`` to ``s`` gives birth to
+``Binomial(y_hat, (p(s) - p(t)) / (1 - p(t)))`` molecules, so an error ``delta`` of ``y_hat`` adds about
+``delta * (-p'(t) / (1 - p(t))) dt`` molecules: the sampler's sensitivity to ``y_hat`` is the NLL weight
+``-p'(t) / (1 - p(t))``. ``-p'(t)`` is that times ``1 - p(t)``. For the cosine schedule ``1 - p(t) ~ (pi t / 2)^2``
+near ``t = 0`` (a mild, polynomial down-weighting), but for the Blackout schedule ``1 - p(t) ~ e^(-15 (1 - 2 t))``:
+``-p'`` is below 1e-4 of its peak for ``t < 0.2`` while every sampler step there still gives birth to ~30 dt of
+``y_hat``; an untrained, over-estimated ``y_hat`` there over-generates (more steps, more spurious births). The
+``"auto"`` weighting therefore resolves to the schedule's ``default_weighting``: ``"neg_dp"`` for the cosine (and
+custom) schedules, ``"nll"`` for the Blackout schedules.
 """
 
 from __future__ import annotations
@@ -12,12 +23,26 @@ import torch
 
 from ._schedules import PSchedule
 
-__all__ = ["LOSS_WEIGHTINGS", "loss_weight"]
+__all__ = ["LOSS_WEIGHTINGS", "loss_weight", "resolve_loss_weighting"]
 
-LOSS_WEIGHTINGS = ("neg_dp", "nll", "constant")
+LOSS_WEIGHTINGS = ("auto", "neg_dp", "nll", "constant")
 
 # Times are clamped into [eps, 1 - eps] for the NLL weight, whose 1 / (1 - p(t)) factor diverges at t = 0.
 _NLL_EPS = 1e-3
+
+
+def resolve_loss_weighting(weighting: str, schedule: PSchedule) -> str:
+    """The concrete weighting of ``weighting`` for ``schedule``: ``"auto"`` becomes ``schedule.default_weighting``.
+
+    Examples
+    --------
+    >>> from countsdiff_sc.diffusion import BlackoutSchedule, CosineSchedule
+    >>> resolve_loss_weighting("auto", CosineSchedule()), resolve_loss_weighting("auto", BlackoutSchedule())
+    ('neg_dp', 'nll')
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"Unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}.")
+    return schedule.default_weighting if weighting == "auto" else weighting
 
 
 def loss_weight(
@@ -35,10 +60,13 @@ def loss_weight(
     schedule
         The p-schedule.
     weighting
-        ``"neg_dp"``: ``w(t) = -p'(t)`` (paper default, Prop. B.1: an exact NLL of a reparameterised process; for
-        the cosine schedule ``(pi / 2) sin(pi t)``). ``"nll"``: ``w(t) = -p'(t) / ((1 - p(t)) phi(t))``, the exact
-        continuous-time NLL weight for times drawn from the density ``phi`` (App. B.4); ``t`` is clamped to
-        ``[1e-3, 1 - 1e-3]`` because the weight diverges as ``p(t) -> 1``. ``"constant"``: ``w(t) = 1``.
+        ``"auto"``: the schedule's ``default_weighting`` (``"neg_dp"`` for the cosine schedule, ``"nll"`` for the
+        Blackout schedules; see the module docstring). ``"neg_dp"``: ``w(t) = -p'(t)`` (paper default, Prop. B.1:
+        an exact NLL of a reparameterised process; for the cosine schedule ``(pi / 2) sin(pi t)``). ``"nll"``:
+        ``w(t) = -p'(t) / ((1 - p(t)) phi(t))`` (``schedule.hazard(t) / phi(t)``), the exact continuous-time NLL
+        weight for times drawn from the density ``phi`` (App. B.4); ``t`` is clamped to ``[1e-3, 1 - 1e-3]`` because
+        the weight diverges as ``p(t) -> 1`` for the cosine schedule (for Blackout it is bounded by 30).
+        ``"constant"``: ``w(t) = 1``.
     time_density
         The density ``phi`` the times were drawn from (only for ``"nll"``); uniform when omitted.
 
@@ -53,12 +81,15 @@ def loss_weight(
     >>> loss_weight(torch.tensor([0.5]), CosineSchedule())
     tensor([1.5708])
     """
+    weighting = resolve_loss_weighting(weighting, schedule)
     if weighting == "neg_dp":
         return -schedule.dp(t)
     if weighting == "constant":
         return torch.ones_like(t)
     if weighting == "nll":
         tc = t.clamp(_NLL_EPS, 1.0 - _NLL_EPS)
-        phi = torch.ones_like(tc) if time_density is None else time_density(tc)
-        return -schedule.dp(tc) / ((1.0 - schedule.p(tc)).clamp_min(1e-12) * phi)
-    raise ValueError(f"Unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}.")
+        if time_density is None:
+            return schedule.hazard(tc)
+        phi = time_density(tc)
+        return schedule.hazard(tc) / phi
+    raise AssertionError(weighting)  # unreachable: resolve_loss_weighting validated it

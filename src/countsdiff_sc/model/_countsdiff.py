@@ -89,7 +89,10 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         p-schedule: ``"cosine"`` (default), ``"blackout"``, ``"blackout_discrete"``, a config dict or a
         :class:`~countsdiff_sc.diffusion.PSchedule` (a ``CustomSchedule`` cannot be saved).
     loss_weighting
-        ``"neg_dp"`` (default, ``w = -p'(t)``), ``"nll"`` or ``"constant"``.
+        ``"auto"`` (default): ``"neg_dp"`` (``w = -p'(t)``, the paper's) for the cosine schedule and ``"nll"``
+        (``w = -p'(t) / (1 - p(t))``) for the Blackout schedules, whose ``-p'(t)`` leaves the network untrained
+        near ``t = 0``, where the sampler still adds molecules (see :func:`~countsdiff_sc.diffusion.loss_weight`);
+        or ``"neg_dp"``, ``"nll"``, ``"constant"``.
     p_uncond
         Condition-dropout probability of a training cell (classifier-free guidance; see ``uncond_mode``).
     ema_decay
@@ -126,7 +129,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         backbone: Literal["mlp", "transformer"] = "mlp",
         backbone_kwargs: dict | None = None,
         schedule: str | dict | PSchedule = "cosine",
-        loss_weighting: Literal["neg_dp", "nll", "constant"] = "neg_dp",
+        loss_weighting: Literal["auto", "neg_dp", "nll", "constant"] = "auto",
         p_uncond: float = 0.1,
         ema_decay: float = 0.999,
         rate_baseline: Literal["none", "gamma_poisson"] = "none",
@@ -174,7 +177,8 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         n_params = sum(p.numel() for p in self.module.net.parameters())
         self._model_summary_string = (
             f"CountsDiffModel: backbone={backbone}, schedule={self.module.schedule!r}, "
-            f"loss_weighting={loss_weighting}, conditions={self._condition_names()} ({uncond_mode} dropout), "
+            f"loss_weighting={self.module.loss_weighting}, "
+            f"conditions={self._condition_names()} ({uncond_mode} dropout), "
             f"{self.summary_stats.n_vars} genes, {n_params:,} network parameters, ema_decay={ema_decay}."
         )
         self.init_params_ = self._get_init_params(locals())

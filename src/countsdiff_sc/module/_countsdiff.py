@@ -9,7 +9,14 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from countsdiff_sc.diffusion import count_loss, get_schedule, log_linear_mix, loss_weight, thin
+from countsdiff_sc.diffusion import (
+    count_loss,
+    get_schedule,
+    log_linear_mix,
+    loss_weight,
+    resolve_loss_weighting,
+    thin,
+)
 from countsdiff_sc.nn import GeneTransformerDenoiser, RateDenoiser, ResidualMLPDenoiser
 
 from ._ema import EMAMixin
@@ -74,7 +81,8 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
     schedule
         p-schedule name or config (see :func:`~countsdiff_sc.diffusion.get_schedule`).
     loss_weighting
-        ``"neg_dp"``, ``"nll"`` or ``"constant"`` (see :func:`~countsdiff_sc.diffusion.loss_weight`).
+        ``"auto"`` (default: ``"neg_dp"`` for the cosine schedule, ``"nll"`` for the Blackout schedules), ``"neg_dp"``,
+        ``"nll"`` or ``"constant"`` (see :func:`~countsdiff_sc.diffusion.loss_weight`). Stored resolved.
     p_uncond
         Condition-dropout probability (see ``uncond_mode``).
     uncond_mode
@@ -112,7 +120,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         backbone: str = "mlp",
         backbone_kwargs: dict | None = None,
         schedule: str | dict = "cosine",
-        loss_weighting: str = "neg_dp",
+        loss_weighting: str = "auto",
         p_uncond: float = 0.1,
         ema_decay: float = 0.999,
         rate_baseline: str = "none",
@@ -132,7 +140,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         self.use_labels = bool(use_labels)
         self.n_conditions = len(self.n_cats_per_cov) + int(self.n_continuous > 0)
         self.schedule = get_schedule(schedule)
-        self.loss_weighting = loss_weighting
+        self.loss_weighting = resolve_loss_weighting(loss_weighting, self.schedule)
         self.p_uncond = float(p_uncond)
         self.uncond_mode = uncond_mode
         cls = ResidualMLPDenoiser if backbone == "mlp" else GeneTransformerDenoiser
