@@ -68,6 +68,7 @@ def log(msg: str) -> None:
 
 
 def run_setting(name: str, mean_range: tuple[float, float], args: argparse.Namespace, net: dict) -> dict[str, Any]:
+    import scvi
     from scipy.stats import wasserstein_distance
 
     import countsdiff_sc as cds
@@ -85,6 +86,7 @@ def run_setting(name: str, mean_range: tuple[float, float], args: argparse.Names
     for label, schedule in [("CountsDiff", "cosine"), ("CountsDiff (Blackout)", "blackout")]:
         key = schedule
         t0 = time.perf_counter()
+        scvi.settings.seed = args.seed  # same initial weights and training batches on every run
         cds.CountsDiffModel.setup_anndata(train)
         model = cds.CountsDiffModel(train, backbone_kwargs=net, schedule=schedule)
         model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",

@@ -34,7 +34,7 @@ def run_demo(
     out: str | Path = "countsdiff_demo.h5ad",
     max_steps: int = 3000,
     n_samples: int = 5,
-    n_steps: int = 20,
+    n_steps: int = 50,
     mask_rate: float = 0.5,
     n_generate: int = 200,
     seed: int = 0,
