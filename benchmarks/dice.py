@@ -352,6 +352,51 @@ def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -
     return out
 
 
+def run_cbmc_splits(quick: bool, seed: int, n_splits: int) -> dict[str, Any]:
+    """PCA vs DICE on several stratified reference / query splits, Leiden with several seeds: the spread of the
+    ARI / NMI comparison that one split and one clustering seed hide."""
+    import countsdiff_sc as cds
+    from countsdiff_sc.model import DICEModel
+
+    adata = cds.datasets.cbmc()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    steps, n_iter = (1500, 50) if quick else (6000, 100)
+    leiden_seeds = range(2 if quick else 4)
+    resolutions = np.round(np.arange(0.1, 2.01, 0.1), 2)
+    rows = []
+    for split in range(n_splits):
+        is_query = np.zeros(adata.n_obs, dtype=bool)
+        is_query[stratified_query(labels, 1000, seed + split)] = True
+        ref, query = adata[~is_query].copy(), adata[is_query].copy()
+        q_lab = labels[is_query]
+        DICEModel.setup_anndata(ref, labels_key="cell_type")
+        model = DICEModel(ref, n_latent=25)
+        model.train(max_steps=steps, batch_size=256, check_val_every_n_epoch=5, **TRAINER)
+        reps = {"PCA": model.project(query, key_added=None),
+                "DICE": model.embed(query, n_iter=n_iter, rho=(5.0, 0.5), n_chains=10, seed=seed, progress=False)[0]}
+        for name, x in reps.items():
+            for ls in leiden_seeds:
+                res = leiden_sweep(x, q_lab, resolutions, ls)
+                rows.append({"split": split, "leiden_seed": ls, "embedding": name, "ARI": res["ARI"],
+                             "NMI": res["NMI"]})
+            mine = [r for r in rows if r["split"] == split and r["embedding"] == name]
+            log(f"cbmc split {split} {name}: ARI {np.mean([r['ARI'] for r in mine]):.3f}, "
+                f"NMI {np.mean([r['NMI'] for r in mine]):.3f}")
+    out: dict[str, Any] = {"n_splits": n_splits, "n_leiden_seeds": len(leiden_seeds), "train_steps": steps,
+                           "n_iter": n_iter, "rows": rows, "summary": {}}
+    for name in ("PCA", "DICE"):
+        for metric in ("ARI", "NMI"):
+            v = np.array([r[metric] for r in rows if r["embedding"] == name])
+            out["summary"][f"{name}_{metric}"] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)),
+                                                  "n": int(v.size)}
+    for metric in ("ARI", "NMI"):
+        d = np.array([r[metric] for r in rows if r["embedding"] == "DICE"]) - np.array(
+            [r[metric] for r in rows if r["embedding"] == "PCA"])
+        out["summary"][f"DICE_minus_PCA_{metric}"] = {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(
+            d.size)), "n": int(d.size), "wins": int(np.sum(d > 0)), "ties": int(np.sum(d == 0))}
+    return out
+
+
 # ---------------------------------------------------------------------- timing
 def run_timing(quick: bool, seed: int, cache: dict, threads: list[int]) -> dict[str, Any]:
     import countsdiff_sc as cds
@@ -444,6 +489,20 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         for name, m in c["paper_citeseq_table2"].items():
             lines.append(f"| {name} | {m['ARI']} | {m['NMI']} | {m['cLISI']} |")
         lines += ["", f"![CBMC UMAP]({c['figure']})", ""]
+    if "cbmc_splits" in results:
+        cs = results["cbmc_splits"]
+        sm = cs["summary"]
+        lines += ["### (b2) Spread over query splits and clustering seeds", "",
+                  f"{cs['n_splits']} stratified reference / query splits (1000 query cells each), a DICE prior trained "
+                  f"per split ({cs['train_steps']} steps), {cs['n_leiden_seeds']} Leiden seeds per embedding; same "
+                  "protocol as (b). Mean (sd) over the split x seed runs, and the paired difference DICE - PCA "
+                  "(mean, s.e., runs where DICE is higher / equal).", "",
+                  "| metric | PCA | DICE | DICE - PCA | DICE higher / equal / runs |", "|---|---|---|---|---|"]
+        for metric in ("ARI", "NMI"):
+            p, d, df = sm[f"PCA_{metric}"], sm[f"DICE_{metric}"], sm[f"DICE_minus_PCA_{metric}"]
+            lines.append(f"| {metric} | {fmt(p['mean'])} ({fmt(p['sd'])}) | {fmt(d['mean'])} ({fmt(d['sd'])}) | "
+                         f"{df['mean']:+.3f} ({df['se']:.3f}) | {df['wins']} / {df['ties']} / {df['n']} |")
+        lines.append("")
     if "confidence" in results:
         cf = results["confidence"]
         lines += ["## (c) Confidence sets (paper Fig. 2)", "",
@@ -471,8 +530,11 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced sizes for a fast run")
-    parser.add_argument("--parts", default="synthetic,confidence,cbmc,timing",
-                        help="comma-separated subset of synthetic, confidence, cbmc, timing")
+    parser.add_argument("--parts", default="synthetic,confidence,cbmc,cbmc_splits,timing",
+                        help="comma-separated subset of synthetic, confidence, cbmc, cbmc_splits, timing")
+    parser.add_argument("--n-splits", type=int, default=3, help="query splits of the cbmc_splits part")
+    parser.add_argument("--merge", action="store_true",
+                        help="update the parts run in an existing results JSON instead of replacing it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--timing-threads", default="1,2", help="thread counts for the timing part")
@@ -487,6 +549,10 @@ def main() -> None:
     t0 = time.perf_counter()
     results: dict[str, Any] = {"quick": args.quick, "seed": args.seed, "machine": platform.platform(),
                                "cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__}
+    if args.merge and stem.with_suffix(".json").exists():
+        previous = json.loads(stem.with_suffix(".json").read_text())
+        results = {**previous, **{k: v for k, v in results.items() if k not in ("machine", "cpus")}}
+        t0 -= previous.get("total_seconds", 0.0)
     cache: dict[str, Any] = {}
     if "synthetic" in parts:
         results["synthetic"] = run_synthetic(args.quick, args.seed, cache, stem)
@@ -494,6 +560,8 @@ def main() -> None:
         results["confidence"] = run_confidence(args.quick, args.seed, cache, stem)
     if "cbmc" in parts:
         results["cbmc"] = run_cbmc(args.quick, args.seed, cache, with_scvi=not args.no_scvi, stem=stem)
+    if "cbmc_splits" in parts:
+        results["cbmc_splits"] = run_cbmc_splits(args.quick, args.seed, args.n_splits)
     if "timing" in parts:
         results["timing"] = run_timing(args.quick, args.seed, cache,
                                        [int(t) for t in args.timing_threads.split(",") if t])

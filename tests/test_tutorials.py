@@ -65,7 +65,11 @@ def test_tutorial_runs_in_small_mode(path: Path, tmp_path: Path, monkeypatch: py
     workdir.mkdir()
     km = _kernel_manager(tmp_path / "kernels")
     client = NotebookClient(nb, km=km, timeout=600, resources={"metadata": {"path": str(workdir)}})
-    client.execute()  # raises CellExecutionError with the failing cell and its traceback
+    try:
+        client.execute(cleanup_kc=True)  # raises CellExecutionError with the failing cell and its traceback
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
 
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.get("execution_count") for c in code_cells), "some code cells were not executed"

@@ -48,8 +48,13 @@ def finish(
     save: str | Path | bool | None,
     return_fig: bool,
     name: str,
+    user_ax: bool = False,
 ) -> Figure | Axes | list[Axes] | None:
-    """Apply the save / show / return_fig convention described in :mod:`countsdiff_sc.pl`."""
+    """Apply the save / show / return_fig convention described in :mod:`countsdiff_sc.pl`.
+
+    With ``show=None`` the figure is shown only when the function created it on an interactive backend: a plot
+    drawn into axes the caller passed (``user_ax``) is part of the caller's figure, which the caller shows.
+    """
     if save:
         path = Path(f"{name}.png") if save is True else Path(save)
         if not path.suffix:
@@ -59,7 +64,7 @@ def finish(
     if return_fig:
         return fig
     if show is None:
-        show = _interactive_backend()
+        show = _interactive_backend() and not user_ax
     if show:
         plt.show()
         return None

@@ -119,4 +119,5 @@ def dice_uncertainty(
     axs[1].set_xlabel(f"uncertainty \u2016{std_key}\u2016")
     axs[1].set_ylabel("cells")
     fig.tight_layout()
-    return finish(fig, axs, show=show, save=save, return_fig=return_fig, name="dice_uncertainty")
+    return finish(fig, axs, show=show, save=save, return_fig=return_fig, name="dice_uncertainty",
+                  user_ax=ax is not None)

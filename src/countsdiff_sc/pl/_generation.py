@@ -112,7 +112,8 @@ def real_vs_generated_umap(
         a.set_xlabel("UMAP1")
         a.set_ylabel("UMAP2")
     fig.tight_layout()
-    return finish(fig, axs, show=show, save=save, return_fig=return_fig, name="real_vs_generated_umap")
+    return finish(fig, axs, show=show, save=save, return_fig=return_fig, name="real_vs_generated_umap",
+                  user_ax=ax is not None)
 
 
 def _pca_fit(x: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +249,8 @@ def interpolation_trajectory(
     a.set_ylabel(f"distance to centroid ({comps.shape[1]} PCs)")
     a.set_title(f"{pair['source_label']} \u2192 {pair['target_label']}", fontsize="medium")
     a.legend(fontsize="small", frameon=False)
-    return finish(fig, [a], show=show, save=save, return_fig=return_fig, name="interpolation_trajectory")
+    return finish(fig, [a], show=show, save=save, return_fig=return_fig, name="interpolation_trajectory",
+                  user_ax=ax is not None)
 
 
 def _summary(d: np.ndarray, band: str) -> tuple[float, float, float]:

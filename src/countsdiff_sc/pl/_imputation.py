@@ -107,7 +107,8 @@ def imputed_vs_true(
     a.set_xlabel(f"true ({scale}{true_name})")
     a.set_ylabel(f"imputed ({scale}{layer})")
     a.set_title(f"RMSE {err:.3g}, Spearman {rho:.3f} ({n:,} held-out entries)", fontsize="medium")
-    return finish(fig, [a], show=show, save=save, return_fig=return_fig, name="imputed_vs_true")
+    return finish(fig, [a], show=show, save=save, return_fig=return_fig, name="imputed_vs_true",
+                  user_ax=ax is not None)
 
 
 _STATS = ("zero_fraction", "mean", "variance")
@@ -207,4 +208,5 @@ def gene_calibration(
     a.set_ylabel(f"{pred_name or default_name}: {label}")
     a.set_title(f"{label} per gene (r = {r:.3f}, {len(xs)} genes)", fontsize="medium")
     a.set_aspect("equal", adjustable="box")
-    return finish(fig, [a], show=show, save=save, return_fig=return_fig, name="gene_calibration")
+    return finish(fig, [a], show=show, save=save, return_fig=return_fig, name="gene_calibration",
+                  user_ax=ax is not None)

@@ -196,4 +196,5 @@ def metric_bars(
         axs[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize="small", title=group)
     if panels:
         fig.tight_layout()
-    return finish(fig, axs, show=show, save=save, return_fig=return_fig, name="metric_bars")
+    return finish(fig, axs, show=show, save=save, return_fig=return_fig, name="metric_bars",
+                  user_ax=ax is not None)
