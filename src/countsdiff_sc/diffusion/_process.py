@@ -240,7 +240,15 @@ def reverse_step(
     p_t = torch.as_tensor(p_t, dtype=torch.float32, device=x_t.device)
     p_s = torch.as_tensor(p_s, dtype=torch.float32, device=x_t.device)
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x_t.device)
-    beta = (p_s - (1.0 - sigma) * p_t) / (1.0 - p_t).clamp_min(1e-12)
-    births_pool = random_round(y_hat, generator) if rounding else y_hat.clamp_min(0.0)
+    beta = ((p_s - (1.0 - sigma) * p_t) / (1.0 - p_t).clamp_min(1e-12)).clamp(0.0, 1.0)
     survivors = x_t if not bool((sigma > 0).any()) else binomial(x_t, 1.0 - sigma, generator)
-    return survivors + binomial(births_pool, beta, generator)
+    if not rounding:
+        return survivors + binomial(y_hat.clamp_min(0.0), beta, generator)
+    # Binomial(random_round(y), beta) drawn without materialising the rounded pool: with y = m + f (m integer,
+    # 0 <= f < 1), random_round(y) = m + B with B ~ Bernoulli(f), and Binomial(m + B, beta) = Binomial(m, beta) +
+    # B * Bernoulli(beta), whose second term is Bernoulli(f * beta). Same distribution, but the binomial kernel (the
+    # costliest op of a step on sparse data) only sees the integer parts, which are mostly zero.
+    y = y_hat.clamp_min(0.0)
+    whole = torch.floor(y)
+    u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+    return survivors + binomial(whole, beta, generator) + (u < (y - whole) * beta).to(y.dtype)
