@@ -108,6 +108,11 @@ def main() -> None:
         methods["Mean"] = "mean_imputed"
         baselines.impute_conditional_mean(data, "cell_type", reference=train, valid_layer="countsdiff_valid")
         methods["Conditional mean"] = "conditional_mean_imputed"
+        t0 = time.perf_counter()
+        baselines.impute_knn(data, reference=train, valid_layer="countsdiff_valid", n_neighbors=15, n_pcs=30,
+                             seed=args.seed)
+        timings[f"{regime} knn_s"] = time.perf_counter() - t0
+        methods["kNN (k=15, 30 PCs)"] = "knn_imputed"
         if not args.no_scvi:
             t0 = time.perf_counter()
             res = baselines.impute_scvi(data, train, labels_key=None, max_epochs=scvi_epochs, seed=args.seed,

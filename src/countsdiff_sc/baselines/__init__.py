@@ -12,6 +12,7 @@ of ``CountsDiffModel.sample`` (``fit`` then ``sample`` returning an AnnData of i
 from __future__ import annotations
 
 from ._gaussian_ddpm import GaussianDDPMGenerator
+from ._knn import impute_knn
 from ._magic import impute_magic
 from ._scvi import SCVIImputation, impute_scvi
 from ._simple import impute_conditional_mean, impute_mean, impute_zero
@@ -20,6 +21,7 @@ __all__ = [
     "GaussianDDPMGenerator",
     "SCVIImputation",
     "impute_conditional_mean",
+    "impute_knn",
     "impute_magic",
     "impute_mean",
     "impute_scvi",
