@@ -54,7 +54,7 @@ def dice_uncertainty(
     ax
         Two Axes to draw into (embedding, histogram); None creates a figure.
     show
-        Call ``plt.show()``; None shows only with an interactive backend.
+        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
     save
         File to write the figure to (True: ``dice_uncertainty.png``).
     return_fig

@@ -60,7 +60,7 @@ def real_vs_generated_umap(
     ax
         Axes to draw into: one per panel (two with ``color``); None creates a figure.
     show
-        Call ``plt.show()``; None shows only with an interactive backend.
+        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
     save
         File to write the figure to (True: ``real_vs_generated_umap.png``).
     return_fig
@@ -174,7 +174,7 @@ def interpolation_trajectory(
     ax
         Axes to draw into; None creates a figure.
     show
-        Call ``plt.show()``; None shows only with an interactive backend.
+        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
     save
         File to write the figure to (True: ``interpolation_trajectory.png``).
     return_fig

@@ -66,7 +66,7 @@ def imputed_vs_true(
     ax
         Axes to draw into; None creates a figure.
     show
-        Call ``plt.show()``; None shows only with an interactive backend.
+        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
     save
         File to write the figure to (True: ``imputed_vs_true.png``).
     return_fig
@@ -165,7 +165,7 @@ def gene_calibration(
     ax
         Axes to draw into; None creates a figure.
     show
-        Call ``plt.show()``; None shows only with an interactive backend.
+        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
     save
         File to write the figure to (True: ``gene_calibration.png``).
     return_fig

@@ -112,7 +112,7 @@ def metric_bars(
     ax
         Axes to draw into: one Axes (``panels=False``) or one per metric; None creates a figure.
     show
-        Call ``plt.show()``; None shows only with an interactive backend.
+        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
     save
         File to write the figure to (True: ``metric_bars.png``).
     return_fig
