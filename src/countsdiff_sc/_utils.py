@@ -67,6 +67,11 @@ def is_backed_matrix(x: Any) -> bool:
     return isinstance(x, (h5py.Dataset, CSRDataset, CSCDataset))
 
 
+def rows_per_block(n_cols: int, budget: int = 2**20) -> int:
+    """Rows of a block of about ``budget`` entries (at least 64) for :func:`iter_row_blocks`."""
+    return max(64, int(budget) // max(1, int(n_cols)))
+
+
 def iter_row_blocks(x: Any, block_size: int = 8192) -> Iterator[tuple[int, Any]]:
     """Yield ``(start, x[start:start + block_size])`` over the rows of a dense, sparse or backed matrix.
 

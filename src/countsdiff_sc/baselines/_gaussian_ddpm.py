@@ -301,8 +301,7 @@ class GaussianDDPMGenerator:
                 y0 = data[idx]
                 t = torch.randint(1, T + 1, (bs,), generator=gen)
                 eps = torch.randn(y0.shape, generator=gen)
-                ab = abar[t][:, None]
-                y_t = ab.sqrt() * y0 + (1.0 - ab).sqrt() * eps
+                y_t = self.diffusion.q_sample(y0, t, eps)
                 cat_b = drop = None
                 if codes is not None:
                     cat_b = codes[idx]
@@ -438,18 +437,8 @@ class GaussianDDPMGenerator:
 
             y = torch.randn((m, n_genes), generator=gen)
             for t, s in itertools.pairwise(self.diffusion.timesteps(T, n_steps)):
-                eps = eps_fn(y, t)
-                if clip_x0:
-                    x0 = self.diffusion.predict_x0(y, t, eps).clamp(lo, hi)
-                    mean, post_var = self.diffusion.q_posterior(x0, y, t, s)
-                    if s == 0:
-                        y = mean
-                        continue
-                    b = 1.0 - float(self.diffusion.alpha_bars[t] / self.diffusion.alpha_bars[s])
-                    var = b if variance == "beta" else float(post_var)
-                    y = mean + math.sqrt(var) * torch.randn(y.shape, generator=gen)
-                else:
-                    y = self.diffusion.p_step(y, t, s, eps, variance=variance, generator=gen)
+                y = self.diffusion.p_step(y, t, s, eps_fn(y, t), variance=variance, generator=gen,
+                                          clip_x0=(lo, hi) if clip_x0 else None)
             out.append(y.numpy())
         y = np.concatenate(out, axis=0).astype(np.float64) * self.std_ + self.mean_
         counts = self.to_counts(y, self.max_log_)

@@ -152,7 +152,7 @@ def impute_knn(
                 stacklevel=2,
             )
             k_eff = n_candidates
-        idx = _neighbours(ref_emb, q_emb, ref_rows, query, k_eff)
+        idx = _neighbours(ref_emb, q_emb, ref_rows, query, k_eff, drop_self=bool(in_pool.any()))
 
         # 4. mean of the normalised neighbour values over neighbours observing the gene.
         rel = np.where(ref_observed, ref_x / ref_lib[:, None], 0.0)
@@ -196,11 +196,14 @@ def impute_knn(
     return write_output(adata, inputs, estimate, key_added, params)
 
 
-def _neighbours(ref_emb: np.ndarray, q_emb: np.ndarray, ref_rows: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
-    """Indices (into the reference) of the ``k`` nearest reference cells of each query cell, self excluded."""
+def _neighbours(
+    ref_emb: np.ndarray, q_emb: np.ndarray, ref_rows: np.ndarray, query: np.ndarray, k: int, drop_self: bool
+) -> np.ndarray:
+    """Indices (into the reference) of the ``k`` nearest reference cells of each query cell, self excluded
+    (``drop_self``: some query cells are reference cells, so one extra candidate is searched)."""
     from sklearn.neighbors import NearestNeighbors
 
-    extra = 1 if np.isin(query, ref_rows).any() else 0
+    extra = 1 if drop_self else 0
     nn = NearestNeighbors(n_neighbors=min(k + extra, ref_emb.shape[0]), algorithm="brute")
     nn.fit(ref_emb)
     _, idx = nn.kneighbors(q_emb)

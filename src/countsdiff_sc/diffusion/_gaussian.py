@@ -256,6 +256,7 @@ class GaussianDiffusion:
         eps: torch.Tensor,
         variance: Literal["beta", "posterior"] = "beta",
         generator: torch.Generator | None = None,
+        clip_x0: tuple[torch.Tensor | float, torch.Tensor | float] | None = None,
     ) -> torch.Tensor:
         """One ancestral step from ``t`` to ``s < t`` (Eq. 7; for ``s < t - 1`` a respaced DDPM step).
 
@@ -279,6 +280,9 @@ class GaussianDiffusion:
             ``"beta"`` or ``"posterior"``.
         generator
             Torch random generator for the noise.
+        clip_x0
+            Optional ``(low, high)`` bounds (numbers or tensors broadcastable to ``x_t``): the mean is then the
+            posterior mean of :meth:`q_posterior` at the clipped ``predict_x0(x_t, t, eps)``.
 
         Returns
         -------
@@ -299,7 +303,11 @@ class GaussianDiffusion:
         ab_t, ab_s = float(self.alpha_bars[t]), float(self.alpha_bars[s])
         a = ab_t / ab_s
         b = 1.0 - a
-        mean = (x_t - (b / math.sqrt(1.0 - ab_t)) * eps) / math.sqrt(a)
+        if clip_x0 is None:
+            mean = (x_t - (b / math.sqrt(1.0 - ab_t)) * eps) / math.sqrt(a)
+        else:
+            x0 = self.predict_x0(x_t, t, eps).clamp(*clip_x0)
+            mean = self.q_posterior(x0, x_t, t, s)[0]
         if s == 0:
             return mean
         var = b if variance == "beta" else b * (1.0 - ab_s) / (1.0 - ab_t)

@@ -37,6 +37,7 @@ from countsdiff_sc._utils import (
     get_matrix,
     iter_row_blocks,
     record_params,
+    rows_per_block,
     to_dense,
 )
 from countsdiff_sc.diffusion import ATTRITION_KINDS, PSchedule, generate, repaint, thin, time_grid
@@ -329,7 +330,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         n = np.zeros(x.shape[1])
         s1 = np.zeros(x.shape[1])
         s2 = np.zeros(x.shape[1])
-        for start, block in iter_row_blocks(x, max(64, 2**20 // max(1, x.shape[1]))):
+        for start, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
             xb = to_dense(block, np.float64)
             if w_all is None:
                 n += xb.shape[0]
@@ -1050,7 +1051,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         # the outputs are the only arrays of size n_obs x n_vars (besides the boolean mask / validity layer);
         # a backed count matrix is read in blocks of rows
         imputed = np.empty(adata.shape, dtype=np.float32)
-        for start, block in iter_row_blocks(x_all, max(64, 2**20 // max(1, adata.n_vars))):
+        for start, block in iter_row_blocks(x_all, rows_per_block(adata.n_vars)):
             imputed[start : start + block.shape[0]] = to_dense(block, np.float32)
         samples = None
         if store_samples:
