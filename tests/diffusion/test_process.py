@@ -112,6 +112,20 @@ def test_repaint_with_oracle_keeps_marginals_and_observed_entries():
     assert min(pvals) > 1e-3 / len(pvals)
 
 
+def test_repaint_observed_entries_follow_one_forward_path():
+    # Without attrition the observed entries only gain molecules from step to step (a forward path read backwards),
+    # unlike independent redraws Binomial(x_obs, p(s)), which fall back often; their marginals are checked above.
+    schedule = CosineSchedule()
+    x0 = torch.full((4000, 2), 12.0)
+    target = torch.tensor([True, False]).expand_as(x0)
+    states = []
+    out = repaint(lambda x, t: x0 - x, x0, target, schedule, n_steps=8, generator=torch.Generator().manual_seed(2),
+                  callback=lambda k, t, s, x: states.append(x[:, 1].clone()))
+    steps = torch.stack(states)
+    assert bool((steps.diff(dim=0) >= 0).all())
+    assert bool((steps <= 12).all()) and torch.equal(out, x0)
+
+
 def test_repaint_resampling_rewinds_only_to_window_start():
     schedule = CosineSchedule()
     x0 = torch.full((2000, 3), 20.0)

@@ -131,9 +131,13 @@ def repaint(
 ) -> torch.Tensor:
     """RePaint imputation with the count reverse process (paper Sec. 3.6; Lugmayr et al. 2022, Algorithm 1).
 
-    Entries where ``target`` is True follow the reverse step (Prop. 3.2); every other entry is reset after each
-    step to a fresh draw ``Binomial(x_obs, p(s))`` of the noised ground truth, so at ``s = 0`` it equals ``x_obs``
-    exactly.
+    Entries where ``target`` is True follow the reverse step (Prop. 3.2) driven by the network's rate; every other
+    entry follows the same step driven by its known missing count ``y = x_obs - x_t``. That is the exact posterior
+    ``q(x_s | x_t, x_0 = x_obs)`` of the forward process, so an observed entry is ``Binomial(x_obs, p(s))`` at
+    every step (RePaint's "known" draw, Lugmayr et al. 2022, Eq. 8) and equals ``x_obs`` exactly at ``s = 0``.
+    RePaint redraws the known part independently at each step; here it is one forward path traversed backwards,
+    which has the same marginal at every step, keeps the observed entries from jittering between steps and lets
+    one binomial draw per step serve both kinds of entries (the known draw used to cost more than the step itself).
 
     RePaint resampling (``resample_iters > 1``) splits the grid into windows of ``resample_jump`` transitions.
     Each window is run ``resample_iters`` times; between runs the state is re-noised from the window's end ``b``
@@ -179,11 +183,8 @@ def repaint(
     n_trans = len(grid) - 1
     device, n = x_obs.device, x_obs.shape[0]
 
-    def observed_at(p: torch.Tensor) -> torch.Tensor:
-        return binomial(x_obs, p, generator)
-
     # Start at t = 1: observed entries thinned to p(1) (all zeros for schedules with p(1) = 0), targets empty.
-    x = torch.where(target, torch.zeros_like(x_obs), observed_at(_sched(schedule, float(grid[0]), device)))
+    x = torch.where(target, torch.zeros_like(x_obs), binomial(x_obs, _sched(schedule, float(grid[0]), device), generator))
     window_starts = range(0, n_trans, jump) if resample_iters > 1 else [0]
     bar = tqdm(total=n_trans * resample_iters, desc="repaint", disable=not progress, leave=False)
     for a in window_starts:
@@ -194,14 +195,16 @@ def repaint(
                 p_t, p_s = _sched(schedule, t, device), _sched(schedule, s, device)
                 y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=device))
                 sigma = attrition_rate(attrition, eta, p_t, p_s, dt=t - s)
-                x_s = reverse_step(x, y_hat, p_t, p_s, sigma, generator)
-                x = torch.where(target, x_s, observed_at(p_s))
+                # observed entries: the oracle rate x_obs - x_t (an integer, so the fused rounding leaves it alone)
+                x = reverse_step(x, torch.where(target, y_hat, x_obs - x), p_t, p_s, sigma, generator)
                 if callback is not None:
                     callback(k, t, s, x)
                 bar.update(1)
             if r < resample_iters - 1:
                 p_a = _sched(schedule, float(grid[a]), device)
                 p_b = _sched(schedule, float(grid[b]), device)
-                x = torch.where(target, binomial(x, p_a / p_b.clamp_min(1e-30), generator), observed_at(p_a))
+                # forward thinning from t_b back to t_a (Eq. 5), for observed entries too: x_b ~ Binomial(x_obs, p_b)
+                # thinned by p_a / p_b is Binomial(x_obs, p_a)
+                x = binomial(x, p_a / p_b.clamp_min(1e-30), generator)
     bar.close()
     return x
