@@ -1,0 +1,139 @@
+"""The compiled CPU binomial kernels against the exact pmf (chi-square), with a negative control, determinism,
+independence from the thread split and safety in a forked process."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from countsdiff_sc.diffusion import binomial
+from countsdiff_sc.diffusion._binomial_cpu import INVERSION_MAX_MEAN, binomial_cpu, rounded_binomial_cpu
+
+N_DRAWS = 100_000
+
+
+def _gof_pvalue(samples: np.ndarray, pmf: np.ndarray) -> float:
+    """Chi-square goodness of fit of integer samples to ``pmf`` (support 0..len(pmf)-1), bins merged to >= 5."""
+    samples = samples.astype(np.int64)
+    if samples.min() < 0 or samples.max() >= len(pmf):
+        return 0.0
+    expected = pmf * samples.size
+    observed = np.bincount(samples, minlength=len(pmf)).astype(float)
+    obs_bins, exp_bins, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(observed, expected, strict=True):
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 5:
+            obs_bins.append(acc_o)
+            exp_bins.append(acc_e)
+            acc_o, acc_e = 0.0, 0.0
+    if obs_bins:
+        obs_bins[-1] += acc_o
+        exp_bins[-1] += acc_e
+    if len(obs_bins) < 2:
+        return 1.0
+    return float(stats.chisquare(obs_bins, exp_bins).pvalue)
+
+
+# small means (inversion), p > 1/2 (inversion of 1 - p), means beyond INVERSION_MAX_MEAN (torch fallback)
+CASES = [(1, 0.3), (3, 0.05), (7, 0.5), (20, 0.9), (60, 0.1), (300, 0.02), (200, 0.3), (1000, 0.999), (90, 0.97)]
+
+
+def test_binomial_matches_the_pmf():
+    gen = torch.Generator().manual_seed(0)
+    pvals = []
+    for n, p in CASES:
+        x = binomial_cpu(torch.full((N_DRAWS,), float(n)), torch.tensor(p, dtype=torch.float32), gen).numpy()
+        pvals.append(_gof_pvalue(x, stats.binom.pmf(np.arange(n + 1), n, np.float32(p))))
+    assert min(pvals) > 1e-3 / len(CASES), pvals
+    # both code paths were exercised
+    assert any(n * min(p, 1 - p) >= INVERSION_MAX_MEAN for n, p in CASES)
+
+
+def test_gof_test_rejects_a_wrong_probability():
+    # negative control: draws with p = 0.105 are rejected as Binomial(20, 0.1)
+    x = binomial_cpu(torch.full((N_DRAWS,), 20.0), torch.tensor(0.105), torch.Generator().manual_seed(1)).numpy()
+    assert _gof_pvalue(x, stats.binom.pmf(np.arange(21), 20, 0.1)) < 1e-6
+
+
+def test_binomial_per_entry_probabilities_and_trivial_cases():
+    gen = torch.Generator().manual_seed(2)
+    probs = torch.tensor([[0.0], [1.0], [0.2], [0.8]])  # one probability per row, as in thin()
+    count = torch.tensor([[5.0, 0.0, 12.0]]).expand(4, 3).repeat(N_DRAWS // 4, 1)
+    p = probs.repeat(N_DRAWS // 4, 1)
+    x = binomial(count, p, gen)
+    assert torch.equal(x[0::4], torch.zeros_like(x[0::4]))
+    assert torch.equal(x[1::4], count[1::4])
+    assert bool((x[:, 1] == 0).all())
+    for row, prob in ((2, 0.2), (3, 0.8)):
+        draws = x[row::4, 2].numpy()
+        assert _gof_pvalue(draws, stats.binom.pmf(np.arange(13), 12, np.float32(prob))) > 1e-4
+
+
+@pytest.mark.parametrize("y, beta", [(0.4, 0.3), (2.7, 0.2), (6.25, 0.85), (120.5, 0.5), (3.0, 0.4)])
+def test_rounded_binomial_is_the_rounding_mixture(y, beta):
+    # Binomial(random_round(y), beta): P = (1 - f) Bin(m, beta) + f Bin(m + 1, beta) with m = floor y, f = frac y
+    m, f = int(np.floor(y)), y - np.floor(y)
+    b = np.float32(beta)
+    support = np.arange(m + 2)
+    pmf = (1 - f) * stats.binom.pmf(support, m, b) + f * stats.binom.pmf(support, m + 1, b)
+    x = rounded_binomial_cpu(torch.full((N_DRAWS,), y), torch.tensor(beta), torch.Generator().manual_seed(3)).numpy()
+    assert _gof_pvalue(x, pmf) > 1e-4
+    # negative control: the same test rejects rounding to the nearest integer
+    wrong = binomial_cpu(torch.full((N_DRAWS,), float(round(y))), torch.tensor(beta), torch.Generator().manual_seed(3))
+    if f > 0.2:
+        assert _gof_pvalue(wrong.numpy(), pmf) < 1e-6
+
+
+def test_rounded_binomial_edge_probabilities_and_negative_input():
+    y = torch.tensor([-1.0, 0.0, 3.0, 4.5] * 1000)
+    assert torch.equal(rounded_binomial_cpu(y, torch.tensor(0.0)), torch.zeros_like(y))
+    full = rounded_binomial_cpu(y, torch.tensor(1.0), torch.Generator().manual_seed(4))
+    assert torch.equal(full[0::4], torch.zeros(1000)) and torch.equal(full[2::4], torch.full((1000,), 3.0))
+    assert set(full[3::4].tolist()) == {4.0, 5.0}
+
+
+def test_draws_are_reproducible_and_independent_of_the_thread_split():
+    count = torch.randint(0, 30, (600, 1000)).float()  # large enough to be split over threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = binomial_cpu(count, torch.tensor(0.3), torch.Generator().manual_seed(5))
+        r_a = rounded_binomial_cpu(count + 0.5, torch.tensor(0.3), torch.Generator().manual_seed(5))
+        torch.set_num_threads(1)
+        b = binomial_cpu(count, torch.tensor(0.3), torch.Generator().manual_seed(5))
+        r_b = rounded_binomial_cpu(count + 0.5, torch.tensor(0.3), torch.Generator().manual_seed(5))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a, b) and torch.equal(r_a, r_b)
+    c = binomial_cpu(count, torch.tensor(0.3), torch.Generator().manual_seed(6))
+    assert not torch.equal(a, c)
+    # the global torch seed is honoured without a generator
+    torch.manual_seed(7)
+    d = binomial_cpu(count, torch.tensor(0.3))
+    torch.manual_seed(7)
+    assert torch.equal(d, binomial_cpu(count, torch.tensor(0.3)))
+
+
+def _child(queue) -> None:
+    torch.set_num_threads(1)
+    x = torch.full((300_000,), 5.0)
+    queue.put((float(binomial_cpu(x, torch.tensor(0.5)).mean()), float(rounded_binomial_cpu(x, torch.tensor(0.5)).mean())))
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+def test_kernels_work_in_a_process_forked_after_use():
+    binomial_cpu(torch.full((300_000,), 5.0), torch.tensor(0.5))  # threaded launch in the parent first
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue,))
+    proc.start()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("the binomial kernels hung in a forked child")
+    means = queue.get(timeout=5)
+    assert abs(means[0] - 2.5) < 0.05 and abs(means[1] - 2.5) < 0.05
