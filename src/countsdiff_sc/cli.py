@@ -76,7 +76,7 @@ def _cmd_impute(args: argparse.Namespace) -> None:
     model = _load_model(args.model)
     model.impute(adata, mask_layer=args.mask_layer, n_samples=args.n_samples, n_steps=args.n_steps,
                  guidance=args.guidance, attrition=args.attrition, seed=args.seed, key_added=args.key_added,
-                 store_samples=not args.no_samples, progress=not args.quiet)
+                 store_samples=not args.no_samples, precision=args.precision, progress=not args.quiet)
     _write(adata, args.out)
 
 
@@ -88,7 +88,8 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         if args.n is not None:
             labels = [labels[i % len(labels)] for i in range(args.n)]
     gen = model.sample(n_samples=args.n, labels=labels, n_steps=args.n_steps, guidance=args.guidance,
-                       attrition=args.attrition, seed=args.seed, progress=not args.quiet)
+                       attrition=args.attrition, seed=args.seed, precision=args.precision,
+                       progress=not args.quiet)
     _write(gen, args.out)
 
 
@@ -175,6 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=0.5)
     p.add_argument("--attrition", type=float, default=0.02)
     p.add_argument("--no-samples", action="store_true", help="do not store the draws in obsm")
+    p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
+                   help="network precision (bf16 / 16 for GPUs; default 32)")
     common(p)
     p.set_defaults(func=_cmd_impute)
 
@@ -186,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--attrition", type=float, default=0.0)
+    p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
+                   help="network precision (bf16 / 16 for GPUs; default 32)")
     common(p)
     p.set_defaults(func=_cmd_sample)
 

@@ -221,3 +221,34 @@ def test_setup_mudata():
     assert list(gen.var_names) == list(rna.var_names)
     with pytest.raises(ValueError, match="modalities"):
         cds.CountsDiffModel.setup_mudata(mdata)
+
+
+def test_reduced_precision_rates_and_paths(trained):
+    adata, model = trained
+    module = model.module.eval()
+    x = torch.from_numpy(adata.X[:64].toarray()).float()
+    t = torch.full((64,), 0.5)
+    cat = torch.zeros(64, 2, dtype=torch.long)
+    rate = lambda x_, t_: module.rate(x_, t_, cat, guidance=1.5)  # noqa: E731
+    full = rate(x, t)
+    half = cds.diffusion.with_precision(rate, "bf16", "cpu")(x, t)
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    rel = ((half - full).abs() / full.clamp_min(1e-3)).median()
+    assert float(rel) < 0.05, f"bf16 rates differ from float32 by a median {float(rel):.3f}"
+    assert not torch.equal(half, full)  # the network did run in bfloat16
+    assert cds.diffusion.with_precision(rate, "32", "cpu") is rate
+    gen = model.sample(n_samples=20, labels="type_0", n_steps=4, seed=0, precision="bf16", progress=False)
+    counts = gen.X.toarray()
+    assert np.array_equal(counts, np.round(counts)) and (counts >= 0).all()
+    bdata = adata.copy()
+    mask = np.zeros(bdata.shape, dtype=bool)
+    mask[:50, ::3] = True
+    bdata.layers["countsdiff_mask"] = mask & bdata.layers["valid"]
+    imputed, _ = model.impute(bdata, n_samples=2, n_steps=4, seed=0, precision="bf16", progress=False,
+                              store_samples=False)
+    np.testing.assert_array_equal(imputed[~mask], bdata.X.toarray()[~mask])
+    with pytest.raises(ValueError, match="needs a GPU"):
+        model.sample(n_samples=2, labels="type_0", n_steps=2, precision="16", progress=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model.impute(bdata, n_samples=1, n_steps=2, precision="8", progress=False, key_added="p8")
+    assert "p8" not in bdata.layers

@@ -28,7 +28,7 @@ from ._process import (
     sigma_max,
     thin,
 )
-from ._sampling import RateFn, StepCallback, generate, repaint, time_grid
+from ._sampling import PRECISIONS, RateFn, StepCallback, generate, repaint, time_grid, with_precision
 from ._schedules import (
     BlackoutSchedule,
     CosineSchedule,
@@ -42,6 +42,7 @@ from ._weights import LOSS_WEIGHTINGS, loss_weight, resolve_loss_weighting
 __all__ = [
     "ATTRITION_KINDS",
     "LOSS_WEIGHTINGS",
+    "PRECISIONS",
     "RHO_SCHEDULES",
     "BlackoutSchedule",
     "CosineSchedule",
@@ -73,4 +74,5 @@ __all__ = [
     "split_gibbs",
     "thin",
     "time_grid",
+    "with_precision",
 ]

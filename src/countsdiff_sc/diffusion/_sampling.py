@@ -16,10 +16,50 @@ from tqdm.auto import tqdm
 from ._process import attrition_rate, binomial, reverse_step
 from ._schedules import PSchedule
 
-__all__ = ["RateFn", "StepCallback", "generate", "repaint", "time_grid"]
+__all__ = ["PRECISIONS", "RateFn", "StepCallback", "generate", "repaint", "time_grid", "with_precision"]
 
 RateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, float, float, torch.Tensor], None]
+
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def with_precision(rate_fn: RateFn, precision: str, device: torch.device | str) -> RateFn:
+    """Run a rate function's network in reduced precision (``torch.autocast``), returning float32 rates.
+
+    Only the network runs in ``bfloat16`` / ``float16`` (matrix products; autocast keeps softplus, logs and
+    reductions in float32); the state, the guidance mix and the binomial draws stay in float32, so counts stay
+    exact integers. Reduced precision pays off on GPUs with tensor cores; on CPU only ``"bf16"`` is accepted.
+
+    Parameters
+    ----------
+    rate_fn
+        ``rate_fn(x_t, t) -> y_hat``.
+    precision
+        ``"32"`` (unchanged), ``"bf16"`` or ``"16"`` (float16, GPU only).
+    device
+        Device the network runs on.
+
+    Returns
+    -------
+    A rate function with the same signature.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}.")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return rate_fn
+    device_type = torch.device(device).type
+    if dtype is torch.float16 and device_type == "cpu":
+        raise ValueError("precision='16' (float16) needs a GPU; use precision='bf16' on CPU.")
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            y = rate_fn(x, t)
+        return y.float()
+
+    return fn
 
 
 def time_grid(n_steps: int, schedule: PSchedule | None = None, t_start: float = 1.0) -> torch.Tensor:

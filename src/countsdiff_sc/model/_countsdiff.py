@@ -40,7 +40,7 @@ from countsdiff_sc._utils import (
     rows_per_block,
     to_dense,
 )
-from countsdiff_sc.diffusion import ATTRITION_KINDS, PSchedule, generate, repaint, thin, time_grid
+from countsdiff_sc.diffusion import ATTRITION_KINDS, PSchedule, generate, repaint, thin, time_grid, with_precision
 from countsdiff_sc.module import CONDITION_KEY, VALID_KEY, CountsDiffModule, DiffusionTrainingPlan
 
 from ._training import DiffusionTrainingMixin
@@ -602,6 +602,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         attrition_kind: Literal["rescale", "cap", "constant", "none"] = "rescale",
         seed: int | None = None,
         batch_size: int = 1024,
+        precision: Literal["32", "bf16", "16"] = "32",
         progress: bool = True,
     ) -> ad.AnnData:
         """Generate cells (paper Algorithm 2), conditioned on labels / covariates or unconditionally.
@@ -642,6 +643,9 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             Random seed; the same seed gives the same cells on the same device.
         batch_size
             Cells generated at once.
+        precision
+            ``"32"`` (default), ``"bf16"`` or ``"16"``: run the network under ``torch.autocast`` in that precision
+            (the draws stay exact float32 counts); for GPUs with tensor cores. ``"16"`` needs a GPU.
         progress
             Show a progress bar.
 
@@ -695,7 +699,8 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
                     return self.module.rate(x, t)
                 return self.module.rate(x, t, cat_b, cont_b, guidance=strengths)
 
-            x = generate(rate_fn, (sl.stop - sl.start, self.module.n_genes), self.module.schedule, n_steps,
+            x = generate(with_precision(rate_fn, precision, device), (sl.stop - sl.start, self.module.n_genes),
+                         self.module.schedule, n_steps,
                          attrition_kind, attrition, generator=gen, device=device,
                          progress=progress and n_batches == 1)
             out.append(x.cpu().numpy())
@@ -724,6 +729,7 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         n_cells: int | None = None,
         seed: int | None = None,
         batch_size: int = 1024,
+        precision: Literal["32", "bf16", "16"] = "32",
         progress: bool = True,
     ) -> ad.AnnData:
         """Move real cells of one label towards another along a path of mixed conditional rates.
@@ -769,6 +775,9 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             Random seed; the same seed gives the same cells on the same device (and ``batch_size``).
         batch_size
             Rows (cells times weights) generated at once.
+        precision
+            ``"32"`` (default), ``"bf16"`` or ``"16"``: run the network under ``torch.autocast`` in that precision
+            (the draws stay exact float32 counts); for GPUs with tensor cores. ``"16"`` needs a GPU.
         progress
             Show a progress bar.
 
@@ -881,7 +890,8 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             def rate_fn(x, t, variants=variants, coefs=coefs):
                 return self.module.mixed_rate(x, t, variants, coefs)
 
-            x = generate(rate_fn, (m, self.module.n_genes), schedule, n_steps, attrition_kind, attrition,
+            x = generate(with_precision(rate_fn, precision, device), (m, self.module.n_genes), schedule, n_steps,
+                         attrition_kind, attrition,
                          x_start=rows_x[sl], t_start=t0, generator=gen, device=device,
                          progress=progress and n_batches == 1)
             out.append(x.cpu().numpy())
@@ -931,12 +941,14 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
         key_added: str = "countsdiff_imputed",
         samples_key: str = "countsdiff_samples",
         store_samples: bool = True,
+        precision: Literal["32", "bf16", "16"] = "32",
         progress: bool = True,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Impute held-out entries with RePaint (paper Sec. 3.6), drawing ``n_samples`` imputations per cell.
 
-        Masked entries follow the reverse process; every other entry is re-drawn at each step as
-        ``Binomial(x_obs, p(s))``, the noised ground truth. Entries marked invalid in the registered
+        Masked entries follow the reverse process driven by the network; every other entry follows the same step
+        driven by its known missing count ``x_obs - x_t``, so it is ``Binomial(x_obs, p(s))`` (the noised ground
+        truth) at every step and ``x_obs`` at the end. Entries marked invalid in the registered
         ``valid_layer`` (suspected dropouts) are never imputed nor scored: they enter the network exactly as
         during training (as the zeros they are for the MLP; masked out as keys for the transformer). Only cells
         with at least one masked entry are processed.
@@ -981,6 +993,9 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             Store the draws (memory: 4 bytes x n_obs x n_samples x n_vars); set False for large data. Without
             them, memory beyond the inputs is the float32 output (4 bytes per entry), the dense boolean mask (and
             validity layer; 1 byte per entry) and a working set bounded by ``batch_size``.
+        precision
+            ``"32"`` (default), ``"bf16"`` or ``"16"``: run the network under ``torch.autocast`` in that precision
+            (the draws stay exact float32 counts); for GPUs with tensor cores. ``"16"`` needs a GPU.
         progress
             Show a progress bar.
 
@@ -1074,7 +1089,8 @@ class CountsDiffModel(DiffusionTrainingMixin, BaseModelClass):
             def rate_fn(x, t, cat_b=cat_b, cont_b=cont_b, valid_b=valid_b):
                 return self.module.rate(x, t, cat_b, cont_b, valid=valid_b, guidance=strengths)
 
-            draws = repaint(rate_fn, x_obs, target, self.module.schedule, n_steps, attrition_kind, attrition,
+            draws = repaint(with_precision(rate_fn, precision, device), x_obs, target, self.module.schedule, n_steps,
+                            attrition_kind, attrition,
                             resample_jump, resample_iters, generator=gen)
             draws = draws.cpu().numpy().reshape(len(idx), n_draws, -1)
             est = draws.mean(axis=1) if point_estimate == "mean" else np.median(draws, axis=1)
