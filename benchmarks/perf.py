@@ -21,7 +21,8 @@ the resident set size at that moment. The numbers are:
 Headline numbers are ratios to scVI. Usage::
 
     python benchmarks/perf.py --quick      # about 2 minutes
-    python benchmarks/perf.py              # full run (about 25 minutes on 2 CPU cores)
+    python benchmarks/perf.py              # full run (about 8 minutes on 2 CPU cores)
+    python benchmarks/perf.py --device cuda --precision bf16   # on a GPU (writes perf_cuda_bf16.md)
 
 Writes ``benchmarks/results/perf[_quick].md`` and ``.json``.
 """
@@ -60,7 +61,16 @@ def _status_kb(field: str) -> float:
 class _PeakMemory:
     """Peak RSS growth (MiB) of the enclosed block: VmHWM is reset on entry (Linux >= 4.0)."""
 
+    def __init__(self, device: str = "cpu"):
+        self.cuda = device == "cuda"
+
     def __enter__(self) -> _PeakMemory:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.gpu0 = torch.cuda.memory_allocated()
         try:
             Path("/proc/self/clear_refs").write_text("5")
             self.exact = True
@@ -71,6 +81,12 @@ class _PeakMemory:
 
     def __exit__(self, *exc) -> None:
         self.delta_mib = max(0.0, _status_kb("VmHWM") - self.rss0) / 1024
+        self.gpu_mib = float("nan")
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            self.gpu_mib = (torch.cuda.max_memory_allocated() - self.gpu0) / 2**20
 
 
 def _data(n_cells: int, n_genes: int, seed: int = 0):
@@ -123,32 +139,43 @@ def _train_task(spec: dict) -> dict:
 
     adata = _data(spec["n_cells"], spec["n_genes"])
     timer = StepTimer()
-    common = {"max_steps": warmup + steps, "batch_size": BATCH, "train_size": 1.0, "accelerator": "cpu",
+    accelerator = "gpu" if spec.get("device") == "cuda" else "cpu"
+    common = {"max_steps": warmup + steps, "batch_size": BATCH, "train_size": 1.0, "accelerator": accelerator,
               "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "callbacks": [timer],
               "logger": False, "enable_checkpointing": False}
     model = _scvi(adata) if spec["model"] == "scvi" else _countsdiff(adata, spec["model"])
-    with _PeakMemory() as mem:
+    with _PeakMemory(spec.get("device", "cpu")) as mem:
         if spec["model"] == "scvi":
             model.train(max_epochs=10**6, early_stopping=False, **common)
         else:
             model.train(**common)
     s_per_step = (timer.t1 - timer.t0) / steps
     return {"s_per_step": s_per_step, "cells_per_s": BATCH / s_per_step,
-            "epoch_s": int(np.ceil(adata.n_obs / BATCH)) * s_per_step, "peak_mib": mem.delta_mib}
+            "epoch_s": int(np.ceil(adata.n_obs / BATCH)) * s_per_step, "peak_mib": mem.delta_mib,
+            "gpu_peak_mib": mem.gpu_mib}
 
 
 class _Clock:
-    """Wraps a callable and accumulates the wall time spent in it."""
+    """Wraps a callable and accumulates the wall time spent in it (synchronising the GPU around it on CUDA)."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, device: str = "cpu"):
         self.fn, self.seconds, self.calls = fn, 0.0, 0
+        self.sync = _cuda_sync if device == "cuda" else (lambda: None)
 
     def __call__(self, *args, **kwargs):
+        self.sync()
         t0 = time.perf_counter()
         out = self.fn(*args, **kwargs)
+        self.sync()
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         return out
+
+
+def _cuda_sync() -> None:
+    import torch
+
+    torch.cuda.synchronize()
 
 
 def _impute_task(spec: dict) -> dict:
@@ -158,12 +185,15 @@ def _impute_task(spec: dict) -> dict:
     adata = _data(spec["n_cells"], spec["n_genes"])
     cds.pp.mask_mcar(adata, rate=0.5, seed=0)
     model = _countsdiff(adata, spec["model"])
-    rate = model.module.rate = _Clock(model.module.rate)  # instance attribute shadows the method
-    loop = cd_mod.repaint = _Clock(cd_mod.repaint)
+    device = spec.get("device", "cpu")
+    model.to_device(device)
+    rate = model.module.rate = _Clock(model.module.rate, device)  # instance attribute shadows the method
+    loop = cd_mod.repaint = _Clock(cd_mod.repaint, device)
     t0 = time.perf_counter()
-    with _PeakMemory() as mem:
+    with _PeakMemory(device) as mem:
         model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], store_samples=spec["store_samples"],
-                     batch_size=spec.get("batch_size", 2048), seed=0, progress=False)
+                     batch_size=spec.get("batch_size", 2048), seed=0, precision=spec.get("precision", "32"),
+                     progress=False)
     total = time.perf_counter() - t0
     n_draws = adata.n_obs * spec["n_samples"]
     outputs_mib = adata.n_obs * adata.n_vars * (4 + 1) / 2**20  # float32 point estimate + boolean mask
@@ -173,6 +203,7 @@ def _impute_task(spec: dict) -> dict:
     return {"total_s": total, "cells_per_s_per_draw": n_draws / total * spec["n_steps"] / 20,
             "network_frac": rate.seconds / total, "sampler_rest_frac": (loop.seconds - rate.seconds) / total,
             "impute_overhead_frac": (total - loop.seconds) / total, "peak_mib": mem.delta_mib,
+            "gpu_peak_mib": mem.gpu_mib,
             "outputs_mib": outputs_mib, "rate_calls": rate.calls}
 
 
@@ -181,27 +212,31 @@ def _sample_task(spec: dict) -> dict:
 
     adata = _data(max(spec["n_cells"], 1000), spec["n_genes"])
     model = _countsdiff(adata, spec["model"])
-    rate = model.module.rate = _Clock(model.module.rate)
-    loop = cd_mod.generate = _Clock(cd_mod.generate)
+    device = spec.get("device", "cpu")
+    model.to_device(device)
+    rate = model.module.rate = _Clock(model.module.rate, device)
+    loop = cd_mod.generate = _Clock(cd_mod.generate, device)
     labels = list(np.random.default_rng(0).choice(adata.obs["cell_type"].astype(str), spec["n_cells"]))
     t0 = time.perf_counter()
-    with _PeakMemory() as mem:
-        model.sample(labels=labels, n_steps=spec["n_steps"], guidance=1.0, seed=0, progress=False)
+    with _PeakMemory(device) as mem:
+        model.sample(labels=labels, n_steps=spec["n_steps"], guidance=1.0, seed=0,
+                     precision=spec.get("precision", "32"), progress=False)
     total = time.perf_counter() - t0
     return {"total_s": total, "cells_per_s": spec["n_cells"] / total, "network_frac": rate.seconds / total,
             "sampler_rest_frac": (loop.seconds - rate.seconds) / total,
-            "overhead_frac": (total - loop.seconds) / total, "peak_mib": mem.delta_mib}
+            "overhead_frac": (total - loop.seconds) / total, "peak_mib": mem.delta_mib, "gpu_peak_mib": mem.gpu_mib}
 
 
 def _scvi_ppc_task(spec: dict) -> dict:
     adata = _data(spec["n_cells"], spec["n_genes"])
     model = _scvi(adata)
     model.is_trained_ = True  # cost does not depend on the weights
+    model.to_device(spec.get("device", "cpu"))
     t0 = time.perf_counter()
-    with _PeakMemory() as mem:
+    with _PeakMemory(spec.get("device", "cpu")) as mem:
         model.posterior_predictive_sample(adata, n_samples=1, batch_size=BATCH)
     total = time.perf_counter() - t0
-    return {"total_s": total, "cells_per_s": adata.n_obs / total, "peak_mib": mem.delta_mib}
+    return {"total_s": total, "cells_per_s": adata.n_obs / total, "peak_mib": mem.delta_mib, "gpu_peak_mib": mem.gpu_mib}
 
 
 TASKS = {"train": _train_task, "impute": _impute_task, "sample": _sample_task, "scvi_ppc": _scvi_ppc_task}
@@ -254,7 +289,7 @@ def _run(spec: dict, timeout: float) -> dict:
 
 
 def _plan(quick: bool) -> list[dict]:
-    """The measurements; sizes chosen so the full run fits in about 25 minutes on 2 cores.
+    """The measurements; sizes chosen so the full run fits in about 10 minutes on 2 cores (8 in the last run).
 
     The transformer attends over all genes (memory and time quadratic in n_genes): about 7 s per training step
     and 2.7 GiB at 500 genes and batch 256 on one core, so it is measured at 500 genes only.
@@ -321,8 +356,8 @@ def _tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
         samp = samp.assign(**{"ratio to scVI ppc": samp["cells/s (per draw)"].to_numpy()
                               / ppc.reindex(samp.n_genes).to_numpy()})
         cols = ["task", "model", "n_cells", "n_genes", "n_steps", "cells/s (per draw)", "ratio to scVI ppc",
-                "network_frac", "sampler_rest_frac", "peak_mib"]
-        tables["Sampling and imputation"] = samp[[c for c in cols if c in samp.columns]]
+                "network_frac", "sampler_rest_frac", "peak_mib", "gpu_peak_mib"]
+        tables["Sampling and imputation"] = samp[[c for c in cols if c in samp.columns and samp[c].notna().any()]]
         split = samp[samp.task.isin(["impute", "sample"])].copy()
         split["bookkeeping_frac"] = split.get("impute_overhead_frac").fillna(split.get("overhead_frac"))
         split["rest / network"] = split.sampler_rest_frac / split.network_frac
@@ -375,7 +410,9 @@ def _header(args: argparse.Namespace, elapsed: float) -> list[str]:
     except (OSError, StopIteration):
         pass
     return [f"# Performance benchmark ({'quick' if args.quick else 'full'} mode)", "",
-            f"- machine: {cpu}, {os.cpu_count()} logical CPUs visible; torch {torch.__version__}, CPU only",
+            f"- machine: {cpu}, {os.cpu_count()} logical CPUs visible; torch {torch.__version__}, "
+            + (f"GPU: {torch.cuda.get_device_name(0)}, precision {args.precision}" if args.device == "cuda"
+               else "CPU only"),
             f"- threads per measurement: {args.threads} (OMP / MKL / torch); every measurement in a fresh subprocess",
             f"- countsdiff-sc {cds.__version__}; batch size {BATCH}; total time {elapsed / 60:.1f} min",
             "- data: CBMC (8,617 cells x 500 genes) resampled with replacement to n_cells; n_genes > 500 by "
@@ -391,13 +428,17 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes, about 2 minutes")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
     p.add_argument("--timeout", type=float, default=240.0, help="seconds per measurement before it is skipped")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where models run (default cpu)")
+    p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
+                   help="network precision of imputation and generation (default 32)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         _worker(json.loads(args.worker))
         return
     t0 = time.perf_counter()
-    rows = [_run({**spec, "threads": args.threads}, args.timeout) for spec in _plan(args.quick)]
+    rows = [_run({**spec, "threads": args.threads, "device": args.device, "precision": args.precision}, args.timeout)
+            for spec in _plan(args.quick)]
     elapsed = time.perf_counter() - t0
     tables = _tables(rows)
     lines = _header(args, elapsed) + _headline(tables, rows)
@@ -413,7 +454,8 @@ def main() -> None:
         lines += ["## Skipped", ""] + [f"- {r['task']} {r.get('model')} {r['n_cells']} x {r['n_genes']}: "
                                        f"{r['error']}" for r in errors] + [""]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / ("perf_quick" if args.quick else "perf")
+    stem = RESULTS / (("perf_quick" if args.quick else "perf") + ("" if args.device == "cpu" else
+                                                                   f"_{args.device}_{args.precision}"))
     stem.with_suffix(".md").write_text("\n".join(lines))
     stem.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "elapsed_s": elapsed, "rows": rows},
                                                     indent=1, default=float))

@@ -11,7 +11,13 @@ import torch
 from scipy import stats
 
 from countsdiff_sc.diffusion import binomial
-from countsdiff_sc.diffusion._binomial_cpu import INVERSION_MAX_MEAN, binomial_cpu, rounded_binomial_cpu
+from countsdiff_sc.diffusion._process import _rounded_binomial_torch
+from countsdiff_sc.diffusion._binomial_cpu import (
+    INVERSION_MAX_MEAN,
+    binomial_cpu,
+    reverse_step_cpu,
+    rounded_binomial_cpu,
+)
 
 N_DRAWS = 100_000
 
@@ -73,14 +79,17 @@ def test_binomial_per_entry_probabilities_and_trivial_cases():
         assert _gof_pvalue(draws, stats.binom.pmf(np.arange(13), 12, np.float32(prob))) > 1e-4
 
 
+@pytest.mark.parametrize("path", ["kernel", "torch"])
 @pytest.mark.parametrize("y, beta", [(0.4, 0.3), (2.7, 0.2), (6.25, 0.85), (120.5, 0.5), (3.0, 0.4)])
-def test_rounded_binomial_is_the_rounding_mixture(y, beta):
+def test_rounded_binomial_is_the_rounding_mixture(y, beta, path):
+    # "torch" is the GPU path (torch.binomial + a Bernoulli), run here on CPU
     # Binomial(random_round(y), beta): P = (1 - f) Bin(m, beta) + f Bin(m + 1, beta) with m = floor y, f = frac y
     m, f = int(np.floor(y)), y - np.floor(y)
     b = np.float32(beta)
     support = np.arange(m + 2)
     pmf = (1 - f) * stats.binom.pmf(support, m, b) + f * stats.binom.pmf(support, m + 1, b)
-    x = rounded_binomial_cpu(torch.full((N_DRAWS,), y), torch.tensor(beta), torch.Generator().manual_seed(3)).numpy()
+    draw = rounded_binomial_cpu if path == "kernel" else _rounded_binomial_torch
+    x = draw(torch.full((N_DRAWS,), y), torch.tensor(beta), torch.Generator().manual_seed(3)).numpy()
     assert _gof_pvalue(x, pmf) > 1e-4
     # negative control: the same test rejects rounding to the nearest integer
     wrong = binomial_cpu(torch.full((N_DRAWS,), float(round(y))), torch.tensor(beta), torch.Generator().manual_seed(3))
@@ -137,3 +146,22 @@ def test_kernels_work_in_a_process_forked_after_use():
         pytest.fail("the binomial kernels hung in a forked child")
     means = queue.get(timeout=5)
     assert abs(means[0] - 2.5) < 0.05 and abs(means[1] - 2.5) < 0.05
+
+
+@pytest.mark.parametrize("n, sigma, y, beta", [(6, 0.1, 2.5, 0.3), (9, 0.7, 0.3, 0.9), (150, 0.5, 4.2, 0.2),
+                                               (4, 0.0, 80.6, 0.6), (5, 1.0, 1.5, 1.0)])
+def test_fused_reverse_step_matches_the_convolution(n, sigma, y, beta):
+    # x_s = Binomial(n, 1 - sigma) + Binomial(random_round(y), beta): the pmf is the convolution of the survivors'
+    # binomial and the rounding mixture (cases: flipped death probability, large means redrawn by torch, edges)
+    m, f = int(np.floor(y)), y - np.floor(y)
+    b, keep = np.float32(beta), np.float32(1.0 - sigma)
+    births = (1 - f) * stats.binom.pmf(np.arange(m + 2), m, b) + f * stats.binom.pmf(np.arange(m + 2), m + 1, b)
+    pmf = np.convolve(stats.binom.pmf(np.arange(n + 1), n, keep), births)
+    x = reverse_step_cpu(torch.full((N_DRAWS,), float(n)), torch.full((N_DRAWS,), y), sigma, beta,
+                         torch.Generator().manual_seed(8)).numpy()
+    assert _gof_pvalue(x, pmf) > 1e-4
+    # negative control: ignoring the deaths is rejected whenever they matter
+    if 0 < sigma < 1:
+        no_deaths = reverse_step_cpu(torch.full((N_DRAWS,), float(n)), torch.full((N_DRAWS,), y), 0.0, beta,
+                                     torch.Generator().manual_seed(8)).numpy()
+        assert _gof_pvalue(no_deaths, pmf) < 1e-6

@@ -27,7 +27,7 @@ import torch
 INVERSION_MAX_MEAN = 40.0
 _MIN_ENTRIES_PER_THREAD = 1 << 17
 
-__all__ = ["INVERSION_MAX_MEAN", "binomial_cpu", "rounded_binomial_cpu"]
+__all__ = ["INVERSION_MAX_MEAN", "binomial_cpu", "reverse_step_cpu", "rounded_binomial_cpu"]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -89,32 +89,53 @@ def _binomial_kernel(count, prob, seed, out, start, stop):
     return n_big
 
 
+@numba.njit(inline="always", cache=True)
+def _coefs(p):
+    # inversion constants of Binomial(., p) for a probability shared by all entries: q = min(p, 1 - p),
+    # log(1 - q), q / (1 - q) and whether p was flipped
+    q = min(p, 1.0 - p)
+    if q <= 0.0:
+        return q, 0.0, 0.0, q != p
+    return q, np.log1p(-q), q / (1.0 - q), q != p
+
+
 @numba.njit(cache=True, nogil=True)
-def _rounded_kernel(y, beta, seed, out, start, stop):
-    # Binomial(random_round(y), beta) = Binomial(floor y, beta) + Bernoulli(frac(y) beta): two uniforms per entry
-    # (counters 2i and 2i + 1). A large-mean entry is returned as -1 - Bernoulli; the caller adds torch's draw of
-    # its floor part.
-    b = np.float64(beta[0])
-    q = min(b, 1.0 - b)
-    flip = q != b
-    log1m_q = np.log1p(-q) if q > 0.0 else 0.0
-    ratio = q / (1.0 - q) if q > 0.0 else 0.0
+def _step_kernel(x, y, params, seed, out, start, stop):
+    # One reverse step (Prop. 3.2) per entry, three uniforms each (counters 3i, 3i + 1, 3i + 2):
+    #   x_s = (x_t - Binomial(x_t, sigma)) + Binomial(floor y, beta) + Bernoulli(frac(y) beta),
+    # the last two terms being Binomial(random_round(y), beta) without materialising the rounded pool. An entry
+    # with a mean too large for inversion is left as -1 for the caller to redraw with torch.
+    sigma, b = params[0], params[1]
+    qs, log1m_qs, ratio_s, flip_s = _coefs(sigma)
+    qb, log1m_qb, ratio_b, flip_b = _coefs(b)
     n_big = 0
     for i in range(start, stop):
+        n = np.float64(x[i])
+        survivors = n
+        if n > 0.0 and sigma > 0.0:
+            if sigma >= 1.0:
+                survivors = 0.0
+            else:
+                d = _invert(n, qs, np.exp(n * log1m_qs), ratio_s, _uniform(seed, 3 * i))
+                if d < 0.0:
+                    out[i] = -1.0
+                    n_big += 1
+                    continue
+                survivors = d if flip_s else n - d  # deaths are d, or n - d when 1 - sigma was inverted
         v = max(np.float64(y[i]), 0.0)
         whole = np.floor(v)
-        extra = 1.0 if _uniform(seed, 2 * i + 1) < (v - whole) * b else 0.0
-        if whole == 0.0 or b <= 0.0:
-            out[i] = extra
-        elif b >= 1.0:
-            out[i] = whole + extra
-        else:
-            k = _invert(whole, q, np.exp(whole * log1m_q), ratio, _uniform(seed, 2 * i))
-            if k < 0.0:
-                out[i] = -1.0 - extra
-                n_big += 1
+        births = 1.0 if _uniform(seed, 3 * i + 2) < (v - whole) * b else 0.0
+        if whole > 0.0 and b > 0.0:
+            if b >= 1.0:
+                births += whole
             else:
-                out[i] = (whole - k if flip else k) + extra
+                k = _invert(whole, qb, np.exp(whole * log1m_qb), ratio_b, _uniform(seed, 3 * i + 1))
+                if k < 0.0:
+                    out[i] = -1.0
+                    n_big += 1
+                    continue
+                births += whole - k if flip_b else k
+        out[i] = survivors + births
     return n_big
 
 
@@ -173,32 +194,54 @@ def binomial_cpu(count: torch.Tensor, prob: torch.Tensor, generator: torch.Gener
     return torch.from_numpy(out).reshape(count.shape)
 
 
-def rounded_binomial_cpu(y: torch.Tensor, beta: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``Binomial(random_round(max(y, 0)), beta)`` for a float32 CPU tensor ``y`` and one probability ``beta``.
+def reverse_step_cpu(
+    x_t: torch.Tensor,
+    y_hat: torch.Tensor,
+    sigma: float,
+    beta: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One reverse step ``Binomial(x_t, 1 - sigma) + Binomial(random_round(max(y_hat, 0)), beta)`` on CPU tensors.
 
-    Same distribution as rounding first (paper Sec. 3.5) and thinning after, without materialising the rounded
-    pool: ``Binomial(floor y, beta) + Bernoulli(frac(y) beta)``.
+    The death draw, the random rounding (paper Sec. 3.5) and the birth draw of Prop. 3.2 in one pass:
+    ``Binomial(random_round(y), beta) = Binomial(floor y, beta) + Bernoulli(frac(y) beta)`` in distribution, so
+    the rounded pool is never materialised. Entries whose draws have a large mean are redrawn with torch.
 
     Parameters
     ----------
-    y
-        Float32 CPU tensor (negative entries count as 0).
-    beta
-        Scalar probability in ``[0, 1]``.
+    x_t
+        Float32 CPU tensor of current counts (non-negative integers).
+    y_hat
+        Float32 CPU tensor of rates, shaped like ``x_t`` (negative entries count as 0).
+    sigma, beta
+        Death and birth probabilities in ``[0, 1]``, shared by all entries.
     generator
         Optional torch generator.
 
     Returns
     -------
-    Float32 tensor shaped like ``y``.
+    Float32 tensor ``x_s`` shaped like ``x_t``.
     """
-    v = np.ascontiguousarray(y.detach().numpy().reshape(-1), dtype=np.float32)
-    b = np.asarray([float(beta)], dtype=np.float32)
+    x = np.ascontiguousarray(x_t.detach().numpy().reshape(-1), dtype=np.float32)
+    v = np.ascontiguousarray(y_hat.detach().numpy().reshape(-1), dtype=np.float32)
+    if x.shape != v.shape:
+        raise ValueError(f"x_t and y_hat must have the same shape, got {tuple(x_t.shape)} and {tuple(y_hat.shape)}.")
+    sigma, beta = min(max(float(sigma), 0.0), 1.0), min(max(float(beta), 0.0), 1.0)
     out = np.empty_like(v)
-    if _launch(_rounded_kernel, v, b, _seed(generator), out):
-        # large means: the floor part from torch's sampler; the Bernoulli part is already in -1 - out
+    if _launch(_step_kernel, x, v, np.asarray([sigma, beta]), _seed(generator), out):
+        # large means: redraw those entries (deaths and births) with torch's sampler
         idx = np.flatnonzero(out < 0)
-        whole = torch.from_numpy(np.floor(v[idx]))
-        draw = torch.binomial(whole, torch.full_like(whole, float(b[0])), generator=generator).numpy()
-        out[idx] = draw + (-1.0 - out[idx])
-    return torch.from_numpy(out).reshape(y.shape)
+        n = torch.from_numpy(x[idx])
+        survivors = torch.binomial(n, torch.full_like(n, 1.0 - sigma), generator=generator) if sigma > 0 else n
+        y = torch.from_numpy(v[idx]).clamp_min(0.0)
+        whole = torch.floor(y)
+        u = torch.rand(y.shape, generator=generator, dtype=y.dtype)
+        births = torch.binomial(whole, torch.full_like(whole, beta), generator=generator) + (u < (y - whole) * beta)
+        out[idx] = (survivors + births).numpy()
+    return torch.from_numpy(out).reshape(x_t.shape)
+
+
+def rounded_binomial_cpu(y: torch.Tensor, beta: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``Binomial(random_round(max(y, 0)), beta)`` for a float32 CPU tensor ``y`` and one probability ``beta``
+    (:func:`reverse_step_cpu` from an empty state)."""
+    return reverse_step_cpu(torch.zeros_like(y), y, 0.0, float(beta), generator)

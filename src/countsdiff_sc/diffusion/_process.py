@@ -250,6 +250,12 @@ def reverse_step(
     p_s = torch.as_tensor(p_s, dtype=torch.float32, device=x_t.device)
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x_t.device)
     beta = ((p_s - (1.0 - sigma) * p_t) / (1.0 - p_t).clamp_min(1e-12)).clamp(0.0, 1.0)
+    if x_t.device.type == "cpu" and beta.numel() == 1 and sigma.numel() == 1 and x_t.numel() > 0:
+        # compiled kernel: deaths, rounding and births in one pass (same distribution; see _binomial_cpu)
+        from ._binomial_cpu import reverse_step_cpu
+
+        return reverse_step_cpu(x_t.to(torch.float32), y_hat.to(torch.float32).expand_as(x_t), float(sigma),
+                                float(beta), generator)
     survivors = x_t if not bool((sigma > 0).any()) else binomial(x_t, 1.0 - sigma, generator)
     if not rounding:
         return survivors + binomial(y_hat.clamp_min(0.0), beta, generator)
@@ -257,11 +263,16 @@ def reverse_step(
     # 0 <= f < 1), random_round(y) = m + B with B ~ Bernoulli(f), and Binomial(m + B, beta) = Binomial(m, beta) +
     # B * Bernoulli(beta), whose second term is Bernoulli(f * beta). Same distribution, but the binomial kernel (the
     # costliest op of a step on sparse data) only sees the integer parts, which are mostly zero.
-    if y_hat.device.type == "cpu" and beta.numel() == 1 and y_hat.numel() > 0:
-        from ._binomial_cpu import rounded_binomial_cpu
+    return survivors + _rounded_binomial_torch(y_hat, beta, generator)
 
-        return survivors + rounded_binomial_cpu(y_hat.to(torch.float32), beta, generator)
+
+def _rounded_binomial_torch(
+    y_hat: torch.Tensor, beta: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``Binomial(random_round(max(y_hat, 0)), beta)`` with torch ops (any device, any shape of ``beta``): the
+    path of GPUs, where ``torch.binomial`` runs in parallel."""
     y = y_hat.clamp_min(0.0)
     whole = torch.floor(y)
     u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-    return survivors + binomial(whole, beta, generator) + (u < (y - whole) * beta).to(y.dtype)
+    prob = beta.to(y.dtype).expand_as(whole).contiguous()
+    return torch.binomial(whole, prob, generator=generator) + (u < (y - whole) * beta).to(y.dtype)
