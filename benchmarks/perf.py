@@ -236,7 +236,8 @@ def _scvi_ppc_task(spec: dict) -> dict:
     with _PeakMemory(spec.get("device", "cpu")) as mem:
         model.posterior_predictive_sample(adata, n_samples=1, batch_size=BATCH)
     total = time.perf_counter() - t0
-    return {"total_s": total, "cells_per_s": adata.n_obs / total, "peak_mib": mem.delta_mib, "gpu_peak_mib": mem.gpu_mib}
+    return {"total_s": total, "cells_per_s": adata.n_obs / total, "peak_mib": mem.delta_mib,
+            "gpu_peak_mib": mem.gpu_mib}
 
 
 TASKS = {"train": _train_task, "impute": _impute_task, "sample": _sample_task, "scvi_ppc": _scvi_ppc_task}

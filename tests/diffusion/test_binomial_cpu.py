@@ -11,37 +11,17 @@ import torch
 from scipy import stats
 
 from countsdiff_sc.diffusion import binomial
-from countsdiff_sc.diffusion._process import _rounded_binomial_torch
 from countsdiff_sc.diffusion._binomial_cpu import (
     INVERSION_MAX_MEAN,
     binomial_cpu,
     reverse_step_cpu,
     rounded_binomial_cpu,
 )
+from countsdiff_sc.diffusion._process import _rounded_binomial_torch
+
+from ._gof import gof_pvalue
 
 N_DRAWS = 100_000
-
-
-def _gof_pvalue(samples: np.ndarray, pmf: np.ndarray) -> float:
-    """Chi-square goodness of fit of integer samples to ``pmf`` (support 0..len(pmf)-1), bins merged to >= 5."""
-    samples = samples.astype(np.int64)
-    if samples.min() < 0 or samples.max() >= len(pmf):
-        return 0.0
-    expected = pmf * samples.size
-    observed = np.bincount(samples, minlength=len(pmf)).astype(float)
-    obs_bins, exp_bins, acc_o, acc_e = [], [], 0.0, 0.0
-    for o, e in zip(observed, expected, strict=True):
-        acc_o, acc_e = acc_o + o, acc_e + e
-        if acc_e >= 5:
-            obs_bins.append(acc_o)
-            exp_bins.append(acc_e)
-            acc_o, acc_e = 0.0, 0.0
-    if obs_bins:
-        obs_bins[-1] += acc_o
-        exp_bins[-1] += acc_e
-    if len(obs_bins) < 2:
-        return 1.0
-    return float(stats.chisquare(obs_bins, exp_bins).pvalue)
 
 
 # small means (inversion), p > 1/2 (inversion of 1 - p), means beyond INVERSION_MAX_MEAN (torch fallback)
@@ -53,7 +33,7 @@ def test_binomial_matches_the_pmf():
     pvals = []
     for n, p in CASES:
         x = binomial_cpu(torch.full((N_DRAWS,), float(n)), torch.tensor(p, dtype=torch.float32), gen).numpy()
-        pvals.append(_gof_pvalue(x, stats.binom.pmf(np.arange(n + 1), n, np.float32(p))))
+        pvals.append(gof_pvalue(x, stats.binom.pmf(np.arange(n + 1), n, np.float32(p))))
     assert min(pvals) > 1e-3 / len(CASES), pvals
     # both code paths were exercised
     assert any(n * min(p, 1 - p) >= INVERSION_MAX_MEAN for n, p in CASES)
@@ -62,7 +42,7 @@ def test_binomial_matches_the_pmf():
 def test_gof_test_rejects_a_wrong_probability():
     # negative control: draws with p = 0.105 are rejected as Binomial(20, 0.1)
     x = binomial_cpu(torch.full((N_DRAWS,), 20.0), torch.tensor(0.105), torch.Generator().manual_seed(1)).numpy()
-    assert _gof_pvalue(x, stats.binom.pmf(np.arange(21), 20, 0.1)) < 1e-6
+    assert gof_pvalue(x, stats.binom.pmf(np.arange(21), 20, 0.1)) < 1e-6
 
 
 def test_binomial_per_entry_probabilities_and_trivial_cases():
@@ -76,7 +56,7 @@ def test_binomial_per_entry_probabilities_and_trivial_cases():
     assert bool((x[:, 1] == 0).all())
     for row, prob in ((2, 0.2), (3, 0.8)):
         draws = x[row::4, 2].numpy()
-        assert _gof_pvalue(draws, stats.binom.pmf(np.arange(13), 12, np.float32(prob))) > 1e-4
+        assert gof_pvalue(draws, stats.binom.pmf(np.arange(13), 12, np.float32(prob))) > 1e-4
 
 
 @pytest.mark.parametrize("path", ["kernel", "torch"])
@@ -90,11 +70,11 @@ def test_rounded_binomial_is_the_rounding_mixture(y, beta, path):
     pmf = (1 - f) * stats.binom.pmf(support, m, b) + f * stats.binom.pmf(support, m + 1, b)
     draw = rounded_binomial_cpu if path == "kernel" else _rounded_binomial_torch
     x = draw(torch.full((N_DRAWS,), y), torch.tensor(beta), torch.Generator().manual_seed(3)).numpy()
-    assert _gof_pvalue(x, pmf) > 1e-4
+    assert gof_pvalue(x, pmf) > 1e-4
     # negative control: the same test rejects rounding to the nearest integer
     wrong = binomial_cpu(torch.full((N_DRAWS,), float(round(y))), torch.tensor(beta), torch.Generator().manual_seed(3))
     if f > 0.2:
-        assert _gof_pvalue(wrong.numpy(), pmf) < 1e-6
+        assert gof_pvalue(wrong.numpy(), pmf) < 1e-6
 
 
 def test_rounded_binomial_edge_probabilities_and_negative_input():
@@ -130,7 +110,8 @@ def test_draws_are_reproducible_and_independent_of_the_thread_split():
 def _child(queue) -> None:
     torch.set_num_threads(1)
     x = torch.full((300_000,), 5.0)
-    queue.put((float(binomial_cpu(x, torch.tensor(0.5)).mean()), float(rounded_binomial_cpu(x, torch.tensor(0.5)).mean())))
+    half = torch.tensor(0.5)
+    queue.put((float(binomial_cpu(x, half).mean()), float(rounded_binomial_cpu(x, half).mean())))
 
 
 @pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
@@ -159,9 +140,9 @@ def test_fused_reverse_step_matches_the_convolution(n, sigma, y, beta):
     pmf = np.convolve(stats.binom.pmf(np.arange(n + 1), n, keep), births)
     x = reverse_step_cpu(torch.full((N_DRAWS,), float(n)), torch.full((N_DRAWS,), y), sigma, beta,
                          torch.Generator().manual_seed(8)).numpy()
-    assert _gof_pvalue(x, pmf) > 1e-4
+    assert gof_pvalue(x, pmf) > 1e-4
     # negative control: ignoring the deaths is rejected whenever they matter
     if 0 < sigma < 1:
         no_deaths = reverse_step_cpu(torch.full((N_DRAWS,), float(n)), torch.full((N_DRAWS,), y), 0.0, beta,
                                      torch.Generator().manual_seed(8)).numpy()
-        assert _gof_pvalue(no_deaths, pmf) < 1e-6
+        assert gof_pvalue(no_deaths, pmf) < 1e-6

@@ -22,37 +22,10 @@ from countsdiff_sc.diffusion import (
     thin,
 )
 
+from ._gof import binomial_pvalue
+
 X0_VALUES = torch.tensor([0.0, 1.0, 3.0, 12.0, 40.0])
 N_REP = 6000
-
-
-def _chi2_pvalue(samples: np.ndarray, n: int, p: float) -> float:
-    """Goodness of fit of integer samples to Binomial(n, p), merging bins with expected count < 5."""
-    if n == 0 or p <= 0.0:
-        return 1.0 if np.all(samples == 0) else 0.0
-    if p >= 1.0:
-        return 1.0 if np.all(samples == n) else 0.0
-    pmf = stats.binom.pmf(np.arange(n + 1), n, p) * len(samples)
-    observed = np.bincount(samples.astype(int), minlength=n + 1)[: n + 1].astype(float)
-    if observed.sum() != len(samples):  # values outside the support
-        return 0.0
-    obs_bins, exp_bins, acc_o, acc_e = [], [], 0.0, 0.0
-    for o, e in zip(observed, pmf, strict=True):
-        acc_o, acc_e = acc_o + o, acc_e + e
-        if acc_e >= 5:
-            obs_bins.append(acc_o)
-            exp_bins.append(acc_e)
-            acc_o = acc_e = 0.0
-    if acc_e > 0:
-        if exp_bins:
-            obs_bins[-1] += acc_o
-            exp_bins[-1] += acc_e
-        else:
-            return 1.0
-    if len(exp_bins) < 2:
-        return 1.0
-    exp_arr = np.asarray(exp_bins)
-    return float(stats.chisquare(obs_bins, exp_arr * (sum(obs_bins) / exp_arr.sum())).pvalue)
 
 
 def _marginal_pvalues(rate_offset: float, eta: float, schedule, n_steps=8, seed=0):
@@ -66,7 +39,7 @@ def _marginal_pvalues(rate_offset: float, eta: float, schedule, n_steps=8, seed=
     def check(k, t, s, x):
         ps = float(schedule.p(torch.tensor(s, dtype=torch.float64)))
         for j, n in enumerate(X0_VALUES.tolist()):
-            pvals.append(_chi2_pvalue(x[:, j].numpy(), int(n), ps))
+            pvals.append(binomial_pvalue(x[:, j].numpy(), int(n), ps))
 
     out = generate(oracle, x0.shape, schedule, n_steps=n_steps, attrition="rescale", eta=eta, generator=gen,
                    callback=check)
@@ -104,7 +77,7 @@ def test_repaint_with_oracle_keeps_marginals_and_observed_entries():
     def check(k, t, s, x):
         ps = float(schedule.p(torch.tensor(s, dtype=torch.float64)))
         for j in (1, 3, 4):  # imputed and observed columns alike follow Binomial(x0, p(s))
-            pvals.append(_chi2_pvalue(x[:, j].numpy(), int(X0_VALUES[j]), ps))
+            pvals.append(binomial_pvalue(x[:, j].numpy(), int(X0_VALUES[j]), ps))
 
     out = repaint(lambda x, t: x0 - x, x0, target, schedule, n_steps=6, attrition="rescale", eta=0.1,
                   generator=gen, callback=check)
@@ -146,7 +119,7 @@ def test_repaint_resampling_keeps_marginals():
 
     def check(k, t, s, x):
         ps = float(schedule.p(torch.tensor(s, dtype=torch.float64)))
-        pvals.append(_chi2_pvalue(x[:, 0].numpy(), 5, ps))
+        pvals.append(binomial_pvalue(x[:, 0].numpy(), 5, ps))
 
     repaint(lambda x, t: x0 - x, x0, target, schedule, n_steps=4, resample_jump=2, resample_iters=2,
             generator=torch.Generator().manual_seed(3), callback=check)

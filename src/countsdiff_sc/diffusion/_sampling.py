@@ -224,7 +224,8 @@ def repaint(
     device, n = x_obs.device, x_obs.shape[0]
 
     # Start at t = 1: observed entries thinned to p(1) (all zeros for schedules with p(1) = 0), targets empty.
-    x = torch.where(target, torch.zeros_like(x_obs), binomial(x_obs, _sched(schedule, float(grid[0]), device), generator))
+    x_start = binomial(x_obs, _sched(schedule, float(grid[0]), device), generator)
+    x = torch.where(target, torch.zeros_like(x_obs), x_start)
     window_starts = range(0, n_trans, jump) if resample_iters > 1 else [0]
     bar = tqdm(total=n_trans * resample_iters, desc="repaint", disable=not progress, leave=False)
     for a in window_starts:
