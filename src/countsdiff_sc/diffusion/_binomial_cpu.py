@@ -229,14 +229,13 @@ def reverse_step_cpu(
     sigma, beta = min(max(float(sigma), 0.0), 1.0), min(max(float(beta), 0.0), 1.0)
     out = np.empty_like(v)
     if _launch(_step_kernel, x, v, np.asarray([sigma, beta]), _seed(generator), out):
-        # large means: redraw those entries (deaths and births) with torch's sampler
+        # large means: redraw those entries (deaths and births) with torch's sampler, the path GPUs take
+        from ._process import _rounded_binomial_torch
+
         idx = np.flatnonzero(out < 0)
         n = torch.from_numpy(x[idx])
         survivors = torch.binomial(n, torch.full_like(n, 1.0 - sigma), generator=generator) if sigma > 0 else n
-        y = torch.from_numpy(v[idx]).clamp_min(0.0)
-        whole = torch.floor(y)
-        u = torch.rand(y.shape, generator=generator, dtype=y.dtype)
-        births = torch.binomial(whole, torch.full_like(whole, beta), generator=generator) + (u < (y - whole) * beta)
+        births = _rounded_binomial_torch(torch.from_numpy(v[idx]), torch.tensor(beta), generator)
         out[idx] = (survivors + births).numpy()
     return torch.from_numpy(out).reshape(x_t.shape)
 
