@@ -259,11 +259,11 @@ def _worker(spec: dict) -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     # load the compiled binomial kernels (numba's on-disk cache; compiled once per install) before timing, and
     # report that one-time cost of the first draw in a process separately
-    from countsdiff_sc.diffusion._binomial_cpu import binomial_cpu, rounded_binomial_cpu
+    from countsdiff_sc.diffusion._binomial_cpu import binomial_cpu, reverse_step_cpu
 
     t0 = time.perf_counter()
     binomial_cpu(torch.ones(4), torch.tensor(0.5))
-    rounded_binomial_cpu(torch.ones(4), torch.tensor(0.5))
+    reverse_step_cpu(torch.ones(4), torch.ones(4), 0.1, 0.5)
     kernel_load = time.perf_counter() - t0
     result = {**TASKS[spec["task"]](spec), "kernel_load_s": kernel_load}
     print("RESULT " + json.dumps(result))

@@ -15,13 +15,17 @@ from countsdiff_sc.diffusion._binomial_cpu import (
     INVERSION_MAX_MEAN,
     binomial_cpu,
     reverse_step_cpu,
-    rounded_binomial_cpu,
 )
 from countsdiff_sc.diffusion._process import _rounded_binomial_torch
 
 from ._gof import gof_pvalue
 
 N_DRAWS = 100_000
+
+
+def rounded_binomial_cpu(y: torch.Tensor, beta: torch.Tensor, generator=None) -> torch.Tensor:
+    # Binomial(random_round(y), beta): the kernel's reverse step from an empty state without deaths
+    return reverse_step_cpu(torch.zeros_like(y), y, 0.0, float(beta), generator)
 
 
 # small means (inversion), p > 1/2 (inversion of 1 - p), means beyond INVERSION_MAX_MEAN (torch fallback)

@@ -9,8 +9,8 @@ the seed and the entry's position, never on how the work is split. Large tensors
 run on plain Python threads (the kernels release the GIL), as many as ``torch.get_num_threads()``; numba's own
 threading layers are avoided on purpose, since they hang in a process forked after a threaded launch (OpenMP) or
 abort on concurrent launches (workqueue), and a sampler must be safe in notebooks, data-loader workers and
-multiprocessing pools. Entries with ``n q >= INVERSION_MAX_MEAN``
-(rare on UMI data) are flagged and left to ``torch.binomial`` by the caller.
+multiprocessing pools. Entries with ``n q >= INVERSION_MAX_MEAN`` (rare on UMI data) are flagged by the kernels
+and redrawn with ``torch.binomial`` by the Python wrappers.
 
 The seed is drawn from the caller's torch generator (or torch's global one), so ``torch.manual_seed`` and
 ``generator=`` keep their meaning.
@@ -27,7 +27,7 @@ import torch
 INVERSION_MAX_MEAN = 40.0
 _MIN_ENTRIES_PER_THREAD = 1 << 17
 
-__all__ = ["INVERSION_MAX_MEAN", "binomial_cpu", "reverse_step_cpu", "rounded_binomial_cpu"]
+__all__ = ["INVERSION_MAX_MEAN", "binomial_cpu", "reverse_step_cpu"]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -64,15 +64,24 @@ def _invert(n, q, pmf0, ratio, u):
 
 
 @numba.njit(inline="always", cache=True)
+def _coefs(p):
+    # inversion constants of Binomial(., p): q = min(p, 1 - p), log(1 - q), q / (1 - q) and whether p was flipped
+    q = min(p, 1.0 - p)
+    if q <= 0.0:
+        return q, 0.0, 0.0, q != p
+    return q, np.log1p(-q), q / (1.0 - q), q != p
+
+
+@numba.njit(inline="always", cache=True)
 def _draw(n, p, u):
     # Binomial(n, p) for any p in [0, 1]: trivial cases, then inversion of the smaller of p and 1 - p
     if n <= 0.0 or p <= 0.0:
         return 0.0
     if p >= 1.0:
         return n
-    q = min(p, 1.0 - p)
-    k = _invert(n, q, np.exp(n * np.log1p(-q)), q / (1.0 - q), u)
-    return k if (k < 0.0 or q == p) else n - k
+    q, log1m_q, ratio, flip = _coefs(p)
+    k = _invert(n, q, np.exp(n * log1m_q), ratio, u)
+    return n - k if (flip and k >= 0.0) else k
 
 
 @numba.njit(cache=True, nogil=True)
@@ -87,16 +96,6 @@ def _binomial_kernel(count, prob, seed, out, start, stop):
             out[i] = _draw(n, np.float64(prob[i] if per_entry else prob[0]), _uniform(seed, i))
             n_big += out[i] < 0.0
     return n_big
-
-
-@numba.njit(inline="always", cache=True)
-def _coefs(p):
-    # inversion constants of Binomial(., p) for a probability shared by all entries: q = min(p, 1 - p),
-    # log(1 - q), q / (1 - q) and whether p was flipped
-    q = min(p, 1.0 - p)
-    if q <= 0.0:
-        return q, 0.0, 0.0, q != p
-    return q, np.log1p(-q), q / (1.0 - q), q != p
 
 
 @numba.njit(cache=True, nogil=True)
@@ -239,8 +238,3 @@ def reverse_step_cpu(
         out[idx] = (survivors + births).numpy()
     return torch.from_numpy(out).reshape(x_t.shape)
 
-
-def rounded_binomial_cpu(y: torch.Tensor, beta: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``Binomial(random_round(max(y, 0)), beta)`` for a float32 CPU tensor ``y`` and one probability ``beta``
-    (:func:`reverse_step_cpu` from an empty state)."""
-    return reverse_step_cpu(torch.zeros_like(y), y, 0.0, float(beta), generator)
