@@ -133,15 +133,21 @@ def test_kernels_work_in_a_process_forked_after_use():
     assert abs(means[0] - 2.5) < 0.05 and abs(means[1] - 2.5) < 0.05
 
 
+def _step_pmf(n: int, sigma: float, y: float, beta: float) -> np.ndarray:
+    # pmf of Binomial(n, 1 - sigma) + Binomial(random_round(y), beta): the survivors' binomial convolved with the
+    # rounding mixture
+    m, f = int(np.floor(y)), y - np.floor(y)
+    b, keep = np.float32(beta), np.float32(1.0 - sigma)
+    births = (1 - f) * stats.binom.pmf(np.arange(m + 2), m, b) + f * stats.binom.pmf(np.arange(m + 2), m + 1, b)
+    return np.convolve(stats.binom.pmf(np.arange(n + 1), n, keep), births)
+
+
 @pytest.mark.parametrize("n, sigma, y, beta", [(6, 0.1, 2.5, 0.3), (9, 0.7, 0.3, 0.9), (150, 0.5, 4.2, 0.2),
                                                (4, 0.0, 80.6, 0.6), (5, 1.0, 1.5, 1.0)])
 def test_fused_reverse_step_matches_the_convolution(n, sigma, y, beta):
     # x_s = Binomial(n, 1 - sigma) + Binomial(random_round(y), beta): the pmf is the convolution of the survivors'
     # binomial and the rounding mixture (cases: flipped death probability, large means redrawn by torch, edges)
-    m, f = int(np.floor(y)), y - np.floor(y)
-    b, keep = np.float32(beta), np.float32(1.0 - sigma)
-    births = (1 - f) * stats.binom.pmf(np.arange(m + 2), m, b) + f * stats.binom.pmf(np.arange(m + 2), m + 1, b)
-    pmf = np.convolve(stats.binom.pmf(np.arange(n + 1), n, keep), births)
+    pmf = _step_pmf(n, sigma, y, beta)
     x = reverse_step_cpu(torch.full((N_DRAWS,), float(n)), torch.full((N_DRAWS,), y), sigma, beta,
                          torch.Generator().manual_seed(8)).numpy()
     assert gof_pvalue(x, pmf) > 1e-4
@@ -150,3 +156,27 @@ def test_fused_reverse_step_matches_the_convolution(n, sigma, y, beta):
         no_deaths = reverse_step_cpu(torch.full((N_DRAWS,), float(n)), torch.full((N_DRAWS,), y), 0.0, beta,
                                      torch.Generator().manual_seed(8)).numpy()
         assert gof_pvalue(no_deaths, pmf) < 1e-6
+
+
+def test_reverse_step_in_place_on_interleaved_entries():
+    # zero and non-zero counts and rates interleaved (the kernel does not branch on them) plus a large mean that
+    # torch redraws, written into x_t itself: the same draws as into a fresh tensor, and every column keeps its pmf
+    cols = [(0, 0.4), (6, 0.0), (150, 4.2), (0, 2.5), (3, 1.0)]
+    n = torch.tensor([float(c[0]) for c in cols]).repeat(N_DRAWS // 5)
+    y = torch.tensor([c[1] for c in cols]).repeat(N_DRAWS // 5)
+    fresh = reverse_step_cpu(n, y, 0.1, 0.3, torch.Generator().manual_seed(9))
+    x = n.clone()
+    out = reverse_step_cpu(x, y, 0.1, 0.3, torch.Generator().manual_seed(9), out=x)
+    assert out is x and torch.equal(x, fresh)
+    pvals = [gof_pvalue(x[j::5].numpy(), _step_pmf(c[0], 0.1, c[1], 0.3)) for j, c in enumerate(cols)]
+    assert min(pvals) > 1e-3 / len(cols), pvals
+    with pytest.raises(ValueError, match="contiguous float32"):
+        reverse_step_cpu(n, y, 0.1, 0.3, out=torch.empty(3))
+
+
+def test_binomial_scalar_probability_on_interleaved_zero_counts():
+    count = torch.tensor([0.0, 5.0, 0.0, 40.0]).repeat(N_DRAWS // 4)
+    x = binomial_cpu(count, torch.tensor(0.3), torch.Generator().manual_seed(10))
+    assert bool((x[0::2] == 0).all())
+    assert gof_pvalue(x[1::4].numpy(), stats.binom.pmf(np.arange(6), 5, np.float32(0.3))) > 1e-4
+    assert gof_pvalue(x[3::4].numpy(), stats.binom.pmf(np.arange(41), 40, np.float32(0.3))) > 1e-4

@@ -215,6 +215,23 @@ def test_seed_reproducibility():
     assert not torch.equal(run(1), run(2))
 
 
+def test_in_place_chain_matches_the_chain_with_fresh_buffers():
+    # without a callback the samplers step their state in place; with one they allocate per step: same draws
+    x0 = torch.poisson(torch.full((40, 12), 6.0), generator=torch.Generator().manual_seed(3))
+    x_start = x0.T.contiguous().T  # a non-contiguous start must be copied, never written to
+    kept = x_start.clone()
+    oracle = lambda x, t: (x0 - x).clamp_min(0) + 0.4  # noqa: E731
+    kw = dict(n_steps=6, attrition="rescale", eta=0.3, x_start=x_start, t_start=0.7)
+    quiet = generate(oracle, x0.shape, CosineSchedule(), generator=torch.Generator().manual_seed(5), **kw)
+    loud = generate(oracle, x0.shape, CosineSchedule(), generator=torch.Generator().manual_seed(5),
+                    callback=lambda *a: None, **kw)
+    assert torch.equal(quiet, loud) and torch.equal(x_start, kept)
+    target = torch.rand(x0.shape, generator=torch.Generator().manual_seed(1)) < 0.3
+    run = lambda cb: repaint(oracle, x0, target, CosineSchedule(), n_steps=6,  # noqa: E731
+                             generator=torch.Generator().manual_seed(2), callback=cb)
+    assert torch.equal(run(None), run(lambda *a: None))
+
+
 @pytest.mark.parametrize("kind", ["none", "rescale", "cap", "constant"])
 @pytest.mark.parametrize("schedule", [CosineSchedule(), BlackoutSchedule()], ids=["cosine", "blackout"])
 def test_attrition_within_bounds_on_a_grid_of_t_s_eta(kind, schedule):

@@ -26,6 +26,7 @@ import torch
 
 INVERSION_MAX_MEAN = 40.0
 _MIN_ENTRIES_PER_THREAD = 1 << 17
+_TABLE = 128  # counts below this take P(0) = (1 - q)^n from a table
 
 __all__ = ["INVERSION_MAX_MEAN", "binomial_cpu", "reverse_step_cpu"]
 
@@ -44,7 +45,7 @@ def _uniform(seed, i):
     z = (z ^ (z >> _S30)) * _MUL1
     z = (z ^ (z >> _S27)) * _MUL2
     z = z ^ (z >> _S31)
-    return np.float64(z >> _S11) * _INV53
+    return np.float64(np.int64(z >> _S11)) * _INV53  # via int64: the value fits, and the signed convert is one op
 
 
 @numba.njit(inline="always", cache=True)
@@ -61,6 +62,13 @@ def _invert(n, q, pmf0, ratio, u):
         cdf += pmf
         k += 1.0
     return k
+
+
+@numba.njit(inline="always", cache=True)
+def _pmf0(n, log1m_q, table):
+    # P(0) = (1 - q)^n, looked up for small integer n (``table[j] = (1 - q)^j``) and computed beyond the table
+    j = int(n)
+    return table[j] if j < table.size else np.exp(n * log1m_q)
 
 
 @numba.njit(inline="always", cache=True)
@@ -86,15 +94,28 @@ def _draw(n, p, u):
 
 @numba.njit(cache=True, nogil=True)
 def _binomial_kernel(count, prob, seed, out, start, stop):
-    per_entry = prob.size > 1
+    if prob.size > 1:  # per-entry probabilities
+        n_big = 0
+        for i in range(start, stop):
+            n = np.float64(count[i])
+            out[i] = _draw(n, np.float64(prob[i]), _uniform(seed, i)) if n > 0.0 else 0.0
+            n_big += out[i] < 0.0
+        return n_big
+    # one probability: the inversion constants and a table of P(0) are computed once, and the loop has no branch
+    # on the count (a zero count inverts to 0), which on sparse data would be mispredicted half of the time
+    p = np.float64(prob[0])
+    if p <= 0.0 or p >= 1.0:
+        for i in range(start, stop):
+            out[i] = count[i] if p >= 1.0 else 0.0
+        return 0
+    q, log1m_q, ratio, flip = _coefs(p)
+    table = np.exp(np.arange(_TABLE) * log1m_q)
     n_big = 0
     for i in range(start, stop):
-        n = np.float64(count[i])
-        if n <= 0.0:
-            out[i] = 0.0
-        else:
-            out[i] = _draw(n, np.float64(prob[i] if per_entry else prob[0]), _uniform(seed, i))
-            n_big += out[i] < 0.0
+        n = max(np.float64(count[i]), 0.0)
+        k = _invert(n, q, _pmf0(n, log1m_q, table), ratio, _uniform(seed, i))
+        out[i] = n - k if (flip and k >= 0.0) else k
+        n_big += k < 0.0
     return n_big
 
 
@@ -103,37 +124,41 @@ def _step_kernel(x, y, params, seed, out, start, stop):
     # One reverse step (Prop. 3.2) per entry, three uniforms each (counters 3i, 3i + 1, 3i + 2):
     #   x_s = (x_t - Binomial(x_t, sigma)) + Binomial(floor y, beta) + Bernoulli(frac(y) beta),
     # the last two terms being Binomial(random_round(y), beta) without materialising the rounded pool. An entry
-    # with a mean too large for inversion is left as -1 for the caller to redraw with torch.
+    # with a mean too large for inversion is left as -1 - x for the caller to redraw with torch (``out`` may be
+    # ``x`` itself, so the count is kept in the flag). The loop does not
+    # branch on whether x or floor y is zero (about half of the entries of sparse data, so such a branch is
+    # mispredicted often and cost more than the draw): a zero count inverts to 0 through P(0) = 1, and P(0) comes
+    # from a table instead of an exp.
     sigma, b = params[0], params[1]
     qs, log1m_qs, ratio_s, flip_s = _coefs(sigma)
     qb, log1m_qb, ratio_b, flip_b = _coefs(b)
+    table_s = np.exp(np.arange(_TABLE) * log1m_qs)
+    table_b = np.exp(np.arange(_TABLE) * log1m_qb)
     n_big = 0
     for i in range(start, stop):
-        n = np.float64(x[i])
+        n = max(np.float64(x[i]), 0.0)
         survivors = n
-        if n > 0.0 and sigma > 0.0:
-            if sigma >= 1.0:
-                survivors = 0.0
-            else:
-                d = _invert(n, qs, np.exp(n * log1m_qs), ratio_s, _uniform(seed, 3 * i))
-                if d < 0.0:
-                    out[i] = -1.0
-                    n_big += 1
-                    continue
-                survivors = d if flip_s else n - d  # deaths are d, or n - d when 1 - sigma was inverted
+        if sigma >= 1.0:
+            survivors = 0.0
+        elif sigma > 0.0:
+            d = _invert(n, qs, _pmf0(n, log1m_qs, table_s), ratio_s, _uniform(seed, 3 * i))
+            if d < 0.0:
+                out[i] = -1.0 - n
+                n_big += 1
+                continue
+            survivors = d if flip_s else n - d  # deaths are d, or n - d when 1 - sigma was inverted
         v = max(np.float64(y[i]), 0.0)
         whole = np.floor(v)
         births = 1.0 if _uniform(seed, 3 * i + 2) < (v - whole) * b else 0.0
-        if whole > 0.0 and b > 0.0:
-            if b >= 1.0:
-                births += whole
-            else:
-                k = _invert(whole, qb, np.exp(whole * log1m_qb), ratio_b, _uniform(seed, 3 * i + 1))
-                if k < 0.0:
-                    out[i] = -1.0
-                    n_big += 1
-                    continue
-                births += whole - k if flip_b else k
+        if b >= 1.0:
+            births += whole
+        elif b > 0.0:
+            k = _invert(whole, qb, _pmf0(whole, log1m_qb, table_b), ratio_b, _uniform(seed, 3 * i + 1))
+            if k < 0.0:
+                out[i] = -1.0 - n
+                n_big += 1
+                continue
+            births += whole - k if flip_b else k
         out[i] = survivors + births
     return n_big
 
@@ -199,6 +224,7 @@ def reverse_step_cpu(
     sigma: float,
     beta: float,
     generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One reverse step ``Binomial(x_t, 1 - sigma) + Binomial(random_round(max(y_hat, 0)), beta)`` on CPU tensors.
 
@@ -216,25 +242,32 @@ def reverse_step_cpu(
         Death and birth probabilities in ``[0, 1]``, shared by all entries.
     generator
         Optional torch generator.
+    out
+        Optional contiguous float32 CPU tensor shaped like ``x_t`` to write ``x_s`` into; may be ``x_t`` itself (a
+        sampler that owns its state saves an allocation, and the page faults of a fresh buffer, per step).
 
     Returns
     -------
-    Float32 tensor ``x_s`` shaped like ``x_t``.
+    Float32 tensor ``x_s`` shaped like ``x_t`` (``out`` when given).
     """
     x = np.ascontiguousarray(x_t.detach().numpy().reshape(-1), dtype=np.float32)
     v = np.ascontiguousarray(y_hat.detach().numpy().reshape(-1), dtype=np.float32)
     if x.shape != v.shape:
         raise ValueError(f"x_t and y_hat must have the same shape, got {tuple(x_t.shape)} and {tuple(y_hat.shape)}.")
+    if out is None:
+        out = torch.empty(x_t.shape, dtype=torch.float32)
+    elif out.dtype != torch.float32 or out.device.type != "cpu" or not out.is_contiguous() or out.shape != x_t.shape:
+        raise ValueError("out must be a contiguous float32 CPU tensor shaped like x_t.")
+    o = out.detach().numpy().reshape(-1)
     sigma, beta = min(max(float(sigma), 0.0), 1.0), min(max(float(beta), 0.0), 1.0)
-    out = np.empty_like(v)
-    if _launch(_step_kernel, x, v, np.asarray([sigma, beta]), _seed(generator), out):
-        # large means: redraw those entries (deaths and births) with torch's sampler, the path GPUs take
+    if _launch(_step_kernel, x, v, np.asarray([sigma, beta]), _seed(generator), o):
+        # large means: redraw those entries (deaths and births) with torch's sampler, the path GPUs take; the
+        # kernel left -1 - x_t there, so the counts are known even when out is x_t
         from ._process import _rounded_binomial_torch
 
-        idx = np.flatnonzero(out < 0)
-        n = torch.from_numpy(x[idx])
+        idx = np.flatnonzero(o < 0)
+        n = torch.from_numpy(-1.0 - o[idx])
         survivors = torch.binomial(n, torch.full_like(n, 1.0 - sigma), generator=generator) if sigma > 0 else n
         births = _rounded_binomial_torch(torch.from_numpy(v[idx]), torch.tensor(beta), generator)
-        out[idx] = (survivors + births).numpy()
-    return torch.from_numpy(out).reshape(x_t.shape)
-
+        o[idx] = (survivors + births).numpy()
+    return out

@@ -220,6 +220,7 @@ def reverse_step(
     sigma: torch.Tensor | float = 0.0,
     generator: torch.Generator | None = None,
     rounding: bool = True,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One reverse step with attrition from ``t`` to ``s < t`` (Prop. 3.2, Eq. 8; Algorithm 2).
 
@@ -241,10 +242,13 @@ def reverse_step(
         Optional torch generator.
     rounding
         Apply :func:`random_round` to ``y_hat`` (Sec. 3.5). Set False only when ``y_hat`` already holds integers.
+    out
+        Optional float32 tensor shaped like ``x_t`` to write ``x_s`` into; it may be ``x_t`` itself, which a sampler
+        that owns its state uses to avoid a fresh buffer per step.
 
     Returns
     -------
-    ``x_s`` as a float tensor of non-negative integers.
+    ``x_s`` as a float tensor of non-negative integers (``out`` when given).
     """
     p_t = torch.as_tensor(p_t, dtype=torch.float32, device=x_t.device)
     p_s = torch.as_tensor(p_s, dtype=torch.float32, device=x_t.device)
@@ -255,15 +259,15 @@ def reverse_step(
         from ._binomial_cpu import reverse_step_cpu
 
         return reverse_step_cpu(x_t.to(torch.float32), y_hat.to(torch.float32).expand_as(x_t), float(sigma),
-                                float(beta), generator)
+                                float(beta), generator, out=out)
     survivors = x_t if not bool((sigma > 0).any()) else binomial(x_t, 1.0 - sigma, generator)
     if not rounding:
-        return survivors + binomial(y_hat.clamp_min(0.0), beta, generator)
+        return torch.add(survivors, binomial(y_hat.clamp_min(0.0), beta, generator), out=out)
     # Binomial(random_round(y), beta) drawn without materialising the rounded pool: with y = m + f (m integer,
     # 0 <= f < 1), random_round(y) = m + B with B ~ Bernoulli(f), and Binomial(m + B, beta) = Binomial(m, beta) +
     # B * Bernoulli(beta), whose second term is Bernoulli(f * beta). Same distribution, but the binomial kernel (the
     # costliest op of a step on sparse data) only sees the integer parts, which are mostly zero.
-    return survivors + _rounded_binomial_torch(y_hat, beta, generator)
+    return torch.add(survivors, _rounded_binomial_torch(y_hat, beta, generator), out=out)
 
 
 def _rounded_binomial_torch(

@@ -140,7 +140,8 @@ def generate(
             raise ValueError("Starting below t = 1 needs x_start (e.g. thinned real cells).")
         x = torch.zeros(shape, dtype=torch.float32, device=device)
     else:
-        x = x_start.to(dtype=torch.float32, device=device or x_start.device).clone()
+        x = x_start.to(dtype=torch.float32, device=device or x_start.device)
+        x = x.clone(memory_format=torch.contiguous_format)  # the chain's own buffer, stepped in place
     grid = time_grid(n_steps, schedule, t_start)
     n = x.shape[0]
     for k in tqdm(range(len(grid) - 1), desc="sampling", disable=not progress, leave=False):
@@ -148,7 +149,8 @@ def generate(
         p_t, p_s = _sched(schedule, t, x.device), _sched(schedule, s, x.device)
         y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=x.device))
         sigma = attrition_rate(attrition, eta, p_t, p_s, dt=t - s)
-        x = reverse_step(x, y_hat, p_t, p_s, sigma, generator)
+        # the chain owns x, so the step writes into it unless a callback may keep a reference
+        x = reverse_step(x, y_hat, p_t, p_s, sigma, generator, out=x if callback is None else None)
         if callback is not None:
             callback(k, t, s, x)
     return x
@@ -225,7 +227,7 @@ def repaint(
 
     # Start at t = 1: observed entries thinned to p(1) (all zeros for schedules with p(1) = 0), targets empty.
     x_start = binomial(x_obs, _sched(schedule, float(grid[0]), device), generator)
-    x = torch.where(target, torch.zeros_like(x_obs), x_start)
+    x = torch.where(target, torch.zeros_like(x_obs), x_start).contiguous()
     window_starts = range(0, n_trans, jump) if resample_iters > 1 else [0]
     bar = tqdm(total=n_trans * resample_iters, desc="repaint", disable=not progress, leave=False)
     for a in window_starts:
@@ -237,7 +239,8 @@ def repaint(
                 y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=device))
                 sigma = attrition_rate(attrition, eta, p_t, p_s, dt=t - s)
                 # observed entries: the oracle rate x_obs - x_t (an integer, so the fused rounding leaves it alone)
-                x = reverse_step(x, torch.where(target, y_hat, x_obs - x), p_t, p_s, sigma, generator)
+                x = reverse_step(x, torch.where(target, y_hat, x_obs - x), p_t, p_s, sigma, generator,
+                                 out=x if callback is None else None)
                 if callback is not None:
                     callback(k, t, s, x)
                 bar.update(1)
