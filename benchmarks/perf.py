@@ -9,7 +9,12 @@ the resident set size at that moment. The numbers are:
   next to ``scvi.model.SCVI`` on the same AnnData and batch size;
 * imputation throughput (cells / s per draw; RePaint with 20 steps, guidance 0.5 so conditional and unconditional
   passes run as one doubled batch) and generation throughput (50 steps, guidance 1), next to scVI's
-  ``posterior_predictive_sample``; the networks are untrained (cost does not depend on the weights);
+  ``posterior_predictive_sample``. The MLP networks are trained first (``--pretrain-steps``, 1,000 by default;
+  not timed): the network's cost does not depend on its weights, but the draws' cost does, through the counts
+  they handle. An untrained network predicts about a gene's mean at every step, so a 50-step chain ends with
+  several times the data's molecules and overstates the binomial draws' share (generated / real molecules per
+  cell at 500 genes after 0 / 100 / 300 / 1,000 / 3,000 steps: 6.5 / 3.4 / 1.31 / 0.98 / 1.00). The generation
+  rows report that ratio (``molecules_ratio``) so the reader sees how close to the data the chain was;
 * the split of a sampler step: time in the network (``module.rate``), in the rest of the RePaint / generation loop
   (binomial draws, random rounding, masking), and in ``impute``'s own bookkeeping; the compiled binomial kernels
   are loaded before timing (their one-time load per process is reported as ``kernel_load_s``);
@@ -21,7 +26,7 @@ the resident set size at that moment. The numbers are:
 Headline numbers are ratios to scVI. Usage::
 
     python benchmarks/perf.py --quick      # about 2 minutes
-    python benchmarks/perf.py              # full run (about 8 minutes on 2 CPU cores)
+    python benchmarks/perf.py              # full run (about 12 minutes on 2 CPU cores)
     python benchmarks/perf.py --device cuda --precision bf16   # on a GPU (writes perf_cuda_bf16.md)
 
 Writes ``benchmarks/results/perf[_quick].md`` and ``.json``.
@@ -35,6 +40,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -178,13 +184,34 @@ def _cuda_sync() -> None:
     torch.cuda.synchronize()
 
 
+def _pretrain_task(spec: dict) -> dict:
+    """Train an MLP model briefly on the sampling tasks' data and save it for them (not a timed measurement)."""
+    adata = _data(spec["n_cells"], spec["n_genes"])
+    model = _countsdiff(adata, spec["model"])
+    t0 = time.perf_counter()
+    model.train(max_steps=spec["steps"], batch_size=BATCH, train_size=1.0, enable_progress_bar=False,
+                enable_model_summary=False, logger=False, enable_checkpointing=False,
+                accelerator="gpu" if spec.get("device") == "cuda" else "cpu", devices=1)
+    model.save(spec["path"], overwrite=True)
+    return {"train_s": time.perf_counter() - t0}
+
+
+def _model_for(adata, spec: dict):
+    """The pretrained model of this gene count when the plan made one, else an untrained one."""
+    import countsdiff_sc as cds
+
+    if spec.get("weights"):
+        return cds.CountsDiffModel.load(spec["weights"], adata=adata, accelerator="cpu")
+    return _countsdiff(adata, spec["model"])
+
+
 def _impute_task(spec: dict) -> dict:
     import countsdiff_sc as cds
     from countsdiff_sc.model import _countsdiff as cd_mod
 
     adata = _data(spec["n_cells"], spec["n_genes"])
     cds.pp.mask_mcar(adata, rate=0.5, seed=0)
-    model = _countsdiff(adata, spec["model"])
+    model = _model_for(adata, spec)
     device = spec.get("device", "cpu")
     model.to_device(device)
     rate = model.module.rate = _Clock(model.module.rate, device)  # instance attribute shadows the method
@@ -211,7 +238,7 @@ def _sample_task(spec: dict) -> dict:
     from countsdiff_sc.model import _countsdiff as cd_mod
 
     adata = _data(max(spec["n_cells"], 1000), spec["n_genes"])
-    model = _countsdiff(adata, spec["model"])
+    model = _model_for(adata, spec)
     device = spec.get("device", "cpu")
     model.to_device(device)
     rate = model.module.rate = _Clock(model.module.rate, device)
@@ -219,10 +246,12 @@ def _sample_task(spec: dict) -> dict:
     labels = list(np.random.default_rng(0).choice(adata.obs["cell_type"].astype(str), spec["n_cells"]))
     t0 = time.perf_counter()
     with _PeakMemory(device) as mem:
-        model.sample(labels=labels, n_steps=spec["n_steps"], guidance=1.0, seed=0,
-                     precision=spec.get("precision", "32"), progress=False)
+        fake = model.sample(labels=labels, n_steps=spec["n_steps"], guidance=1.0, seed=0,
+                            precision=spec.get("precision", "32"), progress=False)
     total = time.perf_counter() - t0
-    return {"total_s": total, "cells_per_s": spec["n_cells"] / total, "network_frac": rate.seconds / total,
+    molecules = float(fake.X.sum() / fake.n_obs) / float(adata.X.sum() / adata.n_obs)
+    return {"total_s": total, "cells_per_s": spec["n_cells"] / total, "molecules_ratio": molecules,
+            "network_frac": rate.seconds / total,
             "sampler_rest_frac": (loop.seconds - rate.seconds) / total,
             "overhead_frac": (total - loop.seconds) / total, "peak_mib": mem.delta_mib, "gpu_peak_mib": mem.gpu_mib}
 
@@ -240,7 +269,8 @@ def _scvi_ppc_task(spec: dict) -> dict:
             "gpu_peak_mib": mem.gpu_mib}
 
 
-TASKS = {"train": _train_task, "impute": _impute_task, "sample": _sample_task, "scvi_ppc": _scvi_ppc_task}
+TASKS = {"train": _train_task, "pretrain": _pretrain_task, "impute": _impute_task, "sample": _sample_task,
+         "scvi_ppc": _scvi_ppc_task}
 
 
 def _worker(spec: dict) -> None:
@@ -289,8 +319,8 @@ def _run(spec: dict, timeout: float) -> dict:
     return out
 
 
-def _plan(quick: bool) -> list[dict]:
-    """The measurements; sizes chosen so the full run fits in about 10 minutes on 2 cores (8 in the last run).
+def _plan(quick: bool, pretrain_steps: int = 0, weights_root: str | None = None) -> list[dict]:
+    """The measurements; sizes chosen so the full run fits in about 12 minutes on 2 cores (9 before the pretraining).
 
     The transformer attends over all genes (memory and time quadratic in n_genes): about 7 s per training step
     and 2.7 GiB at 500 genes and batch 256 on one core, so it is measured at 500 genes only.
@@ -316,9 +346,15 @@ def _plan(quick: bool) -> list[dict]:
     specs.append({"task": "train", "model": "transformer", "n_cells": ref_cells, "n_genes": 500, "warmup": t_warm,
                   "steps": t_steps})
     for g in gene_sizes:  # sampling throughput and the network / rest split
+        trained = {}
+        if pretrain_steps > 0 and weights_root is not None:
+            trained = {"weights": str(Path(weights_root) / f"mlp_{g}"), "pretrain_steps": pretrain_steps}
+            specs.append({"task": "pretrain", "model": "mlp", "n_cells": 1000, "n_genes": g, "steps": pretrain_steps,
+                          "path": trained["weights"]})
         specs.append({"task": "impute", "model": "mlp", "n_cells": impute_cells, "n_genes": g, "n_samples": 1,
-                      "n_steps": 20, "store_samples": False})
-        specs.append({"task": "sample", "model": "mlp", "n_cells": impute_cells, "n_genes": g, "n_steps": 50})
+                      "n_steps": 20, "store_samples": False, **trained})
+        specs.append({"task": "sample", "model": "mlp", "n_cells": impute_cells, "n_genes": g, "n_steps": 50,
+                      **trained})
         specs.append({"task": "scvi_ppc", "model": "scvi", "n_cells": 2000, "n_genes": g})
     specs.append({"task": "impute", "model": "transformer", "n_cells": tf_cells, "n_genes": 500, "n_samples": 1,
                   "n_steps": tf_steps, "store_samples": False})
@@ -356,14 +392,15 @@ def _tables(rows: list[dict]) -> dict[str, pd.DataFrame]:
         ppc = samp[samp.task == "scvi_ppc"].set_index("n_genes")["cells/s (per draw)"]
         samp = samp.assign(**{"ratio to scVI ppc": samp["cells/s (per draw)"].to_numpy()
                               / ppc.reindex(samp.n_genes).to_numpy()})
-        cols = ["task", "model", "n_cells", "n_genes", "n_steps", "cells/s (per draw)", "ratio to scVI ppc",
-                "network_frac", "sampler_rest_frac", "peak_mib", "gpu_peak_mib"]
+        cols = ["task", "model", "n_cells", "n_genes", "n_steps", "pretrain_steps", "cells/s (per draw)",
+                "ratio to scVI ppc", "molecules_ratio", "network_frac", "sampler_rest_frac", "peak_mib", "gpu_peak_mib"]
         tables["Sampling and imputation"] = samp[[c for c in cols if c in samp.columns and samp[c].notna().any()]]
         split = samp[samp.task.isin(["impute", "sample"])].copy()
         split["bookkeeping_frac"] = split.get("impute_overhead_frac").fillna(split.get("overhead_frac"))
         split["rest / network"] = split.sampler_rest_frac / split.network_frac
         tables["Sampler step split (fraction of wall time)"] = split[
-            ["task", "model", "n_genes", "network_frac", "sampler_rest_frac", "bookkeeping_frac", "rest / network"]]
+            [c for c in ("task", "model", "n_genes", "pretrain_steps", "network_frac", "sampler_rest_frac",
+                         "bookkeeping_frac", "rest / network") if c in split.columns]]
     mem = df[df.get("role") == "memory"] if "role" in df else df.iloc[:0]
     if len(mem):
         tables["impute peak memory vs n_cells"] = mem[
@@ -418,8 +455,10 @@ def _header(args: argparse.Namespace, elapsed: float) -> list[str]:
             f"- countsdiff-sc {cds.__version__}; batch size {BATCH}; total time {elapsed / 60:.1f} min",
             "- data: CBMC (8,617 cells x 500 genes) resampled with replacement to n_cells; n_genes > 500 by "
             "resampling gene columns with replacement (copies of real genes)",
-            "- networks untrained for sampling / imputation throughput (cost does not depend on the weights); "
-            "imputation: 50% MCAR mask, guidance 0.5 (one doubled batch per step), 20 steps; generation: 50 steps, "
+            (f"- sampling / imputation: MLP networks trained for {args.pretrain_steps} steps first (not timed; the "
+             "draws' cost depends on the counts a chain carries), transformer untrained; " if args.pretrain_steps
+             else "- sampling / imputation: untrained networks (the draws' cost is overstated); ")
+            + "imputation: 50% MCAR mask, guidance 0.5 (one doubled batch per step), 20 steps; generation: 50 steps, "
             "guidance 1; scVI: posterior_predictive_sample, 1 draw",
             "- peak memory: growth of the peak RSS during the measured call (VmHWM reset before it)", ""]
 
@@ -432,14 +471,19 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where models run (default cpu)")
     p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
                    help="network precision of imputation and generation (default 32)")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="training steps of the sampling tasks' MLP models (default 1000, quick 100; 0: untrained)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         _worker(json.loads(args.worker))
         return
+    if args.pretrain_steps is None:
+        args.pretrain_steps = 100 if args.quick else 1000
     t0 = time.perf_counter()
-    rows = [_run({**spec, "threads": args.threads, "device": args.device, "precision": args.precision}, args.timeout)
-            for spec in _plan(args.quick)]
+    with tempfile.TemporaryDirectory(prefix="cds_perf_") as weights_root:
+        rows = [_run({**spec, "threads": args.threads, "device": args.device, "precision": args.precision},
+                     args.timeout) for spec in _plan(args.quick, args.pretrain_steps, weights_root)]
     elapsed = time.perf_counter() - t0
     tables = _tables(rows)
     lines = _header(args, elapsed) + _headline(tables, rows)
