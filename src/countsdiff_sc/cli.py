@@ -107,6 +107,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         _write(adata, args.out)
 
 
+def _noise_var(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}")
+    return value
+
+
 def _cmd_embed(args: argparse.Namespace) -> None:
     import countsdiff_sc
 
@@ -122,7 +134,10 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         model.train(max_epochs=args.max_epochs, accelerator="cpu", enable_progress_bar=not args.quiet)
         if args.model:
             model.save(args.model, overwrite=True)
-    model.embed(adata, n_iter=args.n_iter, n_chains=args.n_chains, seed=args.seed, progress=not args.quiet)
+    model.embed(
+        adata, n_iter=args.n_iter, n_chains=args.n_chains, seed=args.seed, noise_var=args.noise_var,
+        progress=not args.quiet,
+    )
     _write(adata, args.out)
 
 
@@ -211,10 +226,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="directory of a saved DICE model (loaded if present, else saved there)")
     p.add_argument("--layer", help="layer holding the counts (default: X)")
     p.add_argument("--labels-key", help="obs column of labels (mixup augmentation)")
-    p.add_argument("--n-latent", type=int, help="number of PCs (default: elbo of the singular values)")
+    p.add_argument("--n-latent", type=int, help="number of PCs (default: elbow of the singular values)")
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--n-iter", type=int, default=100)
     p.add_argument("--n-chains", type=int, default=10)
+    p.add_argument(
+        "--noise-var", type=_noise_var, default="auto",
+        help="likelihood variance in the scaled gene space: a positive number, or 'auto' (default: the reference's "
+        "probabilistic-PCA residual variance)",
+    )
     common(p)
     p.set_defaults(func=_cmd_embed)
     return parser

@@ -90,3 +90,23 @@ def test_non_count_data_is_a_one_line_error(tmp_path, run):
     proc = run("train", str(path), "--model", str(tmp_path / "m"), "--quiet")
     assert proc.returncode == 1
     assert "non-integer" in proc.stderr
+
+
+def test_embed_trains_saves_and_reuses_a_dice_model(tmp_path, run):
+    adata = make_counts(n_obs=120, n_vars=15)
+    path = tmp_path / "data.h5ad"
+    adata.write_h5ad(path)
+    model_dir, out = tmp_path / "dice", tmp_path / "emb.h5ad"
+    args = ["--n-iter", "2", "--n-chains", "2", "--seed", "0", "--quiet"]
+    run("embed", path, "--out", out, "--model", model_dir, "--n-latent", "3", "--max-epochs", "2", *args, check=True)
+    res = ad.read_h5ad(out)
+    assert res.obsm["X_dice"].shape == res.obsm["X_dice_std"].shape == (120, 3)
+    params = res.uns["countsdiff"]["X_dice"]
+    assert params["noise_var_auto"] and 0 < params["noise_var"] < 1.5
+    # the saved model is reused; an explicit likelihood variance is recorded as given
+    run("embed", path, "--out", out, "--model", model_dir, "--noise-var", "0.25", *args, check=True)
+    params = ad.read_h5ad(out).uns["countsdiff"]["X_dice"]
+    assert params["noise_var"] == 0.25 and not params["noise_var_auto"]
+    for bad in ("0", "-1", "nan", "inf", "big"):
+        proc = run("embed", path, "--out", out, "--model", model_dir, "--noise-var", bad, *args)
+        assert proc.returncode == 2 and "noise-var" in proc.stderr

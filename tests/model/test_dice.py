@@ -101,6 +101,28 @@ def test_projection_matches_scanpy_pca(pbmc):
     np.testing.assert_allclose(proj.loadings.T @ proj.loadings, np.eye(8), atol=1e-10)
 
 
+def test_residual_var_is_the_ppca_noise_variance(pbmc):
+    """sigma^2 = mean of the discarded eigenvalues of the scaled genes' covariance (Tipping & Bishop 1999, Eq. 8)."""
+    x = pbmc.X[:, :120]
+    proj = fit_projection(x, n_latent=7, max_components=20)
+    hv = np.flatnonzero(proj.highly_variable)
+    z = np.log1p(np.asarray(x.toarray(), dtype=np.float64) / np.asarray(x.sum(1)) * 1e4)
+    z = np.clip((z - z.mean(0)) / np.where(z.std(0, ddof=1) > 0, z.std(0, ddof=1), 1.0), -10, 10)[:, hv]
+    evals = np.sort(np.linalg.eigvalsh(np.cov(z, rowvar=False)))[::-1]
+    np.testing.assert_allclose(proj.residual_var, evals[7:].mean(), rtol=1e-8)
+
+
+def test_residual_var_recovers_isotropic_noise():
+    """A rank-3 signal plus N(0, 0.3) noise in 200 unscaled dimensions: the estimate is 0.3 within sampling error."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(200, 3)))[0]
+    x = rng.normal(scale=[6.0, 4.0, 3.0], size=(4000, 3)) @ basis.T + rng.normal(scale=np.sqrt(0.3), size=(4000, 200))
+    proj = fit_projection(x, log_normalize=False, scale=False, n_latent=3)
+    assert abs(proj.residual_var - 0.3) < 0.01, proj.residual_var
+    # no dimension left out: the variance is unknown
+    assert np.isnan(fit_projection(x[:, :3], log_normalize=False, scale=False, n_latent=3).residual_var)
+
+
 def test_elbow_choice_and_hvg_subset(pbmc):
     adata = pbmc.copy()
     DICEModel.setup_anndata(adata)
@@ -208,6 +230,27 @@ def test_embed_outputs_and_seed(trained, pbmc):
         model.embed(query, rho=(5.0, -1.0), progress=False)
 
 
+def test_noise_var_auto_uses_the_residual_variance(trained, pbmc):
+    model, _ = trained
+    query = pbmc[:30].copy()
+    sigma2 = model.residual_var
+    assert 0 < sigma2 < 1.5  # scaled genes have unit variance, k axes explain part of it
+    auto, _ = model.embed(query, seed=5, key_added="X_auto", **EMBED)
+    explicit, _ = model.embed(query, seed=5, key_added="X_explicit", noise_var=sigma2, **EMBED)
+    np.testing.assert_array_equal(auto, explicit)
+    assert query.uns["countsdiff"]["X_auto"]["noise_var"] == pytest.approx(sigma2)
+    assert query.uns["countsdiff"]["X_auto"]["noise_var_auto"] is True
+    assert query.uns["countsdiff"]["X_explicit"]["noise_var_auto"] is False
+    # the likelihood variance matters: a different value gives a different embedding
+    other, _ = model.embed(query, seed=5, key_added="X_nv1", noise_var=4.0, **EMBED)
+    assert not np.allclose(other, auto)
+    for bad in ("Auto", "mle", 0.0, -1.0, float("nan"), float("inf"), True, None):
+        with pytest.raises(ValueError, match="noise_var"):
+            model.embed(query, noise_var=bad, **EMBED)
+        with pytest.raises(ValueError, match="noise_var"):
+            model.get_latent_representation(query, noise_var=bad, **EMBED)
+
+
 def test_embedding_is_batch_independent_given_rows(trained, pbmc):
     """LayerNorm (not BatchNorm): a network call on a chunk equals the same rows inside a larger batch."""
     model, _ = trained
@@ -224,7 +267,7 @@ def test_save_load_roundtrip(trained, pbmc, tmp_path):
     model.save(tmp_path / "dice", overwrite=True)
     loaded = DICEModel.load(tmp_path / "dice", adata=None)
     assert loaded.adata is None and loaded.n_latent == model.n_latent
-    for name in ("gene_mean", "gene_std", "pca_mean", "loadings", "latent_scale"):
+    for name in ("gene_mean", "gene_std", "pca_mean", "loadings", "latent_scale", "residual_var"):
         torch.testing.assert_close(getattr(loaded.module, name), getattr(model.module, name), atol=0, rtol=0)
     np.testing.assert_array_equal(loaded.history["train_loss"], model.history["train_loss"])
     after, _ = loaded.embed(query, seed=11, **EMBED)
@@ -268,3 +311,19 @@ def test_dice_separates_clusters_better_than_pca():
     mean, std = model.embed(query, n_iter=20, rho=rho, n_chains=8, seed=0, progress=False)
     assert silhouette_score(mean, labels) > silhouette_score(pca, labels) + 0.05
     assert np.all(std > 0)
+
+
+def test_model_saved_without_residual_var_loads_and_falls_back(trained, pbmc, tmp_path):
+    """A 0.1.0 model (no residual_var buffer) still loads; noise_var='auto' then warns and uses 1.0."""
+    model, _ = trained
+    model.save(tmp_path / "old", overwrite=True)
+    path = tmp_path / "old" / "model.pt"
+    saved = torch.load(path, weights_only=False)
+    del saved["model_state_dict"]["residual_var"]
+    torch.save(saved, path)
+    old = DICEModel.load(tmp_path / "old", adata=None)
+    assert np.isnan(old.residual_var)
+    query = pbmc[:20].copy()
+    with pytest.warns(UserWarning, match="noise_var=1.0"):
+        fallback, _ = old.embed(query, seed=2, **EMBED)
+    np.testing.assert_array_equal(fallback, model.embed(query, seed=2, noise_var=1.0, key_added="X_one", **EMBED)[0])

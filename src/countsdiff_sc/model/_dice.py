@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -183,7 +184,7 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         if projection is not None:
             self.module.set_projection(
                 projection.gene_mean, projection.gene_std, projection.pca_mean, projection.loadings,
-                projection.latent_scale,
+                projection.latent_scale, projection.residual_var,
             )
         n_params = sum(p.numel() for p in self.module.net.parameters())
         self._model_summary_string = (
@@ -272,6 +273,16 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
     def loadings(self) -> np.ndarray:
         """PCA loadings ``V`` (n_genes x k; zero rows for genes outside the highly variable subset)."""
         return self.module.loadings.detach().cpu().numpy().copy()
+
+    @property
+    def residual_var(self) -> float:
+        """Noise variance of the reference PCA (probabilistic-PCA estimate; NaN for models saved by 0.1.0).
+
+        The variance per scaled gene that the ``k`` axes leave unexplained; :meth:`embed` uses it as the likelihood
+        variance ``sigma^2`` when ``noise_var="auto"``: ``(trace(C) - sum_{j<=k} lambda_j) / (g - k)`` for the
+        covariance ``C`` of the ``g`` scaled reference genes and its eigenvalues ``lambda`` (Tipping & Bishop, 1999).
+        """
+        return float(self.module.residual_var)
 
     # ------------------------------------------------------------------ training
     def train(
@@ -462,20 +473,37 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
                     samples[start:stop] = u.cpu().numpy()
         return mean, std, samples
 
-    def _check_embed_args(self, n_iter: int, n_chains: int, batch_size: int, noise_var: float,
-                          n_prior_steps: int | None, variance: str) -> None:
+    def _check_embed_args(self, n_iter: int, n_chains: int, batch_size: int, noise_var: float | str,
+                          n_prior_steps: int | None, variance: str) -> float:
+        """Validate the sampler settings; returns the likelihood variance with ``"auto"`` resolved."""
         if int(n_iter) < 1:
             raise ValueError(f"n_iter must be >= 1, got {n_iter}.")
         if int(n_chains) < 1:
             raise ValueError(f"n_chains must be >= 1, got {n_chains}.")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if not noise_var > 0:
-            raise ValueError(f"noise_var must be positive, got {noise_var}.")
         if n_prior_steps is not None and int(n_prior_steps) < 1:
             raise ValueError(f"n_prior_steps must be >= 1 or None (every step), got {n_prior_steps}.")
         if variance not in ("beta", "posterior"):
             raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}.")
+        if isinstance(noise_var, str):
+            if noise_var != "auto":
+                raise ValueError(f"noise_var must be a positive number or 'auto', got {noise_var!r}.")
+            if math.isfinite(self.residual_var) and self.residual_var > 0:
+                return self.residual_var
+            warnings.warn(
+                "noise_var='auto' needs the reference's residual variance, which this model does not store (saved "
+                "by countsdiff-sc 0.1.0, or k equals the number of genes); using noise_var=1.0. Pass a number to "
+                "choose it.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return 1.0
+        if isinstance(noise_var, bool) or not isinstance(noise_var, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(noise_var) and noise_var > 0
+        ):
+            raise ValueError(f"noise_var must be a positive number or 'auto', got {noise_var!r}.")
+        return float(noise_var)
 
     def embed(
         self,
@@ -488,7 +516,7 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         key_added: str = "X_dice",
         batch_size: int = 1024,
         n_prior_steps: int | None = 20,
-        noise_var: float = 1.0,
+        noise_var: float | Literal["auto"] = "auto",
         variance: Literal["beta", "posterior"] = "beta",
         use_ema: bool = True,
         store_samples: bool = False,
@@ -531,7 +559,10 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
             for every ``rho``). None runs every step ``t0, ..., 1`` of Eq. 7 as the paper does (100-400 network
             calls per Gibbs iteration for ``rho`` between 0.5 and 5; slow on a CPU).
         noise_var
-            Variance ``sigma^2`` of the Gaussian likelihood in the scaled gene space (paper: 1).
+            Variance ``sigma^2`` of the Gaussian likelihood in the scaled gene space. ``"auto"`` (default) uses the
+            reference's probabilistic-PCA noise variance :attr:`residual_var` (the variance per gene that the ``k``
+            axes do not explain; about 0.7 on CBMC with ``k = 25``); the paper uses 1, which on scaled
+            single-cell data overstates the noise and pulls cells further towards the prior.
         variance
             Reverse-step variance: ``"beta"`` (Eq. 7) or ``"posterior"``.
         use_ema
@@ -560,7 +591,8 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         True
         """
         self.module.check_fitted()
-        self._check_embed_args(n_iter, n_chains, batch_size, noise_var, n_prior_steps, variance)
+        noise_var_setting = noise_var
+        noise_var = self._check_embed_args(n_iter, n_chains, batch_size, noise_var, n_prior_steps, variance)
         self._check_if_trained(warn=True)
         rhos = make_rho_schedule(rho, n_iter, rho_schedule)
         adata, x = self._query_matrix(adata)
@@ -582,7 +614,8 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
                 "method": "dice", "n_iter": int(n_iter), "rho_start": float(rhos[0]), "rho_end": float(rhos[-1]),
                 "rho_schedule": _schedule_name(rho, rho_schedule),
                 "n_chains": int(n_chains), "seed": seed, "batch_size": int(batch_size),
-                "n_prior_steps": n_prior_steps, "noise_var": float(noise_var), "variance": variance,
+                "n_prior_steps": n_prior_steps, "noise_var": float(noise_var),
+                "noise_var_auto": noise_var_setting == "auto", "variance": variance,
                 "use_ema": bool(use_ema), "n_latent": self.n_latent, "std_key": f"{key_added}_std",
                 "samples_key": f"{key_added}_samples" if store_samples else None, "seconds": round(elapsed, 3),
             },
@@ -599,7 +632,7 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         seed: int | None = None,
         batch_size: int = 1024,
         n_prior_steps: int | None = 20,
-        noise_var: float = 1.0,
+        noise_var: float | Literal["auto"] = "auto",
         variance: Literal["beta", "posterior"] = "beta",
         use_ema: bool = True,
         return_std: bool = False,
@@ -625,7 +658,7 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         >>> z = model.get_latent_representation(query, seed=0)
         """
         self.module.check_fitted()
-        self._check_embed_args(n_iter, n_chains, batch_size, noise_var, n_prior_steps, variance)
+        noise_var = self._check_embed_args(n_iter, n_chains, batch_size, noise_var, n_prior_steps, variance)
         self._check_if_trained(warn=True)
         rhos = make_rho_schedule(rho, n_iter, rho_schedule)
         adata, x = self._query_matrix(adata)

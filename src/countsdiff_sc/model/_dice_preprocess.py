@@ -43,6 +43,11 @@ class DICEProjection:
         Scale ``c`` with which the diffusion prior sees ``u / c`` (1 when not standardised).
     n_latent
         Number of components ``k``.
+    residual_var
+        Maximum-likelihood noise variance ``sigma^2`` of probabilistic PCA (Tipping & Bishop, 1999, Eq. 8): the mean
+        of the ``g - k`` eigenvalues of the selected genes' covariance that the ``k`` axes leave out,
+        ``(trace(C) - sum_{j<=k} lambda_j) / (g - k)``. It is the per-gene variance the rank-``k`` model does not
+        explain, i.e. the ``sigma^2`` of DICE's Gaussian likelihood in the scaled gene space; NaN when ``k = g``.
     """
 
     gene_mean: np.ndarray
@@ -53,6 +58,7 @@ class DICEProjection:
     highly_variable: np.ndarray
     latent_scale: float
     n_latent: int
+    residual_var: float = float("nan")
 
 
 def elbow_rank(singular_values: np.ndarray, min_rank: int = 2) -> int:
@@ -266,6 +272,10 @@ def fit_projection(
     latent_scale = float(np.sqrt(np.mean(evals[:n_latent]))) if standardize_latent else 1.0
     if not latent_scale > 0:
         latent_scale = 1.0
+    # PPCA noise variance: the variance left outside the k axes, per discarded dimension (zero eigenvalues beyond
+    # the rank of the reference included, as in the maximum-likelihood estimate)
+    left_out = float(np.trace(cov) - evals[:n_latent].sum())
+    residual_var = left_out / (g - n_latent) if g > n_latent and left_out > 0 else float("nan")
     return DICEProjection(
         gene_mean=gene_mean,
         gene_std=gene_std,
@@ -275,6 +285,7 @@ def fit_projection(
         highly_variable=hvg,
         latent_scale=latent_scale,
         n_latent=n_latent,
+        residual_var=residual_var,
     )
 
 

@@ -117,6 +117,7 @@ class DICEModule(EMAMixin, BaseModuleClass):
         self.register_buffer("pca_mean", torch.zeros(self.n_input))
         self.register_buffer("loadings", torch.zeros(self.n_input, self.n_latent))
         self.register_buffer("latent_scale", torch.ones(()))
+        self.register_buffer("residual_var", torch.full((), float("nan")))
         self.register_buffer("projection_fitted", torch.zeros((), dtype=torch.bool))
         self.net = LatentDenoiser(
             self.n_latent, n_hidden=n_hidden, n_blocks=n_blocks, expansion=expansion, dim_time=dim_time,
@@ -133,6 +134,7 @@ class DICEModule(EMAMixin, BaseModuleClass):
         pca_mean: np.ndarray,
         loadings: np.ndarray,
         latent_scale: float,
+        residual_var: float = float("nan"),
     ) -> None:
         """Store the frozen reference preprocessing and loadings (fitted by ``fit_projection`` in the model layer).
 
@@ -146,6 +148,9 @@ class DICEModule(EMAMixin, BaseModuleClass):
             ``(n_input, n_latent)`` principal axes ``V``.
         latent_scale
             Scale ``c`` of the diffusion coordinates ``y = u / c``.
+        residual_var
+            Probabilistic-PCA noise variance of the reference (``DICEProjection.residual_var``; NaN: unknown), the
+            likelihood variance that ``noise_var="auto"`` uses.
 
         Returns
         -------
@@ -159,7 +164,13 @@ class DICEModule(EMAMixin, BaseModuleClass):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {tuple(buf.shape)}.")
             buf.copy_(value)
         self.latent_scale.fill_(float(latent_scale))
+        self.residual_var.fill_(float(residual_var))
         self.projection_fitted.fill_(True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models saved by 0.1.0 have no residual_var buffer: load them with "unknown" (NaN) instead of failing
+        state_dict.setdefault(prefix + "residual_var", torch.full((), float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_fitted(self) -> None:
         """Raise a ValueError when the projection buffers were never set.
