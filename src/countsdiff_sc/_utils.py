@@ -174,14 +174,15 @@ def record_params(adata: ad.AnnData, key: str, params: Mapping[str, Any]) -> Non
     store[key] = _jsonable(dict(params))
 
 
-_WRITTEN_FIELDS = ("key_added", "cluster_key_added", "sample_key_added")
+_WRITTEN_FIELDS = ("key_added", "cluster_key_added", "sample_key_added", "samples_key", "std_key")
 
 
 def check_writable(adata: ad.AnnData, key: str, where: Literal["layers", "obs", "obsm"]) -> None:
     """Raise a ValueError if ``adata.layers/obs/obsm[key]`` exists and was not written by countsdiff-sc.
 
     A key counts as written by countsdiff-sc when ``adata.uns["countsdiff"]`` holds a record named ``key`` or a
-    record whose ``key_added`` / ``cluster_key_added`` / ``sample_key_added`` is ``key``; re-running a function
+    record whose ``key_added`` / ``cluster_key_added`` / ``sample_key_added`` / ``samples_key`` / ``std_key`` is
+    ``key``; re-running a function
     with the same ``key_added`` therefore replaces its earlier output, but a user's own layer or column is never
     replaced.
     """

@@ -230,6 +230,28 @@ def test_embed_outputs_and_seed(trained, pbmc):
         model.embed(query, rho=(5.0, -1.0), progress=False)
 
 
+def test_embed_and_project_never_replace_a_users_obsm(trained, pbmc):
+    model, _ = trained
+    query = pbmc[:20].copy()
+    # re-running with the same key replaces countsdiff-sc's own outputs, samples included
+    model.embed(query, seed=0, store_samples=True, **EMBED)
+    second, _ = model.embed(query, seed=1, store_samples=True, **EMBED)
+    np.testing.assert_array_equal(query.obsm["X_dice"], second)
+    model.project(query)
+    model.project(query)
+    # a user's own arrays (e.g. scanpy's X_pca) are left alone, with an error saying what to do
+    for key in ("X_pca", "X_mine", "X_mine_std"):
+        user = pbmc[:20].copy()
+        user.obsm[key] = np.full((20, 3), 7.0)
+        with pytest.raises(ValueError, match="refusing to overwrite"):
+            if key == "X_pca":
+                model.project(user)
+            else:
+                model.embed(user, key_added="X_mine", **EMBED)
+        np.testing.assert_array_equal(user.obsm[key], 7.0)
+        assert "X_mine" not in user.obsm or key == "X_mine"
+
+
 def test_noise_var_auto_uses_the_residual_variance(trained, pbmc):
     model, _ = trained
     query = pbmc[:30].copy()

@@ -21,7 +21,7 @@ from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from countsdiff_sc._utils import check_counts, check_obs_key, get_matrix, record_params, to_dense
+from countsdiff_sc._utils import check_counts, check_obs_key, check_writable, get_matrix, record_params, to_dense
 from countsdiff_sc.diffusion import rho_schedule as make_rho_schedule
 from countsdiff_sc.module import DICEModule, DiffusionTrainingPlan
 
@@ -410,7 +410,8 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         adata
             AnnData with the model's genes (extra genes ignored, order aligned by name); the reference when None.
         key_added
-            obsm key receiving the coordinates (overwritten if present); None writes nothing.
+            obsm key receiving the coordinates; None writes nothing. A key that exists and was not written by
+            countsdiff-sc (e.g. scanpy's own ``X_pca``) raises a ValueError instead of being replaced.
         batch_size
             Cells per batch.
 
@@ -424,6 +425,8 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         """
         self.module.check_fitted()
         adata, x = self._query_matrix(adata)
+        if key_added is not None:
+            check_writable(adata, key_added, "obsm")
         out = np.empty((adata.n_obs, self.n_latent), dtype=np.float32)
         for start in range(0, adata.n_obs, batch_size):
             xb = torch.from_numpy(to_dense(x[start : start + batch_size], np.float32)).to(self.device)
@@ -550,7 +553,9 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
             Random seed; the same seed and ``batch_size`` give the same result on the same device. None draws one
             (recorded in ``uns``).
         key_added
-            obsm key of the chain mean; the spread goes to ``key_added + "_std"``.
+            obsm key of the chain mean; the spread goes to ``key_added + "_std"``. Keys that exist and were not
+            written by countsdiff-sc raise a ValueError instead of being replaced; an earlier embed() with the same
+            key is replaced.
         batch_size
             Cells per batch (each batch moves ``batch_size * n_chains`` rows through the network).
         n_prior_steps
@@ -596,6 +601,8 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         self._check_if_trained(warn=True)
         rhos = make_rho_schedule(rho, n_iter, rho_schedule)
         adata, x = self._query_matrix(adata)
+        for key in (key_added, f"{key_added}_std") + ((f"{key_added}_samples",) if store_samples else ()):
+            check_writable(adata, key, "obsm")
         generator, seed = self._generator(seed)
         start_time = time.perf_counter()
         mean, std, samples = self._sample_chains(
