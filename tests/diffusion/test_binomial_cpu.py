@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from countsdiff_sc.diffusion import binomial
+from countsdiff_sc.diffusion import binomial, reverse_step
 from countsdiff_sc.diffusion._binomial_cpu import (
     INVERSION_MAX_MEAN,
     binomial_cpu,
@@ -180,3 +180,41 @@ def test_binomial_scalar_probability_on_interleaved_zero_counts():
     assert bool((x[0::2] == 0).all())
     assert gof_pvalue(x[1::4].numpy(), stats.binom.pmf(np.arange(6), 5, np.float32(0.3))) > 1e-4
     assert gof_pvalue(x[3::4].numpy(), stats.binom.pmf(np.arange(41), 40, np.float32(0.3))) > 1e-4
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.2])
+def test_repaint_step_chooses_the_rate_inside_the_kernel(sigma):
+    # RePaint's step with x_obs / target draws exactly what a plain step draws from where(target, y_hat, x_obs - x):
+    # the uniforms depend on the seed and the entry's position only. Large enough for a threaded launch, with a few
+    # large means that torch redraws (on both kinds of entries).
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 6, (400, 700), generator=gen).float()
+    x_obs = x + torch.randint(0, 4, x.shape, generator=gen).float()
+    y_hat = 3.0 * torch.rand(x.shape, generator=gen)
+    target = torch.rand(x.shape, generator=gen) < 0.5
+    x[0, :4], x_obs[0, :4], y_hat[0, :4] = 200.0, 500.0, 400.0  # means beyond INVERSION_MAX_MEAN
+    target[0, :4] = torch.tensor([True, False, True, False])
+    plain = reverse_step_cpu(x, torch.where(target, y_hat, x_obs - x), sigma, 0.3, torch.Generator().manual_seed(12))
+    state = x.clone()
+    fused = reverse_step_cpu(state, y_hat, sigma, 0.3, torch.Generator().manual_seed(12), out=state, x_obs=x_obs,
+                             target=target)
+    assert fused is state and torch.equal(fused, plain)
+    with pytest.raises(ValueError, match="both x_obs and target"):
+        reverse_step_cpu(x, y_hat, sigma, 0.3, x_obs=x_obs)
+    with pytest.raises(ValueError, match="shaped like x_t"):
+        reverse_step_cpu(x, y_hat, sigma, 0.3, x_obs=x_obs[:, :3], target=target[:, :3])
+
+
+def test_repaint_step_torch_path_completes_observed_entries():
+    # the torch path (GPUs; here forced by one schedule value per entry): with p(s) = 1 every observed entry ends at
+    # x_obs exactly and every target entry at x_t + random_round(y_hat)
+    x = torch.tensor([[0.0, 2.0, 1.0, 0.0]]).repeat(500, 1)
+    x_obs = torch.tensor([[3.0, 5.0, 9.0, 1.0]]).repeat(500, 1)
+    target = torch.tensor([[False, True, False, True]]).repeat(500, 1)
+    y_hat = torch.full_like(x, 2.5)
+    out = reverse_step(x, y_hat, torch.full_like(x, 0.4), torch.ones_like(x), 0.0, torch.Generator().manual_seed(13),
+                       x_obs=x_obs, target=target)
+    assert torch.equal(out[:, [0, 2]], x_obs[:, [0, 2]])
+    assert set(torch.unique(out[:, 1] - x[:, 1]).tolist()) == {2.0, 3.0}
+    with pytest.raises(ValueError, match="both x_obs and target"):
+        reverse_step(x, y_hat, 0.4, 1.0, target=target)

@@ -268,6 +268,21 @@ def test_log_linear_mix():
         log_linear_mix([y1, y2], [1.0])
 
 
+@pytest.mark.parametrize("coefs", [[1.5, -0.5], [0.3, 0.3, 0.4], "per-cell"])
+def test_log_linear_mix_in_place_matches_the_copying_mix(coefs):
+    gen = torch.Generator().manual_seed(0)
+    n_terms = 2 if coefs == "per-cell" else len(coefs)
+    stacked = 3.0 * torch.rand(n_terms, 5, 7, generator=gen)
+    stacked[0, 0, 0] = 0.0  # clamped at 1e-12 by both
+    if coefs == "per-cell":
+        g = torch.linspace(0.0, 2.0, 5)[:, None]
+        coefs = [g, 1.0 - g]
+    expected = log_linear_mix(list(stacked.clone()), coefs)
+    mixed = log_linear_mix(list(stacked), coefs, inplace=True)
+    torch.testing.assert_close(mixed, expected)
+    assert mixed.data_ptr() == stacked.data_ptr()  # written into the first rate's storage
+
+
 def test_reverse_step_rounding_matches_binomial_of_randomly_rounded_rate():
     # births ~ Binomial(random_round(y), beta): for y = 2.3 a 0.7 / 0.3 mixture of Binomial(2, .) and Binomial(3, .)
     n, y, p_t, p_s = 200_000, 2.3, 0.5, 0.7

@@ -164,11 +164,11 @@ def test_per_condition_guidance_formula_in_one_batched_pass():
     g_bar = sum(g) / 3
     expected = log_u + g_bar * (log_c - log_u) + sum((g[k] - g_bar) * (log_k[k] - log_u) for k in range(3))
     calls = []
-    hook = m.ema_net.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    hook = m.ema_net.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
     y = m.rate(x, t, cat, cont, guidance=g)
     hook.remove()
     torch.testing.assert_close(y.log(), expected, rtol=1e-4, atol=1e-4)
-    assert calls == [5 * n]  # u, C and the three single-condition passes in one forward
+    assert calls == [5 * n]  # u, C and the three single-condition passes: one forward with 5 n output rows
     # equal strengths reduce to the single-strength rule; a vector condition that is not given is dropped
     torch.testing.assert_close(m.rate(x, t, cat, cont, guidance=[1.5] * 3), m.rate(x, t, cat, cont, guidance=1.5))
     no_cont = m.mixed_rate(x, t, [(cat, torch.zeros(n, 2), m.drop_mask(n, x.device, np.array([True, True, False])))],

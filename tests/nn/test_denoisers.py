@@ -32,6 +32,28 @@ def test_softplus_applied_exactly_once(cls, kw):
     assert (y > 0).all()
 
 
+@pytest.mark.parametrize("cls,kw", [(ResidualMLPDenoiser, {"n_hidden": 16, "n_layers": 2, "dim_emb": 8}),
+                                    (GeneTransformerDenoiser, {"d_model": 8, "n_heads": 2, "n_layers": 1})])
+def test_variants_pass_equals_repeated_cells(cls, kw):
+    # the same cells under three condition sets in one call (the MLP computes its input layer once per cell) give
+    # what the repeated cells give, variant-major, with the baseline scale repeated too
+    torch.manual_seed(0)
+    net = cls(12, n_cats_per_cov=[3], **kw)
+    for p in net.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    x, t = _inputs()
+    cat = torch.randint(0, 3, (15, 1))
+    drop = torch.rand(15, 1) < 0.3
+    valid = torch.rand(5, 12) < 0.8
+    scale = torch.rand(5, 12) + 0.5
+    y = net(x, t, cat, drop=drop, valid=valid, scale=scale, n_variants=3)
+    expected = net(x.repeat(3, 1), t.repeat(3), cat, drop=drop, valid=valid.repeat(3, 1), scale=scale.repeat(3, 1))
+    assert y.shape == (15, 12)
+    torch.testing.assert_close(y, expected)
+    # each block of rows is the single-variant prediction of its conditions
+    torch.testing.assert_close(y[5:10], net(x, t, cat[5:10], drop=drop[5:10], valid=valid, scale=scale))
+
+
 def test_transformer_key_padding_isolates_invalid_genes():
     torch.manual_seed(0)
     net = GeneTransformerDenoiser(10, d_model=8, n_heads=2, n_layers=2).eval()

@@ -18,6 +18,7 @@ The seed is drawn from the caller's torch generator (or torch's global one), so 
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numba
@@ -26,7 +27,10 @@ import torch
 
 INVERSION_MAX_MEAN = 40.0
 _MIN_ENTRIES_PER_THREAD = 1 << 17
+_CHUNK = 1 << 16  # entries per work item of a threaded launch
 _TABLE = 128  # counts below this take P(0) = (1 - q)^n from a table
+_NO_FLOATS = np.empty(0, dtype=np.float32)  # "no RePaint arrays" for the step kernel
+_NO_BOOLS = np.empty(0, dtype=np.bool_)
 
 __all__ = ["INVERSION_MAX_MEAN", "binomial_cpu", "reverse_step_cpu"]
 
@@ -120,7 +124,7 @@ def _binomial_kernel(count, prob, seed, out, start, stop):
 
 
 @numba.njit(cache=True, nogil=True)
-def _step_kernel(x, y, params, seed, out, start, stop):
+def _step_kernel(x, y, x_obs, target, params, seed, out, start, stop):
     # One reverse step (Prop. 3.2) per entry, three uniforms each (counters 3i, 3i + 1, 3i + 2):
     #   x_s = (x_t - Binomial(x_t, sigma)) + Binomial(floor y, beta) + Bernoulli(frac(y) beta),
     # the last two terms being Binomial(random_round(y), beta) without materialising the rounded pool. An entry
@@ -129,7 +133,12 @@ def _step_kernel(x, y, params, seed, out, start, stop):
     # branch on whether x or floor y is zero (about half of the entries of sparse data, so such a branch is
     # mispredicted often and cost more than the draw): a zero count inverts to 0 through P(0) = 1, and P(0) comes
     # from a table instead of an exp.
+    # RePaint (``x_obs`` non-empty): entries where ``target`` is False take their known missing count
+    # ``x_obs - x`` (an integer, so the fused rounding leaves it alone) instead of ``y``; the choice is arithmetic,
+    # since a branch on a random mask would be mispredicted half of the time (the test of ``repaint`` itself is the
+    # same for every entry).
     sigma, b = params[0], params[1]
+    repaint = x_obs.size > 0
     qs, log1m_qs, ratio_s, flip_s = _coefs(sigma)
     qb, log1m_qb, ratio_b, flip_b = _coefs(b)
     table_s = np.exp(np.arange(_TABLE) * log1m_qs)
@@ -147,7 +156,11 @@ def _step_kernel(x, y, params, seed, out, start, stop):
                 n_big += 1
                 continue
             survivors = d if flip_s else n - d  # deaths are d, or n - d when 1 - sigma was inverted
-        v = max(np.float64(y[i]), 0.0)
+        v = np.float64(y[i])
+        if repaint:
+            m = np.float64(target[i])
+            v = m * v + (1.0 - m) * (np.float64(x_obs[i]) - n)
+        v = max(v, 0.0)
         whole = np.floor(v)
         births = 1.0 if _uniform(seed, 3 * i + 2) < (v - whole) * b else 0.0
         if b >= 1.0:
@@ -168,18 +181,29 @@ def _seed(generator: torch.Generator | None) -> np.uint64:
 
 
 def _launch(kernel, *args) -> int:
-    """Run ``kernel(*args, start, stop)`` over the entries, in ``torch.get_num_threads()`` contiguous chunks on
-    Python threads when the tensor is large (the kernels release the GIL); the draws do not depend on the split.
-    Returns the number of entries flagged as large-mean."""
+    """Run ``kernel(*args, start, stop)`` over the entries and return the number flagged as large-mean.
+
+    A large tensor is cut into chunks of ``_CHUNK`` entries that up to ``torch.get_num_threads()`` Python threads
+    (the kernels release the GIL) take from a shared counter, so a thread slowed down by other work on its core
+    (such as the OpenMP workers that keep spinning for a few milliseconds after torch's last parallel operation)
+    takes fewer chunks instead of holding the others up. The draws depend on the entry's position only, never on
+    which thread drew it.
+    """
     size = args[0].size
     n_threads = min(torch.get_num_threads(), size // _MIN_ENTRIES_PER_THREAD)
     if n_threads <= 1:
         return int(kernel(*args, 0, size))
-    bounds = np.linspace(0, size, n_threads + 1).astype(np.int64)
+    n_chunks = -(-size // _CHUNK)
+    next_chunk = itertools.count().__next__  # atomic under the GIL
     flagged = [0] * n_threads
 
     def work(j: int) -> None:
-        flagged[j] = int(kernel(*args, int(bounds[j]), int(bounds[j + 1])))
+        total = 0
+        for c in iter(next_chunk, None):
+            if c >= n_chunks:
+                break
+            total += int(kernel(*args, c * _CHUNK, min(size, (c + 1) * _CHUNK)))
+        flagged[j] = total
 
     workers = [threading.Thread(target=work, args=(j,)) for j in range(1, n_threads)]
     for w in workers:
@@ -225,12 +249,16 @@ def reverse_step_cpu(
     beta: float,
     generator: torch.Generator | None = None,
     out: torch.Tensor | None = None,
+    x_obs: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One reverse step ``Binomial(x_t, 1 - sigma) + Binomial(random_round(max(y_hat, 0)), beta)`` on CPU tensors.
+    """One reverse step ``Binomial(x_t, 1 - sigma) + Binomial(random_round(max(y, 0)), beta)`` on CPU tensors.
 
     The death draw, the random rounding (paper Sec. 3.5) and the birth draw of Prop. 3.2 in one pass:
     ``Binomial(random_round(y), beta) = Binomial(floor y, beta) + Bernoulli(frac(y) beta)`` in distribution, so
     the rounded pool is never materialised. Entries whose draws have a large mean are redrawn with torch.
+    The rate ``y`` is ``y_hat``, or for RePaint (``x_obs`` and ``target`` given) ``y_hat`` where ``target`` is True
+    and the known missing count ``x_obs - x_t`` elsewhere, chosen inside the same pass.
 
     Parameters
     ----------
@@ -245,6 +273,9 @@ def reverse_step_cpu(
     out
         Optional contiguous float32 CPU tensor shaped like ``x_t`` to write ``x_s`` into; may be ``x_t`` itself (a
         sampler that owns its state saves an allocation, and the page faults of a fresh buffer, per step).
+    x_obs, target
+        RePaint's observed counts (float32) and the boolean mask of the entries to impute, both shaped like ``x_t``;
+        give both or neither.
 
     Returns
     -------
@@ -254,20 +285,34 @@ def reverse_step_cpu(
     v = np.ascontiguousarray(y_hat.detach().numpy().reshape(-1), dtype=np.float32)
     if x.shape != v.shape:
         raise ValueError(f"x_t and y_hat must have the same shape, got {tuple(x_t.shape)} and {tuple(y_hat.shape)}.")
+    if (x_obs is None) != (target is None):
+        raise ValueError("Give both x_obs and target (RePaint), or neither.")
+    if x_obs is None:
+        obs, tgt = _NO_FLOATS, _NO_BOOLS
+    else:
+        if x_obs.shape != x_t.shape or target.shape != x_t.shape:
+            raise ValueError(
+                f"x_obs and target must be shaped like x_t {tuple(x_t.shape)}, got {tuple(x_obs.shape)} and "
+                f"{tuple(target.shape)}."
+            )
+        obs = np.ascontiguousarray(x_obs.detach().numpy().reshape(-1), dtype=np.float32)
+        tgt = np.ascontiguousarray(target.detach().numpy().reshape(-1), dtype=np.bool_)
     if out is None:
         out = torch.empty(x_t.shape, dtype=torch.float32)
     elif out.dtype != torch.float32 or out.device.type != "cpu" or not out.is_contiguous() or out.shape != x_t.shape:
         raise ValueError("out must be a contiguous float32 CPU tensor shaped like x_t.")
     o = out.detach().numpy().reshape(-1)
     sigma, beta = min(max(float(sigma), 0.0), 1.0), min(max(float(beta), 0.0), 1.0)
-    if _launch(_step_kernel, x, v, np.asarray([sigma, beta]), _seed(generator), o):
+    if _launch(_step_kernel, x, v, obs, tgt, np.asarray([sigma, beta]), _seed(generator), o):
         # large means: redraw those entries (deaths and births) with torch's sampler, the path GPUs take; the
         # kernel left -1 - x_t there, so the counts are known even when out is x_t
         from ._process import _rounded_binomial_torch
 
         idx = np.flatnonzero(o < 0)
-        n = torch.from_numpy(-1.0 - o[idx])
+        counts = -1.0 - o[idx]
+        rate = v[idx] if x_obs is None else np.where(tgt[idx], v[idx], obs[idx] - counts)
+        n = torch.from_numpy(counts)
         survivors = torch.binomial(n, torch.full_like(n, 1.0 - sigma), generator=generator) if sigma > 0 else n
-        births = _rounded_binomial_torch(torch.from_numpy(v[idx]), torch.tensor(beta), generator)
+        births = _rounded_binomial_torch(torch.from_numpy(rate), torch.tensor(beta), generator)
         o[idx] = (survivors + births).numpy()
     return out

@@ -134,7 +134,9 @@ def guidance_mix(y_cond: torch.Tensor, y_uncond: torch.Tensor, guidance: float |
     return torch.exp(log_u + guidance * (log_c - log_u))
 
 
-def log_linear_mix(rates: Sequence[torch.Tensor], coefs: Sequence[float | torch.Tensor]) -> torch.Tensor:
+def log_linear_mix(
+    rates: Sequence[torch.Tensor], coefs: Sequence[float | torch.Tensor], inplace: bool = False
+) -> torch.Tensor:
     """Weighted geometric mean of rates, ``exp(sum_j c_j log y_j)``, the common form of every guided rate.
 
     Single-condition guidance (Sec. 3.4) is ``rates = (y_c, y_u)`` with ``coefs = (g, 1 - g)``; per-covariate
@@ -147,10 +149,14 @@ def log_linear_mix(rates: Sequence[torch.Tensor], coefs: Sequence[float | torch.
         Positive rates of one shape (each clamped at 1e-12 before the log).
     coefs
         One coefficient per rate: a float or a tensor broadcastable to the rates (e.g. ``(n, 1)``, one per cell).
+    inplace
+        Overwrite the rates with their logs and return the result in the storage of ``rates[0]``: no temporary
+        tensors, which on a CPU saves most of the mix's cost (each fresh buffer of a large rate matrix costs a round of
+        page faults). For samplers that own the rates and need no gradient.
 
     Returns
     -------
-    The mixed rate, same shape as ``rates[0]``.
+    The mixed rate, same shape as ``rates[0]`` (``rates[0]`` itself when ``inplace``).
 
     Examples
     --------
@@ -160,8 +166,17 @@ def log_linear_mix(rates: Sequence[torch.Tensor], coefs: Sequence[float | torch.
     """
     if len(rates) != len(coefs) or not rates:
         raise ValueError(f"Need one coefficient per rate, got {len(rates)} rates and {len(coefs)} coefficients.")
-    log_y = sum(c * torch.log(y.clamp_min(1e-12)) for y, c in zip(rates, coefs, strict=True))
-    return torch.exp(log_y)
+    if not inplace:
+        log_y = sum(c * torch.log(y.clamp_min(1e-12)) for y, c in zip(rates, coefs, strict=True))
+        return torch.exp(log_y)
+    out = rates[0].clamp_min_(1e-12).log_().mul_(coefs[0])
+    for y, c in zip(rates[1:], coefs[1:], strict=True):
+        log_y = y.clamp_min_(1e-12).log_()
+        if torch.is_tensor(c):
+            out.add_(log_y.mul_(c))
+        else:
+            out.add_(log_y, alpha=float(c))
+    return out.exp_()
 
 
 def sigma_max(p_t: torch.Tensor, p_s: torch.Tensor) -> torch.Tensor:
@@ -221,6 +236,8 @@ def reverse_step(
     generator: torch.Generator | None = None,
     rounding: bool = True,
     out: torch.Tensor | None = None,
+    x_obs: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One reverse step with attrition from ``t`` to ``s < t`` (Prop. 3.2, Eq. 8; Algorithm 2).
 
@@ -245,11 +262,17 @@ def reverse_step(
     out
         Optional float32 tensor shaped like ``x_t`` to write ``x_s`` into; it may be ``x_t`` itself, which a sampler
         that owns its state uses to avoid a fresh buffer per step.
+    x_obs, target
+        RePaint (Sec. 3.6): observed counts and the boolean mask of the entries to impute, shaped like ``x_t``. Entries
+        where ``target`` is False are driven by their known missing count ``x_obs - x_t`` instead of ``y_hat`` (the
+        exact posterior ``q(x_s | x_t, x_0 = x_obs)``); on CPU the choice is made inside the fused kernel.
 
     Returns
     -------
     ``x_s`` as a float tensor of non-negative integers (``out`` when given).
     """
+    if (x_obs is None) != (target is None):
+        raise ValueError("Give both x_obs and target (RePaint), or neither.")
     p_t = torch.as_tensor(p_t, dtype=torch.float32, device=x_t.device)
     p_s = torch.as_tensor(p_s, dtype=torch.float32, device=x_t.device)
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x_t.device)
@@ -259,7 +282,9 @@ def reverse_step(
         from ._binomial_cpu import reverse_step_cpu
 
         return reverse_step_cpu(x_t.to(torch.float32), y_hat.to(torch.float32).expand_as(x_t), float(sigma),
-                                float(beta), generator, out=out)
+                                float(beta), generator, out=out, x_obs=x_obs, target=target)
+    if x_obs is not None:
+        y_hat = torch.where(target, y_hat, x_obs - x_t)
     survivors = x_t if not bool((sigma > 0).any()) else binomial(x_t, 1.0 - sigma, generator)
     if not rounding:
         return torch.add(survivors, binomial(y_hat.clamp_min(0.0), beta, generator), out=out)

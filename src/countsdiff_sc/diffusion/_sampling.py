@@ -219,8 +219,8 @@ def repaint(
     jump = 1 if resample_jump is None else int(resample_jump)
     if jump < 1:
         raise ValueError(f"resample_jump must be >= 1, got {resample_jump}.")
-    x_obs = x_obs.to(torch.float32)
-    target = target.to(torch.bool)
+    x_obs = x_obs.to(torch.float32).contiguous()
+    target = target.to(torch.bool).contiguous()
     grid = time_grid(n_steps, schedule)
     n_trans = len(grid) - 1
     device, n = x_obs.device, x_obs.shape[0]
@@ -239,8 +239,8 @@ def repaint(
                 y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=device))
                 sigma = attrition_rate(attrition, eta, p_t, p_s, dt=t - s)
                 # observed entries: the oracle rate x_obs - x_t (an integer, so the fused rounding leaves it alone)
-                x = reverse_step(x, torch.where(target, y_hat, x_obs - x), p_t, p_s, sigma, generator,
-                                 out=x if callback is None else None)
+                x = reverse_step(x, y_hat, p_t, p_s, sigma, generator, out=x if callback is None else None,
+                                 x_obs=x_obs, target=target)
                 if callback is not None:
                     callback(k, t, s, x)
                 bar.update(1)

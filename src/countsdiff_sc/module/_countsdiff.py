@@ -370,16 +370,14 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         def stack(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
             return None if parts[0] is None else torch.cat(parts, dim=0)
 
-        def rep(a: torch.Tensor | None) -> torch.Tensor | None:
-            return None if a is None else a.repeat(m, *([1] * (a.dim() - 1)))
-
         cat = stack([v[0] for v, _ in keep])
         cont = stack([v[1] for v, _ in keep])
         drop = stack([v[2] for v, _ in keep]) if self.n_conditions else None
-        y = net(rep(x_t), rep(t), cat, cont, drop, rep(valid), rep(scale))
+        y = net(x_t, t, cat, cont, drop, valid, scale, n_variants=m)
         if m == 1 and not torch.is_tensor(keep[0][1]) and float(keep[0][1]) == 1.0:
             return y
-        return log_linear_mix(list(y.view(m, n, -1)), [c for _, c in keep])
+        # the network's output is ours: mix in place (no temporaries of the size of the rates)
+        return log_linear_mix(list(y.view(m, n, -1)), [c for _, c in keep], inplace=True)
 
     def _check_strengths(self, guidance: Sequence[float]) -> np.ndarray:
         strengths = np.asarray(guidance, dtype=float)

@@ -34,6 +34,34 @@ class RateDenoiser(nn.Module, ABC):
     def init_output_bias(self, rates: torch.Tensor) -> None:
         """Initialise the output so that ``softplus(raw)`` starts at ``rates`` (one per gene)."""
 
+    def raw_variants(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cat: torch.Tensor | None,
+        cont: torch.Tensor | None,
+        drop: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        n_variants: int,
+    ) -> torch.Tensor:
+        """:meth:`raw` for the same ``n`` cells under ``n_variants`` sets of conditions, in one batch.
+
+        ``x_t``, ``t`` and ``valid`` describe the ``n`` cells once; ``cat``, ``cont`` and ``drop`` hold
+        ``n_variants * n`` rows, variant-major (the conditions of variant ``j`` in rows ``j n .. (j + 1) n - 1``).
+        This default repeats the cells' inputs; backbones whose first layers see no condition override it to
+        compute those layers once per cell instead of once per variant.
+
+        Returns
+        -------
+        Output before the softplus, ``(n_variants * n, n_genes)``, variant-major.
+        """
+        if n_variants == 1:
+            return self.raw(x_t, t, cat, cont, drop, valid)
+        return self.raw(
+            x_t.repeat(n_variants, 1), t.repeat(n_variants), cat, cont, drop,
+            None if valid is None else valid.repeat(n_variants, 1),
+        )
+
     def forward(
         self,
         x_t: torch.Tensor,
@@ -43,6 +71,7 @@ class RateDenoiser(nn.Module, ABC):
         drop: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
         scale: torch.Tensor | None = None,
+        n_variants: int = 1,
     ) -> torch.Tensor:
         """Predicted rates ``y_hat = scale * softplus(raw)`` (n, n_genes), strictly positive.
 
@@ -53,14 +82,20 @@ class RateDenoiser(nn.Module, ABC):
         t
             Times ``(n,)`` in ``[0, 1]``.
         cat, cont, drop
-            Conditions (see :class:`~countsdiff_sc.nn.ConditionEncoder`).
+            Conditions (see :class:`~countsdiff_sc.nn.ConditionEncoder`); ``n_variants * n`` rows when
+            ``n_variants > 1``.
         valid
             Boolean ``(n, n_genes)``, False at suspected dropouts (used by backbones that can ignore entries).
         scale
-            Optional positive baseline rate multiplying the output (the module's preconditioning).
+            Optional positive baseline rate ``(n, n_genes)`` multiplying the output (the module's preconditioning).
+        n_variants
+            Number of condition sets the same cells are evaluated under (guidance); the result then has
+            ``n_variants * n`` rows, variant-major (see :meth:`raw_variants`).
         """
-        rate = F.softplus(self.raw(x_t, t, cat, cont, drop, valid))
-        return rate if scale is None else rate * scale
+        rate = F.softplus(self.raw_variants(x_t, t, cat, cont, drop, valid, int(n_variants)))
+        if scale is None:
+            return rate
+        return rate * (scale if n_variants == 1 else scale.repeat(n_variants, 1))
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:

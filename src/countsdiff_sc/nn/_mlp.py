@@ -99,11 +99,42 @@ class ResidualMLPDenoiser(RateDenoiser):
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Network output before the softplus (for tests and diagnostics)."""
+        return self._trunk(self.input(torch.log1p(x_t)), t, cat, cont, drop)
+
+    def raw_variants(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cat: torch.Tensor | None,
+        cont: torch.Tensor | None,
+        drop: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        n_variants: int,
+    ) -> torch.Tensor:
+        """As :meth:`RateDenoiser.raw_variants`; the input layer, which sees no condition, runs once per cell.
+
+        That layer (``n_genes x n_hidden``) is about a third of the network's multiply-adds at 2,000 genes, so a
+        guided pass (two variants) saves about a sixth of its arithmetic and the ``log1p`` of a second copy of the
+        counts.
+        """
+        h = self.input(torch.log1p(x_t))
+        if n_variants > 1:
+            h, t = h.repeat(n_variants, 1), t.repeat(n_variants)
+        return self._trunk(h, t, cat, cont, drop)
+
+    def _trunk(
+        self,
+        h: torch.Tensor,
+        t: torch.Tensor,
+        cat: torch.Tensor | None,
+        cont: torch.Tensor | None,
+        drop: torch.Tensor | None,
+    ) -> torch.Tensor:
+        # the residual blocks (modulated by the time and condition embeddings) and the output head
         emb = self.time_embedding(t)
         cond = self.conditions(cat, cont, drop)
         if cond.shape[1]:
             emb = emb + cond.sum(dim=1)
-        h = self.input(torch.log1p(x_t))
         for block in self.blocks:
             h = block(h, emb)
         return self.head(self.out_norm(h))
