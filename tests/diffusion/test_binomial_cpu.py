@@ -218,3 +218,27 @@ def test_repaint_step_torch_path_completes_observed_entries():
     assert set(torch.unique(out[:, 1] - x[:, 1]).tolist()) == {2.0, 3.0}
     with pytest.raises(ValueError, match="both x_obs and target"):
         reverse_step(x, y_hat, 0.4, 1.0, target=target)
+
+
+@pytest.mark.parametrize("n_cols", [500, 7])  # rows long enough for the P(0) table, and short rows without it
+def test_binomial_with_one_probability_per_row(n_cols):
+    # the forward thinning of a batch (one time per cell): each row's entries are Binomial(count, p_row); rows with
+    # p = 0 / 1, p > 1/2 (inversion of 1 - p) and means beyond INVERSION_MAX_MEAN (torch redraws them)
+    row_p = [0.0, 1.0, 0.15, 0.8, 0.35]
+    counts = [3.0, 3.0, 9.0, 11.0, 300.0]
+    n_rows = N_DRAWS // n_cols
+    p = torch.tensor(row_p * n_rows, dtype=torch.float32)[:n_rows].reshape(-1, 1)  # row r has row_p[r % 5]
+    c = torch.tensor(counts * n_rows)[:n_rows].reshape(-1, 1).expand(n_rows, n_cols).contiguous()
+    x = binomial_cpu(c, p, torch.Generator().manual_seed(14))
+    assert bool((x[0::5] == 0).all()) and torch.equal(x[1::5], c[1::5])
+    pvals = [gof_pvalue(x[j::5].reshape(-1).numpy(), stats.binom.pmf(np.arange(int(counts[j]) + 1), int(counts[j]),
+                                                                       np.float32(row_p[j]))) for j in (2, 3, 4)]
+    assert min(pvals) > 1e-3 / 3, pvals
+    # negative control: rows drawn with a wrong probability are rejected
+    wrong = binomial_cpu(c[2::5], torch.full((c[2::5].shape[0], 1), 0.17), torch.Generator().manual_seed(14))
+    assert gof_pvalue(wrong.reshape(-1).numpy(), stats.binom.pmf(np.arange(10), 9, np.float32(0.15))) < 1e-6
+    # one probability per row gives what the same probabilities per entry give, in distribution and here exactly
+    # (the uniforms are indexed by the flat position in both paths) wherever neither path needs torch's redraw
+    per_entry = binomial_cpu(c, p.expand_as(c).contiguous(), torch.Generator().manual_seed(14))
+    small = c * torch.minimum(p, 1 - p) < INVERSION_MAX_MEAN
+    assert torch.equal(x[small], per_entry[small])

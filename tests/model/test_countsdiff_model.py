@@ -130,7 +130,7 @@ def test_impute_invariants(trained):
                           key_added="med", resample_jump=2, resample_iters=2, store_samples=False)
     assert np.array_equal(med[mask], np.round(med[mask]))
     # re-running with the default keys replaces the earlier outputs (layer and stored draws)
-    rerun, rerun_samples = model.impute(bdata, n_samples=2, n_steps=4, seed=2, progress=False)
+    rerun, _ = model.impute(bdata, n_samples=2, n_steps=4, seed=2, progress=False)
     np.testing.assert_array_equal(bdata.layers["countsdiff_imputed"], rerun)
     assert bdata.obsm["countsdiff_samples"].shape == (bdata.n_obs, 2, bdata.n_vars)
 

@@ -6,7 +6,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from countsdiff_sc.diffusion import CosineSchedule
-from countsdiff_sc.module import CountsDiffModule, gene_prior
+from countsdiff_sc.module import CountsDiffModule, DiffusionTrainingPlan, gene_prior
 
 
 def _module(**kw):
@@ -78,9 +78,24 @@ def test_ema_warmup_first_update_moves_far():
             p.add_(1.0)
     before = {n: p.clone() for n, p in m.ema_net.named_parameters()}
     m.update_ema()  # effective decay min(0.999, 1/10) = 0.1
-    name, p = next(iter(m.ema_net.named_parameters()))
-    live = dict(m.net.named_parameters())[name]
-    torch.testing.assert_close(p, 0.1 * before[name] + 0.9 * live)
+    live = dict(m.net.named_parameters())
+    for name, p in m.ema_net.named_parameters():  # every tensor of the multi-tensor update
+        torch.testing.assert_close(p, 0.1 * before[name] + 0.9 * live[name])
+
+
+@pytest.mark.parametrize("name, cls", [("AdamW", torch.optim.AdamW), ("Adam", torch.optim.Adam)])
+def test_training_plan_builds_the_fused_optimizer(name, cls):
+    m = _module()
+    plan = DiffusionTrainingPlan(m, optimizer=name, lr=2e-3, weight_decay=1e-4, warmup_steps=0)
+    opt = plan.configure_optimizers()["optimizer"]
+    assert type(opt) is cls and opt.defaults["fused"]
+    assert opt.defaults["lr"] == 2e-3 and opt.defaults["weight_decay"] == 1e-4 and opt.defaults["eps"] == 1e-8
+    # the optimizer sees the live network only (the EMA copy is frozen)
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(p.numel() for p in m.net.parameters())
+    # a user's own creator is used as it is
+    custom = DiffusionTrainingPlan(m, optimizer="Custom", optimizer_creator=lambda ps: torch.optim.SGD(ps, lr=0.1),
+                                   warmup_steps=0)
+    assert type(custom.configure_optimizers()["optimizer"]) is torch.optim.SGD
 
 
 def test_condition_dropout_only_in_training():

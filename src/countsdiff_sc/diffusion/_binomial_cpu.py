@@ -124,6 +124,36 @@ def _binomial_kernel(count, prob, seed, out, start, stop):
 
 
 @numba.njit(cache=True, nogil=True)
+def _binomial_rows_kernel(count, prob, n_cols, seed, out, start, stop):
+    # one probability per row of a row-major (n_rows, n_cols) matrix (the forward thinning of a training batch, one
+    # time per cell): the inversion constants and the P(0) table are made once per row, and the loop over a row has
+    # no branch on the count. The uniforms are those of the per-entry path (counter = flat position).
+    table = np.empty(_TABLE if n_cols >= _TABLE // 2 else 0)  # a table pays off only on rows of some length
+    n_big = 0
+    i = start
+    while i < stop:
+        r = i // n_cols
+        end = min(stop, (r + 1) * n_cols)
+        p = np.float64(prob[r])
+        if p <= 0.0 or p >= 1.0:
+            for j in range(i, end):
+                out[j] = count[j] if p >= 1.0 else 0.0
+        else:
+            q, log1m_q, ratio, flip = _coefs(p)
+            if table.size:
+                table[0] = 1.0
+                for j in range(1, table.size):
+                    table[j] = table[j - 1] * (1.0 - q)
+            for j in range(i, end):
+                n = max(np.float64(count[j]), 0.0)
+                k = _invert(n, q, _pmf0(n, log1m_q, table), ratio, _uniform(seed, j))
+                out[j] = n - k if (flip and k >= 0.0) else k
+                n_big += k < 0.0
+        i = end
+    return n_big
+
+
+@numba.njit(cache=True, nogil=True)
 def _step_kernel(x, y, x_obs, target, params, seed, out, start, stop):
     # One reverse step (Prop. 3.2) per entry, three uniforms each (counters 3i, 3i + 1, 3i + 2):
     #   x_s = (x_t - Binomial(x_t, sigma)) + Binomial(floor y, beta) + Bernoulli(frac(y) beta),
@@ -222,7 +252,8 @@ def binomial_cpu(count: torch.Tensor, prob: torch.Tensor, generator: torch.Gener
     count
         Float32 CPU tensor of non-negative integers.
     prob
-        Float32 probabilities in ``[0, 1]``: a scalar or a tensor broadcastable to ``count``.
+        Float32 probabilities in ``[0, 1]``: a scalar, one per row (``(n, 1)`` for a ``(n, g)`` count; the constants
+        of the inversion are then made once per row), or a tensor broadcastable to ``count``.
     generator
         Optional torch generator (one integer is drawn from it for the seed).
 
@@ -231,14 +262,22 @@ def binomial_cpu(count: torch.Tensor, prob: torch.Tensor, generator: torch.Gener
     Float32 tensor shaped like ``count``.
     """
     c = np.ascontiguousarray(count.detach().numpy().reshape(-1), dtype=np.float32)
-    p = prob.reshape(-1) if prob.numel() == 1 else prob.expand(count.shape).reshape(-1)
-    p_np = np.ascontiguousarray(p.detach().numpy(), dtype=np.float32)
     out = np.empty_like(c)
-    if _launch(_binomial_kernel, c, p_np, _seed(generator), out):  # large means: torch's sampler on those few
-        big = out < 0
-        idx = torch.from_numpy(np.flatnonzero(big))
-        p_big = p[idx] if p.numel() > 1 else p.expand(idx.numel())
-        out[big] = torch.binomial(torch.from_numpy(c)[idx], p_big.contiguous(), generator=generator).numpy()
+    per_row = count.dim() == 2 and prob.dim() == 2 and prob.shape == (count.shape[0], 1) and count.shape[1] > 1
+    if per_row:  # one probability per row (thinning with one time per cell)
+        p_np = np.ascontiguousarray(prob.detach().numpy().reshape(-1), dtype=np.float32)
+        flagged = _launch(_binomial_rows_kernel, c, p_np, count.shape[1], _seed(generator), out)
+    else:
+        p = prob.reshape(-1) if prob.numel() == 1 else prob.expand(count.shape).reshape(-1)
+        p_np = np.ascontiguousarray(p.detach().numpy(), dtype=np.float32)
+        flagged = _launch(_binomial_kernel, c, p_np, _seed(generator), out)
+    if flagged:  # large means: torch's sampler on those few
+        idx = np.flatnonzero(out < 0)
+        if per_row:
+            p_big = torch.from_numpy(p_np[idx // count.shape[1]])
+        else:
+            p_big = torch.from_numpy(p_np[idx] if p_np.size > 1 else np.full(idx.size, p_np[0], dtype=np.float32))
+        out[idx] = torch.binomial(torch.from_numpy(c[idx]), p_big, generator=generator).numpy()
     return torch.from_numpy(out).reshape(count.shape)
 
 

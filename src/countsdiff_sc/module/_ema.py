@@ -49,8 +49,9 @@ class EMAMixin:
         decay = min(self.ema_decay, (1.0 + k) / (10.0 + k))
         self.ema_updates += 1
         live = dict(self.net.named_parameters())
-        for name, p_ema in self.ema_net.named_parameters():
-            p_ema.lerp_(live[name].detach(), 1.0 - decay)
+        ema = list(self.ema_net.named_parameters())
+        # one multi-tensor update instead of a Python loop of small ones (same arithmetic as p_ema.lerp_(p, w))
+        torch._foreach_lerp_([p for _, p in ema], [live[name].detach() for name, _ in ema], 1.0 - decay)
         live_buffers = dict(self.net.named_buffers())
         for name, b_ema in self.ema_net.named_buffers():
             b_ema.copy_(live_buffers[name])
