@@ -51,9 +51,27 @@ class RateDenoiser(nn.Module, ABC):
         This default repeats the cells' inputs; backbones whose first layers see no condition override it to
         compute those layers once per cell instead of once per variant.
 
+        Parameters
+        ----------
+        x_t, t, valid
+            Counts ``(n, n_genes)``, times ``(n,)`` and optional validity mask ``(n, n_genes)`` of the cells.
+        cat, cont, drop
+            Conditions of every variant, ``n_variants * n`` rows (see :class:`~countsdiff_sc.nn.ConditionEncoder`).
+        n_variants
+            Number of condition sets.
+
         Returns
         -------
         Output before the softplus, ``(n_variants * n, n_genes)``, variant-major.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from countsdiff_sc.nn import ResidualMLPDenoiser
+        >>> net = ResidualMLPDenoiser(n_genes=20, n_hidden=32, n_layers=1, n_cats_per_cov=[3])
+        >>> cat = torch.tensor([[0], [0], [2], [2]])  # two cells under label 0, then under label 2
+        >>> net.raw_variants(torch.zeros(2, 20), torch.rand(2), cat, None, None, None, n_variants=2).shape
+        torch.Size([4, 20])
         """
         if n_variants == 1:
             return self.raw(x_t, t, cat, cont, drop, valid)
