@@ -29,12 +29,12 @@ Parts
 (d) ``timing``: embed() on 10,000 CBMC-like cells (drawn with replacement) x 10 chains x 100 iterations with the
     default settings and the CBMC model.
 (e) ``diagnostics``: why DICE ties PCA on CBMC. (e1) Gaussian noise added to the query's PCA coordinates is
-    removed by the posterior mean under the learned prior (default network; and a 4.3 M-parameter one trained for
-    20,000 steps, about 18 minutes) and under the empirical prior of the reference points; MSE and 15-NN
+    removed by the posterior mean under the learned prior (default network; and a 4.5 M-parameter one trained for
+    20,000 steps, about 27 minutes) and under the empirical prior of the reference points; MSE and 15-NN
     label-transfer accuracy before / after. (e2) Query counts thinned to 25% depth: PCA vs DICE with the reference's
     and with the query's residual variance as the likelihood variance (3 splits x 4 Leiden seeds).
 
-The network is the package default (about 0.1 M parameters) in every part but (e); the paper's single-cell network
+The network is the package default (about 0.2 M parameters) in every part but (e); the paper's single-cell network
 has 35 M parameters and trains for 10,000 epochs on a GPU.
 
 Writes ``benchmarks/results/dice.md``, ``dice.json``, ``dice_cbmc_umap.png`` and ``dice_confidence.png``
@@ -491,7 +491,7 @@ def _query_residual_var(model, counts: np.ndarray) -> float:
 def run_diagnostics(quick: bool, seed: int) -> dict[str, Any]:
     """(e1) How much a DICE prior denoises CBMC query embeddings, and whether denoising adds label information:
     Gaussian noise of s.d. s (PCA units) added to the query's PCA coordinates, then posterior means under the learned
-    prior (default network, and a 40x larger one trained longer) and under the empirical prior of the reference
+    prior (default network, and a 24x larger one trained longer) and under the empirical prior of the reference
     points; MSE to the noise-free coordinates and 15-NN label-transfer accuracy from the reference. (e2) Queries
     shallower than the reference (counts thinned to 25%): PCA vs DICE with the reference's likelihood variance and
     with the query's own residual variance, over query splits and Leiden seeds."""
@@ -504,9 +504,8 @@ def run_diagnostics(quick: bool, seed: int) -> dict[str, Any]:
     adata = cds.datasets.cbmc()
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     steps = 1500 if quick else 6000
-    networks = {"default (0.1 M parameters)": ({}, steps)}
-    networks["n_hidden=512, n_blocks=4 (4.3 M parameters)"] = ({"n_hidden": 512, "n_blocks": 4},
-                                                              2000 if quick else 20000)
+    networks = {"default": ({}, steps), "n_hidden=512, n_blocks=4": ({"n_hidden": 512, "n_blocks": 4},
+                                                                     2000 if quick else 20000)}
     out: dict[str, Any] = {"noise_sd": [0.5, 1.0, 2.0, 3.0], "networks": {}, "shallow": {}}
     is_query = np.zeros(adata.n_obs, dtype=bool)
     is_query[stratified_query(labels, 1000, seed)] = True
@@ -687,15 +686,16 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   "(e1) One split (1000 query cells). Gaussian noise of s.d. s (PCA units; the reference's own noise "
                   "is about 0.84 per axis) added to the query's PCA coordinates, then denoised by the posterior mean "
                   "under the learned DDPM prior (one network call at the matching noise level, Tweedie's formula) and "
-                  "under the empirical prior of the 7,618 reference embeddings (the best a prior network trained on "
-                  "them can do). MSE to the noise-free coordinates, and the accuracy of a 15-NN label transfer from "
-                  "the reference embeddings.", "",
-                  "| prior network | steps | validation loss | s | MSE noisy | MSE learned | MSE empirical | accuracy "
-                  "noisy | accuracy learned | accuracy empirical |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "under the empirical prior of the reference embeddings (the denoiser a prior network would learn if "
+                  "it fitted the reference points exactly). MSE to the noise-free coordinates, and the accuracy of a "
+                  "15-NN label transfer from the reference embeddings.", "",
+                  "| prior network | parameters | steps | validation loss | s | MSE noisy | MSE learned | MSE empirical "
+                  "| accuracy noisy | accuracy learned | accuracy empirical |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, net in dg["networks"].items():
             for r in net["rows"]:
-                lines.append(f"| {name} | {net['train_steps']} | {net['validation_loss']:.4f} | {r['s']} | "
+                lines.append(f"| {name} | {net['n_parameters'] / 1e6:.2f} M | {net['train_steps']} | "
+                             f"{net['validation_loss']:.4f} | {r['s']} | "
                              f"{r['noisy_mse']:.3f} | {r['learned_mse']:.3f} | {r['empirical_mse']:.3f} | "
                              f"{r['noisy_acc']:.3f} | {r['learned_acc']:.3f} | {r['empirical_acc']:.3f} |")
         first = next(iter(dg["networks"].values()))

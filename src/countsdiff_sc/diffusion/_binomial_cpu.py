@@ -165,8 +165,8 @@ def _step_kernel(x, y, x_obs, target, params, seed, out, start, stop):
     # from a table instead of an exp.
     # RePaint (``x_obs`` non-empty): entries where ``target`` is False take their known missing count
     # ``x_obs - x`` (an integer, so the fused rounding leaves it alone) instead of ``y``; the choice is arithmetic,
-    # since a branch on a random mask would be mispredicted half of the time (the test of ``repaint`` itself is the
-    # same for every entry).
+    # since a branch on a random mask would be mispredicted half of the time (the ``if repaint`` test is the same for
+    # every entry, so it costs nothing).
     sigma, b = params[0], params[1]
     repaint = x_obs.size > 0
     qs, log1m_qs, ratio_s, flip_s = _coefs(sigma)

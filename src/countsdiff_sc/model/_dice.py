@@ -84,7 +84,7 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
         coupling of the sampler is preserved exactly: the prior step uses ``rho / c``). False trains on raw PCA
         scores, as the paper does; the results differ only through how well the network learns either scale.
     n_hidden, n_blocks, expansion, dim_time, dropout
-        Denoiser architecture (:class:`~countsdiff_sc.nn.LatentDenoiser`). The defaults (about 0.1 M parameters,
+        Denoiser architecture (:class:`~countsdiff_sc.nn.LatentDenoiser`). The defaults (about 0.2 M parameters,
         the size of the paper's synthetic-data network) keep sampling fast on a CPU; the paper's single-cell
         network is much larger (35 M parameters, trained on a GPU).
     n_timesteps, beta_start, beta_end
