@@ -689,8 +689,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   "under the empirical prior of the reference embeddings (the denoiser a prior network would learn if "
                   "it fitted the reference points exactly). MSE to the noise-free coordinates, and the accuracy of a "
                   "15-NN label transfer from the reference embeddings.", "",
-                  "| prior network | parameters | steps | validation loss | s | MSE noisy | MSE learned | MSE empirical "
-                  "| accuracy noisy | accuracy learned | accuracy empirical |",
+                  "| prior network | parameters | steps | validation loss | s | MSE noisy | MSE learned "
+                  "| MSE empirical | accuracy noisy | accuracy learned | accuracy empirical |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, net in dg["networks"].items():
             for r in net["rows"]:
