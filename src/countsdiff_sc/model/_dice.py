@@ -567,7 +567,11 @@ class DICEModel(DiffusionTrainingMixin, BaseModelClass):
             Variance ``sigma^2`` of the Gaussian likelihood in the scaled gene space. ``"auto"`` (default) uses the
             reference's probabilistic-PCA noise variance :attr:`residual_var` (the variance per gene that the ``k``
             axes do not explain; about 0.7 on CBMC with ``k = 25``); the paper uses 1, which on scaled
-            single-cell data overstates the noise and pulls cells further towards the prior.
+            single-cell data overstates the noise and pulls cells further towards the prior. Keep ``"auto"`` for
+            queries shallower than the reference too: their normalised profiles are shifted rather than noisier,
+            and a variance matched to their larger residual (about 1.3 for CBMC cells thinned to 25% of their
+            counts) pulled cells towards the wrong populations (Leiden ARI 0.055 below PCA; ``"auto"``: 0.003
+            below; ``benchmarks/dice.py``, part (e)).
         variance
             Reverse-step variance: ``"beta"`` (Eq. 7) or ``"posterior"``.
         use_ema
