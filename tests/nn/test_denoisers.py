@@ -13,14 +13,22 @@ def _inputs(n=5, g=12, seed=0):
     return x, torch.rand(n, generator=gen)
 
 
-@pytest.mark.parametrize("cls,kw", [(ResidualMLPDenoiser, {"n_hidden": 16, "n_layers": 2, "dim_emb": 8}),
-                                    (GeneTransformerDenoiser, {"d_model": 8, "n_heads": 2, "n_layers": 1})])
-def test_softplus_applied_exactly_once(cls, kw):
+BACKBONES = [(ResidualMLPDenoiser, {"n_hidden": 16, "n_layers": 2, "dim_emb": 8}),
+             (GeneTransformerDenoiser, {"d_model": 8, "n_heads": 2, "n_layers": 1})]
+
+
+def _perturbed(cls, kw):
+    # a small backbone for 12 genes and 3 labels, its zero-initialised head perturbed so raw outputs are non-trivial
     torch.manual_seed(0)
     net = cls(12, n_cats_per_cov=[3], **kw)
-    # perturb the zero-initialised head so raw outputs are non-trivial
     for p in net.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("cls,kw", BACKBONES)
+def test_softplus_applied_exactly_once(cls, kw):
+    net = _perturbed(cls, kw)
     x, t = _inputs()
     cat = torch.randint(0, 3, (5, 1))
     raw = net.raw(x, t, cat)
@@ -32,15 +40,11 @@ def test_softplus_applied_exactly_once(cls, kw):
     assert (y > 0).all()
 
 
-@pytest.mark.parametrize("cls,kw", [(ResidualMLPDenoiser, {"n_hidden": 16, "n_layers": 2, "dim_emb": 8}),
-                                    (GeneTransformerDenoiser, {"d_model": 8, "n_heads": 2, "n_layers": 1})])
+@pytest.mark.parametrize("cls,kw", BACKBONES)
 def test_variants_pass_equals_repeated_cells(cls, kw):
     # the same cells under three condition sets in one call (the MLP computes its input layer once per cell) give
     # what the repeated cells give, variant-major, with the baseline scale repeated too
-    torch.manual_seed(0)
-    net = cls(12, n_cats_per_cov=[3], **kw)
-    for p in net.parameters():
-        p.data.add_(0.1 * torch.randn_like(p))
+    net = _perturbed(cls, kw)
     x, t = _inputs()
     cat = torch.randint(0, 3, (15, 1))
     drop = torch.rand(15, 1) < 0.3
