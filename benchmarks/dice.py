@@ -483,9 +483,9 @@ def _query_residual_var(model, counts: np.ndarray) -> float:
     module = model.module
     with torch.inference_mode():
         x = module.transform(torch.from_numpy(counts.astype(np.float32))) - module.pca_mean
-        resid = x - (x @ module.loadings) @ module.loadings.T
-        n_genes = int((module.loadings.abs().sum(1) > 0).sum())  # the genes of the projection (HVG subset)
-    return float(resid.pow(2).sum(1).mean() / (n_genes - model.n_latent))
+        projected = module.loadings.abs().sum(1) > 0  # the genes of the projection (an HVG subset, if any)
+        resid = (x - (x @ module.loadings) @ module.loadings.T)[:, projected]
+    return float(resid.pow(2).sum(1).mean() / (int(projected.sum()) - model.n_latent))
 
 
 def run_diagnostics(quick: bool, seed: int) -> dict[str, Any]:
