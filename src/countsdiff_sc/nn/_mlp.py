@@ -99,7 +99,7 @@ class ResidualMLPDenoiser(RateDenoiser):
         valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Network output before the softplus (for tests and diagnostics)."""
-        return self._trunk(self.input(torch.log1p(x_t)), t, cat, cont, drop)
+        return self.raw_variants(x_t, t, cat, cont, drop, valid, 1)
 
     def raw_variants(
         self,
