@@ -14,15 +14,17 @@ Parts
     1/2 N(0, 1.5 I) + 1/2 N(1, 1.3 I) latents, X = V U + N(0, I), V ~ N(0, 1) entries; 400 test cells per setup:
     1 matched, 2 noise variance 10, 3 multivariate t_4 noise, 4 latents 1/2 N(1, 1.5 I) + 1/2 t_4(1.3 I) with noise
     variance 10). PCA = test cells projected on the reference's 15 principal axes; DICE = 200 Gibbs iterations at a
-    constant rho, mean of 10 chains. Metrics on the true cluster labels: cosine silhouette (sklearn) and cLISI
-    (scib-metrics ``lisi_knn``, 90 neighbours, perplexity 30; 1 = pure neighbourhoods, 2 = fully mixed).
+    constant rho, mean of 10 chains. Metrics on the true cluster labels: raw cosine silhouette
+    (``countsdiff_sc.metrics.silhouette_cosine``, ``rescale=False``) and mean cLISI (``countsdiff_sc.metrics.clisi``:
+    exact 90-NN graph, perplexity 30; 1 = pure neighbourhoods, 2 = fully mixed).
 (b) ``cbmc``: CITE-seq CBMC RNA counts (8617 cells x 500 genes, 13 labels); a stratified query of 1000 cells, the rest
     is the reference (PCA with k = 25 as in the paper, prior trained on it). Query embeddings: reference PCA, DICE
     (rho 5 -> 0.5 linear over 100 iterations, 10 chains, as the paper's Sec. 5.1), DICE with the paper's same-label
     mixup (App. C; uses the reference labels), and an scVI latent (10 dims, trained on the reference). Leiden
-    clustering on a 15-NN graph of each embedding over resolutions 0.1, 0.2, ..., 2.0; as in the paper (App. I) the
-    resolution with the best ARI is kept and ARI and NMI are reported there (the best NMI over the sweep is listed
-    too). Also cosine silhouette and cLISI on the cell types. UMAP figure of the query (PCA vs DICE).
+    clustering on a 15-NN graph of each embedding over resolutions 0.1, 0.2, ..., 2.0
+    (``countsdiff_sc.metrics.leiden_nmi_ari``); as in the paper (App. I) the resolution with the best ARI is kept and
+    ARI and NMI are reported there (the best NMI over the sweep is listed too). Also cosine silhouette and cLISI on
+    the cell types. UMAP figure of the query (PCA vs DICE).
 (c) ``confidence``: the paper's Fig. 2 picture on synthetic setup 1: 500 chains on the noise-free centre of cluster 2
     and on the midpoint of the two centres; per-dimension spread and the share of chains on each cluster (nearest
     reference cluster mean), plus a figure (UMAP of the reference embeddings with the chains' end points).
@@ -45,11 +47,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import platform
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +56,13 @@ import anndata as ad
 import numpy as np
 import torch
 
-warnings.filterwarnings("ignore")
-logging.getLogger("lightning").setLevel(logging.ERROR)
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-logging.getLogger("scvi").setLevel(logging.ERROR)
+from countsdiff_sc import metrics
 
-RESULTS = Path(__file__).resolve().parent / "results"
+try:
+    import _common as common
+except ImportError:  # imported as benchmarks.dice from the repository root
+    from benchmarks import _common as common
+
 PAPER_NV = "DICE, noise_var=1 (paper)"  # the paper's unit likelihood variance instead of the PPCA estimate
 PAPER_TABLE1 = {  # setup: (silhouette PCA, DICE, cLISI PCA, DICE)
     1: (0.25, 0.37, 1.27, 1.17),
@@ -76,43 +76,18 @@ PAPER_CITESEQ = {"DICE": {"ARI": 0.805, "NMI": 0.740, "cLISI": 1.344}, "PCA": {"
 TRAINER = {"enable_progress_bar": False, "enable_model_summary": False}
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+# ---------------------------------------------------------------------- metrics (countsdiff_sc.metrics)
+def leiden_scores(x: np.ndarray, labels: np.ndarray, resolutions: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """ARI and NMI at the best-ARI resolution of a Leiden sweep (the paper's rule, App. I), and the best NMI over
+    the sweep, from :func:`countsdiff_sc.metrics.leiden_nmi_ari`."""
+    out = metrics.leiden_nmi_ari(x, labels, resolutions=resolutions, rule="max_ari", seed=seed)
+    return {"ARI": out["ari"], "NMI": out["nmi"], "resolution": out["ari_resolution"],
+            "NMI_best_over_sweep": float(out["sweep"]["nmi"].max()), "sweep": out["sweep"].to_dict(orient="records")}
 
 
-# ---------------------------------------------------------------------- metrics (sklearn / scanpy / scib-metrics)
-def clisi(x: np.ndarray, labels: np.ndarray, n_neighbors: int = 90) -> float:
-    """Mean cell-type LISI (raw inverse Simpson index; 1 = pure neighbourhoods)."""
-    import scib_metrics
-
-    nn = scib_metrics.nearest_neighbors.pynndescent(np.asarray(x, dtype=np.float32), n_neighbors=n_neighbors)
-    return float(np.mean(scib_metrics.lisi_knn(nn, np.asarray(labels), perplexity=n_neighbors / 3)))
-
-
-def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
-
-    return float(silhouette_score(x, labels, metric="cosine"))
-
-
-def leiden_sweep(x: np.ndarray, labels: np.ndarray, resolutions: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Leiden over a resolution sweep; ARI and NMI at the best-ARI resolution (paper App. I) and the best NMI."""
-    import scanpy as sc
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    tmp = ad.AnnData(np.zeros((x.shape[0], 1), dtype=np.float32))
-    tmp.obsm["rep"] = np.asarray(x, dtype=np.float32)
-    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=15, random_state=seed)
-    rows = []
-    for res in resolutions:
-        sc.tl.leiden(tmp, resolution=float(res), key_added="cl", flavor="igraph", n_iterations=2, directed=False,
-                       random_state=seed)
-        cl = tmp.obs["cl"].to_numpy()
-        rows.append((float(res), adjusted_rand_score(labels, cl), normalized_mutual_info_score(labels, cl),
-                     len(np.unique(cl))))
-    best = max(rows, key=lambda r: r[1])
-    return {"ARI": best[1], "NMI": best[2], "resolution": best[0], "n_clusters": best[3],
-            "NMI_best_over_sweep": max(r[2] for r in rows), "sweep": rows}
+def label_scores(x: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Raw cosine silhouette (as the paper's Table 1) and mean cLISI (90 neighbours) of the labels."""
+    return {"silhouette": metrics.silhouette_cosine(x, labels, rescale=False), "cLISI": metrics.clisi(x, labels)}
 
 
 # ---------------------------------------------------------------------- synthetic data of the paper (Sec. 4)
@@ -170,7 +145,7 @@ def train_synthetic_model(quick: bool, seed: int):
 
 
 def run_synthetic(quick: bool, seed: int, cache: dict, stem: Path) -> dict[str, Any]:
-    log("synthetic: training the prior on the 1600 reference cells")
+    common.log("synthetic: training the prior on the 1600 reference cells")
     model, ref, tests, v, names, train_s, steps = train_synthetic_model(quick, seed)
     cache["synthetic"] = (model, ref, v, names)
     scale = float(model.module.latent_scale)
@@ -183,25 +158,25 @@ def run_synthetic(quick: bool, seed: int, cache: dict, stem: Path) -> dict[str, 
     for setup, (x, lab) in tests.items():
         q = as_adata(x, names, lab)
         pca = model.project(q, key_added=None)
-        row = {"PCA": {"silhouette": silhouette(pca, lab), "cLISI": clisi(pca, lab)}}
+        row = {"PCA": label_scores(pca, lab)}
         for name, rho in rhos.items():
             t = time.perf_counter()
             mean, _ = model.embed(q, n_iter=n_iter, rho=rho, n_chains=10, seed=seed, progress=False)
-            row[f"DICE_{name}"] = {"silhouette": silhouette(mean, lab), "cLISI": clisi(mean, lab), "rho": rho,
+            row[f"DICE_{name}"] = {**label_scores(mean, lab), "rho": rho,
                                    "seconds": time.perf_counter() - t}
         paper = PAPER_TABLE1[setup]
         row["paper"] = {"PCA": {"silhouette": paper[0], "cLISI": paper[2]},
                         "DICE": {"silhouette": paper[1], "cLISI": paper[3]}}
         out["setups"][setup] = row
-        log(f"synthetic setup {setup}: " + ", ".join(f"{k} sil={v['silhouette']:.3f} cLISI={v['cLISI']:.3f}"
+        common.log(f"synthetic setup {setup}: " + ", ".join(f"{k} sil={v['silhouette']:.3f} cLISI={v['cLISI']:.3f}"
                                                      for k, v in row.items() if k != "paper"))
     x, lab = tests[1]
     q = as_adata(x, names, lab)
     for rho in sweep_rhos:
         mean, sd = model.embed(q, n_iter=n_iter, rho=rho, n_chains=10, seed=seed, progress=False)
-        out["rho_sweep_setup1"].append({"rho": rho, "silhouette": silhouette(mean, lab), "cLISI": clisi(mean, lab),
+        out["rho_sweep_setup1"].append({"rho": rho, **label_scores(mean, lab),
                                         "mean_chain_std": float(sd.mean())})
-        log(f"synthetic setup 1, rho={rho}: sil={out['rho_sweep_setup1'][-1]['silhouette']:.3f}")
+        common.log(f"synthetic setup 1, rho={rho}: sil={out['rho_sweep_setup1'][-1]['silhouette']:.3f}")
     return out
 
 
@@ -241,7 +216,7 @@ def run_confidence(quick: bool, seed: int, cache: dict, stem: Path) -> dict[str,
             res = {"input": name, "rho": rho, "mean_std_per_dim": float(s.std(0).mean()),
                    "share_cluster1": float(np.mean(d1 < d2)), "share_cluster2": float(np.mean(d2 <= d1))}
             out["results"].append(res)
-            log(f"confidence: {name}, rho={rho}: spread={res['mean_std_per_dim']:.2f}, "
+            common.log(f"confidence: {name}, rho={rho}: spread={res['mean_std_per_dim']:.2f}, "
                 f"cluster1={res['share_cluster1']:.2f}, cluster2={res['share_cluster2']:.2f}")
             pts = reducer.transform(s)
             ax = axes[i, j]
@@ -289,7 +264,7 @@ def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -
     is_query[q_idx] = True
     ref, query = adata[~is_query].copy(), adata[is_query].copy()
     q_lab = query.obs["cell_type"].astype(str).to_numpy()
-    log(f"cbmc: reference {ref.n_obs} cells, query {query.n_obs} cells")
+    common.log(f"cbmc: reference {ref.n_obs} cells, query {query.n_obs} cells")
     steps = 1500 if quick else 6000
     n_iter = 50 if quick else 100
     out: dict[str, Any] = {"n_reference": int(ref.n_obs), "n_query": int(query.n_obs), "k": 25, "train_steps": steps,
@@ -309,7 +284,7 @@ def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -
                                 "mean_chain_std": float(std.mean()),
                                 "final_validation_loss": float(model.history["validation_loss"].iloc[-1, 0])}
         models[name] = model
-        log(f"cbmc: {name} trained in {train_s:.0f}s, embedded in {out['methods'][name]['embed_seconds']:.0f}s")
+        common.log(f"cbmc: {name} trained in {train_s:.0f}s, embedded in {out['methods'][name]['embed_seconds']:.0f}s")
     reps["PCA"] = models["DICE"].project(query, key_added=None)
     t = time.perf_counter()
     reps[PAPER_NV] = models["DICE"].embed(query, n_iter=n_iter, rho=(5.0, 0.5), n_chains=10, seed=seed,
@@ -330,13 +305,12 @@ def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -
         vae.train(max_epochs=60 if quick else 200, batch_size=256, **TRAINER)
         reps["scVI"] = vae.get_latent_representation(query_s)
         out["methods"]["scVI"] = {"train_seconds": time.perf_counter() - t}
-        log("cbmc: scVI done")
+        common.log("cbmc: scVI done")
     resolutions = np.round(np.arange(0.1, 2.01, 0.1), 2)
     for name, x in reps.items():
-        res = leiden_sweep(x, q_lab, resolutions, seed)
-        res.update({"silhouette": silhouette(x, q_lab), "cLISI": clisi(x, q_lab)})
+        res = {**leiden_scores(x, q_lab, resolutions, seed), **label_scores(x, q_lab)}
         out["methods"].setdefault(name, {}).update(res)
-        log(f"cbmc {name}: ARI={res['ARI']:.3f} NMI={res['NMI']:.3f} sil={res['silhouette']:.3f} "
+        common.log(f"cbmc {name}: ARI={res['ARI']:.3f} NMI={res['NMI']:.3f} sil={res['silhouette']:.3f} "
             f"cLISI={res['cLISI']:.3f} (resolution {res['resolution']})")
     # UMAP figure of the query cells
     panels = [n for n in ("PCA", "DICE", "DICE + mixup (labels)", "scVI") if n in reps]
@@ -394,11 +368,11 @@ def run_cbmc_splits(quick: bool, seed: int, n_splits: int) -> dict[str, Any]:
                 PAPER_NV: model.embed(query, noise_var=1.0, key_added="X_dice_nv1", **embed)[0]}
         for name, x in reps.items():
             for ls in leiden_seeds:
-                res = leiden_sweep(x, q_lab, resolutions, ls)
+                res = leiden_scores(x, q_lab, resolutions, ls)
                 rows.append({"split": split, "leiden_seed": ls, "embedding": name, "ARI": res["ARI"],
                              "NMI": res["NMI"]})
             mine = [r for r in rows if r["split"] == split and r["embedding"] == name]
-            log(f"cbmc split {split} {name}: ARI {np.mean([r['ARI'] for r in mine]):.3f}, "
+            common.log(f"cbmc split {split} {name}: ARI {np.mean([r['ARI'] for r in mine]):.3f}, "
                 f"NMI {np.mean([r['NMI'] for r in mine]):.3f}")
     out: dict[str, Any] = {"n_splits": n_splits, "n_leiden_seeds": len(leiden_seeds), "train_steps": steps,
                            "n_iter": n_iter, "residual_var": residual_vars, "rows": rows, "summary": {}}
@@ -450,7 +424,7 @@ def run_timing(quick: bool, seed: int, cache: dict, threads: list[int]) -> dict[
         secs = time.perf_counter() - t
         out["runs"].append({"threads": n_threads, "seconds": secs, "load_average_before": load,
                             "extrapolated_10k_seconds": secs * 10_000 / n_cells})
-        log(f"timing: {n_cells} cells x 10 chains x 100 iterations with {n_threads} thread(s): {secs:.0f}s "
+        common.log(f"timing: {n_cells} cells x 10 chains x 100 iterations with {n_threads} thread(s): {secs:.0f}s "
             f"(load average before: {load:.1f})")
     torch.set_num_threads(old)
     return out
@@ -499,6 +473,7 @@ def run_diagnostics(quick: bool, seed: int) -> dict[str, Any]:
     from sklearn.neighbors import KNeighborsClassifier
 
     import countsdiff_sc as cds
+    from countsdiff_sc._utils import to_dense
     from countsdiff_sc.model import DICEModel
 
     adata = cds.datasets.cbmc()
@@ -532,7 +507,7 @@ def run_diagnostics(quick: bool, seed: int) -> dict[str, Any]:
             "n_parameters": int(sum(p.numel() for p in model.module.net.parameters())),
             "validation_loss": float(model.history["validation_loss"].iloc[-1, 0]),
             "clean_acc": float(np.mean(knn.predict(u_q) == labels[is_query])), "rows": rows}
-        log(f"diagnostics: {name}: " + "; ".join(
+        common.log(f"diagnostics: {name}: " + "; ".join(
             f"s={r['s']}: mse {r['noisy_mse']:.2f} -> {r['learned_mse']:.2f}, acc {r['noisy_acc']:.3f} -> "
             f"{r['learned_acc']:.3f} (empirical {r['empirical_acc']:.3f})" for r in rows))
     # (e2) shallow queries
@@ -546,7 +521,7 @@ def run_diagnostics(quick: bool, seed: int) -> dict[str, Any]:
         is_query[stratified_query(labels, 1000, seed + split)] = True
         ref = adata[~is_query].copy()
         x = adata.X[is_query]
-        x = x.toarray() if sp.issparse(x) else np.asarray(x)
+        x = to_dense(x)
         thinned = np.random.default_rng(seed + split).binomial(x.astype(np.int64), depth).astype(np.float32)
         query = ad.AnnData(sp.csr_matrix(thinned), obs=adata.obs[is_query].copy(), var=adata.var.copy())
         DICEModel.setup_anndata(ref)
@@ -558,10 +533,11 @@ def run_diagnostics(quick: bool, seed: int) -> dict[str, Any]:
                 "DICE, query noise_var": model.get_latent_representation(query, noise_var=query_var, **embed)}
         for name, rep in reps.items():
             for ls in range(2 if quick else 4):
-                res = leiden_sweep(rep, labels[is_query], resolutions, ls)
+                res = leiden_scores(rep, labels[is_query], resolutions, ls)
                 runs.append({"split": split, "leiden_seed": ls, "embedding": name, "ARI": res["ARI"],
                              "NMI": res["NMI"], "noise_var": model.residual_var if "reference" in name else query_var})
-        log(f"diagnostics: shallow split {split}: reference noise_var {model.residual_var:.3f}, query {query_var:.3f}")
+        common.log(f"diagnostics: shallow split {split}: reference noise_var {model.residual_var:.3f}, "
+                   f"query {query_var:.3f}")
     summary = {}
     for name in reps:
         mine = [r for r in runs if r["embedding"] == name]
@@ -581,11 +557,9 @@ def fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def write_markdown(results: dict[str, Any], path: Path) -> None:
+def markdown(results: dict[str, Any]) -> str:
     lines = ["# DICE benchmarks", "",
-             f"Generated by `python benchmarks/dice.py{' --quick' if results['quick'] else ''}` on "
-             f"{results['machine']} ({results['cpus']} CPUs, torch threads: {results['torch_threads']}); "
-             f"total {results['total_seconds'] / 60:.1f} min.", ""]
+             common.machine_header("dice", results["quick"], results["total_seconds"], results), ""]
     if "synthetic" in results:
         s = results["synthetic"]
         lines += ["## (a) Synthetic setups of the paper (Sec. 4, Table 1)", "",
@@ -619,14 +593,13 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   f"{c.get('residual_var', float('nan')):.3f} (the reference's probabilistic-PCA residual variance; "
                   "the paper's 1 is the extra row). Leiden on a 15-NN graph, resolutions 0.1-2.0, ARI and NMI at the "
                   "best-ARI resolution (the paper's rule, App. I).", "",
-                  "| embedding | ARI | NMI | (best NMI over sweep) | resolution | clusters | cosine silhouette "
-                  "| cLISI |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| embedding | ARI | NMI | (best NMI over sweep) | resolution | cosine silhouette | cLISI |",
+                  "|---|---|---|---|---|---|---|"]
         for name in ("PCA", "DICE", PAPER_NV, "DICE + mixup (labels)", "scVI"):
             if name in c["methods"] and "ARI" in c["methods"][name]:
                 m = c["methods"][name]
                 lines.append(f"| {name} | {fmt(m['ARI'])} | {fmt(m['NMI'])} | {fmt(m['NMI_best_over_sweep'])} | "
-                             f"{m['resolution']} | {m['n_clusters']} | {fmt(m['silhouette'])} | {fmt(m['cLISI'])} |")
+                             f"{m['resolution']} | {fmt(m['silhouette'])} | {fmt(m['cLISI'])} |")
         lines += ["", "Paper, Table 2 (CITE-seq PBMC of Hao et al., 9000 / 1000 cells, 3000 HVGs, k = 25, "
                   "35 M-parameter network on a GPU; a different dataset):", "",
                   "| embedding | ARI | NMI | cLISI |", "|---|---|---|---|"]
@@ -713,7 +686,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                                                  f"{m['NMI_minus_PCA']:+.3f} ({m['NMI_minus_PCA_se']:.3f}) |")
             lines.append(f"| {name} | {nv} | {fmt(m['ARI'])} | {fmt(m['NMI'])} | {diffs}")
         lines.append("")
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -731,16 +704,15 @@ def main() -> None:
     parser.add_argument("--out", default=None,
                         help="output stem (default benchmarks/results/dice, or dice_quick with --quick)")
     args = parser.parse_args()
+    common.quiet()
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    stem = Path(args.out) if args.out else RESULTS / ("dice_quick" if args.quick else "dice")
+    stem = Path(args.out) if args.out else common.result_stem("dice", args.quick)
     t0 = time.perf_counter()
-    results: dict[str, Any] = {"quick": args.quick, "seed": args.seed, "machine": platform.platform(),
-                               "cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__}
+    results: dict[str, Any] = {"quick": args.quick, "seed": args.seed, **common.machine_info()}
     if args.merge and stem.with_suffix(".json").exists():
         previous = json.loads(stem.with_suffix(".json").read_text())
-        results = {**previous, **{k: v for k, v in results.items() if k not in ("machine", "cpus")}}
+        results = {**previous, **{k: v for k, v in results.items() if k not in ("machine", "cpu", "cpus")}}
         t0 -= previous.get("total_seconds", 0.0)
     cache: dict[str, Any] = {}
     if "synthetic" in parts:
@@ -757,9 +729,7 @@ def main() -> None:
         results["timing"] = run_timing(args.quick, args.seed, cache,
                                        [int(t) for t in args.timing_threads.split(",") if t])
     results["total_seconds"] = time.perf_counter() - t0
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
-    write_markdown(results, stem.with_suffix(".md"))
-    log(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")
+    common.write_results(stem, markdown(results), results, echo=False)
 
 
 if __name__ == "__main__":

@@ -32,24 +32,17 @@ Writes ``benchmarks/results/generation[_quick].md``, ``.json`` and ``_umap.png``
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import platform
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-RESULTS = Path(__file__).parent / "results"
-
 try:
-    from _markdown import frame_to_markdown
-except ImportError:  # run as a module from the repository root
-    from benchmarks._markdown import frame_to_markdown
+    import _common as common
+except ImportError:  # imported as benchmarks.generation from the repository root
+    from benchmarks import _common as common
 
 FULL_GRID = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (1.0, 0.01), (1.0, 0.05), (2.0, 0.02)]
 QUICK_GRID = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (1.0, 0.05)]
@@ -67,19 +60,6 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     return p.parse_args()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def lognorm(x: np.ndarray) -> np.ndarray:
-    tot = x.sum(axis=1, keepdims=True)
-    return np.log1p(x * np.divide(1e4, tot, out=np.zeros_like(tot), where=tot > 0))
-
-
-def dense(x: Any) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
 
 
 def set_metrics(real: np.ndarray, gen: np.ndarray, embedder: Any, n_estimators: int, seed: int) -> dict[str, float]:
@@ -106,10 +86,9 @@ def main() -> None:
 
     import countsdiff_sc as cds
     from countsdiff_sc import metrics, pp
+    from countsdiff_sc._utils import log_normalize, to_dense
 
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    common.quiet()
     torch.set_num_threads(args.threads)
     scvi.settings.verbosity = 40
     scvi.settings.seed = args.seed
@@ -127,9 +106,9 @@ def main() -> None:
     train = adata[adata.obs["countsdiff_split"] == "train"].copy()
     held = adata[adata.obs["countsdiff_split"] == "test"].copy()
     types = list(held.obs["cell_type"].value_counts().index[: args.top])
-    log(f"CBMC {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, held-out {held.n_obs}; "
+    common.log(f"CBMC {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, held-out {held.n_obs}; "
         f"cell types {types}")
-    x_train, x_held = dense(train.X), dense(held.X)
+    x_train, x_held = to_dense(train.X, np.float64), to_dense(held.X, np.float64)
     lab_train = train.obs["cell_type"].astype(str).to_numpy()
     lab_held = held.obs["cell_type"].astype(str).to_numpy()
     n_gen = {t: int(min(args.max_cells, np.sum(lab_held == t))) for t in types}
@@ -141,13 +120,13 @@ def main() -> None:
     model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",
                 enable_progress_bar=False, enable_model_summary=False)
     timings["countsdiff_train_s"] = time.perf_counter() - t0
-    log(f"CountsDiff trained ({args.max_steps} steps) in {timings['countsdiff_train_s']:.0f} s")
+    common.log(f"CountsDiff trained ({args.max_steps} steps) in {timings['countsdiff_train_s']:.0f} s")
 
     t0 = time.perf_counter()
     gauss = cds.baselines.GaussianDDPMGenerator().fit(train, labels_key="cell_type", max_steps=args.max_steps,
                                                       batch_size=256, seed=args.seed, progress=False)
     timings["gaussian_train_s"] = time.perf_counter() - t0
-    log(f"Gaussian DDPM trained ({args.max_steps} steps, {gauss.n_params:,} parameters) in "
+    common.log(f"Gaussian DDPM trained ({args.max_steps} steps, {gauss.n_params:,} parameters) in "
         f"{timings['gaussian_train_s']:.0f} s")
 
     t0 = time.perf_counter()
@@ -157,35 +136,35 @@ def main() -> None:
     scvi_model.train(max_epochs=args.scvi_epochs, accelerator="cpu", enable_progress_bar=False)
     torch.set_num_threads(args.threads)  # scvi-tools may change it
     timings["scvi_train_s"] = time.perf_counter() - t0
-    log(f"scVI trained ({args.scvi_epochs} epochs) in {timings['scvi_train_s']:.0f} s")
+    common.log(f"scVI trained ({args.scvi_epochs} epochs) in {timings['scvi_train_s']:.0f} s")
 
     t0 = time.perf_counter()
     embedder = metrics.fit_scfid_embedder(train, max_epochs=embedder_epochs, seed=args.seed, accelerator="cpu")
     torch.set_num_threads(args.threads)
     timings["scfid_embedder_s"] = time.perf_counter() - t0
-    log(f"scFID embedder trained in {timings['scfid_embedder_s']:.0f} s")
+    common.log(f"scFID embedder trained in {timings['scfid_embedder_s']:.0f} s")
 
     # label classifier on real train cells
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
-    pca = PCA(50, random_state=args.seed).fit(lognorm(x_train))
-    clf = LogisticRegression(max_iter=2000).fit(pca.transform(lognorm(x_train)), lab_train)
+    pca = PCA(50, random_state=args.seed).fit(log_normalize(x_train))
+    clf = LogisticRegression(max_iter=2000).fit(pca.transform(log_normalize(x_train)), lab_train)
 
     def label_accuracy(x: np.ndarray, label: str) -> float:
-        return float(np.mean(clf.predict(pca.transform(lognorm(x))) == label))
+        return float(np.mean(clf.predict(pca.transform(log_normalize(x))) == label))
 
     timings["label_classifier_s"] = time.perf_counter() - t0
 
     # ---------------------------------------------------------------- interpolation (issue 5, item 3)
     t0 = time.perf_counter()
     interp_rows = []
-    x_pca_train = pca.transform(lognorm(x_train))
+    x_pca_train = pca.transform(log_normalize(x_train))
     for src, tgt in INTERPOLATIONS:
         out = model.interpolate(held, src, tgt, weights=np.linspace(0.0, 1.0, 6), t_start=0.6,
                                 n_cells=20 if args.quick else 100, seed=args.seed, progress=False)
-        z = pca.transform(lognorm(dense(out.X)))
+        z = pca.transform(log_normalize(to_dense(out.X, np.float64)))
         proba = clf.predict_proba(z)[:, list(clf.classes_).index(tgt)]
         c_src, c_tgt = x_pca_train[lab_train == src].mean(0), x_pca_train[lab_train == tgt].mean(0)
         w = out.obs["interpolation_weight"].to_numpy()
@@ -200,7 +179,7 @@ def main() -> None:
             })
     interp = pd.DataFrame(interp_rows)
     timings["interpolation_s"] = time.perf_counter() - t0
-    log(f"interpolation done in {timings['interpolation_s']:.0f} s")
+    common.log(f"interpolation done in {timings['interpolation_s']:.0f} s")
 
     # ---------------------------------------------------------------- generation
     rng = np.random.default_rng(args.seed)
@@ -212,12 +191,12 @@ def main() -> None:
         for t in types:
             out = model.sample(n_gen[t], labels=t, n_steps=args.n_steps, guidance=g, attrition=eta,
                                attrition_kind="rescale", seed=args.seed, progress=False)
-            generated[name][t] = dense(out.X)
+            generated[name][t] = to_dense(out.X, np.float64)
     timings["countsdiff_sample_s"] = time.perf_counter() - t0
-    log(f"CountsDiff: {len(grid)} settings sampled in {timings['countsdiff_sample_s']:.0f} s")
+    common.log(f"CountsDiff: {len(grid)} settings sampled in {timings['countsdiff_sample_s']:.0f} s")
     t0 = time.perf_counter()
     generated["Gaussian DDPM"] = {
-        t: dense(gauss.sample(n_gen[t], labels=t, n_steps=args.n_steps, seed=args.seed).X) for t in types
+        t: to_dense(gauss.sample(n_gen[t], labels=t, n_steps=args.n_steps, seed=args.seed).X, np.float64) for t in types
     }
     timings["gaussian_sample_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -227,11 +206,12 @@ def main() -> None:
         idx_train = rng.choice(np.flatnonzero(lab_train == t), n_gen[t], replace=n_gen[t] > np.sum(lab_train == t))
         idx_held = np.flatnonzero(lab_held == t)[: n_gen[t]]
         pp_train = scvi_model.posterior_predictive_sample(scvi_data, indices=idx_train.tolist(), n_samples=1)
-        generated["scVI (train cells)"][t] = dense(pp_train.todense() if hasattr(pp_train, "todense") else pp_train)
+        pp_train = pp_train.todense() if hasattr(pp_train, "todense") else pp_train  # pydata sparse (scvi-tools)
+        generated["scVI (train cells)"][t] = to_dense(pp_train, np.float64)
         held_copy = held.copy()
         pp_held = scvi_model.posterior_predictive_sample(held_copy, indices=idx_held.tolist(), n_samples=1)
-        generated["scVI (held-out cells, oracle)"][t] = dense(pp_held.todense() if hasattr(pp_held, "todense")
-                                                              else pp_held)
+        pp_held = pp_held.todense() if hasattr(pp_held, "todense") else pp_held
+        generated["scVI (held-out cells, oracle)"][t] = to_dense(pp_held, np.float64)
         generated["real train cells (floor)"][t] = x_train[idx_train]
     timings["scvi_sample_s"] = time.perf_counter() - t0
     for sets in generated.values():
@@ -248,13 +228,12 @@ def main() -> None:
             m = set_metrics(real_t, sets[t], embedder, n_estimators, args.seed)
             rows.append({"method": method, "cell_type": t, "n_real": len(real_t), "n_generated": n_gen[t], **m})
             fid_rows.append({"method": method, "cell_type": t, "accuracy": label_accuracy(sets[t], t)})
-        log(f"metrics for {t} done ({time.perf_counter() - t0:.0f} s)")
+        common.log(f"metrics for {t} done ({time.perf_counter() - t0:.0f} s)")
     timings["metrics_s"] = time.perf_counter() - t0
     table, fidelity = pd.DataFrame(rows), pd.DataFrame(fid_rows)
 
     t0 = time.perf_counter()
-    umap_path = RESULTS / ("generation_quick_umap.png" if args.quick else "generation_umap.png")
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    umap_path = common.result_stem("generation", args.quick, "_umap.png")
     _umap(x_held, lab_held, types, generated, pca, umap_path, args.seed)
     timings["umap_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
@@ -271,6 +250,8 @@ def _umap(x_held: np.ndarray, lab_held: np.ndarray, types: list[str], generated:
     import matplotlib.pyplot as plt
     import scanpy as sc
 
+    from countsdiff_sc._utils import log_normalize
+
     shown = ["CountsDiff g=1 eta=0", "Gaussian DDPM", "scVI (train cells)"]
     blocks, source, label = [], [], []
     keep = np.isin(lab_held, types)
@@ -284,7 +265,7 @@ def _umap(x_held: np.ndarray, lab_held: np.ndarray, types: list[str], generated:
             label += [t] * len(generated[method][t])
     x = np.vstack(blocks)
     emb = ad.AnnData(obs=pd.DataFrame({"source": source, "cell_type": label}, index=[str(i) for i in range(len(x))]))
-    emb.obsm["X_pca"] = pca.transform(lognorm(x))
+    emb.obsm["X_pca"] = pca.transform(log_normalize(x))
     sc.pp.neighbors(emb, use_rep="X_pca", random_state=seed)
     sc.tl.umap(emb, random_state=seed)
     sources = ["real held-out", *shown]
@@ -308,9 +289,7 @@ def _umap(x_held: np.ndarray, lab_held: np.ndarray, types: list[str], generated:
 def _write(table: pd.DataFrame, fidelity: pd.DataFrame, interp: pd.DataFrame, timings: dict,
            args: argparse.Namespace, grid: list, types: list[str],
            n_gen: dict, umap_path: Path, n_gauss: int, n_cd: int) -> None:
-    import torch
-
-    stem = RESULTS / ("generation_quick" if args.quick else "generation")
+    info = common.machine_info()
     order = list(dict.fromkeys(table.method))
     cols = ["mmd", "swd", "energy_distance", "scfid", "rf_auc", "zero_frac_mae", "mean_pearson", "var_pearson",
             "sparsity_abs_diff"]
@@ -324,8 +303,7 @@ def _write(table: pd.DataFrame, fidelity: pd.DataFrame, interp: pd.DataFrame, ti
     mode = "quick" if args.quick else "full"
     lines = [
         f"# Generation benchmark on CBMC ({mode} mode)", "",
-        f"Generated by `python benchmarks/generation.py{' --quick' if args.quick else ''}` on {platform.platform()} "
-        f"({os.cpu_count()} CPUs, torch threads: {torch.get_num_threads()}); total {timings['total_s'] / 60:.1f} min.",
+        common.machine_header("generation", args.quick, timings["total_s"], info),
         "",
         f"Train / held-out split 80 / 20 stratified by cell type; {args.max_steps} training steps for CountsDiff "
         f"(residual MLP, {n_cd:,} parameters, all entries, labels) and the Gaussian DDPM ({n_gauss:,} parameters); "
@@ -338,32 +316,28 @@ def _write(table: pd.DataFrame, fidelity: pd.DataFrame, interp: pd.DataFrame, ti
         "of per-gene means / variances (log-normalised), |sparsity difference|. Lower is better except the "
         "correlations; `real train cells (floor)` is a second real sample, the best any generator can do.",
         "",
-        "## Mean over cell types", "", frame_to_markdown(mean_table), "",
+        "## Mean over cell types", "", common.frame_to_markdown(mean_table), "",
         "## Label fidelity (accuracy of a logistic regression on 50 PCs trained on real train cells)", "",
         "Guided samples should be classified as their label at least as often as real held-out cells.", "",
-        frame_to_markdown(acc, float_format="{:.3f}"), "",
+        common.frame_to_markdown(acc, float_format="{:.3f}"), "",
         "## Cell-state interpolation (`model.interpolate`)", "",
         "Held-out cells of the source type thinned to t = 0.6 and regenerated with the geometric mix "
         "y_src^(1-a) y_tgt^a of the two conditional rates (guidance 1); per weight a: mean classifier probability "
         "of the target type, share classified as the target, mean distance to the source / target centroids of the "
         "real train cells (50 PCs of log-normalised counts). A monotone path moves every column monotonically.", "",
-        frame_to_markdown(interp.set_index(["path", "weight"]), float_format="{:.3f}"), "",
+        common.frame_to_markdown(interp.set_index(["path", "weight"]), float_format="{:.3f}"), "",
         "## Per cell type", "",
     ]
     for t in types:
         sub = table[table.cell_type == t].set_index("method")[cols]
-        lines += [f"### {t}", "", frame_to_markdown(sub), ""]
+        lines += [f"### {t}", "", common.frame_to_markdown(sub), ""]
     lines += [f"![UMAP of real held-out and generated cells]({umap_path.name})", "",
-              "## Timings (s)", "", frame_to_markdown(pd.Series(timings).round(1).to_frame("seconds")), ""]
-    stem.with_suffix(".md").write_text("\n".join(lines))
-    payload = {"settings": vars(args), "grid": grid, "cell_types": types, "n_generated": n_gen,
-               "machine": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "## Timings (s)", "", common.frame_to_markdown(pd.Series(timings).round(1).to_frame("seconds")), ""]
+    payload = {"settings": vars(args), "grid": grid, "cell_types": types, "n_generated": n_gen, **info,
                "timings": timings, "table": table.to_dict(orient="records"),
                "label_fidelity": fidelity.to_dict(orient="records"),
                "interpolation": interp.to_dict(orient="records")}
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float))
-    print("\n".join(lines))
-    print(f"wrote {stem}.md / .json and {umap_path.name}")
+    common.write_results(common.result_stem("generation", args.quick), lines, payload, also=[umap_path.name])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Imputation benchmark on the bundled CBMC counts with the CountsDiff paper's scRNA-seq protocol.
 
-Protocol (paper Sec. 4.3, App. D.3; REFERENCE_NOTES.md):
+Protocol (CountsDiff paper, Sec. 4.3 and App. D.3; dropouts as in scIDPMs, Zhang & Liu 2024, Algorithm 1):
 
 1. suspected dropouts marked per cell type (scIDPMs Algorithm 1); they are never held out nor scored;
 2. cells split 80/10/10 (train / validation / test), stratified by cell type;
@@ -24,20 +24,16 @@ Writes ``benchmarks/results/imputation[_quick].md``, ``.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-RESULTS = Path(__file__).parent / "results"
-
 try:
-    from _markdown import frame_to_markdown
-except ImportError:  # run as a module from the repository root
-    from benchmarks._markdown import frame_to_markdown
+    import _common as common
+except ImportError:  # imported as benchmarks.imputation from the repository root
+    from benchmarks import _common as common
 
 
 def _parse() -> argparse.Namespace:
@@ -58,7 +54,7 @@ def main() -> None:
     import countsdiff_sc as cds
     from countsdiff_sc import baselines, metrics, pp
 
-    warnings.filterwarnings("ignore", category=UserWarning)
+    common.quiet()
     scvi.settings.verbosity = 30
     scvi.settings.seed = args.seed
     t_all = time.perf_counter()
@@ -73,14 +69,14 @@ def main() -> None:
     split = adata.obs["countsdiff_split"]
     train = adata[split != "test"].copy()
     test = adata[split == "test"].copy()
-    print(f"CBMC {adata.n_obs} cells; train+validation {train.n_obs}, test {test.n_obs}; max_steps={max_steps}")
+    common.log(f"CBMC {adata.n_obs} cells; train+validation {train.n_obs}, test {test.n_obs}; max_steps={max_steps}")
 
     cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type", valid_layer="countsdiff_valid")
     model = cds.CountsDiffModel(train)
     t0 = time.perf_counter()
     model.train(max_steps=max_steps, train_size=8 / 9, accelerator="cpu", enable_progress_bar=False)
     timings = {"countsdiff_train_s": time.perf_counter() - t0}
-    print(f"CountsDiff trained in {timings['countsdiff_train_s']:.0f} s")
+    common.log(f"CountsDiff trained in {timings['countsdiff_train_s']:.0f} s")
 
     regimes = {
         "MCAR 50%": lambda a: pp.mask_mcar(a, rate=0.5, seed=args.seed),
@@ -93,8 +89,8 @@ def main() -> None:
         data = test.copy()
         make_mask(data)
         mask = data.layers["countsdiff_mask"]
-        print(f"\n== {regime}: {int(mask.sum())} held-out entries, mean held-out count "
-              f"{float(data.X.toarray()[mask].mean()):.3f}")
+        common.log(f"== {regime}: {int(mask.sum())} held-out entries, mean held-out count "
+            f"{float(data.X.toarray()[mask].mean()):.3f}")
         methods: dict[str, str] = {}
         t0 = time.perf_counter()
         model.impute(data, n_samples=5, n_steps=args.n_steps, seed=args.seed, key_added="cd5", progress=False)
@@ -125,38 +121,35 @@ def main() -> None:
             baselines.impute_magic(data)
             methods["MAGIC"] = "magic_imputed"
         except ImportError as err:
-            print(f"MAGIC skipped: {str(err).splitlines()[0]}")
+            common.log(f"MAGIC skipped: {str(err).splitlines()[0]}")
         for name, layer in methods.items():
             df = metrics.evaluate_imputation(
                 data, imputed_layer=layer, n_bootstrap=n_bootstrap, seed=args.seed, scfid=args.scfid,
                 key_added=f"{regime}:{name}",
             )
             tables.append(df.assign(regime=regime, method=name))
-            print(f"  {name:28s} " + "  ".join(f"{m}={v:.4g}" for m, v in zip(df.metric, df.value, strict=True)))
+            common.log(f"  {name:28s} " + "  ".join(f"{m}={v:.4g}" for m, v in zip(df.metric, df.value, strict=True)))
     table = pd.concat(tables, ignore_index=True)
     timings["total_s"] = time.perf_counter() - t_all
     _write(table, timings, args)
 
 
 def _write(table: pd.DataFrame, timings: dict, args: argparse.Namespace) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / ("imputation_quick" if args.quick else "imputation")
+    stem = common.result_stem("imputation", args.quick)
+    info = common.machine_info()
     lines = [f"# Imputation benchmark on CBMC ({'quick' if args.quick else 'full'} mode)", "",
+             common.machine_header("imputation", args.quick, timings["total_s"], info), "",
              "Mean (bootstrap standard error over cells). Lower is better except spearman / pearson / r2; "
              "bias closest to 0 is best.", ""]
     for regime, sub in table.groupby("regime", sort=False):
         cell = sub.assign(txt=[f"{v:.4g} ({s:.2g})" for v, s in zip(sub.value, sub.std_error, strict=True)])
         wide = cell.pivot(index="method", columns="metric", values="txt")
         wide = wide.loc[list(dict.fromkeys(sub.method))]
-        lines += [f"## {regime}", "", frame_to_markdown(wide), ""]
-    lines += ["## Timings (s, 2 CPU cores)", "", frame_to_markdown(pd.Series(timings).round(1).to_frame("seconds")), ""]
-    stem.with_suffix(".md").write_text("\n".join(lines))
-    stem.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "timings": timings,
-                                                     "table": table.to_dict(orient="records")}, indent=1,
-                                                    default=float))
+        lines += [f"## {regime}", "", common.frame_to_markdown(wide), ""]
+    lines += ["## Timings (s)", "", common.frame_to_markdown(pd.Series(timings).round(1).to_frame("seconds")), ""]
     _plot(table, stem.with_suffix(".png"))
-    print("\n".join(lines))
-    print(f"wrote {stem}.md / .json / .png")
+    common.write_results(stem, lines, {"settings": vars(args), **info, "timings": timings,
+                                "table": table.to_dict(orient="records")}, also=[stem.with_suffix(".png").name])
 
 
 def _plot(table: pd.DataFrame, path: Path) -> None:

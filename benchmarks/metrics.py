@@ -24,9 +24,7 @@ Writes ``benchmarks/results/metrics.md`` (the markdown table) and ``benchmarks/r
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import threading
 import time
@@ -36,6 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import _common as common
+except ImportError:  # imported as benchmarks.metrics from the repository root
+    from benchmarks import _common as common
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -116,7 +119,8 @@ def benchmark_size(n_cells: int, n_genes: int, args: argparse.Namespace, embedde
     import scipy.sparse as sp
 
     from countsdiff_sc import metrics as M
-    from countsdiff_sc.metrics._generation import log_normalize, pca_features
+    from countsdiff_sc._utils import log_normalize
+    from countsdiff_sc.metrics._generation import pca_features
 
     d = make_data(n_cells, n_genes, args.seed)
     t, p, m, g = d["truth"], d["imputed"], d["mask"], d["generated"]
@@ -193,7 +197,7 @@ def benchmark_size(n_cells: int, n_genes: int, args: argparse.Namespace, embedde
                 "value": value,
             }
         )
-        print(f"  {n_cells:>6} x {n_genes}  {name:<34} {seconds:8.2f} s  {tm:8.1f} MiB  {rss:8.1f} MiB", flush=True)
+        common.log(f"{n_cells:>6} x {n_genes}  {name:<34} {seconds:8.2f} s  {tm:8.1f} MiB  {rss:8.1f} MiB")
     return rows
 
 
@@ -205,7 +209,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"# countsdiff_sc.metrics benchmark ({meta['mode']})",
         "",
-        f"{meta['n_genes']} genes, synthetic NB counts, {meta['machine']}, torch threads {meta['torch_threads']}.",
+        common.machine_header("metrics", meta["mode"] == "quick", meta["total_s"], meta),
+        "",
+        f"{meta['n_genes']} genes, synthetic NB counts.",
         "Memory: tracemalloc peak (numpy / Python allocations) and peak RSS increase sampled every 5 ms "
         "(covers torch / jax; a lower bound when freed memory is reused).",
         f"Process ru_maxrss at the end: {meta['ru_maxrss_mib']:.0f} MiB. "
@@ -235,13 +241,12 @@ def main() -> None:
     parser.add_argument("--no-scfid", action="store_true", help="skip training the scFID embedder and timing scfid")
     parser.add_argument("--only", nargs="+", help="time only these metrics")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out-dir", type=Path, default=common.RESULTS)
     args = parser.parse_args()
-
-    import torch
 
     from countsdiff_sc import metrics as M
 
+    t_all = time.perf_counter()
     sizes = args.sizes or ([2000, 10_000] if args.quick else [10_000, 50_000])
     embedder, training = None, "skipped"
     if not args.no_scfid and (not args.only or "scfid" in args.only):
@@ -249,8 +254,8 @@ def main() -> None:
         t0 = time.perf_counter()
         embedder = M.fit_scfid_embedder(train, max_epochs=5, accelerator="cpu", seed=args.seed)
         training = f"{time.perf_counter() - t0:.1f} s (5000 cells, 5 epochs, n_latent=20)"
-        print(f"scFID embedder trained: {training}", flush=True)
-    print("warm-up on 300 cells (imports, numba / jax compilation):", flush=True)
+        common.log(f"scFID embedder trained: {training}")
+    common.log("warm-up on 300 cells (imports, numba / jax compilation):")
     t0 = time.perf_counter()
     benchmark_size(300, args.genes, args, embedder)
     warmup = (
@@ -264,19 +269,14 @@ def main() -> None:
         "mode": "quick" if args.quick else "full",
         "n_genes": args.genes,
         "sizes": sizes,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
-        "torch_threads": torch.get_num_threads(),
+        **common.machine_info(),
+        "total_s": time.perf_counter() - t_all,
         "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "scfid_training": training,
         "warmup": warmup,
     }
-    table = markdown(rows, meta)
-    print()
-    print(table)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "metrics_quick" if args.quick else "metrics"
-    (args.out_dir / f"{stem}.md").write_text(table)
-    (args.out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    stem = common.result_stem("metrics", args.quick, folder=args.out_dir)
+    common.write_results(stem, markdown(rows, meta), {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

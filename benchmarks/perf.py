@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -47,13 +46,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RESULTS = Path(__file__).parent / "results"
-BATCH = 256
-
 try:
-    from _markdown import frame_to_markdown
-except ImportError:  # run as a module from the repository root
-    from benchmarks._markdown import frame_to_markdown
+    import _common as common
+except ImportError:  # imported as benchmarks.perf from the repository root
+    from benchmarks import _common as common
+
+BATCH = 256
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -207,7 +205,7 @@ def _model_for(adata, spec: dict):
 
 def _impute_task(spec: dict) -> dict:
     import countsdiff_sc as cds
-    from countsdiff_sc.model import _countsdiff as cd_mod
+    from countsdiff_sc.model import _imputation as impute_mod  # the module whose repaint impute() calls
 
     adata = _data(spec["n_cells"], spec["n_genes"])
     cds.pp.mask_mcar(adata, rate=0.5, seed=0)
@@ -215,7 +213,7 @@ def _impute_task(spec: dict) -> dict:
     device = spec.get("device", "cpu")
     model.to_device(device)
     rate = model.module.rate = _Clock(model.module.rate, device)  # instance attribute shadows the method
-    loop = cd_mod.repaint = _Clock(cd_mod.repaint, device)
+    loop = impute_mod.repaint = _Clock(impute_mod.repaint, device)
     t0 = time.perf_counter()
     with _PeakMemory(device) as mem:
         model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], store_samples=spec["store_samples"],
@@ -235,14 +233,14 @@ def _impute_task(spec: dict) -> dict:
 
 
 def _sample_task(spec: dict) -> dict:
-    from countsdiff_sc.model import _countsdiff as cd_mod
+    from countsdiff_sc.model import _generation as generation_mod  # the module whose generate sample() calls
 
     adata = _data(max(spec["n_cells"], 1000), spec["n_genes"])
     model = _model_for(adata, spec)
     device = spec.get("device", "cpu")
     model.to_device(device)
     rate = model.module.rate = _Clock(model.module.rate, device)
-    loop = cd_mod.generate = _Clock(cd_mod.generate, device)
+    loop = generation_mod.generate = _Clock(generation_mod.generate, device)
     labels = list(np.random.default_rng(0).choice(adata.obs["cell_type"].astype(str), spec["n_cells"]))
     t0 = time.perf_counter()
     with _PeakMemory(device) as mem:
@@ -274,22 +272,16 @@ TASKS = {"train": _train_task, "pretrain": _pretrain_task, "impute": _impute_tas
 
 
 def _worker(spec: dict) -> None:
-    import warnings
-
     import scvi
     import torch
 
-    warnings.filterwarnings("ignore")
+    common.quiet()
     torch.set_num_threads(spec["threads"])
     scvi.settings.verbosity = 40
     scvi.settings.seed = 0
-    import logging
-
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     # load the compiled binomial kernels (numba's on-disk cache; compiled once per install) before timing, and
     # report that one-time cost of the first draw in a process separately
-    from countsdiff_sc.diffusion._binomial_cpu import binomial_cpu, reverse_step_cpu
+    from countsdiff_sc.diffusion.counts._kernels_cpu import binomial_cpu, reverse_step_cpu
 
     t0 = time.perf_counter()
     binomial_cpu(torch.ones(4), torch.tensor(0.5))
@@ -307,15 +299,15 @@ def _run(spec: dict, timeout: float) -> dict:
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
                               text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        print(f"  timed out after {timeout:.0f} s: {spec}", flush=True)
+        common.log(f"timed out after {timeout:.0f} s: {spec}")
         return {**spec, "error": "timeout"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        print(f"  failed: {spec}\n{proc.stderr[-2000:]}", flush=True)
+        common.log(f"failed: {spec}\n{proc.stderr[-2000:]}")
         return {**spec, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     out = {**spec, **json.loads(lines[-1][7:]), "wall_s": time.perf_counter() - t0}
-    print(f"  {spec['task']:8s} {spec.get('model', ''):11s} cells={spec['n_cells']:>6} genes={spec['n_genes']:>5} "
-          + " ".join(f"{k}={v:.3g}" for k, v in out.items() if k not in spec and isinstance(v, float)), flush=True)
+    common.log(f"{spec['task']:8s} {spec.get('model', ''):11s} cells={spec['n_cells']:>6} genes={spec['n_genes']:>5} "
+               + " ".join(f"{k}={v:.3g}" for k, v in out.items() if k not in spec and isinstance(v, float)))
     return out
 
 
@@ -436,19 +428,14 @@ def _headline(tables: dict[str, pd.DataFrame], rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def _header(args: argparse.Namespace, elapsed: float) -> list[str]:
+def _header(args: argparse.Namespace, elapsed: float, info: dict) -> list[str]:
     import torch
 
     import countsdiff_sc as cds
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return [f"# Performance benchmark ({'quick' if args.quick else 'full'} mode)", "",
-            f"- machine: {cpu}, {os.cpu_count()} logical CPUs visible; torch {torch.__version__}, "
+            common.machine_header("perf", args.quick, elapsed, info), "",
+            f"- machine: {info['cpu']}, {info['cpus']} logical CPUs visible; torch {info['torch']}, "
             + (f"GPU: {torch.cuda.get_device_name(0)}, precision {args.precision}" if args.device == "cuda"
                else "CPU only"),
             f"- threads per measurement: {args.threads} (OMP / MKL / torch); every measurement in a fresh subprocess",
@@ -486,9 +473,10 @@ def main() -> None:
                      args.timeout) for spec in _plan(args.quick, args.pretrain_steps, weights_root)]
     elapsed = time.perf_counter() - t0
     tables = _tables(rows)
-    lines = _header(args, elapsed) + _headline(tables, rows)
+    info = {**common.machine_info(), "torch_threads": args.threads}  # the measurements' threads
+    lines = _header(args, elapsed, info) + _headline(tables, rows)
     for name, table in tables.items():
-        lines += [f"## {name}", "", frame_to_markdown(table, index=False), ""]
+        lines += [f"## {name}", "", common.frame_to_markdown(table, index=False), ""]
         if name.startswith("impute peak memory"):
             lines += ["outputs: float32 point estimate + boolean mask (+ int32 draws with store_samples). The rest is "
                       "the working set of one chunk of `batch_size` = 2048 rows (cells x draws; doubled inside the "
@@ -498,14 +486,8 @@ def main() -> None:
     if errors:
         lines += ["## Skipped", ""] + [f"- {r['task']} {r.get('model')} {r['n_cells']} x {r['n_genes']}: "
                                        f"{r['error']}" for r in errors] + [""]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / (("perf_quick" if args.quick else "perf") + ("" if args.device == "cpu" else
-                                                                   f"_{args.device}_{args.precision}"))
-    stem.with_suffix(".md").write_text("\n".join(lines))
-    stem.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "elapsed_s": elapsed, "rows": rows},
-                                                    indent=1, default=float))
-    print("\n".join(lines))
-    print(f"wrote {stem}.md / .json")
+    stem = common.result_stem("perf", args.quick, "" if args.device == "cpu" else f"_{args.device}_{args.precision}")
+    common.write_results(stem, lines, {"settings": vars(args), **info, "elapsed_s": elapsed, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ A CountsDiffModel (default settings, ``backbone="mlp"``) is trained once on 90% 
 
 * generates as many cells as there are held-out cells, with the same labels (guidance 1, no attrition), and scores
   them by the multivariate energy distance to the held-out cells in the space of the top 50 PCs of the
-  log-normalised training cells (``ED_gen``; the same distance between the held-out cells and as many training cells
-  is printed as the floor a perfect generator would reach);
+  log-normalised training cells (``mvED_gen``, computed here: the package's ``energy_distance`` is the 1-D one of
+  pooled values; the same distance between the held-out cells and as many training cells is printed as the floor a
+  perfect generator would reach);
 * imputes a 50% MCAR mask of the held-out cells with the default RePaint settings (one draw) and scores RMSE and
   the 1-D energy distance of the held-out values (``cds.metrics.energy_distance``);
 
@@ -24,32 +25,24 @@ Writes ``benchmarks/results/steps[_quick].md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-RESULTS = Path(__file__).parent / "results"
+try:
+    import _common as common
+except ImportError:  # imported as benchmarks.steps from the repository root
+    from benchmarks import _common as common
+
 STEPS = (5, 10, 20, 50, 100)
 
-try:
-    from _markdown import frame_to_markdown
-except ImportError:  # run as a module from the repository root
-    from benchmarks._markdown import frame_to_markdown
 
+def multivariate_energy_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Multivariate energy distance ``2 E|A - B| - E|A - A'| - E|B - B'|`` between two point clouds (Euclidean).
 
-def _log_norm(x) -> np.ndarray:
-    x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-    return np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1.0) * 1e4)
-
-
-def _energy(a: np.ndarray, b: np.ndarray) -> float:
-    """Multivariate energy distance ``2 E|A - B| - E|A - A'| - E|B - B'|`` (Euclidean)."""
+    Not ``countsdiff_sc.metrics.energy_distance``, which is the 1-D energy distance of pooled values.
+    """
     import torch
 
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
@@ -64,11 +57,11 @@ def main() -> None:
     args = p.parse_args()
 
     import scvi
-    import torch
 
     import countsdiff_sc as cds
+    from countsdiff_sc._utils import log_normalize
 
-    warnings.filterwarnings("ignore")
+    common.quiet()
     scvi.settings.verbosity = 40
     scvi.settings.seed = args.seed
     t_all = time.perf_counter()
@@ -89,20 +82,20 @@ def main() -> None:
     t0 = time.perf_counter()
     model.train(max_steps=max_steps, accelerator="cpu", enable_progress_bar=False)
     train_s = time.perf_counter() - t0
-    print(f"trained {max_steps} steps on {train.n_obs} cells in {train_s:.0f} s; {test.n_obs} held-out cells")
+    common.log(f"trained {max_steps} steps on {train.n_obs} cells in {train_s:.0f} s; {test.n_obs} held-out cells")
 
     # PCA space of the log-normalised training cells
-    ref = _log_norm(train.X)
+    ref = log_normalize(train.X)
     mean = ref.mean(0)
     _, _, vt = np.linalg.svd(ref[rng.choice(len(ref), min(len(ref), 4000), replace=False)] - mean,
                              full_matrices=False)
     basis = vt[:50].T
 
     def pcs(x) -> np.ndarray:
-        return (_log_norm(x) - mean) @ basis
+        return (log_normalize(x) - mean) @ basis
 
     real = pcs(test.X)
-    floor = _energy(real, pcs(train.X[rng.choice(train.n_obs, test.n_obs, replace=False)]))
+    floor = multivariate_energy_distance(real, pcs(train.X[rng.choice(train.n_obs, test.n_obs, replace=False)]))
     cds.pp.mask_mcar(test, rate=0.5, seed=args.seed)
     mask = test.layers["countsdiff_mask"]
     truth = test.X.toarray()
@@ -118,49 +111,44 @@ def main() -> None:
         imputed, _ = model.impute(test, n_samples=1, n_steps=n_steps, seed=seed, store_samples=False,
                                   key_added=f"imputed_{n_steps}_{seed}", progress=False)
         imp_s = time.perf_counter() - t0
-        row = {"n_steps": n_steps, "seed": seed, "ED_gen": _energy(real, pcs(gen.X)),
-               "impute_rmse": float(np.sqrt(np.mean((imputed[mask] - truth[mask]) ** 2))),
+        row = {"n_steps": n_steps, "seed": seed, "mvED_gen": multivariate_energy_distance(real, pcs(gen.X)),
+               "impute_rmse": cds.metrics.rmse(truth, imputed, mask),
                "impute_ED": cds.metrics.energy_distance(truth, imputed, mask),
                "sample_s": gen_s, "impute_s": imp_s}
         rows.append(row)
-        print("  " + "  ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
+        common.log("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
     table = pd.DataFrame(rows)
     base = table[(table.n_steps == 50) & (table.seed == args.seed)].iloc[0]
     main_runs = table[table.seed == args.seed].sort_values("n_steps")
     smallest = {}
-    for metric in ("ED_gen", "impute_rmse", "impute_ED"):
+    for metric in ("mvED_gen", "impute_rmse", "impute_ED"):
         ok = main_runs[main_runs[metric] <= 1.05 * base[metric]]
         smallest[metric] = {"smallest n_steps within 5% of 50": int(ok.n_steps.min()),
                             "best n_steps": int(main_runs.n_steps[main_runs[metric].idxmin()]),
                             "score at 50": float(base[metric])}
     noise = table[table.n_steps == 50].set_index("seed")
     elapsed = time.perf_counter() - t_all
+    info = common.machine_info()
     lines = [
         f"# Quality against the number of reverse steps ({'quick' if args.quick else 'full'} mode)", "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()}; "
-        f"total time {elapsed / 60:.1f} min",
+        common.machine_header("steps", args.quick, elapsed, info), "",
         f"- CBMC {adata.n_obs} cells x {adata.n_vars} genes; model trained once for {max_steps} steps "
         f"({train_s:.0f} s) on {train.n_obs} cells; {test.n_obs} held-out cells",
-        "- ED_gen: multivariate energy distance of generated vs held-out cells on 50 PCs of log-normalised "
+        "- mvED_gen: multivariate energy distance of generated vs held-out cells on 50 PCs of log-normalised "
         f"training cells (guidance 1, no attrition); floor (held-out vs training cells): {floor:.4g}",
         "- impute_rmse / impute_ED: 50% MCAR mask of the held-out cells, one RePaint draw with the default settings "
-        "(guidance 0.5, attrition 0.02), on the masked entries; lower is better everywhere",
-        "", frame_to_markdown(table, index=False), "",
+        "(guidance 0.5, attrition 0.02), on the masked entries; impute_ED is `cds.metrics.energy_distance` (1-D, "
+        "pooled values); lower is better everywhere",
+        "", common.frame_to_markdown(table, index=False), "",
         "## Smallest n_steps within 5% of the 50-step score", "",
-        frame_to_markdown(pd.DataFrame(smallest).T.rename_axis("metric"), index=True), "",
+        common.frame_to_markdown(pd.DataFrame(smallest).T.rename_axis("metric"), index=True), "",
         "Sampling noise at 50 steps (two seeds): "
         + ", ".join(f"{m} {noise[m].iloc[0]:.4g} vs {noise[m].iloc[1]:.4g}"
-                    for m in ("ED_gen", "impute_rmse", "impute_ED")), "",
+                    for m in ("mvED_gen", "impute_rmse", "impute_ED")), "",
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / ("steps_quick" if args.quick else "steps")
-    stem.with_suffix(".md").write_text("\n".join(lines))
-    stem.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "floor_ED_gen": floor,
-                                                     "smallest_within_5pct": smallest,
-                                                     "table": table.to_dict(orient="records")}, indent=1,
-                                                    default=float))
-    print("\n".join(lines))
-    print(f"wrote {stem}.md / .json")
+    common.write_results(common.result_stem("steps", args.quick), lines,
+                         {"settings": vars(args), **info, "floor_mvED_gen": floor, "smallest_within_5pct": smallest,
+                          "table": table.to_dict(orient="records")})
 
 
 if __name__ == "__main__":

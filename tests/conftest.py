@@ -37,3 +37,31 @@ def make_counts(n_obs: int = 240, n_vars: int = 30, n_labels: int = 3, seed: int
 @pytest.fixture
 def counts_adata() -> ad.AnnData:
     return make_counts()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a test module: the test machine is small and shared, and one thread is much
+    faster than two contending ones. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def pbmc() -> ad.AnnData:
+    """The bundled pbmc68k counts (700 cells)."""
+    import countsdiff_sc as cds
+
+    return cds.datasets.pbmc68k_reduced_counts()
+
+
+@pytest.fixture(scope="module")
+def diff():
+    """A 512-step linear-beta Gaussian diffusion (the DICE prior's schedule)."""
+    from countsdiff_sc.diffusion.gaussian import GaussianDiffusion, linear_beta_schedule
+
+    return GaussianDiffusion(linear_beta_schedule(512, 1e-4, 2e-2))

@@ -14,7 +14,7 @@ PACKAGES = ["diffusion", "nn", "module", "pp", "metrics", "baselines", "datasets
 MODULES = sorted(
     info.name
     for package in (importlib.import_module(f"countsdiff_sc.{name}") for name in PACKAGES)
-    for info in pkgutil.iter_modules(package.__path__, prefix=package.__name__ + ".")
+    for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + ".")  # subpackages too
 )
 
 

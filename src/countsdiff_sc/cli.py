@@ -38,12 +38,16 @@ def _write(adata, path: str) -> None:
     print(f"wrote {p}")
 
 
-def _load_model(path: str, adata=None):
+def _load_model(path: str, accelerator: str, precision: str):
     from countsdiff_sc.model import CountsDiffModel
 
     if not Path(path, "model.pt").exists():
         raise CLIError(f"no saved CountsDiff model in {path} (expected {path}/model.pt; create it with 'train')")
-    return CountsDiffModel.load(path, adata=adata, accelerator="cpu")
+    model = CountsDiffModel.load(path, adata=None, accelerator=accelerator)
+    if precision == "16" and model.device.type != "cuda":
+        raise CLIError(f"--precision 16 needs a GPU, but the model runs on {model.device.type}; use --accelerator gpu "
+                       "on a machine with a CUDA GPU, or --precision 32 / bf16")
+    return model
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -58,6 +62,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     from countsdiff_sc.model import CountsDiffModel
 
+    if Path(args.model, "model.pt").exists() and not args.overwrite:
+        raise CLIError(f"{args.model} already holds a saved model; pass --overwrite to replace it, or another --model")
     adata = _read(args.input)
     scvi.settings.seed = args.seed
     CountsDiffModel.setup_anndata(
@@ -73,7 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_impute(args: argparse.Namespace) -> None:
     adata = _read(args.input)
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.accelerator, args.precision)
     model.impute(adata, mask_layer=args.mask_layer, n_samples=args.n_samples, n_steps=args.n_steps,
                  guidance=args.guidance, attrition=args.attrition, seed=args.seed, key_added=args.key_added,
                  store_samples=not args.no_samples, precision=args.precision, progress=not args.quiet)
@@ -81,7 +87,7 @@ def _cmd_impute(args: argparse.Namespace) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.accelerator, args.precision)
     labels = None
     if args.labels:
         labels = [lab for lab in args.labels.split(",") if lab]
@@ -120,12 +126,9 @@ def _noise_var(text: str) -> float | str:
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
-    import countsdiff_sc
+    from countsdiff_sc.model import DICEModel as cls
 
-    if not hasattr(countsdiff_sc, "DICEModel"):
-        raise CLIError("DICE embeddings are not available in this installation")
     adata = _read(args.input)
-    cls = countsdiff_sc.DICEModel
     if args.model and Path(args.model, "model.pt").exists():
         model = cls.load(args.model, adata=None, accelerator="cpu")
     else:
@@ -180,6 +183,12 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_train)
 
+    def device_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                       help="device the model runs on (auto: a GPU when there is one)")
+        p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
+                       help="network precision (bf16 / 16 for GPUs; 16 needs one; default 32)")
+
     p = sub.add_parser("impute", help="impute the masked entries of an .h5ad with a trained model (RePaint)")
     p.add_argument("input", help="input .h5ad with the model's genes and a boolean mask layer")
     p.add_argument("--model", required=True, help="directory of a model saved by 'train'")
@@ -191,8 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=0.5)
     p.add_argument("--attrition", type=float, default=0.02)
     p.add_argument("--no-samples", action="store_true", help="do not store the draws in obsm")
-    p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
-                   help="network precision (bf16 / 16 for GPUs; default 32)")
+    device_args(p)
     common(p)
     p.set_defaults(func=_cmd_impute)
 
@@ -204,8 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--attrition", type=float, default=0.0)
-    p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
-                   help="network precision (bf16 / 16 for GPUs; default 32)")
+    device_args(p)
     common(p)
     p.set_defaults(func=_cmd_sample)
 

@@ -80,6 +80,13 @@ def test_train_impute_sample_evaluate_roundtrip(tmp_path, run):
     assert "rmse" in proc.stdout
     bad = run("sample", "--model", str(model_dir), "--out", str(gen_path), "--labels", "nope", "--quiet")
     assert bad.returncode == 1 and "Known values" in bad.stderr
+    # fp16 on a CPU: one line that names the fix, before any work
+    half = run("sample", "--model", str(model_dir), "--out", str(gen_path), "--n", "2", "--precision", "16",
+               "--accelerator", "cpu", "--quiet")
+    assert half.returncode == 1 and "--precision 16 needs a GPU" in half.stderr and half.stderr.count("\n") == 1
+    # an existing model directory is refused before training, not after
+    again = run("train", str(path), "--model", str(model_dir), "--max-steps", "3", "--accelerator", "cpu", "--quiet")
+    assert again.returncode == 1 and "--overwrite" in again.stderr and again.stderr.count("\n") == 1
 
 
 def test_non_count_data_is_a_one_line_error(tmp_path, run):

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import as_bool_mask, check_counts, check_obs_key, check_writable, get_matrix, record_params, to_dense
-from ..pp._subset import ObsSelection, describe_selection, resolve_obs_selection
+from ..pp import ObsSelection, describe_selection, resolve_obs_selection
 
 
 @dataclass

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from .._utils import check_counts, check_obs_key, get_matrix, record_params, to_dense
-from ..diffusion import GaussianDiffusion, cosine_beta_schedule, linear_beta_schedule
-from ..module._ema import EMAMixin
+from ..diffusion.gaussian import GaussianDiffusion, cosine_beta_schedule, linear_beta_schedule
+from ..module import EMAMixin
 from ..nn import ResidualMLPDenoiser
 
 __all__ = ["GaussianDDPMGenerator"]

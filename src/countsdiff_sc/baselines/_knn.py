@@ -8,7 +8,8 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from ..pp._subset import ObsSelection, resolve_obs_selection
+from .._utils import log_normalize
+from ..pp import ObsSelection, resolve_obs_selection
 from ._common import load_inputs, load_reference, write_output
 
 
@@ -127,8 +128,8 @@ def impute_knn(
         q_lib = q_x.sum(axis=1)
 
         # 2. embedding fitted on the reference cells.
-        ref_emb = np.log1p(ref_x * (target / ref_lib)[:, None])
-        q_emb = np.log1p(q_x * (target / np.where(q_lib > 0, q_lib, 1.0))[:, None])
+        ref_emb = log_normalize(ref_x, target)
+        q_emb = log_normalize(q_x, target)
         n_pcs_eff = None if n_pcs is None else min(int(n_pcs), ref_emb.shape[0] - 1, ref_emb.shape[1])
         if n_pcs_eff is not None and n_pcs_eff >= 1:
             from sklearn.decomposition import PCA

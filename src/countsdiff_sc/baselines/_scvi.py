@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._utils import check_writable
-from ..pp._subset import ObsSelection
+from ..pp import ObsSelection
 from ._common import load_inputs, load_reference, query_labels, reference_labels, write_output
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..pp._subset import ObsSelection
+from ..pp import ObsSelection
 from ._common import load_inputs, load_reference, query_labels, reference_labels, write_output
 
 

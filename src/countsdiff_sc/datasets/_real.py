@@ -8,6 +8,8 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from .._utils import to_dense
+
 _CBMC_FILE = "cbmc_citeseq_rna.h5ad"
 
 
@@ -60,7 +62,7 @@ def pbmc68k_reduced_counts() -> ad.AnnData:
 
     src = sc.datasets.pbmc68k_reduced()
     raw = src.raw.to_adata()
-    logx = raw.X.toarray() if sp.issparse(raw.X) else np.asarray(raw.X)
+    logx = to_dense(raw.X)
     n_counts = src.obs["n_counts"].to_numpy(dtype=np.float64)[:, None]
     counts = np.rint(np.expm1(logx.astype(np.float64)) * n_counts / 1e4).astype(np.float32)
     obs = src.obs[["bulk_labels", "n_counts"]].copy()

@@ -1,78 +1,21 @@
-"""Pure-torch count diffusion: p-schedules, loss weights, thinning, the reverse step with attrition, random rounding,
-guidance and the generation / RePaint loops. No AnnData and no scvi-tools in here: everything is testable with
-tensors alone.
+"""Diffusion math in pure torch, in two separate subpackages. No AnnData and no scvi-tools in here: everything is
+testable with tensors alone.
+
+- :mod:`countsdiff_sc.diffusion.counts`: the count diffusion of CountsDiff (Soatto et al., 2026): p-schedules, loss
+  weights, binomial thinning, the count loss, the reverse step with attrition and random rounding, the log-linear
+  rate mix of guidance, and the generation / RePaint loops over a rate function (with compiled CPU kernels for the
+  binomial draws).
+- :mod:`countsdiff_sc.diffusion.gaussian`: the Gaussian DDPM (beta schedules, forward noising, ancestral reverse
+  steps), used by the Gaussian baseline and as DICE's prior.
+
+Import the public names from here (``from countsdiff_sc.diffusion import generate``); the subpackages' modules are
+private.
 """
 
 from __future__ import annotations
 
-from ._gaussian import (
-    RHO_SCHEDULES,
-    EpsFn,
-    GaussianDiffusion,
-    cosine_beta_schedule,
-    gaussian_likelihood_posterior,
-    gaussian_likelihood_step,
-    linear_beta_schedule,
-    rho_schedule,
-    split_gibbs,
-)
-from ._process import (
-    ATTRITION_KINDS,
-    attrition_rate,
-    binomial,
-    count_loss,
-    guidance_mix,
-    log_linear_mix,
-    random_round,
-    reverse_step,
-    sigma_max,
-    thin,
-)
-from ._sampling import PRECISIONS, RateFn, StepCallback, generate, repaint, time_grid, with_precision
-from ._schedules import (
-    BlackoutSchedule,
-    CosineSchedule,
-    CustomSchedule,
-    DiscreteBlackoutSchedule,
-    PSchedule,
-    get_schedule,
-)
-from ._weights import LOSS_WEIGHTINGS, loss_weight, resolve_loss_weighting
+from . import counts, gaussian
+from .counts import *  # noqa: F403  (the public names of both subpackages, listed in their __all__)
+from .gaussian import *  # noqa: F403
 
-__all__ = [
-    "ATTRITION_KINDS",
-    "LOSS_WEIGHTINGS",
-    "PRECISIONS",
-    "RHO_SCHEDULES",
-    "BlackoutSchedule",
-    "CosineSchedule",
-    "CustomSchedule",
-    "DiscreteBlackoutSchedule",
-    "EpsFn",
-    "GaussianDiffusion",
-    "PSchedule",
-    "RateFn",
-    "StepCallback",
-    "attrition_rate",
-    "binomial",
-    "cosine_beta_schedule",
-    "count_loss",
-    "gaussian_likelihood_posterior",
-    "gaussian_likelihood_step",
-    "generate",
-    "get_schedule",
-    "guidance_mix",
-    "linear_beta_schedule",
-    "log_linear_mix",
-    "loss_weight",
-    "random_round",
-    "repaint",
-    "resolve_loss_weighting",
-    "reverse_step",
-    "rho_schedule",
-    "sigma_max",
-    "split_gibbs",
-    "thin",
-    "time_grid",
-    "with_precision",
-]
+__all__ = sorted([*counts.__all__, *gaussian.__all__])

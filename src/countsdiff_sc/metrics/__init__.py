@@ -7,19 +7,16 @@ and store them in ``adata.uns["countsdiff_metrics"]``.
 
 from __future__ import annotations
 
-from ._distributional import (
-    energy_distance,
-    frechet_distance,
-    frechet_distance_from_embeddings,
-    median_heuristic_bandwidth,
-    mmd,
-    swd,
-)
+from ._distributional import energy_distance, median_heuristic_bandwidth, mmd, swd
 from ._embedding import clisi, leiden_nmi_ari, silhouette_cosine
+from ._embedding_table import evaluate_embedding
+from ._frechet import frechet_distance, frechet_distance_from_embeddings
 from ._generation import classifier_auc, gene_statistics_agreement, marker_gene_preservation, sparsity_fidelity
+from ._generation_table import evaluate_generation
+from ._imputation_table import evaluate_imputation
 from ._pointwise import bias, mae, pearson, pointwise_metrics, r2, rmse, spearman
 from ._scfid import ScFIDResult, clear_scfid_cache, embed_cells, fit_scfid_embedder, scfid
-from ._tables import evaluate_embedding, evaluate_generation, evaluate_imputation, metrics_table
+from ._tables import metrics_table
 
 __all__ = [
     "ScFIDResult",

@@ -93,3 +93,55 @@ def labels_array(data: Any, labels: Any, n: int, name: str) -> np.ndarray:
     if out.shape != (n,):
         raise ValueError(f"{name}: labels must have shape ({n},) (one per cell), got {out.shape}.")
     return out.astype(str)
+
+
+def masked_values(x: Any, mask: Any, name: str = "matrix") -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``x`` at the True entries of ``mask`` in row-major order, and the number taken from each row.
+
+    Parameters
+    ----------
+    x
+        Dense or sparse matrix.
+    mask
+        Boolean mask of the same shape (``None`` = every entry).
+    name
+        Name used in error messages.
+
+    Returns
+    -------
+    ``(values, counts_per_row)``; ``values`` is float64.
+    """
+    mat = as_matrix(x, name)
+    m_all = resolve_mask(mask, mat.shape)
+    parts = []
+    for rows in row_chunks(mat.shape[0]):
+        block = dense_rows(mat, rows)
+        parts.append(block[m_all[rows]])
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    check_finite(values, name)
+    return values, m_all.sum(axis=1)
+
+
+def dense_float(x: Any, name: str) -> np.ndarray:
+    """Dense floating-point version of a matrix (float32 / float64 kept as is, no copy for dense float input)."""
+    mat = as_matrix(x, name)
+    out = to_dense(mat)
+    if out.dtype.kind != "f":
+        out = out.astype(np.float64)
+    check_finite(out, name)
+    return out
+
+
+def check_two_samples(x: Any, y: Any, min_rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Dense floating-point views of two samples with the same number of features."""
+    a = dense_float(x, "x")
+    b = dense_float(y, "y")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"x has {a.shape[1]} features (genes) but y has {b.shape[1]}; both samples must share the same features "
+            "in the same order."
+        )
+    for name, arr in (("x", a), ("y", b)):
+        if arr.shape[0] < min_rows:
+            raise ValueError(f"{name} has {arr.shape[0]} rows (cells); at least {min_rows} are needed.")
+    return a, b

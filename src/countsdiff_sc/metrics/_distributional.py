@@ -4,8 +4,8 @@
 * :func:`mmd` - unbiased squared MMD with a mixture of RBF kernels at 5 multiples of the median-heuristic bandwidth
   (Gretton et al., 2012), computed block by block so that no ``n x n`` matrix is ever materialised.
 * :func:`swd` - sliced Wasserstein-2 distance over random unit directions (Bonneel et al., 2015).
-* :func:`frechet_distance` / :func:`frechet_distance_from_embeddings` - Frechet (2-Wasserstein between Gaussians)
-  distance, the core of FID / scFID (Heusel et al., 2017; Rizvi et al., 2025).
+
+The Frechet distance of FID / scFID is in ``_frechet``.
 
 The MMD and SWD also have weighted variants (multiplicities per cell) used by the bootstrap of the metric tables.
 """
@@ -19,8 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._utils import to_dense
 from ._bootstrap import weights_to_indices
-from ._checks import as_matrix, check_finite, check_same_shape, dense_rows, resolve_mask, row_chunks
+from ._checks import as_matrix, check_finite, check_same_shape, check_two_samples, masked_values
 
 DEFAULT_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -29,58 +30,6 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # --------------------------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------------------------
-def masked_values(x: Any, mask: Any, name: str = "matrix") -> tuple[np.ndarray, np.ndarray]:
-    """Values of ``x`` at the True entries of ``mask`` in row-major order, and the number taken from each row.
-
-    Parameters
-    ----------
-    x
-        Dense or sparse matrix.
-    mask
-        Boolean mask of the same shape (``None`` = every entry).
-    name
-        Name used in error messages.
-
-    Returns
-    -------
-    ``(values, counts_per_row)``; ``values`` is float64.
-    """
-    mat = as_matrix(x, name)
-    m_all = resolve_mask(mask, mat.shape)
-    parts = []
-    for rows in row_chunks(mat.shape[0]):
-        block = dense_rows(mat, rows)
-        parts.append(block[m_all[rows]])
-    values = np.concatenate(parts) if parts else np.zeros(0)
-    check_finite(values, name)
-    return values, m_all.sum(axis=1)
-
-
-def _dense_float(x: Any, name: str) -> np.ndarray:
-    """Dense floating-point version of a matrix (float32 / float64 kept as is, no copy for dense float input)."""
-    mat = as_matrix(x, name)
-    out = mat.toarray() if sp.issparse(mat) else mat
-    if out.dtype.kind != "f":
-        out = out.astype(np.float64)
-    check_finite(out, name)
-    return out
-
-
-def _check_two_samples(x: Any, y: Any, min_rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Dense floating-point views of two samples with the same number of features."""
-    a = _dense_float(x, "x")
-    b = _dense_float(y, "y")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"x has {a.shape[1]} features (genes) but y has {b.shape[1]}; both samples must share the same features "
-            "in the same order."
-        )
-    for name, arr in (("x", a), ("y", b)):
-        if arr.shape[0] < min_rows:
-            raise ValueError(f"{name} has {arr.shape[0]} rows (cells); at least {min_rows} are needed.")
-    return a, b
-
-
 def _torch_dtype(dtype: str) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
@@ -97,7 +46,7 @@ def energy_distance(x: Any, y: Any, mask: Any = None) -> float:
     their values at the held-out entries; without one, each matrix is flattened (the two may differ in size). The
     value is ``sqrt(2 E|X - Y| - E|X - X'| - E|Y - Y'|) = sqrt(2 integral (F - G)^2)``, the definition of
     :func:`scipy.stats.energy_distance` (equal to it up to round-off; computed with one sort of the merged values and
-    in-place cumulative sums, which needs about half of scipy's memory on 50M values).
+    in-place cumulative sums, which needs about half of scipy's memory).
 
     Parameters
     ----------
@@ -123,8 +72,9 @@ def energy_distance(x: Any, y: Any, mask: Any = None) -> float:
         u, _ = masked_values(a, mask, "x")
         v, _ = masked_values(b, mask, "y")
     else:
-        u = (x.toarray() if sp.issparse(x) else np.asarray(x, dtype=np.float64)).ravel()
-        v = (y.toarray() if sp.issparse(y) else np.asarray(y, dtype=np.float64)).ravel()
+        # dense input is pooled in float64; sparse input keeps its dtype (as it always has)
+        u = to_dense(x, None if sp.issparse(x) else np.float64).ravel()
+        v = to_dense(y, None if sp.issparse(y) else np.float64).ravel()
         check_finite(u, "x")
         check_finite(v, "y")
     if u.size == 0 or v.size == 0:
@@ -200,7 +150,7 @@ def median_heuristic_bandwidth(x: Any, y: Any, n_max: int = 1000, seed: int = 0)
     >>> median_heuristic_bandwidth(np.array([[0.0], [1.0]]), np.array([[3.0]]))
     2.0
     """
-    a, b = _check_two_samples(x, y)
+    a, b = check_two_samples(x, y)
     return _median_heuristic_two(a, b, n_max, seed)
 
 
@@ -343,7 +293,8 @@ def mmd(
     block_size
         Rows per kernel block.
     dtype
-        Precision of the distance and kernel computations ("float32" is ~2x faster; "float64" for exactness).
+        Precision of the distance and kernel computations ("float32" is faster, see
+        ``benchmarks/results/metrics.md``; "float64" for exactness).
     seed
         Seed of the median-heuristic subsample.
 
@@ -359,7 +310,7 @@ def mmd(
     >>> mmd(a, b) > 0.05
     True
     """
-    a, b = _check_two_samples(x, y, min_rows=2)
+    a, b = check_two_samples(x, y, min_rows=2)
     value, _ = mmd_weighted(
         a,
         b,
@@ -481,7 +432,7 @@ def swd(
     >>> round(swd(np.array([[0.0], [1.0]]), np.array([[2.0], [3.0]])), 6)
     2.0
     """
-    a, b = _check_two_samples(x, y)
+    a, b = check_two_samples(x, y)
     return float(
         swd_weighted(
             a,
@@ -494,92 +445,3 @@ def swd(
             dtype=dtype,
         )[0]
     )
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Frechet
-# --------------------------------------------------------------------------------------------------------------------
-def _psd_sqrt(s: np.ndarray) -> np.ndarray:
-    vals, vecs = np.linalg.eigh((s + s.T) / 2.0)
-    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
-
-
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
-    """Frechet distance between two Gaussians, ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))``.
-
-    This is the squared 2-Wasserstein distance between ``N(mu1, S1)`` and ``N(mu2, S2)`` (the FID formula of Heusel
-    et al., 2017, used by scFID). The trace of the matrix square root is computed in a symmetric, numerically stable
-    form: ``Tr (S1 S2)^(1/2) = Tr (S1^(1/2) S2 S1^(1/2))^(1/2) = sum_i sqrt(lambda_i)``, where ``S1^(1/2)`` comes
-    from an eigendecomposition of S1 and ``lambda_i`` are the eigenvalues of the symmetric PSD matrix
-    ``S1^(1/2) S2 S1^(1/2)``; tiny negative eigenvalues produced by round-off are clipped to 0, and so is a tiny
-    negative final result.
-
-    Parameters
-    ----------
-    mu1, mu2
-        Mean vectors of shape ``(d,)``.
-    sigma1, sigma2
-        Covariance matrices of shape ``(d, d)`` (symmetric positive semi-definite).
-
-    Returns
-    -------
-    The Frechet distance (a squared distance; 0 for identical Gaussians).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> frechet_distance(np.zeros(2), np.eye(2), np.ones(2), 4 * np.eye(2))
-    4.0
-    """
-    m1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
-    m2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
-    s1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
-    s2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
-    d = m1.shape[0]
-    if m1.ndim != 1 or m2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(
-            f"Inconsistent shapes: mu1 {m1.shape}, sigma1 {s1.shape}, mu2 {m2.shape}, sigma2 {s2.shape}; expected "
-            "mu of shape (d,) and sigma of shape (d, d) with the same d."
-        )
-    for name, arr in (("mu1", m1), ("mu2", m2), ("sigma1", s1), ("sigma2", s2)):
-        check_finite(arr, name)
-    root1 = _psd_sqrt(s1)
-    inner = root1 @ s2 @ root1
-    eig = np.linalg.eigvalsh((inner + inner.T) / 2.0)
-    tr_covmean = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-    diff = m1 - m2
-    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
-    return max(value, 0.0)
-
-
-def frechet_distance_from_embeddings(x: Any, y: Any) -> float:
-    """Frechet distance between Gaussians fitted to two sets of embeddings (sample mean, covariance with ddof=1).
-
-    Parameters
-    ----------
-    x, y
-        Embeddings of shape ``(n_x, d)`` and ``(n_y, d)``, each with at least 2 rows.
-
-    Returns
-    -------
-    :func:`frechet_distance` of the fitted Gaussians.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> z = np.random.default_rng(0).normal(size=(100, 3))
-    >>> round(frechet_distance_from_embeddings(z, z), 10)
-    0.0
-    """
-    a, b = _check_two_samples(x, y, min_rows=2)
-    return frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False))
-
-
-def frechet_weighted(x: np.ndarray, y: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
-    """Frechet distance of fitted Gaussians for every column of the multiplicity matrices (bootstrap helper)."""
-    out = np.empty(wx.shape[1])
-    for k in range(wx.shape[1]):
-        a = x[weights_to_indices(wx[:, k])]
-        b = y[weights_to_indices(wy[:, k])]
-        out[k] = frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False))
-    return out

@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import rankdata, wasserstein_distance
 
+from .._utils import log_normalize, to_dense
 from ._checks import as_matrix, check_nonnegative, labels_array
 
 GENE_STAT_METRICS = tuple(
@@ -39,15 +40,6 @@ def _pair(real: Any, generated: Any, layer: str | None, generated_layer: str | N
             raise ValueError(f"{name} has {mat.shape[0]} cells; at least 2 are needed.")
         check_nonnegative(mat, name)
     return r, g
-
-
-def log_normalize(x: np.ndarray | sp.spmatrix, target_sum: float = 1e4) -> np.ndarray:
-    """Dense ``log1p(target_sum * x / rowsum)`` (float64); cells with no counts stay 0."""
-    dense = x.toarray() if sp.issparse(x) else np.asarray(x)
-    dense = dense.astype(np.float64)
-    totals = dense.sum(axis=1, keepdims=True)
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    return np.log1p(dense * scale)
 
 
 def pca_features(real: np.ndarray, generated: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -225,8 +217,7 @@ def gene_statistics_agreement(
     0.0
     """
     r, g = _pair(real, generated, layer, generated_layer)
-    r = r.toarray() if sp.issparse(r) else np.asarray(r)
-    g = g.toarray() if sp.issparse(g) else np.asarray(g)
+    r, g = to_dense(r), to_dense(g)
     values = gene_statistics_weighted(r, g, np.ones((r.shape[0], 1)), np.ones((g.shape[0], 1)), normalize)
     return {k: float(v[0]) for k, v in values.items()}
 

@@ -29,7 +29,7 @@ import torch
 
 from .._utils import check_counts
 from ._checks import as_matrix, check_nonnegative
-from ._distributional import frechet_distance_from_embeddings
+from ._frechet import frechet_distance_from_embeddings
 
 if TYPE_CHECKING:
     from scvi.model import SCVI

@@ -12,9 +12,10 @@ from ._countsdiff import (
     CountsDiffModule,
     gene_prior,
 )
-from ._dice import DICEModule
 from ._ema import EMAMixin
+from ._guidance import GuidanceTerm, check_strengths, guidance_terms, interpolation_terms
 from ._trainingplan import DiffusionTrainingPlan
+from .dice import DICEModule
 
 __all__ = [
     "BACKBONES",
@@ -27,5 +28,9 @@ __all__ = [
     "DICEModule",
     "DiffusionTrainingPlan",
     "EMAMixin",
+    "GuidanceTerm",
+    "check_strengths",
     "gene_prior",
+    "guidance_terms",
+    "interpolation_terms",
 ]

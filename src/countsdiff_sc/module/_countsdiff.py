@@ -20,6 +20,7 @@ from countsdiff_sc.diffusion import (
 from countsdiff_sc.nn import GeneTransformerDenoiser, RateDenoiser, ResidualMLPDenoiser
 
 from ._ema import EMAMixin
+from ._guidance import guidance_terms, interpolation_terms
 
 __all__ = [
     "BACKBONES",
@@ -303,30 +304,53 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
             given[-1] = cont is not None
         cat = cat if cat is not None else self._null_cat(n, device)
         cont = cont if cont is not None else self._null_cont(n, device)
-        uncond = (cat, cont, self.drop_mask(n, device, np.zeros_like(given)))
-        if not given.any():
-            return self.mixed_rate(x_t, t, [uncond], [1.0], valid, use_ema)
-        full = (cat, cont, self.drop_mask(n, device, given))
-        if isinstance(guidance, (list, tuple)):
-            strengths = self._check_strengths(guidance)[given]
-            g_bar = float(strengths.mean())
-            if not np.allclose(strengths, g_bar, rtol=0.0, atol=1e-12):
-                if self.uncond_mode != "independent":
-                    raise ValueError(
-                        f"Per-condition guidance with unequal strengths {strengths.tolist()} needs the rates given "
-                        "single conditions, which a module trained with uncond_mode='joint' never learned. Retrain "
-                        "with uncond_mode='independent', or use one strength for all conditions."
-                    )
-                variants, coefs = [uncond, full], [1.0 - g_bar, g_bar]
-                for k, g_k in zip(np.flatnonzero(given), strengths, strict=True):
-                    if abs(g_k - g_bar) > 1e-12:
-                        only_k = np.zeros_like(given)
-                        only_k[k] = True
-                        variants.append((cat, cont, self.drop_mask(n, device, only_k)))
-                        coefs.append(float(g_k) - g_bar)
-                return self.mixed_rate(x_t, t, variants, coefs, valid, use_ema)
-            guidance = g_bar
-        return self.mixed_rate(x_t, t, [full, uncond], [guidance, 1.0 - guidance], valid, use_ema)
+        terms = guidance_terms(given, guidance, independent=self.uncond_mode == "independent")
+        variants = [(cat, cont, self.drop_mask(n, device, keep)) for keep, _ in terms]
+        return self.mixed_rate(x_t, t, variants, [c for _, c in terms], valid, use_ema)
+
+    @torch.inference_mode()
+    def interpolation_rate(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        cont: torch.Tensor | None,
+        weight: torch.Tensor,
+        guidance: float,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Rate of a path between two labels: ``log y = log y_u + g ((1 - a) log y_src + a log y_tgt - log y_u)``.
+
+        See :func:`~countsdiff_sc.module.interpolation_terms`; ``y_src`` and ``y_tgt`` keep every condition (the
+        source or target label codes, the shared covariates and vector condition), ``y_u`` drops them all.
+
+        Parameters
+        ----------
+        x_t, t
+            Current counts ``(n, n_genes)`` and times ``(n,)``.
+        source, target
+            Category codes ``(n, n_cat)`` (labels first) of the source and the target condition.
+        cont
+            Vector condition ``(n, n_continuous)`` or None.
+        weight
+            Interpolation weights ``(n, 1)`` in [0, 1].
+        guidance
+            Guidance strength ``g``.
+        use_ema
+            Use the EMA weights.
+
+        Returns
+        -------
+        Rates ``(n, n_genes)``.
+        """
+        n, device = x_t.shape[0], x_t.device
+        keep_all = np.ones(self.n_conditions, dtype=bool)
+        codes = {"source": source, "target": target}
+        terms = interpolation_terms(guidance, weight)
+        variants = [(codes[label], cont, self.drop_mask(n, device, keep_all if kept else ~keep_all))
+                    for label, kept, _ in terms]
+        return self.mixed_rate(x_t, t, variants, [c for _, _, c in terms], use_ema=use_ema)
 
     @torch.inference_mode()
     def mixed_rate(
@@ -378,17 +402,6 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
             return y
         # the network's output is ours: mix in place (no temporaries of the size of the rates)
         return log_linear_mix(list(y.view(m, n, -1)), [c for _, c in keep], inplace=True)
-
-    def _check_strengths(self, guidance: Sequence[float]) -> np.ndarray:
-        strengths = np.asarray(guidance, dtype=float)
-        if strengths.shape != (self.n_conditions,):
-            raise ValueError(
-                f"Per-condition guidance needs {self.n_conditions} strengths (labels, categorical covariates, vector "
-                f"condition), got {strengths.shape[0] if strengths.ndim == 1 else strengths.shape}."
-            )
-        if not np.isfinite(strengths).all() or (strengths < 0).any():
-            raise ValueError(f"Guidance strengths must be finite and non-negative, got {strengths.tolist()}.")
-        return strengths
 
     def drop_mask(self, n: int, device: torch.device, keep: np.ndarray) -> torch.Tensor:
         """Drop mask ``(n, n_conditions)`` of :meth:`mixed_rate` keeping the conditions where ``keep`` is True.

@@ -11,11 +11,10 @@ import anndata as ad
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
-import scipy.sparse as sp
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._utils import get_matrix
+from .._utils import get_matrix, to_dense
 
 _FILE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
@@ -71,16 +70,11 @@ def finish(
     return axes[0] if len(axes) == 1 else axes
 
 
-def dense(x: Any) -> np.ndarray:
-    """A dense numpy array of a dense or sparse matrix."""
-    return x.toarray() if sp.issparse(x) else np.asarray(x)
-
-
 def counts_of(adata: ad.AnnData, layer: str | None, name: str) -> np.ndarray:
     """Dense float64 counts of ``adata`` (``layer`` or ``X``), with an error naming the argument."""
     if not isinstance(adata, ad.AnnData):
         raise TypeError(f"{name} must be an AnnData, got {type(adata).__name__}.")
-    return dense(get_matrix(adata, layer)).astype(np.float64)
+    return to_dense(get_matrix(adata, layer)).astype(np.float64)
 
 
 def check_same_genes(a: ad.AnnData, b: ad.AnnData, name_a: str, name_b: str) -> None:

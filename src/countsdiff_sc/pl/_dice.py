@@ -10,8 +10,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._utils import check_obs_key
-from ._common import category_order, dense, finish, new_axes, palette
+from .._utils import check_obs_key, to_dense
+from ._common import category_order, finish, new_axes, palette
 
 
 def dice_uncertainty(
@@ -84,10 +84,10 @@ def dice_uncertainty(
             f"Embedding {basis!r} not found in adata.obsm (available: {sorted(adata.obsm.keys()) or 'none'}). "
             f"Compute one, e.g. sc.pp.neighbors(adata, use_rep={key!r}); sc.tl.umap(adata)."
         )
-    coords = dense(adata.obsm[basis])
+    coords = to_dense(adata.obsm[basis])
     if coords.ndim != 2 or coords.shape[1] < 2:
         raise ValueError(f"obsm[{basis!r}] must have at least 2 columns, got shape {coords.shape}.")
-    std = dense(adata.obsm[std_key]).astype(np.float64)
+    std = to_dense(adata.obsm[std_key], np.float64)
     uncertainty = np.linalg.norm(std.reshape(adata.n_obs, -1), axis=1)
 
     fig, axs = new_axes(ax, 2, panel_size=(4.8, 4.0))

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._utils import check_obs_key
+from .._utils import check_obs_key, log_normalize
 from ._common import categorical_scatter, category_order, check_same_genes, counts_of, finish, new_axes
 
 
@@ -92,6 +92,7 @@ def real_vs_generated_umap(
     if len(obs) < 4:
         raise ValueError(f"Need at least 4 cells in total for a UMAP, got {len(obs)}.")
     joint = ad.AnnData(np.vstack([real, gen]).astype(np.float32), obs=obs)
+    # scanpy's float32 normalisation, not the float64 _utils.log_normalize: switching would move the UMAP by round-off
     sc.pp.normalize_total(joint, target_sum=1e4)
     sc.pp.log1p(joint)
     n_comps = int(max(1, min(n_pcs, joint.n_obs - 1, joint.n_vars - 1)))
@@ -190,8 +191,6 @@ def interpolation_trajectory(
     >>> interp = model.interpolate(adata, "CD14+ Mono", "B", weights=[0, 0.25, 0.5, 0.75, 1])  # doctest: +SKIP
     >>> cds.pl.interpolation_trajectory(interp, adata, "cell_type")  # doctest: +SKIP
     """
-    from ..metrics._generation import log_normalize  # metrics loads torch: import on use
-
     if band not in ("sd", "iqr"):
         raise ValueError(f"band must be 'sd' or 'iqr', got {band!r}.")
     check_obs_key(adata_interp, weight_key)

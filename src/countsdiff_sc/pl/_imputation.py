@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._utils import as_bool_mask, get_matrix
-from ._common import check_same_genes, counts_of, dense, finish, identity_line, new_axes
+from .._utils import as_bool_mask, get_matrix, to_dense
+from ._common import check_same_genes, counts_of, finish, identity_line, new_axes
 
 _IMPUTED_HINT = "Run CountsDiffModel.impute (or a baseline from countsdiff_sc.baselines) first, or pass layer=."
 _MASK_HINT = "Create it with countsdiff_sc.pp.mask_mcar / mask_mnar, or pass mask_layer=."
@@ -90,8 +90,8 @@ def imputed_vs_true(
     if n == 0:
         raise ValueError(f"adata.layers[{mask_layer!r}] holds no True entry: there is nothing to compare.")
     truth = get_matrix(adata, true_layer)
-    t = dense(truth)[mask].astype(np.float64)
-    y = dense(imputed)[mask].astype(np.float64)
+    t = to_dense(truth)[mask].astype(np.float64)
+    y = to_dense(imputed)[mask].astype(np.float64)
     err = rmse(truth, imputed, mask)
     with warnings.catch_warnings():  # undefined per-cell correlations are reported as NaN in the title
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -186,7 +186,7 @@ def gene_calibration(
     real = counts_of(adata_real, layer, "adata_real")
     if adata_pred is None:
         pred_layer = pred_layer or "countsdiff_imputed"
-        pred = dense(_layer(adata_real, pred_layer, "Predicted", _IMPUTED_HINT)).astype(np.float64)
+        pred = to_dense(_layer(adata_real, pred_layer, "Predicted", _IMPUTED_HINT)).astype(np.float64)
         default_name = "imputed"
     else:
         check_same_genes(adata_real, adata_pred, "adata_real", "adata_pred")

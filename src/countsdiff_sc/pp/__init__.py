@@ -5,5 +5,14 @@ from __future__ import annotations
 from ._dropout import mark_dropouts
 from ._masks import mask_mcar, mask_mnar
 from ._split import split_cells
+from ._subset import ObsSelection, describe_selection, resolve_obs_selection
 
-__all__ = ["mark_dropouts", "mask_mcar", "mask_mnar", "split_cells"]
+__all__ = [
+    "ObsSelection",
+    "describe_selection",
+    "mark_dropouts",
+    "mask_mcar",
+    "mask_mnar",
+    "resolve_obs_selection",
+    "split_cells",
+]

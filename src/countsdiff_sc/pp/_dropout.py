@@ -179,6 +179,8 @@ def _leiden_labels(x: np.ndarray | sp.spmatrix, resolution: float, seed: int, n_
         )
     data = sp.csr_matrix(x, dtype=np.float32, copy=True) if sp.issparse(x) else np.array(x, dtype=np.float32)
     tmp = ad.AnnData(X=data)
+    # scanpy's recipe in float32 (median library size), not the float64 _utils.log_normalize: switching would move
+    # the clusters by round-off
     sc.pp.normalize_total(tmp)
     sc.pp.log1p(tmp)
     n_comps = int(max(1, min(n_pcs, n_obs - 1, n_vars - 1)))

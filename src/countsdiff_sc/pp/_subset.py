@@ -39,6 +39,13 @@ def resolve_obs_selection(adata: ad.AnnData, selection: ObsSelection, argname: s
     -------
     Boolean array of shape ``(adata.n_obs,)``. Raises ``ValueError`` when the selection is empty or malformed and
     ``KeyError`` when a column does not exist.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np, pandas as pd
+    >>> adata = ad.AnnData(np.zeros((3, 1)), obs=pd.DataFrame({"split": ["a", "b", "a"]}, index=["x", "y", "z"]))
+    >>> resolve_obs_selection(adata, ("split", "a")).tolist()
+    [True, False, True]
     """
     if isinstance(selection, str):
         check_obs_key(adata, selection)
@@ -101,7 +108,24 @@ def _as_bool_vector(arr: np.ndarray, n_obs: int, argname: str) -> np.ndarray:
 
 
 def describe_selection(selection: Any, n_selected: int) -> str:
-    """Short, h5ad-storable description of a selection for ``uns["countsdiff"]`` records."""
+    """Short, h5ad-storable description of a cell selection for the ``uns["countsdiff"]`` records.
+
+    Parameters
+    ----------
+    selection
+        The selection as the user gave it (see :func:`resolve_obs_selection`); None means all cells.
+    n_selected
+        Number of cells it selects.
+
+    Returns
+    -------
+    A one-line description, e.g. ``"obs['split'] in 'test' (120 cells)"``.
+
+    Examples
+    --------
+    >>> describe_selection(("split", "test"), 120)
+    "obs['split'] in 'test' (120 cells)"
+    """
     if selection is None:
         return "all cells"
     if isinstance(selection, str):

@@ -1,23 +1,24 @@
-"""Forward thinning, the count loss, random rounding, guidance and the reverse step with attrition.
+"""Forward thinning, the count loss, the log-linear rate mix of guidance and the reverse step with attrition.
 
-References are to the CountsDiff paper (../shared/seeds/000): Eq. 4-6, Proposition 3.2 (Eq. 8), Sec. 3.4 and 3.5.
+References are to CountsDiff (Soatto et al., 2026): Eq. 4-6, Proposition 3.2 (Eq. 8), Sec. 3.3-3.5.
 All functions are pure torch and vectorised over any tensor shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
+
+from ._kernels_torch import binomial_torch, rounded_binomial_torch
 
 __all__ = [
     "ATTRITION_KINDS",
     "attrition_rate",
     "binomial",
     "count_loss",
-    "guidance_mix",
     "log_linear_mix",
-    "random_round",
     "reverse_step",
     "sigma_max",
     "thin",
@@ -28,23 +29,32 @@ ATTRITION_KINDS = ("none", "rescale", "cap", "constant")
 _LOG_EPS = 1e-8
 
 
+def _cpu_kernels() -> ModuleType:
+    """The compiled CPU kernels of :mod:`._kernels_cpu`, imported on the first CPU draw."""
+    # The one place that loads the kernels, lazily on purpose: they are numba code, and importing numba and loading
+    # the kernels from numba's on-disk cache costs a noticeable part of a second per process (compiling them on a
+    # cache miss, several seconds; benchmarks/results/perf.md reports the load), which neither
+    # ``import countsdiff_sc.diffusion`` nor a run whose tensors all live on a GPU should pay: the kernels serve the
+    # CPU path only. The kernels import only the leaf _kernels_torch, never this module, so there is no cycle.
+    from . import _kernels_cpu
+
+    return _kernels_cpu
+
+
 def binomial(count: torch.Tensor, prob: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Element-wise ``Binomial(count, prob)`` draws as float tensors (``prob`` is clamped to ``[0, 1]``).
 
     ``count`` must hold non-negative integers (any float dtype); ``prob`` broadcasts against it.
 
-    On CPU the draws come from a compiled inversion kernel (:mod:`~countsdiff_sc.diffusion._binomial_cpu`; exact,
-    several times faster than ``torch.binomial``, whose serial CPU kernel was the costliest op of a sampler step);
-    on other devices ``torch.binomial`` runs in parallel and is used directly. Either way the draws are a function
-    of the generator's state.
+    On CPU the draws come from a compiled inversion kernel (exact, several times faster than ``torch.binomial``,
+    whose serial CPU kernel was the costliest op of a sampler step); on other devices ``torch.binomial`` runs in
+    parallel and is used directly. Either way the draws are a function of the generator's state.
     """
     count = count.to(torch.float32)
     prob = torch.as_tensor(prob, dtype=torch.float32, device=count.device).clamp(0.0, 1.0)
     if count.device.type == "cpu" and count.numel() > 0:
-        from ._binomial_cpu import binomial_cpu
-
-        return binomial_cpu(count, prob, generator)
-    return torch.binomial(count, prob.expand_as(count).contiguous(), generator=generator)
+        return _cpu_kernels().binomial_cpu(count, prob, generator)
+    return binomial_torch(count, prob, generator)
 
 
 def thin(x0: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -104,34 +114,6 @@ def count_loss(
     if weight is not None:
         per_cell = per_cell * weight
     return per_cell.mean() if reduce else per_cell
-
-
-def random_round(y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Randomised rounding ``floor(y) + Bernoulli(y - floor(y))`` (Sec. 3.5); unbiased, ``E[result] = y``.
-
-    Negative inputs are clamped to zero first (rates are non-negative).
-    """
-    y = y.clamp_min(0.0)
-    lower = torch.floor(y)
-    frac = y - lower
-    u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-    return lower + (u < frac).to(y.dtype)
-
-
-def guidance_mix(y_cond: torch.Tensor, y_uncond: torch.Tensor, guidance: float | torch.Tensor) -> torch.Tensor:
-    """Predictor-free guidance on rates: ``y_cond^g * y_uncond^(1 - g)`` (Sec. 3.4), computed in log space.
-
-    ``g = 1`` is purely conditional, ``g = 0`` unconditional, ``g > 1`` extrapolates away from the unconditional
-    rate. ``guidance`` may be a tensor broadcastable to the rates (e.g. one strength per cell).
-    """
-    if not torch.is_tensor(guidance):
-        if guidance == 1.0:
-            return y_cond
-        if guidance == 0.0:
-            return y_uncond
-    log_c = torch.log(y_cond.clamp_min(1e-12))
-    log_u = torch.log(y_uncond.clamp_min(1e-12))
-    return torch.exp(log_u + guidance * (log_c - log_u))
 
 
 def log_linear_mix(
@@ -234,14 +216,14 @@ def reverse_step(
     p_s: torch.Tensor,
     sigma: torch.Tensor | float = 0.0,
     generator: torch.Generator | None = None,
-    rounding: bool = True,
+    *,
     out: torch.Tensor | None = None,
     x_obs: torch.Tensor | None = None,
     target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One reverse step with attrition from ``t`` to ``s < t`` (Prop. 3.2, Eq. 8; Algorithm 2).
 
-    ``x_s = Binomial(x_t, 1 - sigma) + Binomial(round(y_hat), beta)`` with
+    ``x_s = Binomial(x_t, 1 - sigma) + Binomial(random_round(y_hat), beta)`` with
     ``beta = (p(s) - (1 - sigma) p(t)) / (1 - p(t))``. With the oracle ``y_hat = x_0 - x_t`` this preserves the
     marginal ``x_s ~ Binomial(x_0, p(s))`` for every ``sigma`` in ``[0, sigma_max]``.
 
@@ -250,15 +232,15 @@ def reverse_step(
     x_t
         Current counts.
     y_hat
-        Predicted number of missing molecules ``x_0 - x_t`` (non-negative; real-valued unless ``rounding=False``).
+        Predicted number of missing molecules ``x_0 - x_t`` (real-valued; negative entries count as 0). It is
+        rounded at random, ``floor(y) + Bernoulli(y - floor(y))``, which keeps its expectation (Sec. 3.5); the
+        rounding is fused into the birth draw, so the rounded pool is never materialised.
     p_t, p_s
         Schedule values at ``t`` and ``s``; scalars or tensors broadcastable to ``x_t``.
     sigma
         Attrition (death probability of each present molecule), within ``[0, sigma_max(p_t, p_s)]``.
     generator
         Optional torch generator.
-    rounding
-        Apply :func:`random_round` to ``y_hat`` (Sec. 3.5). Set False only when ``y_hat`` already holds integers.
     out
         Optional float32 tensor shaped like ``x_t`` to write ``x_s`` into; it may be ``x_t`` itself, which a sampler
         that owns its state uses to avoid a fresh buffer per step.
@@ -278,30 +260,13 @@ def reverse_step(
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x_t.device)
     beta = ((p_s - (1.0 - sigma) * p_t) / (1.0 - p_t).clamp_min(1e-12)).clamp(0.0, 1.0)
     if x_t.device.type == "cpu" and beta.numel() == 1 and sigma.numel() == 1 and x_t.numel() > 0:
-        # compiled kernel: deaths, rounding and births in one pass (same distribution; see _binomial_cpu)
-        from ._binomial_cpu import reverse_step_cpu
-
-        return reverse_step_cpu(x_t.to(torch.float32), y_hat.to(torch.float32).expand_as(x_t), float(sigma),
-                                float(beta), generator, out=out, x_obs=x_obs, target=target)
+        # compiled kernel: deaths, rounding and births in one pass (same distribution; see _kernels_cpu)
+        return _cpu_kernels().reverse_step_cpu(x_t.to(torch.float32), y_hat.to(torch.float32).expand_as(x_t),
+                                               float(sigma), float(beta), generator, out=out, x_obs=x_obs,
+                                               target=target)
+    # torch path (GPUs; on CPU, per-entry p or sigma): the deaths go through binomial(), which on CPU is the compiled
+    # kernel, and the births through the rounded binomial of _kernels_torch
     if x_obs is not None:
         y_hat = torch.where(target, y_hat, x_obs - x_t)
     survivors = x_t if not bool((sigma > 0).any()) else binomial(x_t, 1.0 - sigma, generator)
-    if not rounding:
-        return torch.add(survivors, binomial(y_hat.clamp_min(0.0), beta, generator), out=out)
-    # Binomial(random_round(y), beta) drawn without materialising the rounded pool: with y = m + f (m integer,
-    # 0 <= f < 1), random_round(y) = m + B with B ~ Bernoulli(f), and Binomial(m + B, beta) = Binomial(m, beta) +
-    # B * Bernoulli(beta), whose second term is Bernoulli(f * beta). Same distribution, but the binomial kernel (the
-    # costliest op of a step on sparse data) only sees the integer parts, which are mostly zero.
-    return torch.add(survivors, _rounded_binomial_torch(y_hat, beta, generator), out=out)
-
-
-def _rounded_binomial_torch(
-    y_hat: torch.Tensor, beta: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """``Binomial(random_round(max(y_hat, 0)), beta)`` with torch ops (any device, any shape of ``beta``): the
-    path of GPUs, where ``torch.binomial`` runs in parallel."""
-    y = y_hat.clamp_min(0.0)
-    whole = torch.floor(y)
-    u = torch.rand(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-    prob = beta.to(y.dtype).expand_as(whole).contiguous()
-    return torch.binomial(whole, prob, generator=generator) + (u < (y - whole) * beta).to(y.dtype)
+    return torch.add(survivors, rounded_binomial_torch(y_hat, beta, generator), out=out)

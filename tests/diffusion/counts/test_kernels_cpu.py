@@ -11,12 +11,12 @@ import torch
 from scipy import stats
 
 from countsdiff_sc.diffusion import binomial, reverse_step
-from countsdiff_sc.diffusion._binomial_cpu import (
+from countsdiff_sc.diffusion.counts._kernels_cpu import (
     INVERSION_MAX_MEAN,
     binomial_cpu,
     reverse_step_cpu,
 )
-from countsdiff_sc.diffusion._process import _rounded_binomial_torch
+from countsdiff_sc.diffusion.counts._kernels_torch import rounded_binomial_torch
 
 from ._gof import gof_pvalue
 
@@ -72,7 +72,7 @@ def test_rounded_binomial_is_the_rounding_mixture(y, beta, path):
     b = np.float32(beta)
     support = np.arange(m + 2)
     pmf = (1 - f) * stats.binom.pmf(support, m, b) + f * stats.binom.pmf(support, m + 1, b)
-    draw = rounded_binomial_cpu if path == "kernel" else _rounded_binomial_torch
+    draw = rounded_binomial_cpu if path == "kernel" else rounded_binomial_torch
     x = draw(torch.full((N_DRAWS,), y), torch.tensor(beta), torch.Generator().manual_seed(3)).numpy()
     assert gof_pvalue(x, pmf) > 1e-4
     # negative control: the same test rejects rounding to the nearest integer

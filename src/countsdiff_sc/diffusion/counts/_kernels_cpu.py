@@ -1,9 +1,9 @@
 """Compiled CPU kernels for the binomial draws of the count diffusion (numba, compiled on first use).
 
 ``torch.binomial`` on CPU draws one entry at a time through a general-purpose sampler and was the costliest op of a
-sampler step (about 2.4x the network's time for 2,000 genes with the default MLP). UMI counts are sparse and the
-per-step probabilities small, so almost every draw has a small mean ``n q`` and sequential inversion, one uniform
-and about ``n q + 1`` multiply-adds, is exact and cheap. The kernels below run it in one pass over the tensor,
+sampler step, ahead of the network (``benchmarks/results/perf.md`` has the sampler's timings). UMI counts are sparse
+and the per-step probabilities small, so almost every draw has a small mean ``n q`` and sequential inversion, one
+uniform and about ``n q + 1`` multiply-adds, is exact and cheap. The kernels below run it in one pass over the tensor,
 with the uniforms from a counter-based generator (the SplitMix64 output for counter ``i``), so a draw depends only on
 the seed and the entry's position, never on how the work is split. Large tensors are split into contiguous chunks
 run on plain Python threads (the kernels release the GIL), as many as ``torch.get_num_threads()``; numba's own
@@ -24,6 +24,8 @@ import threading
 import numba
 import numpy as np
 import torch
+
+from ._kernels_torch import rounded_binomial_torch
 
 INVERSION_MAX_MEAN = 40.0
 _MIN_ENTRIES_PER_THREAD = 1 << 17
@@ -293,11 +295,11 @@ def reverse_step_cpu(
 ) -> torch.Tensor:
     """One reverse step ``Binomial(x_t, 1 - sigma) + Binomial(random_round(max(y, 0)), beta)`` on CPU tensors.
 
-    The death draw, the random rounding (paper Sec. 3.5) and the birth draw of Prop. 3.2 in one pass:
-    ``Binomial(random_round(y), beta) = Binomial(floor y, beta) + Bernoulli(frac(y) beta)`` in distribution, so
-    the rounded pool is never materialised. Entries whose draws have a large mean are redrawn with torch.
-    The rate ``y`` is ``y_hat``, or for RePaint (``x_obs`` and ``target`` given) ``y_hat`` where ``target`` is True
-    and the known missing count ``x_obs - x_t`` elsewhere, chosen inside the same pass.
+    The death draw, the random rounding and the birth draw of CountsDiff (Soatto et al., 2026, Sec. 3.5 and Prop. 3.2)
+    in one pass: ``Binomial(random_round(y), beta) = Binomial(floor y, beta) + Bernoulli(frac(y) beta)`` in
+    distribution, so the rounded pool is never materialised. Entries whose draws have a large mean are redrawn with
+    torch. The rate ``y`` is ``y_hat``, or for RePaint (``x_obs`` and ``target`` given) ``y_hat`` where ``target`` is
+    True and the known missing count ``x_obs - x_t`` elsewhere, chosen inside the same pass.
 
     Parameters
     ----------
@@ -345,13 +347,11 @@ def reverse_step_cpu(
     if _launch(_step_kernel, x, v, obs, tgt, np.asarray([sigma, beta]), _seed(generator), o):
         # large means: redraw those entries (deaths and births) with torch's sampler, the path GPUs take; the
         # kernel left -1 - x_t there, so the counts are known even when out is x_t
-        from ._process import _rounded_binomial_torch
-
         idx = np.flatnonzero(o < 0)
         counts = -1.0 - o[idx]
         rate = v[idx] if x_obs is None else np.where(tgt[idx], v[idx], obs[idx] - counts)
         n = torch.from_numpy(counts)
         survivors = torch.binomial(n, torch.full_like(n, 1.0 - sigma), generator=generator) if sigma > 0 else n
-        births = _rounded_binomial_torch(torch.from_numpy(rate), torch.tensor(beta), generator)
+        births = rounded_binomial_torch(torch.from_numpy(rate), torch.tensor(beta), generator)
         o[idx] = (survivors + births).numpy()
     return out

@@ -1,9 +1,10 @@
 """Reference preprocessing and PCA loadings of DICE, fitted once on the reference and frozen with the model.
 
-Pipeline (paper Sec. 5 and App. H.1): library-size normalisation to ``target_sum``, ``log1p``, optional subset to
-highly variable genes, per-gene scaling to unit variance with values clipped to ``[-max_value, max_value]``, then
-PCA. The loading matrix ``V`` (paper Eq. 1-3, estimated by the SVD of Sec. 3) and every statistic of the pipeline
-come from the reference alone, so a query is projected exactly as the reference was.
+Pipeline (DICE paper, Meier et al., Sec. 5 and App. H.1): library-size normalisation to ``target_sum``, ``log1p``,
+optional subset to highly variable genes, per-gene scaling to unit variance with values clipped to
+``[-max_value, max_value]``, then PCA. The loading matrix ``V`` (paper Eq. 1-3, estimated by the SVD of Sec. 3) and
+every statistic of the pipeline come from the reference alone, so a query is projected exactly as the reference was.
+The second pass of the fit runs the same :func:`~countsdiff_sc.module.dice.transform` that projects every cell later.
 
 Genes outside the highly variable subset keep a zero row in ``V``: projecting all genes with that ``V`` equals
 projecting the subset, so every stored array is indexed by the registered genes.
@@ -16,9 +17,14 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
-import scipy.sparse as sp
+import torch
 
-__all__ = ["DICEProjection", "elbow_rank", "fit_projection", "project_matrix"]
+from countsdiff_sc._utils import log_normalize as log_normalize_counts
+from countsdiff_sc._utils import to_dense
+
+from ._projection import transform
+
+__all__ = ["DICEProjection", "elbow_rank", "fit_projection"]
 
 
 @dataclass
@@ -101,36 +107,6 @@ def elbow_rank(singular_values: np.ndarray, min_rank: int = 2) -> int:
     return int(min(max(k, min_rank), m))
 
 
-def _log_normalize(x: Any, target_sum: float) -> np.ndarray | sp.csr_matrix:
-    """``log1p(x / rowsum * target_sum)`` keeping sparsity (float64); cells with no counts stay at zero."""
-    if sp.issparse(x):
-        x = sp.csr_matrix(x, dtype=np.float64, copy=True)
-        totals = np.asarray(x.sum(axis=1)).ravel()
-        factors = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-        x = sp.csr_matrix(sp.diags(factors) @ x)
-        np.log1p(x.data, out=x.data)
-        return x
-    x = np.asarray(x, dtype=np.float64)
-    totals = x.sum(axis=1, keepdims=True)
-    factors = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    return np.log1p(x * factors)
-
-
-def _dense(x: Any) -> np.ndarray:
-    return x.toarray() if sp.issparse(x) else np.asarray(x, dtype=np.float64)
-
-
-def _transform_chunk(
-    x: Any, log_normalize: bool, target_sum: float, gene_mean: np.ndarray, gene_std: np.ndarray, max_value: float | None
-) -> np.ndarray:
-    """Normalise (optionally), scale and clip one chunk of cells; returns a dense float64 array."""
-    z = _dense(_log_normalize(x, target_sum)) if log_normalize else _dense(x).astype(np.float64, copy=False)
-    z = (z - gene_mean) / gene_std
-    if max_value is not None:
-        np.clip(z, -max_value, max_value, out=z)
-    return z
-
-
 def _select_genes(
     x: Any, n_top_genes: int | None, log_normalize: bool, target_sum: float, variances: np.ndarray
 ) -> np.ndarray:
@@ -146,7 +122,7 @@ def _select_genes(
         import scanpy as sc
 
         # Seurat-flavoured dispersion ranking on the log-normalised reference (scanpy's "seurat" flavour).
-        tmp = ad.AnnData(X=_log_normalize(x, target_sum))
+        tmp = ad.AnnData(X=log_normalize_counts(x, target_sum, keep_sparse=True))
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat", subset=False, inplace=True)
         return tmp.var["highly_variable"].to_numpy(dtype=bool)
     mask = np.zeros(n_genes, dtype=bool)
@@ -223,7 +199,7 @@ def fit_projection(
     s1 = np.zeros(n_genes)
     s2 = np.zeros(n_genes)
     for sl in chunks:
-        z = _dense(_log_normalize(x[sl], target_sum)) if log_normalize else _dense(x[sl])
+        z = log_normalize_counts(x[sl], target_sum) if log_normalize else to_dense(x[sl], np.float64)
         s1 += z.sum(axis=0)
         s2 += np.square(z).sum(axis=0)
     mean = s1 / n_cells
@@ -233,17 +209,18 @@ def fit_projection(
         gene_mean = np.where(hvg, mean, 0.0)
         std = np.sqrt(var)
         gene_std = np.where(hvg & (std > 0), std, 1.0)
-        clip = max_value
     else:
-        gene_mean, gene_std, clip = np.zeros(n_genes), np.ones(n_genes), None
+        gene_mean, gene_std = np.zeros(n_genes), np.ones(n_genes)
 
     # pass 2: mean and Gram matrix of the scaled, clipped values of the selected genes
     idx = np.flatnonzero(hvg)
     g = idx.size
     c1 = np.zeros(g)
     gram = np.zeros((g, g))
+    settings = {"log_normalize": log_normalize, "scale": scale, "target_sum": target_sum, "max_value": max_value}
+    stats = torch.from_numpy(gene_mean), torch.from_numpy(gene_std)
     for sl in chunks:
-        z = _transform_chunk(x[sl], log_normalize, target_sum, gene_mean, gene_std, clip)[:, idx]
+        z = transform(torch.from_numpy(to_dense(x[sl], np.float64)), *stats, **settings).numpy()[:, idx]
         c1 += z.sum(axis=0)
         gram += z.T @ z
     centre = c1 / n_cells
@@ -288,46 +265,3 @@ def fit_projection(
         residual_var=residual_var,
     )
 
-
-def project_matrix(
-    x: Any,
-    projection: DICEProjection,
-    *,
-    log_normalize: bool = True,
-    scale: bool = True,
-    target_sum: float = 1e4,
-    max_value: float | None = 10.0,
-    chunk_size: int = 4096,
-) -> np.ndarray:
-    """PCA coordinates ``V^T (x_tilde - mean)`` of cells under a fitted projection (numpy reference version).
-
-    Parameters
-    ----------
-    x
-        Matrix ``(n_cells, n_genes)`` with the genes of the reference, in the same order.
-    projection
-        Output of :func:`fit_projection`.
-    log_normalize, scale, target_sum, max_value
-        The settings used in :func:`fit_projection`.
-    chunk_size
-        Cells per chunk.
-
-    Returns
-    -------
-    float64 array ``(n_cells, n_latent)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> x = np.random.default_rng(0).poisson(2.0, size=(100, 20))
-    >>> proj = fit_projection(x, n_latent=3)
-    >>> project_matrix(x, proj).shape
-    (100, 3)
-    """
-    clip = max_value if scale else None
-    out = np.empty((x.shape[0], projection.n_latent))
-    for i in range(0, x.shape[0], chunk_size):
-        sl = slice(i, min(i + chunk_size, x.shape[0]))
-        z = _transform_chunk(x[sl], log_normalize, target_sum, projection.gene_mean, projection.gene_std, clip)
-        out[sl] = (z - projection.pca_mean) @ projection.loadings
-    return out

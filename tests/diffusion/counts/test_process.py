@@ -13,9 +13,7 @@ from countsdiff_sc.diffusion import (
     attrition_rate,
     count_loss,
     generate,
-    guidance_mix,
     log_linear_mix,
-    random_round,
     repaint,
     reverse_step,
     sigma_max,
@@ -41,8 +39,8 @@ def _marginal_pvalues(rate_offset: float, eta: float, schedule, n_steps=8, seed=
         for j, n in enumerate(X0_VALUES.tolist()):
             pvals.append(binomial_pvalue(x[:, j].numpy(), int(n), ps))
 
-    out = generate(oracle, x0.shape, schedule, n_steps=n_steps, attrition="rescale", eta=eta, generator=gen,
-                   callback=check)
+    out = generate(oracle, x0.shape, schedule, n_steps=n_steps, attrition_kind="rescale", attrition=eta,
+                   generator=gen, callback=check)
     return np.asarray(pvals), out, x0
 
 
@@ -79,7 +77,7 @@ def test_repaint_with_oracle_keeps_marginals_and_observed_entries():
         for j in (1, 3, 4):  # imputed and observed columns alike follow Binomial(x0, p(s))
             pvals.append(binomial_pvalue(x[:, j].numpy(), int(X0_VALUES[j]), ps))
 
-    out = repaint(lambda x, t: x0 - x, x0, target, schedule, n_steps=6, attrition="rescale", eta=0.1,
+    out = repaint(lambda x, t: x0 - x, x0, target, schedule, n_steps=6, attrition_kind="rescale", attrition=0.1,
                   generator=gen, callback=check)
     assert torch.equal(out, x0)
     assert min(pvals) > 1e-3 / len(pvals)
@@ -126,10 +124,11 @@ def test_repaint_resampling_keeps_marginals():
     assert min(pvals) > 1e-3 / len(pvals)
 
 
-def test_random_round_unbiased_and_integer():
+def test_random_rounding_unbiased_and_integer():
+    # the last step (p(s) = 1, so beta = 1) from an empty state without deaths returns the randomly rounded rate
     gen = torch.Generator().manual_seed(0)
     y = torch.tensor([0.0, 0.1, 0.49, 0.5, 2.7, 10.25]).repeat(200000, 1)
-    r = random_round(y, gen)
+    r = reverse_step(torch.zeros_like(y), y, torch.tensor(0.2), torch.tensor(1.0), generator=gen)
     assert torch.equal(r, r.round())
     assert bool((r >= torch.floor(y)).all() and (r <= torch.ceil(y)).all())
     se = y[0] * 0 + 0.5 / np.sqrt(200000)
@@ -164,13 +163,18 @@ def test_count_loss_valid_mask_and_weights():
     assert abs(float(grid[losses.argmin()]) - 3.0) < 0.01
 
 
-def test_guidance_mix():
+def test_single_condition_guidance_is_the_two_term_mix():
+    # y_c^g * y_u^(1 - g) (Sec. 3.4): g = 1 conditional, g = 0 unconditional, g > 1 extrapolates; g may be per cell
     yc, yu = torch.tensor([4.0, 1.0]), torch.tensor([1.0, 4.0])
-    torch.testing.assert_close(guidance_mix(yc, yu, 1.0), yc)
-    torch.testing.assert_close(guidance_mix(yc, yu, 0.0), yu)
-    torch.testing.assert_close(guidance_mix(yc, yu, 0.5), torch.tensor([2.0, 2.0]))
-    torch.testing.assert_close(guidance_mix(yc, yu, 2.0), yc**2 / yu)
-    torch.testing.assert_close(guidance_mix(yc, yu, torch.tensor([0.5, 1.0])), torch.tensor([2.0, 1.0]))
+
+    def guided(g):
+        return log_linear_mix([yc, yu], [g, 1.0 - g])
+
+    torch.testing.assert_close(guided(1.0), yc)
+    torch.testing.assert_close(guided(0.0), yu)
+    torch.testing.assert_close(guided(0.5), torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(guided(2.0), yc**2 / yu)
+    torch.testing.assert_close(guided(torch.tensor([0.5, 1.0])), torch.tensor([2.0, 1.0]))
 
 
 @pytest.mark.parametrize("kind", ["none", "rescale", "cap", "constant"])
@@ -210,9 +214,25 @@ def test_reverse_step_final_step_adds_rounded_rate():
 def test_seed_reproducibility():
     x0 = torch.poisson(torch.full((50, 10), 4.0), generator=torch.Generator().manual_seed(0))
     run = lambda seed: generate(lambda x, t: (x0 - x).clamp_min(0) + 0.3, x0.shape, CosineSchedule(), n_steps=5,  # noqa: E731
-                                attrition="rescale", eta=0.2, generator=torch.Generator().manual_seed(seed))
+                                attrition_kind="rescale", attrition=0.2, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+def test_loops_take_the_attrition_kind_and_strength_by_keyword():
+    x0 = torch.tensor([[3.0, 0.0, 7.0]])
+    oracle = lambda x, t: x0 - x  # noqa: E731
+    target = torch.tensor([[True, False, True]])
+    with pytest.raises(TypeError):  # keyword-only: the old positional (kind, strength) order is refused
+        generate(oracle, x0.shape, CosineSchedule(), 5, "rescale", 0.1)
+    with pytest.raises(TypeError, match="attrition_kind='rescale'"):
+        generate(oracle, x0.shape, CosineSchedule(), 5, attrition="rescale")
+    with pytest.raises(TypeError, match="attrition_kind='cap'"):
+        repaint(oracle, x0, target, CosineSchedule(), 5, attrition="cap")
+    for kind in ("none", "rescale", "cap", "constant"):
+        out = repaint(oracle, x0, target, CosineSchedule(), 5, attrition_kind=kind, attrition=0.2,
+                      generator=torch.Generator().manual_seed(0))
+        assert torch.equal(out, x0)
 
 
 def test_in_place_chain_matches_the_chain_with_fresh_buffers():
@@ -221,7 +241,7 @@ def test_in_place_chain_matches_the_chain_with_fresh_buffers():
     x_start = x0.T.contiguous().T  # a non-contiguous start must be copied, never written to
     kept = x_start.clone()
     oracle = lambda x, t: (x0 - x).clamp_min(0) + 0.4  # noqa: E731
-    kw = dict(n_steps=6, attrition="rescale", eta=0.3, x_start=x_start, t_start=0.7)
+    kw = dict(n_steps=6, attrition_kind="rescale", attrition=0.3, x_start=x_start, t_start=0.7)
     quiet = generate(oracle, x0.shape, CosineSchedule(), generator=torch.Generator().manual_seed(5), **kw)
     loud = generate(oracle, x0.shape, CosineSchedule(), generator=torch.Generator().manual_seed(5),
                     callback=lambda *a: None, **kw)
@@ -259,7 +279,7 @@ def test_log_linear_mix():
     y1, y2, y3 = torch.tensor([4.0, 1.0]), torch.tensor([1.0, 4.0]), torch.tensor([2.0, 2.0])
     torch.testing.assert_close(log_linear_mix([y1, y2], [0.5, 0.5]), torch.tensor([2.0, 2.0]))
     # the single-condition guidance rule is the two-term special case
-    torch.testing.assert_close(log_linear_mix([y1, y2], [2.0, -1.0]), guidance_mix(y1, y2, 2.0))
+    torch.testing.assert_close(log_linear_mix([y1, y2], [2.0, -1.0]), y1**2 / y2)
     # coefficients summing to one leave a rate all terms agree on unchanged; per-cell tensor coefficients
     torch.testing.assert_close(log_linear_mix([y3, y3, y3], [3.0, -1.5, -0.5]), y3)
     a = torch.tensor([0.0, 1.0])

@@ -1,4 +1,4 @@
-"""Loss weightings ``w(t)`` of the CountsDiff objective (paper Sec. 3.2, App. B.4-B.6).
+"""Loss weightings ``w(t)`` of the count objective (CountsDiff, Soatto et al., 2026, Sec. 3.2, App. B.4-B.6).
 
 The objective (Eq. 6) is ``E_{t ~ phi}[w(t) (y_hat - y log y_hat)]``. Every positive ``w`` has the same pointwise
 minimiser ``y_hat = E[y | x_t]``; the weight only changes the training dynamics, i.e. which times a finite network

@@ -1,4 +1,5 @@
-"""Reverse-time loops over a caller-supplied rate function: generation (Algorithm 2) and RePaint imputation.
+"""Reverse-time loops over a caller-supplied rate function: generation (CountsDiff, Soatto et al., 2026,
+Algorithm 2) and RePaint imputation (Sec. 3.6).
 
 A *rate function* maps the current state ``x_t`` (shape ``(n, g)``) and the current time ``t`` (shape ``(n,)``) to
 the predicted number of missing molecules ``y_hat`` (shape ``(n, g)``, non-negative). The model layer builds it from
@@ -88,14 +89,24 @@ def _sched(schedule: PSchedule, t: float, device: torch.device) -> torch.Tensor:
     return schedule.p(torch.tensor(t, dtype=torch.float64)).to(device=device, dtype=torch.float32)
 
 
+def _check_attrition(attrition_kind: str, attrition: float) -> None:
+    # the loops' ``attrition`` used to be the kind; a kind passed where the strength goes gets a pointed message
+    if isinstance(attrition, str):
+        raise TypeError(
+            f"attrition is the attrition strength (a number), got {attrition!r}; pass the kind as "
+            f"attrition_kind={attrition!r} and the strength as attrition=."
+        )
+
+
 @torch.inference_mode()
 def generate(
     rate_fn: RateFn,
     shape: tuple[int, int],
     schedule: PSchedule,
     n_steps: int = 50,
-    attrition: str = "none",
-    eta: float = 0.0,
+    *,
+    attrition_kind: str = "none",
+    attrition: float = 0.0,
     x_start: torch.Tensor | None = None,
     t_start: float = 1.0,
     generator: torch.Generator | None = None,
@@ -103,7 +114,7 @@ def generate(
     callback: StepCallback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Run the reverse process from ``t_start`` to 0 (paper Algorithm 2).
+    """Run the reverse process from ``t_start`` to 0 (CountsDiff, Soatto et al., 2026, Algorithm 2).
 
     Parameters
     ----------
@@ -115,8 +126,11 @@ def generate(
         The p-schedule the network was trained with.
     n_steps
         Number of reverse transitions on a uniform time grid.
-    attrition, eta
-        Attrition kind and strength (see :func:`~countsdiff_sc.diffusion.attrition_rate`).
+    attrition_kind
+        How each step's attrition follows from the strength: ``"none"``, ``"rescale"``, ``"cap"`` or ``"constant"``
+        (see :func:`~countsdiff_sc.diffusion.attrition_rate`).
+    attrition
+        Attrition strength ``eta`` (non-negative; at most 1 for ``"rescale"``). 0 is a pure-birth reverse process.
     x_start
         State at ``t_start``. Defaults to all zeros, the noise distribution at ``t = 1``; pass thinned real cells
         ``Binomial(x, p(t_start))`` to start part-way (used for cell-state interpolation).
@@ -134,7 +148,17 @@ def generate(
     Returns
     -------
     Float tensor of non-negative integer counts, shape ``shape``.
+
+    Examples
+    --------
+    >>> from countsdiff_sc.diffusion import CosineSchedule
+    >>> x0 = torch.tensor([[3.0, 0.0, 7.0]])
+    >>> oracle = lambda x, t: x0 - x  # the true missing count drives the chain back to x0
+    >>> generate(oracle, x0.shape, CosineSchedule(), n_steps=10, attrition_kind="rescale", attrition=0.1,
+    ...          generator=torch.Generator().manual_seed(0))
+    tensor([[3., 0., 7.]])
     """
+    _check_attrition(attrition_kind, attrition)
     if x_start is None:
         if t_start < 1.0:
             raise ValueError("Starting below t = 1 needs x_start (e.g. thinned real cells).")
@@ -148,7 +172,7 @@ def generate(
         t, s = float(grid[k]), float(grid[k + 1])
         p_t, p_s = _sched(schedule, t, x.device), _sched(schedule, s, x.device)
         y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=x.device))
-        sigma = attrition_rate(attrition, eta, p_t, p_s, dt=t - s)
+        sigma = attrition_rate(attrition_kind, attrition, p_t, p_s, dt=t - s)
         # the chain owns x, so the step writes into it unless a callback may keep a reference
         x = reverse_step(x, y_hat, p_t, p_s, sigma, generator, out=x if callback is None else None)
         if callback is not None:
@@ -163,15 +187,17 @@ def repaint(
     target: torch.Tensor,
     schedule: PSchedule,
     n_steps: int = 20,
-    attrition: str = "none",
-    eta: float = 0.0,
+    *,
+    attrition_kind: str = "none",
+    attrition: float = 0.0,
     resample_jump: int | None = None,
     resample_iters: int = 1,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """RePaint imputation with the count reverse process (paper Sec. 3.6; Lugmayr et al. 2022, Algorithm 1).
+    """RePaint imputation with the count reverse process (CountsDiff, Soatto et al., 2026, Sec. 3.6; Lugmayr et al.
+    2022, Algorithm 1).
 
     Entries where ``target`` is True follow the reverse step (Prop. 3.2) driven by the network's rate; every other
     entry follows the same step driven by its known missing count ``y = x_obs - x_t``. That is the exact posterior
@@ -199,8 +225,8 @@ def repaint(
         The p-schedule of the trained network.
     n_steps
         Number of reverse transitions.
-    attrition, eta
-        Attrition kind and strength.
+    attrition_kind, attrition
+        Attrition kind and strength, as in :func:`generate`.
     resample_jump
         Window length in transitions for resampling; defaults to 1 when ``resample_iters > 1``.
     resample_iters
@@ -212,6 +238,7 @@ def repaint(
     -------
     Completed counts: target entries imputed, all others equal to ``x_obs``.
     """
+    _check_attrition(attrition_kind, attrition)
     if target.shape != x_obs.shape:
         raise ValueError(f"target has shape {tuple(target.shape)} but x_obs has shape {tuple(x_obs.shape)}.")
     if resample_iters < 1:
@@ -237,7 +264,7 @@ def repaint(
                 t, s = float(grid[k]), float(grid[k + 1])
                 p_t, p_s = _sched(schedule, t, device), _sched(schedule, s, device)
                 y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=device))
-                sigma = attrition_rate(attrition, eta, p_t, p_s, dt=t - s)
+                sigma = attrition_rate(attrition_kind, attrition, p_t, p_s, dt=t - s)
                 # observed entries: the oracle rate x_obs - x_t (an integer, so the fused rounding leaves it alone)
                 x = reverse_step(x, y_hat, p_t, p_s, sigma, generator, out=x if callback is None else None,
                                  x_obs=x_obs, target=target)

@@ -1,4 +1,4 @@
-"""p-schedules of the CountsDiff forward process (paper Sec. 3.1, App. B.2-B.3).
+"""p-schedules of the count forward process (CountsDiff, Soatto et al., 2026, Sec. 3.1, App. B.2-B.3).
 
 A p-schedule is a differentiable, monotonically decreasing map ``p: [0, 1] -> [0, 1]`` with ``p(0) = 1`` and
 ``p(1) = 0`` (Proposition 3.1). The forward marginal is ``x_t ~ Binomial(x_0, p(t))`` (Eq. 4) and the conditional

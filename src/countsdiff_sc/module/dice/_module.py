@@ -9,10 +9,12 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from countsdiff_sc.diffusion import GaussianDiffusion, linear_beta_schedule, split_gibbs
+from countsdiff_sc.diffusion.gaussian import GaussianDiffusion, linear_beta_schedule
 from countsdiff_sc.nn import LatentDenoiser
 
-from ._ema import EMAMixin
+from .._ema import EMAMixin
+from ._gibbs import split_gibbs
+from ._projection import project, transform
 
 __all__ = ["DICEModule"]
 
@@ -22,9 +24,9 @@ class DICEModule(EMAMixin, BaseModuleClass):
 
     The module reads raw counts (the registered layer) and computes the embedding itself with frozen buffers
     fitted on the reference (``set_projection``): library-size normalisation and ``log1p`` (``log_normalize``),
-    per-gene scaling and clipping (``scale``), centring and projection on the loadings ``V``. Keeping the
-    projection inside the module makes training, query mapping and save / load use one code path, and the
-    buffers travel with the state dict.
+    per-gene scaling and clipping (``scale``), centring and projection on the loadings ``V``, by
+    :func:`~countsdiff_sc.module.dice.project`. Keeping the projection inside the module makes training, query
+    mapping and save / load use one code path, and the buffers travel with the state dict.
 
     Training (paper Algorithm 2): ``u = V^T (x_tilde - mean)``, optionally a same-label Dirichlet mixup inside the
     minibatch (App. C), ``y = u / latent_scale``, ``t ~ U{1..T}``, ``y_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps``
@@ -136,7 +138,7 @@ class DICEModule(EMAMixin, BaseModuleClass):
         latent_scale: float,
         residual_var: float = float("nan"),
     ) -> None:
-        """Store the frozen reference preprocessing and loadings (fitted by ``fit_projection`` in the model layer).
+        """Store the frozen reference preprocessing and loadings (:func:`~countsdiff_sc.module.dice.fit_projection`).
 
         Parameters
         ----------
@@ -185,8 +187,14 @@ class DICEModule(EMAMixin, BaseModuleClass):
                 "(DICEModel(adata)) or load a saved model."
             )
 
+    @property
+    def _settings(self) -> dict:
+        """Keyword settings of :func:`~countsdiff_sc.module.dice.transform` stored with this module."""
+        return {"log_normalize": self.log_normalize, "scale": self.scale, "target_sum": self.target_sum,
+                "max_value": self.max_value}
+
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised, scaled and clipped expression ``x_tilde`` of count rows.
+        """Normalised, scaled, clipped expression ``x_tilde`` (:func:`~countsdiff_sc.module.dice.transform`).
 
         Parameters
         ----------
@@ -197,16 +205,7 @@ class DICEModule(EMAMixin, BaseModuleClass):
         -------
         Float tensor ``(n, n_input)``; cells without counts stay at zero before scaling.
         """
-        z = x.to(self.gene_mean.dtype)
-        if self.log_normalize:
-            totals = z.sum(dim=1, keepdim=True)
-            factors = torch.where(totals > 0, self.target_sum / totals.clamp_min(1e-12), torch.zeros_like(totals))
-            z = torch.log1p(z * factors)
-        if self.scale:
-            z = (z - self.gene_mean) / self.gene_std
-            if self.max_value is not None:
-                z = z.clamp(-self.max_value, self.max_value)
-        return z
+        return transform(x, self.gene_mean, self.gene_std, **self._settings)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """PCA coordinates ``V^T (x_tilde - mean)`` of count rows (paper Sec. 3, ``U_hat = V_hat^T X``).
@@ -220,7 +219,7 @@ class DICEModule(EMAMixin, BaseModuleClass):
         -------
         Float tensor ``(n, n_latent)``.
         """
-        return (self.transform(x) - self.pca_mean) @ self.loadings
+        return project(x, self.gene_mean, self.gene_std, self.pca_mean, self.loadings, **self._settings)
 
     # ------------------------------------------------------------------ scvi-tools module interface
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
@@ -369,7 +368,7 @@ class DICEModule(EMAMixin, BaseModuleClass):
         n_chains
             Chains per cell.
         noise_var, n_prior_steps, variance, generator, callback
-            See :func:`countsdiff_sc.diffusion.split_gibbs`.
+            See :func:`~countsdiff_sc.module.dice.split_gibbs`.
         use_ema
             Use the EMA network.
 

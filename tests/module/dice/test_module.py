@@ -9,18 +9,13 @@ import pytest
 import torch
 from scvi import REGISTRY_KEYS
 
-from countsdiff_sc.model._dice_preprocess import fit_projection, project_matrix
 from countsdiff_sc.module import DICEModule
+from countsdiff_sc.module.dice import fit_projection, project
 
 SMALL = {"n_hidden": 16, "n_blocks": 1, "dim_time": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def counts(n=300, g=40, seed=0):
@@ -40,19 +35,20 @@ def test_unfitted_module_refuses_to_sample():
 
 
 @pytest.mark.parametrize(("scale", "max_value"), [(True, 10.0), (True, 1.0), (False, None)])
-def test_torch_projection_matches_numpy(scale, max_value):
+def test_module_projection_is_the_fitted_projection(scale, max_value):
+    """The float32 buffers reproduce the float64 projection of the fit."""
     x = counts()
     proj = fit_projection(x, n_latent=4, scale=scale, max_value=max_value)
     module = DICEModule(n_input=x.shape[1], n_latent=4, scale=scale, max_value=max_value, **SMALL)
     module.set_projection(proj.gene_mean, proj.gene_std, proj.pca_mean, proj.loadings, proj.latent_scale)
     ours = module.project(torch.from_numpy(x)).numpy()
-    assert np.all(np.isfinite(ours))
-    np.testing.assert_allclose(ours, project_matrix(x, proj, scale=scale, max_value=max_value), rtol=1e-4,
-                               atol=1e-4)
-    # PCA scores of the reference are centred, with variances = eigenvalues (decreasing)
-    np.testing.assert_allclose(ours.mean(0), 0, atol=1e-4)
+    assert ours.dtype == np.float32 and np.all(np.isfinite(ours))
+    stats = [torch.from_numpy(a) for a in (proj.gene_mean, proj.gene_std, proj.pca_mean, proj.loadings)]
+    ref = project(torch.from_numpy(x.astype(np.float64)), *stats, scale=scale, max_value=max_value).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+    z = module.transform(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose((z - proj.pca_mean) @ proj.loadings, ref, rtol=1e-4, atol=1e-4)
     var = ours.var(0, ddof=1)
-    assert np.all(np.diff(var) <= 1e-6)
     assert float(module.latent_scale) == pytest.approx(math.sqrt(var.mean()), rel=1e-4)
 
 

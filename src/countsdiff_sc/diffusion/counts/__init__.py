@@ -1,0 +1,61 @@
+"""Count diffusion (CountsDiff, Soatto et al., 2026): binomial thinning and its reverse birth-death process.
+
+- ``_schedules``: p-schedules ``p(t)`` of the forward process (cosine, Blackout, discrete Blackout, custom).
+- ``_weights``: loss weightings ``w(t)`` of the objective.
+- ``_process``: forward thinning, the count loss, the log-linear rate mix of guidance, attrition and the reverse step.
+- ``_sampling``: the generation and RePaint loops over a caller-supplied rate function.
+- ``_kernels_torch``: torch samplers (a leaf: imports torch only); ``_kernels_cpu``: the compiled (numba) CPU
+  kernels of the binomial draws and the fused reverse step, loaded on the first CPU draw by ``_process``.
+
+The public names are re-exported by :mod:`countsdiff_sc.diffusion`, the place to import them from.
+"""
+
+from __future__ import annotations
+
+from ._process import (
+    ATTRITION_KINDS,
+    attrition_rate,
+    binomial,
+    count_loss,
+    log_linear_mix,
+    reverse_step,
+    sigma_max,
+    thin,
+)
+from ._sampling import PRECISIONS, RateFn, StepCallback, generate, repaint, time_grid, with_precision
+from ._schedules import (
+    BlackoutSchedule,
+    CosineSchedule,
+    CustomSchedule,
+    DiscreteBlackoutSchedule,
+    PSchedule,
+    get_schedule,
+)
+from ._weights import LOSS_WEIGHTINGS, loss_weight, resolve_loss_weighting
+
+__all__ = [
+    "ATTRITION_KINDS",
+    "LOSS_WEIGHTINGS",
+    "PRECISIONS",
+    "BlackoutSchedule",
+    "CosineSchedule",
+    "CustomSchedule",
+    "DiscreteBlackoutSchedule",
+    "PSchedule",
+    "RateFn",
+    "StepCallback",
+    "attrition_rate",
+    "binomial",
+    "count_loss",
+    "generate",
+    "get_schedule",
+    "log_linear_mix",
+    "loss_weight",
+    "repaint",
+    "resolve_loss_weighting",
+    "reverse_step",
+    "sigma_max",
+    "thin",
+    "time_grid",
+    "with_precision",
+]

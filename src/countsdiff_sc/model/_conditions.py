@@ -1,0 +1,238 @@
+"""The condition space of a CountsDiffModel: what the model can be conditioned on, read from its scvi-tools registry.
+
+A model is conditioned on up to three kinds of *condition slots*, in this order everywhere (network inputs, guidance
+strengths, code matrices): the label (``labels_key``), each categorical covariate (``categorical_covariate_keys``)
+and one vector condition (``condition_obsm_key``). :class:`ConditionSpace` holds their names and categories and turns
+what a user passes (label names, covariate values, guidance dicts, condition arrays) into what the module takes
+(integer codes, per-slot strengths, float tensors). It needs the registry alone, so it is testable without training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+
+from countsdiff_sc.module import CONDITION_KEY
+
+__all__ = ["ConditionSpace"]
+
+
+@dataclass(frozen=True)
+class ConditionSpace:
+    """Names and categories of a model's condition slots (labels, categorical covariates, vector condition).
+
+    Parameters
+    ----------
+    labels_key
+        obs column of the labels, or None.
+    label_categories
+        Label categories in code order (empty without labels).
+    covariate_categories
+        ``{obs column: categories in code order}`` of the categorical covariates.
+    obsm_key
+        obsm key of the vector condition, or None.
+    n_continuous
+        Dimension of the vector condition (0 without one).
+
+    Examples
+    --------
+    >>> space = ConditionSpace("cell_type", ["B", "T"], {"batch": ["b0", "b1"]})
+    >>> space.n_cats_per_cov, space.slot_names()
+    ([2, 2], [('cell_type',), ('batch',)])
+    >>> space.guidance_strengths({"batch": 0.0})
+    [1.0, 0.0]
+    """
+
+    labels_key: str | None = None
+    label_categories: list[str] = field(default_factory=list)
+    covariate_categories: dict[str, list[str]] = field(default_factory=dict)
+    obsm_key: str | None = None
+    n_continuous: int = 0
+
+    @classmethod
+    def from_registry(cls, registry: Mapping[str, Any]) -> ConditionSpace:
+        """Build the space from a model's ``registry_`` (the setup arguments and the field registries)."""
+        setup_args = registry["setup_args"]
+        fields = registry["field_registries"]
+        labels_key = setup_args.get("labels_key")
+        labels: list[str] = []
+        if labels_key is not None:
+            labels = [str(c) for c in fields[REGISTRY_KEYS.LABELS_KEY]["state_registry"]["categorical_mapping"]]
+        covariates: dict[str, list[str]] = {}
+        if REGISTRY_KEYS.CAT_COVS_KEY in fields:
+            state = fields[REGISTRY_KEYS.CAT_COVS_KEY]["state_registry"]
+            covariates = {k: [str(c) for c in state["mappings"][k]] for k in state.get("field_keys", [])}
+        n_continuous = 0
+        if CONDITION_KEY in fields:
+            n_continuous = int(fields[CONDITION_KEY]["summary_stats"][f"n_{CONDITION_KEY}"])
+        return cls(labels_key, labels, covariates, setup_args.get("condition_obsm_key"), n_continuous)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def use_labels(self) -> bool:
+        """Whether the model is conditioned on labels."""
+        return self.labels_key is not None
+
+    @property
+    def n_cats_per_cov(self) -> list[int]:
+        """Number of categories of each categorical slot, labels first."""
+        n = [len(self.label_categories)] if self.use_labels else []
+        return n + [len(c) for c in self.covariate_categories.values()]
+
+    def names(self) -> list[str]:
+        """Display names of the slots (the vector condition as ``obsm['key']``)."""
+        names = [self.labels_key] if self.use_labels else []
+        names += list(self.covariate_categories)
+        if self.obsm_key:
+            names.append(f"obsm[{self.obsm_key!r}]")
+        return names
+
+    def slot_names(self) -> list[tuple[str, ...]]:
+        """Names by which each slot can be addressed (the vector condition by its key or ``obsm['key']``)."""
+        slots: list[tuple[str, ...]] = [(self.labels_key,)] if self.use_labels else []
+        slots += [(k,) for k in self.covariate_categories]
+        if self.n_continuous > 0:
+            slots.append((self.obsm_key, f"obsm[{self.obsm_key!r}]"))
+        return slots
+
+    # ------------------------------------------------------------------ registered data -> codes
+    def codes(self, adata_manager: AnnDataManager) -> np.ndarray | None:
+        """Integer codes ``(n_obs, n_cat)`` of the categorical slots of a registered object, labels first."""
+        cols = []
+        if self.use_labels:
+            cols.append(np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).reshape(-1, 1))
+        if self.covariate_categories:
+            cols.append(np.asarray(adata_manager.get_from_registry(REGISTRY_KEYS.CAT_COVS_KEY)))
+        return np.concatenate(cols, axis=1).astype(np.int64) if cols else None
+
+    def table(self, adata_manager: AnnDataManager) -> np.ndarray:
+        """Unique combinations of categorical codes in a registered object, with their counts as last column."""
+        codes = self.codes(adata_manager)
+        if codes is None:
+            return np.zeros((0, 1), dtype=np.int64)
+        uniq, counts = np.unique(codes, axis=0, return_counts=True)
+        return np.concatenate([uniq, counts[:, None]], axis=1).astype(np.int64)
+
+    # ------------------------------------------------------------------ user arguments -> codes
+    def resolve(
+        self,
+        n: int,
+        labels: str | Sequence[str] | None,
+        covariates: Mapping[str, str | Sequence[str]] | None,
+        rng: np.random.Generator,
+        table: np.ndarray | None,
+    ) -> tuple[np.ndarray | None, pd.DataFrame]:
+        """Turn user-facing labels / covariates into category codes; slots not given are drawn.
+
+        Slots that are not given are drawn from their co-occurrence with the given ones in ``table`` (the training
+        cells' combinations, :meth:`table`).
+
+        Returns
+        -------
+        The code matrix ``(n, n_cat)`` (labels first), or None for unconditional sampling, and the obs frame of the
+        ``n`` cells with one categorical column per slot.
+        """
+        covariates = dict(covariates or {})
+        unknown = set(covariates) - set(self.covariate_categories)
+        if unknown:
+            raise KeyError(
+                f"Unknown covariates {sorted(unknown)}; the model was set up with {list(self.covariate_categories)}."
+            )
+        if labels is not None and not self.use_labels:
+            raise ValueError("The model was set up without labels_key, so it cannot sample by label.")
+        index = [f"generated_{i}" for i in range(n)]
+        if labels is None and not covariates:
+            return None, pd.DataFrame(index=index)
+        columns: list[tuple[str, list[str], Any]] = []
+        if self.use_labels:
+            columns.append((self.labels_key, self.label_categories, labels))
+        columns += [(k, cats, covariates.get(k)) for k, cats in self.covariate_categories.items()]
+        codes = np.full((n, len(columns)), -1, dtype=np.int64)
+        for j, (name, cats, value) in enumerate(columns):
+            if value is not None:
+                codes[:, j] = _lookup(name, cats, value, n)
+        unspecified = (codes < 0).any(axis=0)
+        if unspecified.any():
+            if table is None or len(table) == 0:
+                raise ValueError("Specify every condition: this model was loaded without its condition table.")
+            _draw_unspecified(codes, unspecified, table, rng)
+        obs = pd.DataFrame(index=index)
+        for j, (name, cats, _) in enumerate(columns):
+            obs[name] = pd.Categorical.from_codes(codes[:, j], categories=cats)
+        return codes, obs
+
+    def vector_condition(self, conditions: Any, n: int) -> torch.Tensor | None:
+        """Check a user's vector condition ``(n, n_continuous)`` and return it as a float32 tensor (or None)."""
+        if self.n_continuous == 0:
+            if conditions is not None:
+                raise ValueError("The model was set up without condition_obsm_key; do not pass conditions.")
+            return None
+        if conditions is None:
+            return None
+        arr = np.asarray(conditions, dtype=np.float32)
+        if arr.shape != (n, self.n_continuous):
+            raise ValueError(
+                f"conditions must have shape ({n}, {self.n_continuous}) (cells x condition dims), got {arr.shape}."
+            )
+        if not np.isfinite(arr).all():
+            raise ValueError(f"conditions hold {int((~np.isfinite(arr)).sum())} NaN or infinite values; the vector "
+                             "condition must be finite.")
+        return torch.from_numpy(arr)
+
+    def guidance_strengths(self, guidance: float | Mapping[str, float]) -> float | list[float]:
+        """A float stays a float; a dict ``{slot name: strength}`` becomes one strength per slot (unnamed: 1.0)."""
+        if not isinstance(guidance, Mapping):
+            g = float(guidance)
+            if not math.isfinite(g) or g < 0:
+                raise ValueError(f"guidance must be a non-negative number or a dict of them, got {guidance}.")
+            return g
+        slots = self.slot_names()
+        known = [names[0] for names in slots]
+        if not slots:
+            raise ValueError("Per-covariate guidance needs a conditional model; this one was set up without "
+                             "labels_key, categorical_covariate_keys or condition_obsm_key.")
+        lookup = {name: i for i, names in enumerate(slots) for name in names}
+        unknown = sorted(str(k) for k in guidance if k not in lookup)
+        if unknown:
+            raise ValueError(f"guidance names unknown condition(s) {unknown}; the model's conditions are {known}.")
+        strengths = [1.0] * len(slots)
+        for name, g in guidance.items():
+            g = float(g)
+            if not math.isfinite(g) or g < 0:
+                raise ValueError(f"guidance[{name!r}] must be a non-negative number, got {g}.")
+            strengths[lookup[name]] = g
+        return strengths
+
+
+def _lookup(name: str, cats: list[str], value: Any, n: int) -> list[int]:
+    """Codes of one slot's values (one value for all ``n`` cells, or one per cell)."""
+    values = [value] * n if isinstance(value, str) or np.isscalar(value) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{name}: got {len(values)} values for {n} cells to generate.")
+    index = {c: i for i, c in enumerate(cats)}
+    missing = sorted({str(v) for v in values} - set(index))
+    if missing:
+        raise ValueError(f"Unknown {name} value(s) {missing}. Known values: {cats}.")
+    return [index[str(v)] for v in values]
+
+
+def _draw_unspecified(codes: np.ndarray, unspecified: np.ndarray, table: np.ndarray, rng: np.random.Generator) -> None:
+    """Fill the unspecified columns of ``codes`` in place, drawn from the training combinations matching each row."""
+    combos, weights = table[:, :-1], table[:, -1].astype(float)
+    spec = ~unspecified
+    free = np.flatnonzero(unspecified)
+    keys, inverse = np.unique(codes[:, spec], axis=0, return_inverse=True)
+    for g, key in enumerate(keys):
+        rows = np.flatnonzero(inverse.ravel() == g)
+        match = (combos[:, spec] == key).all(axis=1) if spec.any() else np.ones(len(combos), bool)
+        pool = np.flatnonzero(match) if match.any() else np.arange(len(combos))
+        pick = rng.choice(pool, size=len(rows), p=weights[pool] / weights[pool].sum())
+        codes[np.ix_(rows, free)] = combos[np.ix_(pick, free)]

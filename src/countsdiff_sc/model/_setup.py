@@ -1,0 +1,246 @@
+"""Registration of a user's AnnData / MuData with CountsDiffModel (scvi-tools fields), and its checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    MuDataCategoricalJointObsField,
+    MuDataCategoricalObsField,
+    MuDataLayerField,
+    MuDataObsmField,
+    ObsmField,
+)
+
+from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, to_dense
+from countsdiff_sc.module import CONDITION_KEY, VALID_KEY
+
+from ._query import check_gene_names
+
+__all__ = ["SetupMixin", "check_training_data", "gene_stats"]
+
+
+def check_valid_layer(x: Any, where: str) -> None:
+    """Cheap check that a validity layer is boolean-like (only stored values of sparse matrices are read)."""
+    values = x.data if sp.issparse(x) else np.asarray(x)
+    if values.dtype == bool:
+        pass
+    elif values.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {values.dtype}; expected a boolean layer (True = trusted entry).")
+    else:
+        bad = int(np.count_nonzero((values != 0) & (values != 1)))
+        if bad:
+            raise ValueError(f"{where} must be boolean (True = trusted entry); {bad} entries are neither 0 nor 1.")
+    if not np.any(values):
+        raise ValueError(f"{where} marks no entry as trusted (all False): a model would learn nothing. Check how it "
+                         "was made (True = trusted entry), e.g. countsdiff_sc.pp.mark_dropouts.")
+
+
+def check_obs_column(obs: Any, key: str, where: str) -> None:
+    """A categorical condition column: present and without missing values (named, with the fix)."""
+    if key not in obs.columns:
+        raise KeyError(f"Column {key!r} not found in {where}. Available columns: {list(obs.columns)}.")
+    n_missing = int(obs[key].isna().sum())
+    if n_missing:
+        raise ValueError(f"{where}[{key!r}] has {n_missing} missing values (NaN). Every cell needs a value: fill them "
+                         f"(e.g. with 'unknown') or drop those cells, e.g. adata = adata[adata.obs[{key!r}].notna()]"
+                         ".copy().")
+
+
+def _as_key_list(keys: Any, name: str) -> list[str] | None:
+    """A list of obs columns; one column name given as a string becomes a one-element list."""
+    if keys is None or isinstance(keys, list):
+        return keys
+    if isinstance(keys, str):
+        return [keys]
+    if isinstance(keys, (tuple, set)) or hasattr(keys, "tolist"):
+        return [str(k) for k in keys]
+    raise TypeError(f"{name} must be a list of obs column names, got {type(keys).__name__}.")
+
+
+def check_condition_obsm(adata: ad.AnnData, key: str) -> None:
+    """An obsm entry usable as a vector condition: present, 2-d, finite numbers."""
+    if key not in adata.obsm:
+        raise KeyError(f"obsm key {key!r} not found. Available obsm keys: {list(adata.obsm.keys())}.")
+    arr = to_dense(adata.obsm[key])
+    if arr.ndim != 2:
+        raise ValueError(f"adata.obsm[{key!r}] must be 2-dimensional (n_obs, n_features), got {arr.shape}.")
+    if arr.dtype.kind not in "biuf" or not np.isfinite(arr).all():
+        raise ValueError(f"adata.obsm[{key!r}] must hold finite numbers.")
+
+
+def gene_stats(adata_manager: AnnDataManager) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of every gene over the valid entries of the registered cells.
+
+    Accumulated over blocks of cells, so a backed (on-disk) count matrix is never loaded whole.
+    """
+    x = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    w_all = adata_manager.get_from_registry(VALID_KEY) if VALID_KEY in adata_manager.data_registry else None
+    n = np.zeros(x.shape[1])
+    s1 = np.zeros(x.shape[1])
+    s2 = np.zeros(x.shape[1])
+    for start, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
+        xb = to_dense(block, np.float64)
+        if w_all is None:
+            n += xb.shape[0]
+        else:
+            wb = to_dense(w_all[start : start + xb.shape[0]]).astype(bool)
+            n += wb.sum(axis=0)
+            xb = np.where(wb, xb, 0.0)
+        s1 += xb.sum(axis=0)
+        s2 += (xb**2).sum(axis=0)
+    n = np.maximum(n, 1.0)
+    mean = s1 / n
+    var = np.maximum(s2 / n - mean**2, 0.0)
+    return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(var, dtype=torch.float32)
+
+
+def check_training_data(model: Any) -> None:
+    """At the start of training: the registered counts are still counts (not normalised in place after setup), and
+    the validity layer, if any, trusts at least one entry (otherwise the loss is 0 and nothing is learned)."""
+    manager = model.adata_manager
+    x = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    valid = manager.get_from_registry(VALID_KEY) if VALID_KEY in manager.data_registry else None
+    n_valid = 0
+    for start, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
+        check_counts(block, where="the registered counts (changed since setup_anndata?)")
+        if valid is not None:
+            n_valid += int(np.count_nonzero(to_dense(valid[start : start + block.shape[0]])))
+    if valid is not None and n_valid == 0:
+        layer = model.registry_["setup_args"].get("valid_layer")
+        raise ValueError(f"The validity layer {layer!r} marks no entry as trusted (all False): the model would learn "
+                         "nothing. Check how it was made (True = trusted entry), e.g. countsdiff_sc.pp.mark_dropouts.")
+
+
+class SetupMixin:
+    """``setup_anndata`` / ``setup_mudata`` of CountsDiffModel."""
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: ad.AnnData,
+        layer: str | None = None,
+        labels_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        valid_layer: str | None = None,
+        condition_obsm_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData of raw counts with the model class.
+
+        Parameters
+        ----------
+        adata
+            AnnData with raw integer UMI counts (dense, CSR or CSC; integer or float dtype).
+        layer
+            Layer holding the counts; ``adata.X`` when None.
+        labels_key
+            obs column of cell labels (e.g. cell type) to condition on.
+        categorical_covariate_keys
+            Further categorical obs columns to condition on (batch, donor, ...).
+        valid_layer
+            Boolean layer, False where a zero is a suspected dropout (see :func:`countsdiff_sc.pp.mark_dropouts`);
+            invalid entries are excluded from the loss and from imputation.
+        condition_obsm_key
+            obsm key of a vector-valued condition (e.g. a continuous covariate or an embedding).
+
+        Raises
+        ------
+        KeyError
+            A layer, obs column or obsm key does not exist (the message lists the available ones).
+        ValueError
+            The counts are negative, not finite or not integers, or the validity layer is not boolean.
+        """
+        categorical_covariate_keys = _as_key_list(categorical_covariate_keys, "categorical_covariate_keys")
+        setup_method_args = cls._get_setup_method_args(**locals())  # first: only the arguments are recorded
+        check_counts(get_matrix(adata, layer), where=f"adata.layers[{layer!r}]" if layer else "adata.X")
+        check_gene_names(adata.var_names, "adata")
+        for key in ([labels_key] if labels_key else []) + list(categorical_covariate_keys or []):
+            check_obs_column(adata.obs, key, "adata.obs")
+        if valid_layer is not None:
+            check_valid_layer(get_matrix(adata, valid_layer), f"adata.layers[{valid_layer!r}]")
+        if condition_obsm_key is not None:
+            check_condition_obsm(adata, condition_obsm_key)
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+        ]
+        if valid_layer is not None:
+            fields.append(LayerField(VALID_KEY, valid_layer, is_count_data=False))
+        if condition_obsm_key is not None:
+            fields.append(ObsmField(CONDITION_KEY, condition_obsm_key))
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata,
+        rna_layer: str | None = None,
+        labels_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        valid_layer: str | None = None,
+        condition_obsm_key: str | None = None,
+        modalities: dict[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register the RNA modality of a MuData (e.g. CITE-seq) with the model class.
+
+        Parameters
+        ----------
+        mdata
+            MuData object.
+        rna_layer
+            Layer of the RNA modality holding counts (``.X`` when None).
+        labels_key, categorical_covariate_keys, valid_layer, condition_obsm_key
+            As in :meth:`setup_anndata`; looked up in the modality named by ``modalities``.
+        modalities
+            Mapping from each argument name to the modality that holds it, e.g.
+            ``{"rna_layer": "rna", "labels_key": "rna"}``. Arguments not listed default to the ``rna_layer``
+            modality.
+        """
+        categorical_covariate_keys = _as_key_list(categorical_covariate_keys, "categorical_covariate_keys")
+        setup_method_args = cls._get_setup_method_args(**locals())  # first: only the arguments are recorded
+        if modalities is None or "rna_layer" not in modalities:
+            raise ValueError("setup_mudata needs modalities={'rna_layer': <name of the RNA modality>, ...}.")
+        rna_mod = modalities["rna_layer"]
+        if rna_mod not in mdata.mod:
+            raise KeyError(f"Modality {rna_mod!r} not in mdata.mod: {list(mdata.mod)}.")
+        mod_of = {arg: modalities.get(arg, rna_mod) for arg in
+                  ("labels_key", "categorical_covariate_keys", "valid_layer", "condition_obsm_key")}
+        check_counts(get_matrix(mdata.mod[rna_mod], rna_layer), where=f"mdata.mod[{rna_mod!r}] layer {rna_layer!r}")
+        check_gene_names(mdata.mod[rna_mod].var_names, f"mdata.mod[{rna_mod!r}]")
+        for key, arg in [(labels_key, "labels_key")] + [(k, "categorical_covariate_keys") for k in
+                                                         (categorical_covariate_keys or [])]:
+            if key is not None:
+                frame = mdata.obs if mod_of[arg] is None else mdata.mod[mod_of[arg]].obs
+                check_obs_column(frame, key, f"the obs of modality {mod_of[arg]!r}")
+        if valid_layer is not None:
+            check_valid_layer(get_matrix(mdata.mod[mod_of["valid_layer"]], valid_layer), f"layer {valid_layer!r}")
+        fields = [
+            MuDataLayerField(REGISTRY_KEYS.X_KEY, rna_layer, mod_key=rna_mod, is_count_data=True, mod_required=True),
+            MuDataCategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=mod_of["labels_key"]),
+            MuDataCategoricalJointObsField(
+                REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys, mod_key=mod_of["categorical_covariate_keys"]
+            ),
+        ]
+        if valid_layer is not None:
+            fields.append(MuDataLayerField(VALID_KEY, valid_layer, mod_key=mod_of["valid_layer"],
+                                           is_count_data=False, mod_required=True))
+        if condition_obsm_key is not None:
+            fields.append(MuDataObsmField(CONDITION_KEY, condition_obsm_key, mod_key=mod_of["condition_obsm_key"],
+                                          mod_required=True))
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
