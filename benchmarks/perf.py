@@ -216,7 +216,8 @@ def _impute_task(spec: dict) -> dict:
     loop = impute_mod.repaint = _Clock(impute_mod.repaint, device)
     t0 = time.perf_counter()
     with _PeakMemory(device) as mem:
-        model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], store_samples=spec["store_samples"],
+        model.impute(adata, mask_layer="countsdiff_mask",
+                     n_samples=spec["n_samples"], n_steps=spec["n_steps"], store_samples=spec["store_samples"],
                      batch_size=spec.get("batch_size", 2048), seed=0, precision=spec.get("precision", "32"),
                      progress=False)
     total = time.perf_counter() - t0

@@ -108,7 +108,8 @@ def main() -> None:
         gen = model.sample(labels=labels, n_steps=n_steps, seed=seed, progress=False)
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        imputed, _ = model.impute(test, n_samples=1, n_steps=n_steps, seed=seed, store_samples=False,
+        imputed, _ = model.impute(test, mask_layer="countsdiff_mask",
+                                  n_samples=1, n_steps=n_steps, seed=seed, store_samples=False,
                                   key_added=f"imputed_{n_steps}_{seed}", progress=False)
         imp_s = time.perf_counter() - t0
         row = {"n_steps": n_steps, "seed": seed, "mvED_gen": multivariate_energy_distance(real, pcs(gen.X)),

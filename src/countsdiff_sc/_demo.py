@@ -117,7 +117,7 @@ def run_demo(
 
     say(f"[3/5] RePaint imputation of the test cells ({n_samples} draws x {n_steps} steps) and baselines")
     t0 = time.perf_counter()
-    model.impute(test, n_samples=n_samples, n_steps=n_steps, seed=seed, progress=progress)
+    model.impute(test, mask_layer="countsdiff_mask", n_samples=n_samples, n_steps=n_steps, seed=seed, progress=progress)
     t_impute = time.perf_counter() - t0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -110,7 +110,7 @@ def test_impute_invariants(trained):
     mask[5:, :] &= rng.random((bdata.n_obs - 5, 1)) < 0.5  # some cells without masked entries
     bdata.layers["countsdiff_mask"] = mask
     x_before = bdata.X.copy()
-    imputed, samples = model.impute(bdata, n_samples=3, n_steps=6, seed=0, progress=False)
+    imputed, samples = model.impute(bdata, mask_layer="countsdiff_mask", n_samples=3, n_steps=6, seed=0, progress=False)
     x = bdata.X.toarray()
     assert (bdata.X != x_before).nnz == 0
     np.testing.assert_array_equal(imputed[~mask], x[~mask])
@@ -123,14 +123,16 @@ def test_impute_invariants(trained):
     np.testing.assert_array_equal(bdata.layers["countsdiff_imputed"], imputed)
     np.testing.assert_array_equal(bdata.obsm["countsdiff_samples"], samples)
     assert bdata.uns["countsdiff"]["countsdiff_imputed"]["n_entries_imputed"] == int(mask.sum())
-    again, _ = model.impute(bdata, n_samples=3, n_steps=6, seed=0, progress=False, key_added="again",
+    again, _ = model.impute(bdata, mask_layer="countsdiff_mask",
+                            n_samples=3, n_steps=6, seed=0, progress=False, key_added="again",
                             store_samples=False)
     np.testing.assert_array_equal(again, imputed)
-    med, _ = model.impute(bdata, n_samples=3, n_steps=4, seed=1, progress=False, point_estimate="median",
+    med, _ = model.impute(bdata, mask_layer="countsdiff_mask",
+                          n_samples=3, n_steps=4, seed=1, progress=False, point_estimate="median",
                           key_added="med", resample_jump=2, resample_iters=2, store_samples=False)
     assert np.array_equal(med[mask], np.round(med[mask]))
     # re-running with the default keys replaces the earlier outputs (layer and stored draws)
-    rerun, _ = model.impute(bdata, n_samples=2, n_steps=4, seed=2, progress=False)
+    rerun, _ = model.impute(bdata, mask_layer="countsdiff_mask", n_samples=2, n_steps=4, seed=2, progress=False)
     np.testing.assert_array_equal(bdata.layers["countsdiff_imputed"], rerun)
     assert bdata.obsm["countsdiff_samples"].shape == (bdata.n_obs, 2, bdata.n_vars)
 
@@ -139,27 +141,27 @@ def test_impute_errors_and_warnings(trained):
     adata, model = trained
     bdata = adata.copy()
     with pytest.raises(KeyError, match="Mask layer"):
-        model.impute(bdata, progress=False)
+        model.impute(bdata, mask_layer="countsdiff_mask", progress=False)
     bdata.layers["countsdiff_mask"] = np.full(bdata.shape, 2, dtype=np.int8)
     with pytest.raises(ValueError, match="not boolean-like"):
-        model.impute(bdata, progress=False)
+        model.impute(bdata, mask_layer="countsdiff_mask", progress=False)
     mask = np.zeros(bdata.shape, dtype=bool)
     mask[0, :] = True  # covers invalid entries and the whole cell
     bdata.layers["countsdiff_mask"] = mask
     with pytest.warns(UserWarning) as record:
-        imputed, _ = model.impute(bdata, n_samples=1, n_steps=3, seed=0, progress=False)
+        imputed, _ = model.impute(bdata, mask_layer="countsdiff_mask", n_samples=1, n_steps=3, seed=0, progress=False)
     messages = " ".join(str(w.message) for w in record)
-    assert "marked invalid" in messages and "all their valid entries masked" in messages
+    assert "marked invalid" in messages and "no trusted entry left" in messages
     invalid = ~bdata.layers["valid"][0]
     np.testing.assert_array_equal(imputed[0, invalid], bdata.X.toarray()[0, invalid])
     bdata.layers["mine"] = np.zeros(bdata.shape, dtype=np.float32)
     with pytest.raises(ValueError, match="refusing to overwrite"):
-        model.impute(bdata, key_added="mine", progress=False)
+        model.impute(bdata, mask_layer="countsdiff_mask", key_added="mine", progress=False)
     np.testing.assert_array_equal(bdata.layers["mine"], 0)
     other = adata[:, :-1].copy()
     other.layers["countsdiff_mask"] = np.zeros(other.shape, dtype=bool)
     with pytest.raises(ValueError):
-        model.impute(other, progress=False)
+        model.impute(other, mask_layer="countsdiff_mask", progress=False)
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr", "csc", "int"])
@@ -248,11 +250,13 @@ def test_reduced_precision_rates_and_paths(trained):
     mask = np.zeros(bdata.shape, dtype=bool)
     mask[:50, ::3] = True
     bdata.layers["countsdiff_mask"] = mask & bdata.layers["valid"]
-    imputed, _ = model.impute(bdata, n_samples=2, n_steps=4, seed=0, precision="bf16", progress=False,
+    imputed, _ = model.impute(bdata, mask_layer="countsdiff_mask",
+                              n_samples=2, n_steps=4, seed=0, precision="bf16", progress=False,
                               store_samples=False)
     np.testing.assert_array_equal(imputed[~mask], bdata.X.toarray()[~mask])
     with pytest.raises(ValueError, match="needs a GPU"):
         model.sample(n_samples=2, labels="type_0", n_steps=2, precision="16", progress=False)
     with pytest.raises(ValueError, match="precision must be one of"):
-        model.impute(bdata, n_samples=1, n_steps=2, precision="8", progress=False, key_added="p8")
+        model.impute(bdata, mask_layer="countsdiff_mask",
+                     n_samples=1, n_steps=2, precision="8", progress=False, key_added="p8")
     assert "p8" not in bdata.layers

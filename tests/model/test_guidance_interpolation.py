@@ -97,7 +97,8 @@ def test_dict_guidance_shape_integer_deterministic(indep, tmp_path):
     assert (eq.X != fl.X).nnz == 0
     imputed_dict = adata.copy()
     imputed_dict.layers["countsdiff_mask"] = np.random.default_rng(0).random(adata.shape) < 0.2
-    imputed, _ = model.impute(imputed_dict, n_samples=2, n_steps=3, seed=0, progress=False, store_samples=False,
+    imputed, _ = model.impute(imputed_dict, mask_layer="countsdiff_mask",
+                              n_samples=2, n_steps=3, seed=0, progress=False, store_samples=False,
                               guidance={"cell_type": 1.0, "batch": 0.0})
     assert np.isfinite(imputed).all()
 
@@ -132,7 +133,8 @@ def test_attrition_kinds_in_sample_and_impute(joint, kind):
     assert _is_counts(gen) and gen.uns["countsdiff"]["sample"]["attrition_kind"] == kind
     bdata = adata[:20].copy()
     bdata.layers["countsdiff_mask"] = np.random.default_rng(0).random(bdata.shape) < 0.3
-    imputed, _ = model.impute(bdata, n_samples=1, n_steps=3, attrition=eta, attrition_kind=kind, seed=0,
+    imputed, _ = model.impute(bdata, mask_layer="countsdiff_mask",
+                              n_samples=1, n_steps=3, attrition=eta, attrition_kind=kind, seed=0,
                               progress=False, store_samples=False)
     assert bdata.uns["countsdiff"]["countsdiff_imputed"]["attrition_kind"] == kind
     assert np.isfinite(imputed).all()
@@ -149,7 +151,7 @@ def test_attrition_argument_errors(joint):
     bdata = adata[:5].copy()
     bdata.layers["countsdiff_mask"] = np.ones(bdata.shape, dtype=bool)
     with pytest.raises(ValueError, match="Unknown attrition_kind"):
-        model.impute(bdata, attrition_kind="ReMDM", progress=False)
+        model.impute(bdata, mask_layer="countsdiff_mask", attrition_kind="ReMDM", progress=False)
 
 
 def test_interpolate_shape_metadata_determinism(indep, tmp_path):

@@ -1,13 +1,27 @@
-"""Imputation verb of CountsDiffModel: RePaint over the masked entries of a user's AnnData."""
+"""Imputation verb of CountsDiffModel: RePaint over the entries a user asks to fill.
+
+Two jobs share one sampler (CountsDiff Sec. 3.6, RePaint):
+
+* ``target="dropouts"`` (the user's own data): fill every suspected dropout, i.e. every entry the registered
+  validity layer distrusts (scIDPMs Algorithm 1, :func:`countsdiff_sc.pp.mark_dropouts`), conditioned on the trusted
+  entries of the cell;
+* ``target="mask"`` (the benchmark protocol): fill the entries of a boolean mask of held-out values (register it with
+  ``setup_anndata(mask_layer=)`` so those values never train).
+
+The data are read in blocks of cells (dense, sparse or backed), so memory beyond the outputs is bounded by
+``batch_size``; the only dense output of size ``n_obs x n_vars`` is the float32 point estimate.
+"""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
 
@@ -16,19 +30,25 @@ from countsdiff_sc._utils import (
     check_counts,
     check_writable,
     get_matrix,
-    iter_row_blocks,
     record_params,
     rows_per_block,
     to_dense,
 )
 from countsdiff_sc.diffusion import repaint
-from countsdiff_sc.module import CONDITION_KEY, VALID_KEY
+from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
 
 from ._chains import ChainSettings, positive_int, run_batches
 from ._docs import fill_doc
 from ._query import Query, prepare_query
 
-__all__ = ["ImputationMixin"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["SAMPLES_AUTO_LIMIT", "ImputationMixin"]
+
+#: ``store_samples="auto"`` stores the draws when they hold at most this many entries (512 MiB of int32).
+SAMPLES_AUTO_LIMIT = 2**27
+
+Target = Literal["auto", "mask", "dropouts"]
 
 
 class ImputationMixin:
@@ -38,8 +58,9 @@ class ImputationMixin:
     def impute(
         self,
         adata: ad.AnnData | None = None,
-        mask_layer: str = "countsdiff_mask",
+        mask_layer: str | None = None,
         n_samples: int = 5,
+        target: Target = "auto",
         n_steps: int = 50,
         guidance: float | Mapping[str, float] = 0.5,
         attrition: float = 0.02,
@@ -50,32 +71,44 @@ class ImputationMixin:
         batch_size: int = 2048,
         seed: int | None = None,
         key_added: str = "countsdiff_imputed",
+        std_key: str | None = "auto",
         samples_key: str = "countsdiff_samples",
-        store_samples: bool = True,
+        store_samples: bool | Literal["auto"] = "auto",
         precision: Literal["32", "bf16", "16"] = "32",
         progress: bool = True,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Impute held-out entries with RePaint (CountsDiff Sec. 3.6), drawing ``n_samples`` imputations per cell.
+        """Fill suspected dropouts or held-out entries with RePaint (CountsDiff Sec. 3.6), ``n_samples`` draws each.
 
-        Masked entries follow the reverse process driven by the network; every other entry follows the same step
-        driven by its known missing count ``x_obs - x_t``, so it is ``Binomial(x_obs, p(s))`` (the noised ground
-        truth) at every step and ``x_obs`` at the end. Entries marked invalid in the registered
-        ``valid_layer`` (suspected dropouts) are never imputed nor scored: they enter the network exactly as
-        during training (as the zeros they are for the MLP; masked out as keys for the transformer). Only cells
-        with at least one masked entry are processed.
+        The entries to fill follow the reverse process driven by the network; every other entry follows the same
+        step driven by its known missing count ``x_obs - x_t``, so it is ``Binomial(x_obs, p(s))`` (the observed
+        value thinned to time ``s``) at every step and ``x_obs`` at the end: observed entries are never changed.
+        Only cells with at least one entry to fill are processed.
+
+        Which entries are filled (``target``, recorded in ``uns["countsdiff"][key_added]["target"]``):
+
+        * ``"dropouts"``: every entry the registered ``valid_layer`` marks False (suspected dropouts, scIDPMs
+          Algorithm 1). This is the job on a user's own data: ``model.impute(adata)``.
+        * ``"mask"``: the entries of ``mask_layer`` (or of the mask registered with ``setup_anndata(mask_layer=)``),
+          less those the validity layer distrusts (a warning says how many). The benchmark protocol: hide entries
+          on purpose, fill them, score them with :func:`countsdiff_sc.metrics.evaluate_imputation`.
+        * ``"auto"`` (default): ``"mask"`` when a mask is passed or registered, else ``"dropouts"`` when a validity
+          layer is registered. A model with neither knows no entry to fill: it raises a ValueError naming the
+          options (to denoise every entry, use :meth:`get_normalized_expression`).
 
         Parameters
         ----------
         adata
-            AnnData with the training genes (set up with the model's registry automatically); the training data
-            when None. A view is turned into an actual AnnData first (scvi-tools behaviour). A backed AnnData
-            (``anndata.read_h5ad(path, backed="r")``) works: its counts are read from disk in blocks of cells, and the
-            results go to in-memory ``layers`` / ``obsm`` of the object (the file is not modified; save them with
-            ``adata.write_h5ad(new_path)`` or use the returned arrays).
+            AnnData with the model's genes, matched by name (any order; genes the model does not know are ignored
+            and keep their counts in the outputs); the training data when None. The registered counts layer and
+            condition columns must be present. A backed AnnData (``anndata.read_h5ad(path, backed="r")``) works: its
+            counts are read in blocks, and the results go to in-memory ``layers`` / ``obsm`` of the object.
         mask_layer
-            Boolean layer, True where the value is held out (see :func:`countsdiff_sc.pp.mask_mcar`).
+            Boolean layer, True where a value is held out (see :func:`countsdiff_sc.pp.mask_mcar`); implies
+            ``target="mask"``. None: the mask registered at setup, if any.
         n_samples
             Number of RePaint draws per cell (the paper averages 5).
+        target
+            ``"auto"``, ``"dropouts"`` or ``"mask"`` (see above).
         n_steps
             Number of reverse transitions (the paper uses 20; quality against steps:
             ``benchmarks/results/steps.md``).
@@ -89,157 +122,272 @@ class ImputationMixin:
             by thinning back to the window start in between (not a restart; see
             :func:`~countsdiff_sc.diffusion.repaint`).
         point_estimate
-            ``"mean"`` or ``"median"`` of the draws on masked entries.
+            ``"mean"`` or ``"median"`` of the draws on filled entries.
         batch_size
             Rows processed at once (cells times draws).
         %(seed)s
         key_added
             Layer receiving the point estimate (float32; observed entries copied unchanged).
+        std_key
+            Layer receiving the spread of the draws (standard deviation, float32 CSR holding the filled entries;
+            absent entries are 0): the per-entry uncertainty. ``"auto"``: ``key_added + "_std"``; None: not stored.
         samples_key
-            obsm key receiving the draws (int32, ``n_obs x n_samples x n_vars``) when ``store_samples``.
+            obsm key receiving the draws (int32, ``n_obs x n_samples x n_vars``; observed entries repeated).
         store_samples
-            Store the draws (memory: 4 bytes x n_obs x n_samples x n_vars); set False for large data. Without
-            them, memory beyond the inputs is the float32 output (4 bytes per entry), the dense boolean mask (and
-            validity layer; 1 byte per entry) and a working set bounded by ``batch_size``.
+            Store the draws: True, False, or ``"auto"`` (default), which stores them when they hold at most
+            ``SAMPLES_AUTO_LIMIT`` = 2^27 entries (512 MiB) and says so in the log otherwise. Without them, memory
+            beyond the inputs is the float32 output (4 bytes per entry), the spread (8 bytes per filled entry) and a
+            working set bounded by ``batch_size``.
         %(precision)s
         %(progress)s
 
         Returns
         -------
-        ``(imputed, samples)``: the float32 matrix written to ``layers[key_added]`` and the int32 draws (or None).
-        The settings are recorded in ``uns["countsdiff"][key_added]``.
+        ``(imputed, samples)``: the float32 matrix written to ``layers[key_added]`` and the int32 draws (or None),
+        both in the gene order of ``adata``. The settings are recorded in ``uns["countsdiff"][key_added]``.
 
         Raises
         ------
         KeyError
-            The mask layer is missing.
+            A mask layer that does not exist.
         ValueError
-            Wrong mask shape or non-boolean mask, genes that do not match the model, bad settings, or a
-            ``key_added`` / ``samples_key`` that names a layer / obsm entry the user owns (never overwritten).
+            No entry to fill is defined (see ``target``), a mask of the wrong shape or not boolean, genes missing
+            from ``adata``, values that are not counts, unknown labels, bad settings, or a ``key_added`` /
+            ``std_key`` / ``samples_key`` that names a layer / obsm entry the user owns (never overwritten).
 
         Warns
         -----
         UserWarning
-            Masked entries that are invalid in the validity layer (they are dropped from the mask), or cells whose
-            valid entries are all masked (their imputation then rests on their conditions alone).
+            Masked entries that are invalid in the validity layer (they keep their observed value; use
+            ``target="dropouts"`` to fill suspected dropouts), or cells without any trusted entry (their imputation
+            rests on their conditions alone).
+
+        Examples
+        --------
+        >>> model.impute(adata)                                   # suspected dropouts of the registered valid layer
+        >>> model.impute(bench, mask_layer="countsdiff_mask")     # benchmark: held-out entries
+        >>> adata.layers["countsdiff_imputed"], adata.layers["countsdiff_imputed_std"]
         """
         strengths = self.condition_space.guidance_strengths(guidance)
         settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed)
         n_draws = positive_int(n_samples, "n_samples")
         batch_size = positive_int(batch_size, "batch_size")
         resample_iters = positive_int(resample_iters, "resample_iters")
-        if resample_jump is not None:
-            resample_jump = positive_int(resample_jump, "resample_jump")
+        resample_jump = None if resample_jump is None else positive_int(resample_jump, "resample_jump")
         if point_estimate not in ("mean", "median"):
             raise ValueError(f"point_estimate must be 'mean' or 'median', got {point_estimate!r}.")
-        query = prepare_query(self, adata, carry_layers=(mask_layer,))
+        query = prepare_query(self, adata, carry_layers=(mask_layer,) if mask_layer else ())
         manager = self.get_anndata_manager(query.data, required=True)
-        source = query.target if query.aligned else query.data  # holds the mask in the model's gene order
-        mask, valid_all = _imputation_targets(source, manager, mask_layer)
-        check_writable(query.target, key_added, "layers")
-        if store_samples:
-            check_writable(query.target, samples_key, "obsm")
+        targets = _Targets.build(target, mask_layer, query, manager)
+        std_key = f"{key_added}_std" if std_key == "auto" else std_key
+        for key, where in ((key_added, "layers"), (std_key, "layers"), (samples_key, "obsm")):
+            if key is not None and (where != "obsm" or store_samples is not False):
+                check_writable(query.target, key, where)
         x_all = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         codes = self.condition_space.codes(manager)
         cont_all = None
         if CONDITION_KEY in manager.data_registry:
             cont_all = np.asarray(to_dense(manager.get_from_registry(CONDITION_KEY)), dtype=np.float32)
-        cells = np.flatnonzero(mask.any(axis=1))
-        imputed = _observed_counts(x_all, mask.shape)
+        cells, n_entries = targets.scan()
+        imputed = _observed_counts(x_all, targets.shape)
+        keep_draws = _store_draws(store_samples, targets.shape, n_draws)
         samples = None
-        if store_samples:
-            samples = np.empty((mask.shape[0], n_draws, mask.shape[1]), dtype=np.int32)
+        if keep_draws:
+            samples = np.empty((*targets.shape[:1], n_draws, targets.shape[1]), dtype=np.int32)
             samples[:] = imputed[:, None, :]
         module, device = self.module, self.device
 
-        def rows(array: np.ndarray | None, idx: np.ndarray) -> torch.Tensor | None:
-            return None if array is None else torch.from_numpy(np.repeat(array[idx], n_draws, axis=0)).to(device)
+        def rows(array: np.ndarray | None) -> torch.Tensor | None:
+            return None if array is None else torch.from_numpy(np.repeat(array, n_draws, axis=0)).to(device)
 
         def chain(sl: slice, show: bool) -> torch.Tensor:
             idx = cells[sl]
-            x_obs = rows(to_dense(x_all[idx], np.float32), np.arange(len(idx)))
-            cat_b, cont_b, valid_b = rows(codes, idx), rows(cont_all, idx), rows(valid_all, idx)
+            fill, valid = targets.rows(idx)
+            cat_b, cont_b, valid_b = rows(None if codes is None else codes[idx]), rows(
+                None if cont_all is None else cont_all[idx]), rows(valid)
 
             def rate_fn(x, t):
                 return module.rate(x, t, cat_b, cont_b, valid=valid_b, guidance=strengths)
 
-            return repaint(settings.wrap(rate_fn), x_obs, rows(mask, idx), module.schedule, settings.n_steps,
+            return repaint(settings.wrap(rate_fn), rows(imputed[idx]), rows(fill), module.schedule, settings.n_steps,
                            attrition_kind=settings.attrition_kind, attrition=settings.attrition,
                            resample_jump=resample_jump, resample_iters=resample_iters,
                            generator=settings.generator, progress=show)
 
+        spread = _Spread(targets.shape)
         for sl, draws in run_batches(module, len(cells), max(1, batch_size // n_draws), chain, progress, "imputing"):
             idx = cells[sl]
             draws = draws.reshape(len(idx), n_draws, -1)
+            fill, _ = targets.rows(idx)
             est = draws.mean(axis=1) if point_estimate == "mean" else np.median(draws, axis=1)
-            imputed[idx] = np.where(mask[idx], est, imputed[idx])
+            imputed[idx] = np.where(fill, est, imputed[idx])
+            spread.add(idx, fill, draws)
             if samples is not None:
                 samples[idx] = draws.astype(np.int32)
-        imputed, samples = _write(query, imputed, samples, key_added, samples_key, self.registry_["setup_args"])
+        imputed, samples = _write(query, imputed, samples, spread.matrix(), key_added, std_key, samples_key,
+                                  self.registry_["setup_args"])
         record_params(query.target, key_added, {
-            "mask_layer": mask_layer, "key_added": key_added, "samples_key": samples_key if store_samples else None,
-            "n_samples": n_draws, **settings.record(), "guidance": guidance, "resample_jump": resample_jump,
-            "resample_iters": resample_iters, "point_estimate": point_estimate, "n_cells_imputed": len(cells),
-            "n_entries_imputed": int(mask.sum()),
+            "target": targets.kind, "mask_layer": targets.mask_name, "key_added": key_added, "std_key": std_key,
+            "samples_key": samples_key if samples is not None else None, "n_samples": n_draws, **settings.record(),
+            "guidance": guidance, "resample_jump": resample_jump, "resample_iters": resample_iters,
+            "point_estimate": point_estimate, "n_cells_imputed": len(cells), "n_entries_imputed": n_entries,
         })
         return imputed, samples
 
     impute = fill_doc(impute)
 
 
-def _observed_counts(x: object, shape: tuple[int, int]) -> np.ndarray:
-    """The registered counts as a float32 array, read (backed matrices too) and checked in blocks of rows.
+class _Targets:
+    """The entries ``impute`` fills, read block by block: a mask less distrusted entries, or the suspected dropouts."""
 
-    With the stored draws it is the only array of size n_obs x n_vars that ``impute`` makes (besides the boolean mask
-    and validity layer).
-    """
+    def __init__(self, kind: str, mask: Any, mask_name: str | None, valid: Any, shape: tuple[int, int]):
+        self.kind, self.mask, self.mask_name, self.valid, self.shape = kind, mask, mask_name, valid, shape
+
+    @classmethod
+    def build(cls, target: str, mask_layer: str | None, query: Query, manager: Any) -> _Targets:
+        """Resolve ``target`` against what is passed and registered (see ``impute``'s docstring)."""
+        if target not in ("auto", "mask", "dropouts"):
+            raise ValueError(f"target must be 'auto', 'mask' or 'dropouts', got {target!r}.")
+        registry = manager.data_registry
+        valid = manager.get_from_registry(VALID_KEY) if VALID_KEY in registry else None
+        source = query.target if query.aligned else query.data  # holds the user's layers in the model's gene order
+        shape = (source.n_obs, len(query.genes))
+        # the mask registered at setup counts when the user's object carries it (the training data, typically)
+        registered = manager.registry["setup_args"].get("mask_layer")
+        registered = registered if registered is not None and registered in query.target.layers else None
+        if target == "dropouts" or (target == "auto" and mask_layer is None and registered is None):
+            if mask_layer is not None:
+                raise ValueError("target='dropouts' fills the suspected dropouts of the validity layer; do not pass "
+                                 "mask_layer (or use target='mask').")
+            if valid is None:
+                raise ValueError(
+                    "This model was set up without valid_layer, so it does not know which zeros are suspected "
+                    "dropouts. Pass mask_layer= (a boolean layer of the entries to fill), set the model up with "
+                    "valid_layer= (see countsdiff_sc.pp.mark_dropouts), or denoise every entry with "
+                    "model.get_normalized_expression()."
+                )
+            if target == "auto" and "countsdiff_mask" in source.layers:
+                raise ValueError(
+                    "adata has a 'countsdiff_mask' layer, but no mask was passed or registered: say which job you "
+                    "mean, target='dropouts' (fill the suspected dropouts) or mask_layer='countsdiff_mask' (fill "
+                    "the held-out entries; register it with setup_anndata(mask_layer=) so they never train)."
+                )
+            return cls("dropouts", None, None, valid, shape)
+        if mask_layer is not None:
+            if mask_layer not in source.layers:
+                raise KeyError(
+                    f"Mask layer {mask_layer!r} not found; available layers: {sorted(source.layers.keys())}. Create "
+                    "one with countsdiff_sc.pp.mask_mcar / mask_mnar, or pass mask_layer=."
+                )
+            mask, name = source.layers[mask_layer], mask_layer
+        elif registered is not None:
+            mask, name = manager.get_from_registry(MASK_KEY), registered
+        else:
+            raise KeyError("target='mask' needs mask_layer= (or a mask registered with setup_anndata(mask_layer=)).")
+        if tuple(mask.shape) != shape:
+            raise ValueError(f"adata.layers[{name!r}] has shape {tuple(mask.shape)}, expected {shape} (n_obs, n_vars).")
+        return cls("mask", mask, name, valid, shape)
+
+    def rows(self, idx: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Entries to fill and validity (dense booleans) of the cells ``idx`` (a slice or sorted indices)."""
+        valid = None if self.valid is None else as_bool_mask(
+            self.valid[idx], (_n_rows(idx, self.shape[0]), self.shape[1]), "the registered valid layer")
+        if self.kind == "dropouts":
+            return ~valid, valid
+        fill = as_bool_mask(self.mask[idx], (_n_rows(idx, self.shape[0]), self.shape[1]),
+                            f"adata.layers[{self.mask_name!r}]")
+        return (fill if valid is None else fill & valid), valid
+
+    def scan(self) -> tuple[np.ndarray, int]:
+        """One pass over the rows: the cells with entries to fill, their count, and the warnings."""
+        n_obs, n_vars = self.shape
+        cells, n_entries, dropped, bare = [], 0, 0, 0
+        step = rows_per_block(n_vars)
+        for start in range(0, n_obs, step):
+            sl = slice(start, min(n_obs, start + step))
+            fill, valid = self.rows(sl)
+            counts = fill.sum(axis=1)
+            cells.append(start + np.flatnonzero(counts))
+            n_entries += int(counts.sum())
+            n_valid = valid.sum(axis=1) if valid is not None else np.full(counts.size, n_vars)
+            if self.kind == "mask":
+                raw = as_bool_mask(self.mask[sl], fill.shape, f"adata.layers[{self.mask_name!r}]")
+                dropped += int(raw.sum()) - int(counts.sum())
+                bare += int(((counts == n_valid) & (n_valid > 0)).sum())
+            else:
+                bare += int(((n_valid == 0) & (counts > 0)).sum())
+        if dropped:
+            warnings.warn(
+                f"{dropped} masked entries are marked invalid (suspected dropouts) in the valid layer; they are left "
+                "out of the imputation and keep their observed value. To fill suspected dropouts, use "
+                "target='dropouts'.", UserWarning, stacklevel=4)
+        if bare:
+            warnings.warn(
+                f"{bare} cells have no trusted entry left to condition on; their imputation is a generation from "
+                "their conditions alone.", UserWarning, stacklevel=4)
+        return (np.concatenate(cells) if cells else np.zeros(0, np.int64)), n_entries
+
+
+def _n_rows(idx: Any, n_obs: int) -> int:
+    return len(range(*idx.indices(n_obs))) if isinstance(idx, slice) else len(idx)
+
+
+class _Spread:
+    """The standard deviation of the draws on the filled entries, collected per batch into one CSR matrix."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape, self.rows, self.cols, self.values = shape, [], [], []
+
+    def add(self, idx: np.ndarray, fill: np.ndarray, draws: np.ndarray) -> None:
+        r, c = np.nonzero(fill)
+        self.rows.append(idx[r])
+        self.cols.append(c)
+        self.values.append(draws[r, :, c].std(axis=1).astype(np.float32))
+
+    def matrix(self) -> sp.csr_matrix:
+        if not self.rows:
+            return sp.csr_matrix(self.shape, dtype=np.float32)
+        return sp.csr_matrix((np.concatenate(self.values), (np.concatenate(self.rows), np.concatenate(self.cols))),
+                             shape=self.shape, dtype=np.float32)
+
+
+def _store_draws(store_samples: bool | str, shape: tuple[int, int], n_draws: int) -> bool:
+    if store_samples == "auto":
+        size = shape[0] * shape[1] * n_draws
+        if size > SAMPLES_AUTO_LIMIT:
+            logger.info("Not storing the %d x %d x %d draws (%.1f GiB; store_samples='auto' stores up to %d entries); "
+                        "pass store_samples=True to keep them.", shape[0], n_draws, shape[1], size * 4 / 2**30,
+                        SAMPLES_AUTO_LIMIT)
+            return False
+        return True
+    if not isinstance(store_samples, (bool, np.bool_)):
+        raise TypeError(f"store_samples must be True, False or 'auto', got {store_samples!r}.")
+    return bool(store_samples)
+
+
+def _observed_counts(x: Any, shape: tuple[int, int]) -> np.ndarray:
+    """The registered counts as a float32 array, read (backed matrices too) and checked in blocks of rows."""
     out = np.empty(shape, dtype=np.float32)
-    for start, block in iter_row_blocks(x, rows_per_block(shape[1])):
-        out[start : start + block.shape[0]] = to_dense(block, np.float32)
-        check_counts(out[start : start + block.shape[0]], where="the counts of the cells to impute")
+    step = rows_per_block(shape[1])
+    for start in range(0, shape[0], step):
+        block = to_dense(x[start : start + step], np.float32)
+        check_counts(block, where="the counts of the cells to impute")
+        out[start : start + block.shape[0]] = block
     return out
 
 
-def _write(query: Query, imputed: np.ndarray, samples: np.ndarray | None, key_added: str, samples_key: str,
-           setup_args: dict) -> tuple[np.ndarray, np.ndarray | None]:
+def _write(query: Query, imputed: np.ndarray, samples: np.ndarray | None, spread: sp.csr_matrix, key_added: str,
+           std_key: str | None, samples_key: str, setup_args: dict) -> tuple[np.ndarray, np.ndarray | None]:
     """Write the results into the user's object, in its gene order (genes the model does not know keep their counts)."""
     if not query.aligned:
         observed = to_dense(get_matrix(query.target, setup_args.get("layer")), np.float32)
         imputed = query.to_target(imputed, observed)
         samples = None if samples is None else query.to_target(samples, observed[:, None, :].astype(np.int32))
+        cols = query.genes[spread.indices]
+        spread = sp.csr_matrix((spread.data, cols, spread.indptr), shape=query.target.shape)
     query.target.layers[key_added] = imputed
+    if std_key is not None:
+        query.target.layers[std_key] = spread
     if samples is not None:
         query.target.obsm[samples_key] = samples
     return imputed, samples
-
-
-def _imputation_targets(adata: ad.AnnData, manager, mask_layer: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The entries to impute (the mask less invalid entries) and the validity layer, with the warnings they need."""
-    if mask_layer not in adata.layers:
-        raise KeyError(
-            f"Mask layer {mask_layer!r} not found; available layers: {sorted(adata.layers.keys())}. Create one "
-            "with countsdiff_sc.pp.mask_mcar / mask_mnar, or pass mask_layer=."
-        )
-    mask = as_bool_mask(adata.layers[mask_layer], adata.shape, f"adata.layers[{mask_layer!r}]")
-    valid_all = None
-    if VALID_KEY in manager.data_registry:
-        valid_all = as_bool_mask(manager.get_from_registry(VALID_KEY), adata.shape, "the registered valid layer")
-        bad = mask & ~valid_all
-        if bad.any():
-            warnings.warn(
-                f"{int(bad.sum())} masked entries are marked invalid (suspected dropouts) in the valid layer; "
-                "they are left out of the imputation and keep their observed value.",
-                UserWarning,
-                stacklevel=3,
-            )
-            mask &= valid_all
-    n_valid = valid_all.sum(1) if valid_all is not None else np.full(adata.n_obs, adata.n_vars)
-    all_masked = (mask.sum(1) == n_valid) & (n_valid > 0)
-    if all_masked.any():
-        warnings.warn(
-            f"{int(all_masked.sum())} cells have all their valid entries masked; their imputation is a "
-            "generation from their conditions alone.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return mask, valid_all

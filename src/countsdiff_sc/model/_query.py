@@ -21,6 +21,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, to_dense
 
@@ -104,8 +105,11 @@ def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) ->
                          "MuData.")
     check_gene_names(adata.var_names, "adata")
     var_names = getattr(model, "var_names_", None)
+    mask_layer = setup_args.get("mask_layer")
     if var_names is None or np.array_equal(np.asarray(adata.var_names), var_names):
         genes, aligned, data = np.arange(adata.n_vars), True, adata
+        if mask_layer is not None and mask_layer not in adata.layers:  # a new object: nothing of it is held out
+            data = _realigned(adata, genes, setup_args, carry_layers)
     else:
         from ._results import gene_positions
 
@@ -126,12 +130,16 @@ def check_registered_counts(x: Any, where: str) -> None:
 
 
 def _realigned(adata: ad.AnnData, genes: np.ndarray, setup_args: dict, carry: tuple[str, ...]) -> ad.AnnData:
-    """A lean AnnData with the model's genes in order: the registered counts and validity layers, the carried layers,
-    obs and obsm of ``adata`` (no other data is copied)."""
+    """A lean AnnData with the model's genes in order: the registered counts, validity and mask layers (an all-False
+    mask when ``adata`` has none), the carried layers, obs and obsm of ``adata`` (no other data is copied)."""
     layer = setup_args.get("layer")
     x = get_matrix(adata, layer)
-    names = [n for n in {setup_args.get("valid_layer"), *carry} if n is not None and n in adata.layers]
+    names = [n for n in {setup_args.get("valid_layer"), setup_args.get("mask_layer"), *carry}
+             if n is not None and n in adata.layers]
     layers = {n: adata.layers[n][:, genes] for n in names}
+    heldout = setup_args.get("mask_layer")
+    if heldout is not None and heldout not in layers:  # the registered mask of the training data: none held out here
+        layers[heldout] = sp.csr_matrix((adata.n_obs, len(genes)), dtype=bool)
     out = ad.AnnData(X=None if layer else x[:, genes], obs=adata.obs.copy(), obsm=dict(adata.obsm.items()),
                      var=pd.DataFrame(index=adata.var_names[genes]))
     for n, v in layers.items():

@@ -22,27 +22,40 @@ from scvi.data.fields import (
 )
 
 from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, to_dense
-from countsdiff_sc.module import CONDITION_KEY, VALID_KEY
+from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
 
 from ._query import check_gene_names
 
 __all__ = ["SetupMixin", "check_training_data", "gene_stats"]
 
 
-def check_valid_layer(x: Any, where: str) -> None:
-    """Cheap check that a validity layer is boolean-like (only stored values of sparse matrices are read)."""
+def check_bool_layer(x: Any, where: str, meaning: str) -> np.ndarray:
+    """Cheap check that a layer is boolean-like (only stored values of sparse matrices are read); returns them."""
     values = x.data if sp.issparse(x) else np.asarray(x)
     if values.dtype == bool:
-        pass
-    elif values.dtype.kind not in "biuf":
-        raise ValueError(f"{where} has dtype {values.dtype}; expected a boolean layer (True = trusted entry).")
-    else:
-        bad = int(np.count_nonzero((values != 0) & (values != 1)))
-        if bad:
-            raise ValueError(f"{where} must be boolean (True = trusted entry); {bad} entries are neither 0 nor 1.")
+        return values
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {values.dtype}; expected a boolean layer ({meaning}).")
+    bad = int(np.count_nonzero((values != 0) & (values != 1)))
+    if bad:
+        raise ValueError(f"{where} must be boolean ({meaning}); {bad} entries are neither 0 nor 1.")
+    return values
+
+
+def check_valid_layer(x: Any, where: str) -> None:
+    """A validity layer: boolean-like and trusting at least one entry."""
+    values = check_bool_layer(x, where, "True = trusted entry")
     if not np.any(values):
         raise ValueError(f"{where} marks no entry as trusted (all False): a model would learn nothing. Check how it "
                          "was made (True = trusted entry), e.g. countsdiff_sc.pp.mark_dropouts.")
+
+
+def check_mask_layer(x: Any, where: str) -> None:
+    """A mask of held-out entries: boolean-like and not holding out every entry."""
+    values = check_bool_layer(x, where, "True = held out")
+    n_true = int(np.count_nonzero(values))
+    if n_true == int(np.prod(x.shape)):
+        raise ValueError(f"{where} holds out every entry (all True): a model would learn nothing.")
 
 
 def check_obs_column(obs: Any, key: str, where: str) -> None:
@@ -79,23 +92,25 @@ def check_condition_obsm(adata: ad.AnnData, key: str) -> None:
 
 
 def gene_stats(adata_manager: AnnDataManager) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of every gene over the valid entries of the registered cells.
+    """Mean and variance of every gene over the trusted entries (valid, not held out) of the registered cells.
 
     Accumulated over blocks of cells, so a backed (on-disk) count matrix is never loaded whole.
     """
     x = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-    w_all = adata_manager.get_from_registry(VALID_KEY) if VALID_KEY in adata_manager.data_registry else None
+    registry = adata_manager.data_registry
+    w_all = adata_manager.get_from_registry(VALID_KEY) if VALID_KEY in registry else None
+    m_all = adata_manager.get_from_registry(MASK_KEY) if MASK_KEY in registry else None
     n = np.zeros(x.shape[1])
     s1 = np.zeros(x.shape[1])
     s2 = np.zeros(x.shape[1])
     for start, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
         xb = to_dense(block, np.float64)
-        if w_all is None:
-            n += xb.shape[0]
-        else:
-            wb = to_dense(w_all[start : start + xb.shape[0]]).astype(bool)
-            n += wb.sum(axis=0)
-            xb = np.where(wb, xb, 0.0)
+        rows = slice(start, start + xb.shape[0])
+        wb = np.ones(xb.shape, bool) if w_all is None else to_dense(w_all[rows]).astype(bool)
+        if m_all is not None:
+            wb &= ~to_dense(m_all[rows]).astype(bool)
+        n += wb.sum(axis=0)
+        xb = np.where(wb, xb, 0.0)
         s1 += xb.sum(axis=0)
         s2 += (xb**2).sum(axis=0)
     n = np.maximum(n, 1.0)
@@ -110,15 +125,20 @@ def check_training_data(model: Any) -> None:
     manager = model.adata_manager
     x = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
     valid = manager.get_from_registry(VALID_KEY) if VALID_KEY in manager.data_registry else None
-    n_valid = 0
+    heldout = manager.get_from_registry(MASK_KEY) if MASK_KEY in manager.data_registry else None
+    n_trusted = 0
     for start, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
         check_counts(block, where="the registered counts (changed since setup_anndata?)")
-        if valid is not None:
-            n_valid += int(np.count_nonzero(to_dense(valid[start : start + block.shape[0]])))
-    if valid is not None and n_valid == 0:
-        layer = model.registry_["setup_args"].get("valid_layer")
-        raise ValueError(f"The validity layer {layer!r} marks no entry as trusted (all False): the model would learn "
-                         "nothing. Check how it was made (True = trusted entry), e.g. countsdiff_sc.pp.mark_dropouts.")
+        rows = slice(start, start + block.shape[0])
+        keep = np.ones(block.shape, bool) if valid is None else to_dense(valid[rows]).astype(bool)
+        if heldout is not None:
+            keep &= ~to_dense(heldout[rows]).astype(bool)
+        n_trusted += int(np.count_nonzero(keep))
+    if n_trusted == 0:
+        args = model.registry_["setup_args"]
+        raise ValueError(f"No entry is left to train on: the validity layer {args.get('valid_layer')!r} and the mask "
+                         f"{args.get('mask_layer')!r} exclude every entry. Check how they were made (valid: True = "
+                         "trusted; mask: True = held out).")
 
 
 class SetupMixin:
@@ -133,6 +153,7 @@ class SetupMixin:
         categorical_covariate_keys: list[str] | None = None,
         valid_layer: str | None = None,
         condition_obsm_key: str | None = None,
+        mask_layer: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData of raw counts with the model class.
@@ -152,6 +173,11 @@ class SetupMixin:
             invalid entries are excluded from the loss and from imputation.
         condition_obsm_key
             obsm key of a vector-valued condition (e.g. a continuous covariate or an embedding).
+        mask_layer
+            Boolean layer, True where a value is held out for evaluation (see :func:`countsdiff_sc.pp.mask_mcar`).
+            Held-out entries never train: they are zeroed before the forward process (so the network never sees
+            them) and left out of the loss, and :meth:`impute` fills them by default. Register the mask here when
+            you score imputations of entries of the training cells (the benchmark protocol).
 
         Raises
         ------
@@ -170,6 +196,8 @@ class SetupMixin:
             check_valid_layer(get_matrix(adata, valid_layer), f"adata.layers[{valid_layer!r}]")
         if condition_obsm_key is not None:
             check_condition_obsm(adata, condition_obsm_key)
+        if mask_layer is not None:
+            check_mask_layer(get_matrix(adata, mask_layer), f"adata.layers[{mask_layer!r}]")
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
@@ -179,6 +207,8 @@ class SetupMixin:
             fields.append(LayerField(VALID_KEY, valid_layer, is_count_data=False))
         if condition_obsm_key is not None:
             fields.append(ObsmField(CONDITION_KEY, condition_obsm_key))
+        if mask_layer is not None:
+            fields.append(LayerField(MASK_KEY, mask_layer, is_count_data=False))
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
@@ -193,6 +223,7 @@ class SetupMixin:
         valid_layer: str | None = None,
         condition_obsm_key: str | None = None,
         modalities: dict[str, str] | None = None,
+        mask_layer: str | None = None,
         **kwargs,
     ) -> None:
         """Register the RNA modality of a MuData (e.g. CITE-seq) with the model class.
@@ -203,7 +234,7 @@ class SetupMixin:
             MuData object.
         rna_layer
             Layer of the RNA modality holding counts (``.X`` when None).
-        labels_key, categorical_covariate_keys, valid_layer, condition_obsm_key
+        labels_key, categorical_covariate_keys, valid_layer, condition_obsm_key, mask_layer
             As in :meth:`setup_anndata`; looked up in the modality named by ``modalities``.
         modalities
             Mapping from each argument name to the modality that holds it, e.g.
@@ -218,7 +249,7 @@ class SetupMixin:
         if rna_mod not in mdata.mod:
             raise KeyError(f"Modality {rna_mod!r} not in mdata.mod: {list(mdata.mod)}.")
         mod_of = {arg: modalities.get(arg, rna_mod) for arg in
-                  ("labels_key", "categorical_covariate_keys", "valid_layer", "condition_obsm_key")}
+                  ("labels_key", "categorical_covariate_keys", "valid_layer", "condition_obsm_key", "mask_layer")}
         check_counts(get_matrix(mdata.mod[rna_mod], rna_layer), where=f"mdata.mod[{rna_mod!r}] layer {rna_layer!r}")
         check_gene_names(mdata.mod[rna_mod].var_names, f"mdata.mod[{rna_mod!r}]")
         for key, arg in [(labels_key, "labels_key")] + [(k, "categorical_covariate_keys") for k in
@@ -228,6 +259,8 @@ class SetupMixin:
                 check_obs_column(frame, key, f"the obs of modality {mod_of[arg]!r}")
         if valid_layer is not None:
             check_valid_layer(get_matrix(mdata.mod[mod_of["valid_layer"]], valid_layer), f"layer {valid_layer!r}")
+        if mask_layer is not None:
+            check_mask_layer(get_matrix(mdata.mod[mod_of["mask_layer"]], mask_layer), f"layer {mask_layer!r}")
         fields = [
             MuDataLayerField(REGISTRY_KEYS.X_KEY, rna_layer, mod_key=rna_mod, is_count_data=True, mod_required=True),
             MuDataCategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=mod_of["labels_key"]),
@@ -241,6 +274,9 @@ class SetupMixin:
         if condition_obsm_key is not None:
             fields.append(MuDataObsmField(CONDITION_KEY, condition_obsm_key, mod_key=mod_of["condition_obsm_key"],
                                           mod_required=True))
+        if mask_layer is not None:
+            fields.append(MuDataLayerField(MASK_KEY, mask_layer, mod_key=mod_of["mask_layer"], is_count_data=False,
+                                           mod_required=True))
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._countsdiff import (
     BACKBONES,
     CONDITION_KEY,
+    MASK_KEY,
     RATE_BASELINES,
     UNCOND_MODES,
     VALID_KEY,
@@ -20,6 +21,7 @@ from .dice import DICEModule
 __all__ = [
     "BACKBONES",
     "CONDITION_KEY",
+    "MASK_KEY",
     "RATE_BASELINES",
     "UNCOND_MODES",
     "VALID_KEY",

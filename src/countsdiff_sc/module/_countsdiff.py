@@ -25,6 +25,7 @@ from ._guidance import guidance_terms, interpolation_terms
 __all__ = [
     "BACKBONES",
     "CONDITION_KEY",
+    "MASK_KEY",
     "RATE_BASELINES",
     "UNCOND_MODES",
     "VALID_KEY",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 VALID_KEY = "valid"
+#: Registry key of held-out entries (True = held out): they never train, neither as input nor in the loss.
+MASK_KEY = "heldout"
 CONDITION_KEY = "condition"
 BACKBONES = ("mlp", "transformer")
 RATE_BASELINES = ("gamma_poisson", "none")
@@ -170,7 +173,8 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
 
     # ------------------------------------------------------------------ scvi-tools module interface
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
-        return {"x": tensors[REGISTRY_KEYS.X_KEY], "conditions": self._conditions_from_tensors(tensors)}
+        return {"x": tensors[REGISTRY_KEYS.X_KEY], "conditions": self._conditions_from_tensors(tensors),
+                "heldout": tensors.get(MASK_KEY)}
 
     def _get_generative_input(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> dict:
         return {
@@ -178,8 +182,17 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
             "t": inference_outputs["t"],
             "drop": inference_outputs["drop"],
             "conditions": inference_outputs["conditions"],
-            "valid": tensors.get(VALID_KEY),
+            "valid": self._trusted(tensors),
         }
+
+    @staticmethod
+    def _trusted(tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Entries the loss and the network's keys may use: valid (if registered) and not held out (if registered)."""
+        valid, heldout = tensors.get(VALID_KEY), tensors.get(MASK_KEY)
+        if heldout is None:
+            return valid
+        keep = ~heldout.bool()
+        return keep if valid is None else valid.bool() & keep
 
     def _conditions_from_tensors(self, tensors: dict[str, torch.Tensor]) -> dict:
         cats = []
@@ -192,9 +205,15 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         return {"cat": cat, "cont": cont}
 
     @auto_move_data
-    def inference(self, x: torch.Tensor, conditions: dict) -> dict:
-        """Sample times, thin the counts and draw the condition dropout (training-time forward process)."""
+    def inference(self, x: torch.Tensor, conditions: dict, heldout: torch.Tensor | None = None) -> dict:
+        """Sample times, thin the counts and draw the condition dropout (training-time forward process).
+
+        Held-out entries (``heldout``, a registered mask) are set to zero before anything else, so their values reach
+        neither the network's input nor the loss: a model's weights do not depend on them.
+        """
         x0 = x.to(torch.float32)
+        if heldout is not None:
+            x0 = x0.masked_fill(heldout.bool(), 0.0)
         n = x0.shape[0]
         t = self.schedule.snap(torch.rand(n, device=x0.device))
         x_t = thin(x0, self.schedule.p(t)[:, None])
@@ -222,9 +241,10 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         return {"y_hat": net(x_t, t, conditions["cat"], conditions["cont"], drop, valid_b, scale)}
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
-        """Eq. 6 on valid entries: mean over cells of ``w(t) * mean_valid(y_hat - y log(y_hat + 1e-8))``."""
+        """Eq. 6 on trusted entries (valid and not held out): mean over cells of
+        ``w(t) * mean_trusted(y_hat - y log(y_hat + 1e-8))``."""
         y = inference_outputs["x0"] - inference_outputs["x_t"]
-        valid = tensors.get(VALID_KEY)
+        valid = self._trusted(tensors)
         w = loss_weight(inference_outputs["t"], self.schedule, self.loss_weighting)
         per_cell = count_loss(generative_outputs["y_hat"], y, valid, w, reduce=False)
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, n_obs_minibatch=y.shape[0])

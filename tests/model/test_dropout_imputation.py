@@ -1,0 +1,158 @@
+"""Imputation of a user's own data: suspected dropouts by default, held-out entries that never train, the spread of
+the draws, and draws that are not stored when they would be large."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scvi
+import torch
+
+import countsdiff_sc as cds
+from countsdiff_sc.model import _imputation
+from tests.conftest import make_counts
+
+TINY = {"n_hidden": 16, "n_layers": 1, "dim_emb": 8}
+FAST = {"accelerator": "cpu", "enable_progress_bar": False}
+QUICK = {"n_samples": 3, "n_steps": 3, "progress": False, "seed": 0}
+
+
+def with_dropouts(n_obs=100, n_vars=15, seed=0):
+    adata = make_counts(n_obs=n_obs, n_vars=n_vars, seed=seed)
+    x = adata.X.toarray()
+    rng = np.random.default_rng(seed)
+    adata.layers["valid"] = ~((x == 0) & (rng.random(x.shape) < 0.5))  # half the zeros are suspected dropouts
+    return adata
+
+
+@pytest.fixture(scope="module")
+def dropout_model():
+    adata = with_dropouts()
+    cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", valid_layer="valid")
+    model = cds.CountsDiffModel(adata, backbone_kwargs=TINY)
+    model.train(max_steps=3, **FAST)
+    return adata, model
+
+
+def test_default_job_fills_every_suspected_dropout(dropout_model):
+    adata, model = dropout_model
+    data = adata.copy()
+    imputed, samples = model.impute(data, **QUICK)
+    valid = data.layers["valid"]
+    x = data.X.toarray()
+    np.testing.assert_array_equal(imputed[valid], x[valid])  # observed entries untouched
+    assert (imputed[~valid] > 0).mean() > 0.2  # dropouts are filled (an untrained net still predicts counts)
+    assert np.array_equal(samples, np.round(samples)) and (samples >= 0).all()
+    np.testing.assert_array_equal(samples[:, 0, :][valid], x[valid])
+    rec = data.uns["countsdiff"]["countsdiff_imputed"]
+    assert rec["target"] == "dropouts" and rec["mask_layer"] == "None"  # (None is stored as "None" in h5ad)
+    assert rec["n_entries_imputed"] == int((~valid).sum())
+    assert rec["n_cells_imputed"] == int((~valid).any(axis=1).sum())
+
+
+def test_spread_layer_is_the_std_of_the_draws_on_filled_entries(dropout_model):
+    adata, model = dropout_model
+    data = adata.copy()
+    _, samples = model.impute(data, **QUICK)
+    std = data.layers["countsdiff_imputed_std"]
+    assert sp.issparse(std) and std.dtype == np.float32
+    expected = np.where(~data.layers["valid"], samples.std(axis=1), 0.0)
+    np.testing.assert_allclose(std.toarray(), expected, rtol=1e-6, atol=1e-6)
+    assert data.uns["countsdiff"]["countsdiff_imputed"]["std_key"] == "countsdiff_imputed_std"
+    other = adata.copy()
+    model.impute(other, std_key=None, **QUICK)
+    assert "countsdiff_imputed_std" not in other.layers
+
+
+def test_targets_are_explicit(dropout_model):
+    adata, model = dropout_model
+    data = adata.copy()
+    data.layers["countsdiff_mask"] = np.random.default_rng(0).random(data.shape) < 0.2
+    with pytest.raises(ValueError, match="say which job you mean"):
+        model.impute(data, **QUICK)
+    model.impute(data, target="dropouts", **QUICK)
+    assert data.uns["countsdiff"]["countsdiff_imputed"]["target"] == "dropouts"
+    model.impute(data, mask_layer="countsdiff_mask", **QUICK)
+    assert data.uns["countsdiff"]["countsdiff_imputed"]["target"] == "mask"
+    with pytest.raises(ValueError, match="do not pass mask_layer"):
+        model.impute(data, mask_layer="countsdiff_mask", target="dropouts", **QUICK)
+    with pytest.raises(ValueError, match="target must be"):
+        model.impute(data, target="everything", **QUICK)
+
+
+def test_model_without_validity_layer_says_what_it_can_fill():
+    adata = make_counts(n_obs=40, n_vars=8)
+    cds.CountsDiffModel.setup_anndata(adata)
+    model = cds.CountsDiffModel(adata, backbone_kwargs=TINY)
+    with pytest.raises(ValueError, match="does not know which zeros are suspected dropouts.*get_normalized_expression"):
+        model.impute(adata, **QUICK)
+
+
+def _train_weights(masked_values: str) -> dict[str, torch.Tensor]:
+    adata = with_dropouts(n_obs=60, n_vars=10, seed=3)
+    mask = np.random.default_rng(5).random(adata.shape) < 0.3
+    x = adata.X.toarray()
+    if masked_values == "changed":
+        x[mask] = x[mask] * 7 + 3  # other values at the held-out entries only
+    adata.X = sp.csr_matrix(x)
+    adata.layers["heldout"] = mask
+    cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", valid_layer="valid", mask_layer="heldout")
+    scvi.settings.seed = 0
+    model = cds.CountsDiffModel(adata, backbone_kwargs=TINY, ema_decay=0.5)
+    model.train(max_steps=4, batch_size=16, **FAST)
+    return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+
+def test_held_out_entries_never_train():
+    """Changing the values under a registered mask leaves the trained weights identical (fixed seed)."""
+    a, b = _train_weights("original"), _train_weights("changed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_registered_mask_is_the_default_target_on_the_training_data():
+    adata = with_dropouts(n_obs=50, n_vars=10, seed=1)
+    adata.layers["heldout"] = np.random.default_rng(2).random(adata.shape) < 0.2
+    cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", valid_layer="valid", mask_layer="heldout")
+    model = cds.CountsDiffModel(adata, backbone_kwargs=TINY)
+    model.train(max_steps=2, **FAST)
+    model.impute(**QUICK)  # the training data, its registered mask
+    rec = adata.uns["countsdiff"]["countsdiff_imputed"]
+    assert rec["target"] == "mask" and rec["mask_layer"] == "heldout"
+    assert rec["n_entries_imputed"] == int((adata.layers["heldout"] & adata.layers["valid"]).sum())
+    new = with_dropouts(n_obs=20, n_vars=10, seed=4)  # new cells without that layer: their dropouts
+    model.impute(new, **QUICK)
+    assert new.uns["countsdiff"]["countsdiff_imputed"]["target"] == "dropouts"
+    assert "heldout" not in new.layers
+
+
+def test_large_draws_are_not_stored_by_default(dropout_model, monkeypatch):
+    adata, model = dropout_model
+    data = adata.copy()
+    monkeypatch.setattr(_imputation, "SAMPLES_AUTO_LIMIT", 10)
+    imputed, samples = model.impute(data, **QUICK)
+    assert samples is None and "countsdiff_samples" not in data.obsm
+    assert data.uns["countsdiff"]["countsdiff_imputed"]["samples_key"] == "None"
+    _, kept = model.impute(data, store_samples=True, **QUICK)
+    assert kept.shape == (data.n_obs, 3, data.n_vars)
+    with pytest.raises(TypeError, match="store_samples"):
+        model.impute(data, store_samples="yes", **QUICK)
+
+
+def test_sparse_and_backed_validity_give_the_same_draws(dropout_model, tmp_path):
+    adata, model = dropout_model
+    dense = adata.copy()
+    ref, _ = model.impute(dense, **QUICK)
+    sparse = adata.copy()
+    sparse.layers["valid"] = sp.csr_matrix(sparse.layers["valid"])
+    got, _ = model.impute(sparse, **QUICK)
+    np.testing.assert_array_equal(got, ref)
+    path = tmp_path / "q.h5ad"
+    adata.copy().write_h5ad(path)
+    import anndata as ad
+
+    backed = ad.read_h5ad(path, backed="r")
+    got_backed, _ = model.impute(backed, **QUICK)
+    np.testing.assert_array_equal(got_backed, ref)
