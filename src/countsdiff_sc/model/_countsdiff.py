@@ -22,15 +22,16 @@ from countsdiff_sc.diffusion import PSchedule
 from countsdiff_sc.module import CountsDiffModule, DiffusionTrainingPlan
 
 from ._conditions import ConditionSpace
+from ._expression import DEPTH_QUANTILE, ExpressionMixin
 from ._generation import GenerationMixin
 from ._imputation import ImputationMixin
-from ._setup import SetupMixin, check_training_data, gene_stats
+from ._setup import SetupMixin, check_training_data, gene_stats, library_quantile
 from ._training import train_method
 
 __all__ = ["CountsDiffModel"]
 
 
-class CountsDiffModel(SetupMixin, GenerationMixin, ImputationMixin, BaseModelClass):
+class CountsDiffModel(SetupMixin, GenerationMixin, ImputationMixin, ExpressionMixin, BaseModelClass):
     """Diffusion on the natural numbers for single-cell UMI counts (CountsDiff).
 
     The forward process thins counts binomially with a p-schedule, ``x_t ~ Binomial(x_0, p(t))``; a network
@@ -112,6 +113,7 @@ class CountsDiffModel(SetupMixin, GenerationMixin, ImputationMixin, BaseModelCla
                 counts_obj = adata.mod[self.registry_["setup_args"]["modalities"]["rna_layer"]]
             self.var_names_ = np.asarray(counts_obj.var_names).astype(str)
             self.condition_table_ = space.table(self.adata_manager)
+            self.depth_ = library_quantile(self.adata_manager, DEPTH_QUANTILE)
         self.module = self._module_cls(
             n_genes=self.summary_stats.n_vars,
             n_cats_per_cov=space.n_cats_per_cov,

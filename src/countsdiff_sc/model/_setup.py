@@ -26,7 +26,7 @@ from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
 
 from ._query import check_gene_names
 
-__all__ = ["SetupMixin", "check_training_data", "gene_stats"]
+__all__ = ["SetupMixin", "check_training_data", "gene_stats", "library_quantile"]
 
 
 def check_bool_layer(x: Any, where: str, meaning: str) -> np.ndarray:
@@ -139,6 +139,13 @@ def check_training_data(model: Any) -> None:
         raise ValueError(f"No entry is left to train on: the validity layer {args.get('valid_layer')!r} and the mask "
                          f"{args.get('mask_layer')!r} exclude every entry. Check how they were made (valid: True = "
                          "trusted; mask: True = held out).")
+
+
+def library_quantile(adata_manager: AnnDataManager, q: float) -> float:
+    """The ``q`` quantile of the registered cells' library sizes (counts per cell), read in blocks."""
+    x = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    totals = [np.asarray(block.sum(axis=1)).ravel() for _, block in iter_row_blocks(x, rows_per_block(x.shape[1]))]
+    return float(np.quantile(np.concatenate(totals), q)) if totals else 0.0
 
 
 class SetupMixin:

@@ -1,0 +1,133 @@
+"""scvi-tools' expression API on CountsDiffModel: signatures, return types, the samplers, PosteriorPredictiveCheck."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pandas as pd
+import pytest
+import sparse
+import torch
+from scvi.model.base import RNASeqMixin
+
+import countsdiff_sc as cds
+from countsdiff_sc.diffusion import CosineSchedule, time_grid
+from countsdiff_sc.model._expression import depth_start
+from tests.conftest import make_counts
+
+TINY = {"n_hidden": 16, "n_layers": 1, "dim_emb": 8}
+QUICK = {"n_steps": 4, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    adata = make_counts(n_obs=80, n_vars=12)
+    x = adata.X.toarray()
+    adata.layers["valid"] = ~((x == 0) & (np.random.default_rng(0).random(x.shape) < 0.5))
+    cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", categorical_covariate_keys=["batch"],
+                                      valid_layer="valid")
+    model = cds.CountsDiffModel(adata, backbone_kwargs=TINY)
+    model.train(max_steps=3, accelerator="cpu", enable_progress_bar=False)
+    return adata, model
+
+
+def test_signatures_follow_scvi_tools():
+    ours = inspect.signature(cds.CountsDiffModel.get_normalized_expression).parameters
+    theirs = inspect.signature(RNASeqMixin.get_normalized_expression).parameters
+    for name in ("adata", "indices", "transform_batch", "gene_list", "library_size", "n_samples", "batch_size",
+                 "return_mean", "return_numpy"):
+        assert name in ours and ours[name].default == theirs[name].default, name
+    ours = inspect.signature(cds.CountsDiffModel.posterior_predictive_sample).parameters
+    theirs = inspect.signature(RNASeqMixin.posterior_predictive_sample).parameters
+    for name in ("adata", "indices", "transform_batch", "n_samples", "gene_list", "batch_size"):
+        assert name in ours and ours[name].default == theirs[name].default, name
+
+
+def test_normalized_expression_shapes_and_types(model_and_data):
+    adata, model = model_and_data
+    df = model.get_normalized_expression(adata, **QUICK)
+    assert isinstance(df, pd.DataFrame) and df.shape == adata.shape
+    assert list(df.index) == list(adata.obs_names) and list(df.columns) == list(adata.var_names)
+    np.testing.assert_allclose(df.sum(axis=1), 1.0, rtol=1e-5)
+    sub = model.get_normalized_expression(adata, indices=[3, 1], gene_list=["g5", "g2"], library_size=1e4,
+                                          **QUICK)
+    assert list(sub.index) == [adata.obs_names[3], adata.obs_names[1]] and list(sub.columns) == ["g5", "g2"]
+    arr = model.get_normalized_expression(adata, n_samples=3, return_mean=False, **QUICK)
+    assert isinstance(arr, np.ndarray) and arr.shape == (3, adata.n_obs, adata.n_vars)
+    mean = model.get_normalized_expression(adata, n_samples=3, return_numpy=True, **QUICK)
+    np.testing.assert_allclose(mean, arr.mean(axis=0), rtol=1e-5, atol=1e-7)
+    latent = model.get_normalized_expression(adata, library_size="latent", **QUICK)
+    np.testing.assert_allclose(latent.sum(axis=1), adata.X.toarray().sum(axis=1), rtol=1e-4)
+    with pytest.raises(ValueError, match="gene_list"):
+        model.get_normalized_expression(adata, gene_list=["nope"], **QUICK)
+
+
+def test_seeds_and_methods(model_and_data):
+    adata, model = model_and_data
+    a = model.get_normalized_expression(adata, **QUICK)
+    b = model.get_normalized_expression(adata, **QUICK)
+    pd.testing.assert_frame_equal(a, b)
+    for method in ("sdedit", "dropouts"):
+        df = model.get_normalized_expression(adata, method=method, **QUICK)
+        assert np.isfinite(df.to_numpy()).all()
+    with pytest.raises(ValueError, match="method must be"):
+        model.get_normalized_expression(adata, method="magic", **QUICK)
+    with pytest.raises(ValueError, match="depth must be"):
+        model.get_normalized_expression(adata, depth=-3, **QUICK)
+
+
+def test_cells_at_the_restored_depth_are_unchanged(model_and_data):
+    adata, model = model_and_data
+    deep = model.get_normalized_expression(adata, depth=1.0, library_size="latent", return_numpy=True, **QUICK)
+    np.testing.assert_allclose(deep, adata.X.toarray(), rtol=1e-6)  # every cell has >= 1 count: f = 1
+
+
+def test_depth_start_matches_the_grid():
+    grid = time_grid(10, CosineSchedule())
+    grid_p = CosineSchedule().p(grid).double().numpy()
+    library = np.array([10.0, 55.0, 100.0, 250.0])
+    k, q = depth_start(library, 100.0, grid_p)
+    f = np.minimum(1.0, library / 100.0)
+    assert (grid_p[k] <= f + 1e-12).all() and ((k == len(grid_p) - 1) | (grid_p[np.minimum(k + 1, 10)] > f)).all()
+    np.testing.assert_allclose(q * f, grid_p[k])  # thinned to exactly p(t_k)
+    assert k[-1] == k[-2] == len(grid_p) - 1
+
+
+def test_transform_batch_is_a_counterfactual(model_and_data):
+    adata, model = model_and_data
+    a = model.get_normalized_expression(adata, transform_batch="b0", **QUICK)
+    b = model.get_normalized_expression(adata, transform_batch={"batch": "b1"}, **QUICK)
+    assert a.shape == b.shape
+    both = model.get_normalized_expression(adata, transform_batch=["b0", "b1"], **QUICK)
+    np.testing.assert_allclose(both.to_numpy(), (a.to_numpy() + b.to_numpy()) / 2, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="Unknown batch value"):
+        model.get_normalized_expression(adata, transform_batch="b9", **QUICK)
+
+
+def test_posterior_predictive_sample(model_and_data):
+    adata, model = model_and_data
+    one = model.posterior_predictive_sample(adata, **QUICK)
+    assert isinstance(one, sparse.GCXS) and one.shape == adata.shape
+    many = model.posterior_predictive_sample(adata, n_samples=3, gene_list=["g1", "g4"], **QUICK)
+    assert many.shape == (adata.n_obs, 2, 3)
+    dense = many.todense()
+    assert (dense >= 0).all() and np.array_equal(dense, np.round(dense))
+    # every cell at the restored depth already (f = 1): nothing restored, nothing thinned back
+    same = model.posterior_predictive_sample(adata, depth=1.0, **QUICK).todense()
+    np.testing.assert_array_equal(same, adata.X.toarray())
+
+
+def test_posterior_predictive_check_runs(model_and_data):
+    from scvi.criticism import PosteriorPredictiveCheck
+
+    adata, model = model_and_data
+    torch.manual_seed(0)
+    raw = adata.copy()
+    raw.X = raw.X.astype(np.int64)  # scvi-tools' check of float sparse counts fails; integer counts as usual
+    ppc = PosteriorPredictiveCheck(raw, {"countsdiff": model}, n_samples=2)
+    ppc.coefficient_of_variation("cells")  # per gene, over the cells
+    cv = ppc.metrics["cv_gene"]
+    assert "countsdiff" in cv.columns and np.isfinite(cv["countsdiff"]).all()
+    ppc.zero_fraction()
+    assert "countsdiff" in ppc.metrics["zero_fraction"].columns
