@@ -3,6 +3,9 @@
 Subcommands: ``demo`` (the end-to-end job on the bundled data), ``train``, ``impute``, ``sample``, ``evaluate``,
 ``embed``. Every subcommand has ``--help``. Errors in the input (missing files, wrong layers or keys, data that
 are not counts) end with a one-line message and exit code 1; usage errors exit with code 2.
+
+A device the machine does not have (``--accelerator gpu`` without a GPU) and numbers out of range (``--batch-size 0``)
+are refused before any work, with a one-line message that names the option.
 """
 
 from __future__ import annotations
@@ -19,6 +22,58 @@ class CLIError(Exception):
     """An input problem reported as one line and exit code 1."""
 
 
+def _int_at_least(minimum: int):
+    """An argparse type: an integer of at least ``minimum`` (a usage error, exit code 2, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+
+
+def _check_accelerator(accelerator: str) -> None:
+    """Refuse ``--accelerator gpu`` on a machine without a GPU before any work (Lightning would raise deep inside)."""
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if (accelerator in ("gpu", "cuda") and torch.cuda.is_available()) or (accelerator in ("gpu", "mps") and has_mps):
+        return
+    raise CLIError(f"--accelerator {accelerator}, but this machine has no usable GPU (torch finds no CUDA or MPS "
+                   "device); use --accelerator cpu, or --accelerator auto to use a GPU when there is one")
+
+
+def _check_out(path: str, option: str = "--out") -> None:
+    """Refuse an output path that is a directory before any work (the write would fail after it)."""
+    if Path(path).is_dir():
+        raise CLIError(f"{option} {path} is a directory; give a file name, e.g. {Path(path) / 'result.h5ad'}")
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of an exception on one line (a KeyError's message without its quotes)."""
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+    text = " ".join(str(msg).split())
+    return text or type(err).__name__
+
+
+def _is_device_error(err: BaseException) -> bool:
+    """Whether ``err`` is Lightning's refusal of a device or accelerator setting."""
+    lightning_fabric = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return lightning_fabric is not None and isinstance(err, lightning_fabric.MisconfigurationException)
+
+
 def _read(path: str):
     import anndata as ad
 
@@ -33,14 +88,18 @@ def _read(path: str):
 
 def _write(adata, path: str) -> None:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    adata.write_h5ad(p, compression="gzip")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        adata.write_h5ad(p, compression="gzip")
+    except OSError as err:
+        raise CLIError(f"cannot write {path}: {err}") from err
     print(f"wrote {p}")
 
 
 def _load_model(path: str, accelerator: str, precision: str):
     from countsdiff_sc.model import CountsDiffModel
 
+    _check_accelerator(accelerator)
     if not Path(path, "model.pt").exists():
         raise CLIError(f"no saved CountsDiff model in {path} (expected {path}/model.pt; create it with 'train')")
     model = CountsDiffModel.load(path, adata=None, accelerator=accelerator)
@@ -62,14 +121,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     from countsdiff_sc.model import CountsDiffModel
 
-    if Path(args.model, "model.pt").exists() and not args.overwrite:
-        raise CLIError(f"{args.model} already holds a saved model; pass --overwrite to replace it, or another --model")
+    target = Path(args.model)
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"--model {args.model} is a file; give a directory for the saved model")
+    if target.exists() and not args.overwrite:
+        held = "already holds a saved model" if (target / "model.pt").exists() else "already exists"
+        raise CLIError(f"{args.model} {held}; pass --overwrite to replace it, or another --model")
+    _check_accelerator(args.accelerator)
     adata = _read(args.input)
-    scvi.settings.seed = args.seed
     CountsDiffModel.setup_anndata(
         adata, layer=args.layer, labels_key=args.labels_key, categorical_covariate_keys=args.covariate_keys,
         valid_layer=args.valid_layer,
     )
+    scvi.settings.seed = args.seed  # after the checks of setup_anndata: its log line would precede their errors
     model = CountsDiffModel(adata, backbone=args.backbone, schedule=args.schedule)
     model.train(max_epochs=args.max_epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                 accelerator=args.accelerator, enable_progress_bar=not args.quiet)
@@ -78,6 +142,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_impute(args: argparse.Namespace) -> None:
+    _check_out(args.out)
     adata = _read(args.input)
     model = _load_model(args.model, args.accelerator, args.precision)
     model.impute(adata, mask_layer=args.mask_layer, n_samples=args.n_samples, n_steps=args.n_steps,
@@ -87,10 +152,14 @@ def _cmd_impute(args: argparse.Namespace) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    model = _load_model(args.model, args.accelerator, args.precision)
+    _check_out(args.out)
     labels = None
-    if args.labels:
+    if args.labels is not None:
         labels = [lab for lab in args.labels.split(",") if lab]
+        if not labels:
+            raise CLIError(f"--labels {args.labels!r} names no label; give comma-separated labels, e.g. --labels B,T")
+    model = _load_model(args.model, args.accelerator, args.precision)
+    if labels is not None:
         if args.n is not None:
             labels = [labels[i % len(labels)] for i in range(args.n)]
     gen = model.sample(n_samples=args.n, labels=labels, n_steps=args.n_steps, guidance=args.guidance,
@@ -102,12 +171,19 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from countsdiff_sc import metrics
 
+    if args.csv:
+        _check_out(args.csv, "--csv")
+    if args.out:
+        _check_out(args.out)
     adata = _read(args.input)
     table = metrics.evaluate_imputation(adata, truth_layer=args.truth_layer, imputed_layer=args.imputed_layer,
                                         mask_layer=args.mask_layer, n_bootstrap=args.n_bootstrap, seed=args.seed)
     print(table.to_string(index=False))
     if args.csv:
-        table.to_csv(args.csv, index=False)
+        try:
+            table.to_csv(args.csv, index=False)
+        except OSError as err:
+            raise CLIError(f"cannot write {args.csv}: {err}") from err
         print(f"wrote {args.csv}")
     if args.out:
         _write(adata, args.out)
@@ -128,6 +204,7 @@ def _noise_var(text: str) -> float | str:
 def _cmd_embed(args: argparse.Namespace) -> None:
     from countsdiff_sc.model import DICEModel as cls
 
+    _check_out(args.out)
     adata = _read(args.input)
     if args.model and Path(args.model, "model.pt").exists():
         model = cls.load(args.model, adata=None, accelerator="cpu")
@@ -158,9 +235,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train on the bundled CBMC data, impute, generate, print metrics, write .h5ad")
     p.add_argument("--out", default="countsdiff_demo.h5ad", help="output .h5ad (default countsdiff_demo.h5ad)")
-    p.add_argument("--max-steps", type=int, default=3000, help="training steps (default 3000)")
-    p.add_argument("--n-samples", type=int, default=5, help="imputation draws per cell (default 5)")
-    p.add_argument("--n-steps", type=int, default=50, help="reverse steps of the imputation (default 50)")
+    p.add_argument("--max-steps", type=_positive, default=3000, help="training steps (default 3000)")
+    p.add_argument("--n-samples", type=_positive, default=5, help="imputation draws per cell (default 5)")
+    p.add_argument("--n-steps", type=_positive, default=50, help="reverse steps of the imputation (default 50)")
     p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (about a minute)")
     common(p)
     p.set_defaults(func=_cmd_demo)
@@ -174,11 +251,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-layer", help="boolean layer, False at suspected dropouts")
     p.add_argument("--backbone", choices=["mlp", "transformer"], default="mlp")
     p.add_argument("--schedule", choices=["cosine", "blackout", "blackout_discrete"], default="cosine")
-    p.add_argument("--max-epochs", type=int, help="training epochs")
-    p.add_argument("--max-steps", type=int, help="training steps")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-epochs", type=_positive, help="training epochs")
+    p.add_argument("--max-steps", type=_positive, help="training steps")
+    p.add_argument("--batch-size", type=_positive, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="device to train on (auto: a GPU when there is one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     common(p)
     p.set_defaults(func=_cmd_train)
@@ -195,8 +273,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .h5ad")
     p.add_argument("--mask-layer", default="countsdiff_mask")
     p.add_argument("--key-added", default="countsdiff_imputed")
-    p.add_argument("--n-samples", type=int, default=5)
-    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--n-samples", type=_positive, default=5)
+    p.add_argument("--n-steps", type=_positive, default=50)
     p.add_argument("--guidance", type=float, default=0.5)
     p.add_argument("--attrition", type=float, default=0.02)
     p.add_argument("--no-samples", action="store_true", help="do not store the draws in obsm")
@@ -207,9 +285,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate cells with a trained model")
     p.add_argument("--model", required=True, help="directory of a model saved by 'train'")
     p.add_argument("--out", required=True, help="output .h5ad")
-    p.add_argument("--n", type=int, help="number of cells")
+    p.add_argument("--n", type=_positive, help="number of cells")
     p.add_argument("--labels", help="comma-separated labels, cycled to --n cells")
-    p.add_argument("--n-steps", type=int, default=50)
+    p.add_argument("--n-steps", type=_positive, default=50)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--attrition", type=float, default=0.0)
     device_args(p)
@@ -221,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--imputed-layer", default="countsdiff_imputed")
     p.add_argument("--mask-layer", default="countsdiff_mask")
     p.add_argument("--truth-layer", help="layer with the true counts (default: X)")
-    p.add_argument("--n-bootstrap", type=int, default=10)
+    p.add_argument("--n-bootstrap", type=_non_negative, default=10)
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--out", help="write the .h5ad with the table in uns")
     common(p)
@@ -233,10 +311,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="directory of a saved DICE model (loaded if present, else saved there)")
     p.add_argument("--layer", help="layer holding the counts (default: X)")
     p.add_argument("--labels-key", help="obs column of labels (mixup augmentation)")
-    p.add_argument("--n-latent", type=int, help="number of PCs (default: elbow of the singular values)")
-    p.add_argument("--max-epochs", type=int, default=200)
-    p.add_argument("--n-iter", type=int, default=100)
-    p.add_argument("--n-chains", type=int, default=10)
+    p.add_argument("--n-latent", type=_positive, help="number of PCs (default: elbow of the singular values)")
+    p.add_argument("--max-epochs", type=_positive, default=200)
+    p.add_argument("--n-iter", type=_positive, default=100)
+    p.add_argument("--n-chains", type=_positive, default=10)
     p.add_argument(
         "--noise-var", type=_noise_var, default="auto",
         help="likelihood variance in the scaled gene space: a positive number, or 'auto' (default: the reference's "
@@ -258,12 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.func(args)
-    except CLIError as err:
-        print(f"countsdiff-sc {args.command}: error: {err}", file=sys.stderr)
+    except (CLIError, ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        print(f"countsdiff-sc {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 1
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"countsdiff-sc {args.command}: error: {msg}", file=sys.stderr)
+    except Exception as err:
+        if not _is_device_error(err):
+            raise
+        print(f"countsdiff-sc {args.command}: error: {_one_line(err)} (check --accelerator; --accelerator cpu "
+              "always works)", file=sys.stderr)
         return 1
     return 0
 

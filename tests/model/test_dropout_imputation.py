@@ -85,7 +85,7 @@ def test_model_without_validity_layer_says_what_it_can_fill():
     adata = make_counts(n_obs=40, n_vars=8)
     cds.CountsDiffModel.setup_anndata(adata)
     model = cds.CountsDiffModel(adata, backbone_kwargs=TINY)
-    with pytest.raises(ValueError, match="does not know which zeros are suspected dropouts.*get_normalized_expression"):
+    with pytest.raises(ValueError, match=r"does not know which zeros are suspected dropouts.*get_normalized_expression"):
         model.impute(adata, **QUICK)
 
 
@@ -132,7 +132,7 @@ def test_large_draws_are_not_stored_by_default(dropout_model, monkeypatch):
     adata, model = dropout_model
     data = adata.copy()
     monkeypatch.setattr(_imputation, "SAMPLES_AUTO_LIMIT", 10)
-    imputed, samples = model.impute(data, **QUICK)
+    _, samples = model.impute(data, **QUICK)
     assert samples is None and "countsdiff_samples" not in data.obsm
     assert data.uns["countsdiff"]["countsdiff_imputed"]["samples_key"] == "None"
     _, kept = model.impute(data, store_samples=True, **QUICK)

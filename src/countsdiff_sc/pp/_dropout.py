@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import check_counts, check_obs_key, check_writable, get_matrix, record_params
+from .._utils import check_counts, check_obs_key, check_writable, get_matrix, is_backed_matrix, record_params
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ def mark_dropouts(
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(x, where)
     check_writable(adata, key_added, "layers")
+    if is_backed_matrix(x):  # an on-disk matrix of a backed AnnData: read it (the output is a dense n_obs x n_vars)
+        x = x[:]
 
     clustered = groupby is None
     if clustered:

@@ -11,7 +11,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from .._utils import as_bool_mask, check_counts, check_writable, get_matrix, record_params
+from .._utils import as_bool_mask, check_counts, check_writable, get_matrix, is_backed_matrix, record_params
 from ._subset import ObsSelection, describe_selection, resolve_obs_selection
 
 DEFAULT_VALID_LAYER = "countsdiff_valid"
@@ -167,6 +167,8 @@ def mask_mnar(
     x = get_matrix(adata, layer)
     check_counts(x, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
     rows, valid, valid_desc = _mask_inputs(adata, valid_layer, key_added, subset)
+    if is_backed_matrix(x):  # an on-disk matrix of a backed AnnData: read it (the mask is a dense n_obs x n_vars)
+        x = x[:]
 
     rng = np.random.default_rng(seed)
     mask = np.zeros(adata.shape, dtype=bool)
