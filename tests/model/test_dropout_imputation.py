@@ -85,7 +85,7 @@ def test_model_without_validity_layer_says_what_it_can_fill():
     adata = make_counts(n_obs=40, n_vars=8)
     cds.CountsDiffModel.setup_anndata(adata)
     model = cds.CountsDiffModel(adata, backbone_kwargs=TINY)
-    with pytest.raises(ValueError, match=r"does not know which zeros are suspected dropouts.*get_normalized_expression"):
+    with pytest.raises(ValueError, match=r"does not know which zeros are suspected dropouts.*get_normalized"):
         model.impute(adata, **QUICK)
 
 
@@ -156,3 +156,17 @@ def test_sparse_and_backed_validity_give_the_same_draws(dropout_model, tmp_path)
     backed = ad.read_h5ad(path, backed="r")
     got_backed, _ = model.impute(backed, **QUICK)
     np.testing.assert_array_equal(got_backed, ref)
+
+
+def test_new_cells_without_the_validity_layer(dropout_model):
+    adata, model = dropout_model
+    new = adata.copy()
+    del new.layers["valid"]
+    with pytest.raises(ValueError, match="no suspected dropout is marked on these cells.*mark_dropouts"):
+        model.impute(new, **QUICK)
+    new.layers["countsdiff_mask"] = np.random.default_rng(0).random(new.shape) < 0.2
+    imputed, _ = model.impute(new, mask_layer="countsdiff_mask", **QUICK)  # a mask still works: all entries trusted
+    assert new.uns["countsdiff"]["countsdiff_imputed"]["n_entries_imputed"] == int(new.layers["countsdiff_mask"].sum())
+    assert "valid" not in new.layers
+    df = model.get_normalized_expression(new, n_steps=3, seed=0)
+    assert df.shape == new.shape

@@ -266,6 +266,13 @@ class _Targets:
                     "valid_layer= (see countsdiff_sc.pp.mark_dropouts), or denoise every entry with "
                     "model.get_normalized_expression()."
                 )
+            if query.valid_missing:
+                name = manager.registry["setup_args"].get("valid_layer")
+                raise ValueError(
+                    f"adata has no layer {name!r}, the model's validity layer, so no suspected dropout is marked on "
+                    f"these cells. Mark them first (countsdiff_sc.pp.mark_dropouts(adata, groupby=..., "
+                    f"key_added={name!r})), or pass mask_layer= (the entries to fill)."
+                )
             if target == "auto" and "countsdiff_mask" in source.layers:
                 raise ValueError(
                     "adata has a 'countsdiff_mask' layer, but no mask was passed or registered: say which job you "

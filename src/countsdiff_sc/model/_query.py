@@ -47,12 +47,15 @@ class Query:
         Column of ``target`` holding each model gene.
     aligned
         Whether ``target``'s columns are exactly the model's genes in order (then ``data`` reads ``target``).
+    valid_missing
+        The model has a validity layer that the user's object lacks: ``data`` trusts every entry instead.
     """
 
     data: Any
     target: ad.AnnData
     genes: np.ndarray
     aligned: bool
+    valid_missing: bool = False
 
     def to_target(self, values: np.ndarray, fill: np.ndarray | None) -> np.ndarray:
         """Put a result in model gene order (last axis) into the target's gene order.
@@ -105,10 +108,11 @@ def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) ->
                          "MuData.")
     check_gene_names(adata.var_names, "adata")
     var_names = getattr(model, "var_names_", None)
-    mask_layer = setup_args.get("mask_layer")
+    missing = [setup_args.get(k) for k in ("mask_layer", "valid_layer")]
+    missing = [name for name in missing if name is not None and name not in adata.layers]
     if var_names is None or np.array_equal(np.asarray(adata.var_names), var_names):
         genes, aligned, data = np.arange(adata.n_vars), True, adata
-        if mask_layer is not None and mask_layer not in adata.layers:  # a new object: nothing of it is held out
+        if missing:  # new cells without the model's mask / validity layers: a copy with neutral ones
             data = _realigned(adata, genes, setup_args, carry_layers)
     else:
         from ._results import gene_positions
@@ -120,7 +124,11 @@ def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) ->
         aligned, data = False, _realigned(adata, genes, setup_args, carry_layers)
     _check_conditions(model.condition_space, data)
     data = model._validate_anndata(data)
-    return Query(data, adata, genes, aligned)
+    valid = setup_args.get("valid_layer")
+    if valid is not None and valid in missing:
+        logger.info("adata has no layer %r (the model's validity layer): every entry is trusted. To fill suspected "
+                    "dropouts, mark them first (countsdiff_sc.pp.mark_dropouts).", valid)
+    return Query(data, adata, genes, aligned, valid_missing=valid is not None and valid in missing)
 
 
 def check_registered_counts(x: Any, where: str) -> None:
@@ -131,7 +139,8 @@ def check_registered_counts(x: Any, where: str) -> None:
 
 def _realigned(adata: ad.AnnData, genes: np.ndarray, setup_args: dict, carry: tuple[str, ...]) -> ad.AnnData:
     """A lean AnnData with the model's genes in order: the registered counts, validity and mask layers (an all-False
-    mask when ``adata`` has none), the carried layers, obs and obsm of ``adata`` (no other data is copied)."""
+    mask and an all-True validity layer when ``adata`` has none), the carried layers, obs and obsm of ``adata`` (no
+    other data is copied)."""
     layer = setup_args.get("layer")
     x = get_matrix(adata, layer)
     names = [n for n in {setup_args.get("valid_layer"), setup_args.get("mask_layer"), *carry}
@@ -140,6 +149,9 @@ def _realigned(adata: ad.AnnData, genes: np.ndarray, setup_args: dict, carry: tu
     heldout = setup_args.get("mask_layer")
     if heldout is not None and heldout not in layers:  # the registered mask of the training data: none held out here
         layers[heldout] = sp.csr_matrix((adata.n_obs, len(genes)), dtype=bool)
+    valid = setup_args.get("valid_layer")
+    if valid is not None and valid not in layers:  # no dropouts marked on these cells: every entry trusted
+        layers[valid] = np.ones((adata.n_obs, len(genes)), dtype=bool)
     out = ad.AnnData(X=None if layer else x[:, genes], obs=adata.obs.copy(), obsm=dict(adata.obsm.items()),
                      var=pd.DataFrame(index=adata.var_names[genes]))
     for n, v in layers.items():
