@@ -25,7 +25,7 @@ def test_docs_build_without_warnings(tmp_path):
     assert proc.returncode == 0, f"sphinx-build failed:\n{proc.stderr[-5000:]}"
     html = tmp_path / "html"
     for page in ("index", "installation", "concepts", "api", "tutorials", "benchmarks", "changelog", "cli",
-                 "architecture"):
+                 "architecture", "inputs"):
         assert (html / f"{page}.html").exists(), page
     assert (html / "generated" / "api" / "countsdiff_sc.pl.imputed_vs_true.html").exists()
     assert "countsdiff-sc train" in (html / "cli.html").read_text()

@@ -53,9 +53,10 @@ def test_normalized_expression_shapes_and_types(model_and_data):
     sub = model.get_normalized_expression(adata, indices=[3, 1], gene_list=["g5", "g2"], library_size=1e4,
                                           **QUICK)
     assert list(sub.index) == [adata.obs_names[3], adata.obs_names[1]] and list(sub.columns) == ["g5", "g2"]
-    arr = model.get_normalized_expression(adata, n_samples=3, return_mean=False, **QUICK)
+    arr = model.get_normalized_expression(adata, n_samples=3, return_mean=False, **QUICK)  # auto: depth draws
     assert isinstance(arr, np.ndarray) and arr.shape == (3, adata.n_obs, adata.n_vars)
-    mean = model.get_normalized_expression(adata, n_samples=3, return_numpy=True, **QUICK)
+    assert not np.allclose(arr[0], arr[1])
+    mean = model.get_normalized_expression(adata, n_samples=3, return_numpy=True, method="depth", **QUICK)
     np.testing.assert_allclose(mean, arr.mean(axis=0), rtol=1e-5, atol=1e-7)
     latent = model.get_normalized_expression(adata, library_size="latent", **QUICK)
     np.testing.assert_allclose(latent.sum(axis=1), adata.X.toarray().sum(axis=1), rtol=1e-4)
@@ -68,11 +69,13 @@ def test_seeds_and_methods(model_and_data):
     a = model.get_normalized_expression(adata, **QUICK)
     b = model.get_normalized_expression(adata, **QUICK)
     pd.testing.assert_frame_equal(a, b)
-    for method in ("sdedit", "dropouts"):
+    for method in ("posterior_mean", "depth", "sdedit", "dropouts"):
         df = model.get_normalized_expression(adata, method=method, **QUICK)
         assert np.isfinite(df.to_numpy()).all()
     with pytest.raises(ValueError, match="method must be"):
         model.get_normalized_expression(adata, method="magic", **QUICK)
+    with pytest.raises(ValueError, match="draws counts"):
+        model.posterior_predictive_sample(adata, method="posterior_mean", **QUICK)
     with pytest.raises(ValueError, match="depth must be"):
         model.get_normalized_expression(adata, depth=-3, **QUICK)
 
@@ -81,6 +84,23 @@ def test_cells_at_the_restored_depth_are_unchanged(model_and_data):
     adata, model = model_and_data
     deep = model.get_normalized_expression(adata, depth=1.0, library_size="latent", return_numpy=True, **QUICK)
     np.testing.assert_allclose(deep, adata.X.toarray(), rtol=1e-6)  # every cell has >= 1 count: f = 1
+
+
+def test_posterior_mean_is_the_networks_estimate(model_and_data):
+    """method='posterior_mean' is x_t + y_hat(x_t, t) at each cell's entry time (checked by hand on one cell)."""
+    adata, model = model_and_data
+    got = model.get_normalized_expression(adata, indices=[0], method="posterior_mean", depth=1e6,
+                                          library_size="latent", return_numpy=True, **QUICK)
+    # depth 1e6: f = L / 1e6 is below p(t_1) of a 4-step cosine grid, so the cell enters at t = 1 thinned to zero
+    grid = time_grid(4, model.module.schedule)
+    assert float(model.module.schedule.p(grid[:2])[1]) > adata.X[0].sum() / 1e6
+    cat = torch.tensor([[model.condition_space.label_categories.index(adata.obs["cell_type"].iloc[0]),
+                         model.condition_space.covariate_categories["batch"].index(adata.obs["batch"].iloc[0])]])
+    valid = torch.from_numpy(adata.layers["valid"][:1])
+    with torch.inference_mode():
+        y = model.module.rate(torch.zeros(1, adata.n_vars), torch.ones(1), cat, valid=valid, guidance=1.0).numpy()
+    expected = y / y.sum() * adata.X[0].sum()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_depth_start_matches_the_grid():

@@ -1,0 +1,183 @@
+"""Atlas-scale dropout imputation: wall time and peak memory of ``impute`` next to scVI's ``get_normalized_expression``.
+
+Data: CBMC cells resampled with replacement to ``n_cells`` and gene columns resampled with replacement beyond CBMC's
+500 genes (copies of real genes, not new biology; ``perf._data``). Suspected dropouts are marked with
+``pp.mark_dropouts(groupby="cell_type")`` (scIDPMs Algorithm 1). Every measurement runs in a fresh subprocess, so its
+peak memory is its own (Linux ``VmHWM`` growth during the timed call; ``perf._PeakMemory``).
+
+* CountsDiff: the MLP trained briefly (``--pretrain-steps``; the cost of a chain does not depend on the weights'
+  quality beyond the counts they produce), then ``impute(adata, n_samples=5)`` (target: the suspected dropouts;
+  ``store_samples="auto"``, which does not store draws of this size);
+* scVI: ``SCVI.get_normalized_expression(n_samples=5)`` (its cost does not depend on the weights, so the model is
+  not trained, as in ``perf.py``);
+* memory against the number of cells: one draw, one step (the working set does not depend on either), peak minus
+  the outputs (the float32 point estimate and the spread of the filled entries).
+
+Usage::
+
+    python benchmarks/scale.py --quick                # about 2 minutes
+    python benchmarks/scale.py --n-steps 20           # the sizes of the issue (about an hour on 2 CPU cores)
+
+Writes ``benchmarks/results/scale[_quick].md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pandas as pd
+
+try:
+    import _common as common
+    from perf import _data, _PeakMemory
+except ImportError:  # imported as benchmarks.scale from the repository root
+    from benchmarks import _common as common
+    from benchmarks.perf import _data, _PeakMemory
+
+
+def _prepared(n_cells: int, n_genes: int):
+    import countsdiff_sc as cds
+
+    adata = _data(n_cells, n_genes)
+    t0 = time.perf_counter()
+    cds.pp.mark_dropouts(adata, groupby="cell_type")
+    return adata, time.perf_counter() - t0
+
+
+def _pretrain_task(spec: dict) -> dict:
+    import countsdiff_sc as cds
+
+    adata, _ = _prepared(spec["train_cells"], spec["n_genes"])
+    cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", valid_layer="countsdiff_valid")
+    model = cds.CountsDiffModel(adata)
+    t0 = time.perf_counter()
+    model.train(max_steps=spec["steps"], train_size=1.0, accelerator="cpu", enable_progress_bar=False,
+                enable_model_summary=False, logger=False, enable_checkpointing=False)
+    model.save(spec["path"], overwrite=True)
+    return {"train_s": time.perf_counter() - t0}
+
+
+def _impute_task(spec: dict) -> dict:
+    import countsdiff_sc as cds
+
+    adata, mark_s = _prepared(spec["n_cells"], spec["n_genes"])
+    model = cds.CountsDiffModel.load(spec["weights"], adata=None, accelerator="cpu")
+    t0 = time.perf_counter()
+    with _PeakMemory() as mem:
+        model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], seed=0, progress=False)
+    total = time.perf_counter() - t0
+    rec = adata.uns["countsdiff"]["countsdiff_imputed"]
+    spread = adata.layers["countsdiff_imputed_std"]
+    outputs = adata.n_obs * adata.n_vars * 4 + spread.data.nbytes + spread.indices.nbytes + spread.indptr.nbytes
+    return {"total_s": total, "mark_dropouts_s": mark_s, "peak_mib": mem.delta_mib, "outputs_mib": outputs / 2**20,
+            "valid_layer_mib": adata.layers["countsdiff_valid"].nbytes / 2**20,
+            "filled_frac": rec["n_entries_imputed"] / (adata.n_obs * adata.n_vars),
+            "draws_stored": "countsdiff_samples" in adata.obsm}
+
+
+def _scvi_task(spec: dict) -> dict:
+    import scvi
+
+    adata = _data(spec["n_cells"], spec["n_genes"])
+    scvi.model.SCVI.setup_anndata(adata, labels_key="cell_type")
+    model = scvi.model.SCVI(adata)
+    model.is_trained_ = True  # its cost does not depend on the weights
+    t0 = time.perf_counter()
+    with _PeakMemory() as mem:
+        out = model.get_normalized_expression(adata, n_samples=spec["n_samples"], return_numpy=True)
+    total = time.perf_counter() - t0
+    return {"total_s": total, "peak_mib": mem.delta_mib, "outputs_mib": out.nbytes / 2**20}
+
+
+TASKS = {"pretrain": _pretrain_task, "impute": _impute_task, "scvi": _scvi_task}
+
+
+def _worker(spec: dict) -> None:
+    import scvi
+    import torch
+
+    common.quiet()
+    torch.set_num_threads(spec["threads"])
+    scvi.settings.verbosity = 40
+    scvi.settings.seed = 0
+    print("RESULT " + json.dumps(TASKS[spec["task"]](spec)))
+
+
+def _run(spec: dict, timeout: float) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        common.log(f"timed out after {timeout:.0f} s: {spec}")
+        return {**spec, "error": "timeout"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        common.log(f"failed: {spec['task']} {spec.get('n_cells')}x{spec.get('n_genes')}\n{proc.stderr[-1500:]}")
+        return {**spec, "error": "failed"}
+    out = {**spec, **json.loads(lines[-1][7:])}
+    common.log(f"{spec['task']:9s} cells={spec.get('n_cells', spec.get('train_cells')):>7} genes={spec['n_genes']:>6} "
+               + " ".join(f"{k}={v:.3g}" for k, v in out.items() if k not in spec and isinstance(v, float)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--n-steps", type=int, default=50, help="reverse steps of impute (default: impute's 50)")
+    parser.add_argument("--n-samples", type=int, default=5)
+    parser.add_argument("--pretrain-steps", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(json.loads(args.worker))
+        return
+    common.quiet()
+    t_start = time.perf_counter()
+    sizes = [(2000, 500), (1000, 2000)] if args.quick else [(100_000, 2000), (20_000, 20_000)]
+    memory_cells = [500, 1000, 2000] if args.quick else [10_000, 30_000, 100_000]
+    pretrain = 100 if args.quick else args.pretrain_steps
+    base = {"threads": args.threads, "n_samples": args.n_samples}
+    rows, weights = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_genes in sorted({g for _, g in sizes}):
+            path = os.path.join(tmp, f"m{n_genes}")
+            _run({**base, "task": "pretrain", "train_cells": 2000 if args.quick else 20_000, "n_genes": n_genes,
+                  "steps": pretrain, "path": path}, timeout=7200)
+            weights[n_genes] = path
+        for n_cells, n_genes in sizes:
+            rows.append(_run({**base, "task": "impute", "n_cells": n_cells, "n_genes": n_genes,
+                              "n_steps": args.n_steps, "weights": weights[n_genes]}, timeout=4 * 3600))
+            rows.append(_run({**base, "task": "scvi", "n_cells": n_cells, "n_genes": n_genes}, timeout=7200))
+        mem_genes = sizes[0][1]
+        for n_cells in memory_cells:
+            rows.append({**_run({**base, "task": "impute", "n_cells": n_cells, "n_genes": mem_genes, "n_steps": 1,
+                                 "n_samples": 1, "weights": weights[mem_genes]}, timeout=7200), "part": "memory"})
+    frame = pd.DataFrame(rows)
+    timed = frame[frame.get("part", pd.Series(index=frame.index, dtype=object)).isna()]
+    table = timed.pivot_table(index=["n_cells", "n_genes"], columns="task", values=["total_s", "peak_mib"])
+    table.columns = [f"{task} {what}" for what, task in table.columns]
+    table["time ratio (CountsDiff / scVI)"] = table["impute total_s"] / table["scvi total_s"]
+    memory = frame[frame.get("part") == "memory"][["n_cells", "n_genes", "peak_mib", "outputs_mib"]].copy()
+    memory["peak minus outputs (MiB)"] = memory["peak_mib"] - memory["outputs_mib"]
+    total = time.perf_counter() - t_start
+    md = [common.machine_header("scale", args.quick, total),
+          "", f"Dropout imputation (`impute(adata, n_samples={args.n_samples}, n_steps={args.n_steps})`, suspected "
+          f"dropouts of `mark_dropouts`) next to scVI's `get_normalized_expression(n_samples={args.n_samples})`; "
+          f"{args.threads} threads; CountsDiff MLP trained {pretrain} steps (not timed).", "",
+          common.frame_to_markdown(table.round(3)), "", "Peak memory of `impute` against the number of cells "
+          "(one draw, one step; outputs = float32 point estimate + spread of the filled entries):", "",
+          common.frame_to_markdown(memory.round(1), index=False)]
+    payload = {"machine": common.machine_info(), "args": vars(args), "rows": rows, "total_s": total}
+    common.write_results(common.result_stem("scale", args.quick), md, payload)
+
+
+if __name__ == "__main__":
+    main()
