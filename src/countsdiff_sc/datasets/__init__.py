@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from ._real import cbmc, pbmc68k_reduced_counts
-from ._synthetic import synthetic_nb
+from ._synthetic import simulate_counts, synthetic_nb
 
-__all__ = ["cbmc", "pbmc68k_reduced_counts", "synthetic_nb"]
+__all__ = ["cbmc", "pbmc68k_reduced_counts", "simulate_counts", "synthetic_nb"]

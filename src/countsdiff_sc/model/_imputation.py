@@ -340,22 +340,25 @@ def _n_rows(idx: Any, n_obs: int) -> int:
 
 
 class _Spread:
-    """The standard deviation of the draws on the filled entries, collected per batch into one CSR matrix."""
+    """The standard deviation of the draws on the filled entries, collected into one CSR matrix (8 bytes per filled
+    entry: float32 values, int32 column indices; batches come in increasing cell order)."""
 
     def __init__(self, shape: tuple[int, int]):
-        self.shape, self.rows, self.cols, self.values = shape, [], [], []
+        self.shape, self.per_row = shape, np.zeros(shape[0], np.int64)
+        self.cols: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
 
     def add(self, idx: np.ndarray, fill: np.ndarray, draws: np.ndarray) -> None:
-        r, c = np.nonzero(fill)
-        self.rows.append(idx[r])
-        self.cols.append(c)
+        r, c = np.nonzero(fill)  # row-major: the order of a CSR matrix
+        self.per_row[idx] = fill.sum(axis=1)
+        self.cols.append(c.astype(np.int32))
         self.values.append(draws[r, :, c].std(axis=1).astype(np.float32))
 
     def matrix(self) -> sp.csr_matrix:
-        if not self.rows:
-            return sp.csr_matrix(self.shape, dtype=np.float32)
-        return sp.csr_matrix((np.concatenate(self.values), (np.concatenate(self.rows), np.concatenate(self.cols))),
-                             shape=self.shape, dtype=np.float32)
+        indptr = np.concatenate([[0], np.cumsum(self.per_row)])
+        cols = np.concatenate(self.cols) if self.cols else np.zeros(0, np.int32)
+        values = np.concatenate(self.values) if self.values else np.zeros(0, np.float32)
+        return sp.csr_matrix((values, cols, indptr), shape=self.shape)
 
 
 def _store_draws(store_samples: bool | str, shape: tuple[int, int], n_draws: int) -> bool:
@@ -392,6 +395,7 @@ def _write(query: Query, imputed: np.ndarray, samples: np.ndarray | None, spread
         samples = None if samples is None else query.to_target(samples, observed[:, None, :].astype(np.int32))
         cols = query.genes[spread.indices]
         spread = sp.csr_matrix((spread.data, cols, spread.indptr), shape=query.target.shape)
+        spread.sort_indices()
     query.target.layers[key_added] = imputed
     if std_key is not None:
         query.target.layers[std_key] = spread

@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.sparse.linalg import ArpackError
 
 from .._utils import check_counts, check_obs_key, check_writable, get_matrix, is_backed_matrix, record_params
 
@@ -180,13 +181,29 @@ def _leiden_labels(x: np.ndarray | sp.spmatrix, resolution: float, seed: int, n_
             f"Cannot cluster {n_obs} cells x {n_vars} genes (need at least 3 cells and 2 genes); pass groupby=."
         )
     data = sp.csr_matrix(x, dtype=np.float32, copy=True) if sp.issparse(x) else np.array(x, dtype=np.float32)
+    one_cluster = np.full(n_obs, "0", dtype=object)
+    if not (data.count_nonzero() if sp.issparse(data) else np.count_nonzero(data)):
+        return one_cluster  # no counts at all: nothing to cluster on (normalize_total would divide 0 by 0)
     tmp = ad.AnnData(X=data)
     # scanpy's recipe in float32 (median library size), not the float64 _utils.log_normalize: switching would move
     # the clusters by round-off
     sc.pp.normalize_total(tmp)
     sc.pp.log1p(tmp)
+    if _all_profiles_equal(tmp.X):
+        return one_cluster  # every cell has the same normalised profile: one group (PCA has no direction to find)
     n_comps = int(max(1, min(n_pcs, n_obs - 1, n_vars - 1)))
-    sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
+    try:
+        sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
+    except ArpackError:  # rank below n_comps (tiny or degenerate data): the exact eigensolver has no such failure
+        sc.pp.pca(tmp, n_comps=n_comps, random_state=seed, svd_solver="covariance_eigh")
     sc.pp.neighbors(tmp, n_neighbors=int(min(15, n_obs - 1)), use_rep="X_pca", random_state=seed)
     sc.tl.leiden(tmp, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
     return tmp.obs["leiden"].astype(str).to_numpy()
+
+
+def _all_profiles_equal(x: np.ndarray | sp.spmatrix) -> bool:
+    """Whether all rows of ``x`` are equal (every gene's minimum over the cells is its maximum)."""
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    if sp.issparse(lo):
+        lo, hi = lo.toarray(), hi.toarray()
+    return bool(np.array_equal(np.asarray(lo), np.asarray(hi)))
