@@ -117,3 +117,83 @@ def test_embed_trains_saves_and_reuses_a_dice_model(tmp_path, run):
     for bad in ("0", "-1", "nan", "inf", "big"):
         proc = run("embed", path, "--out", out, "--model", model_dir, "--noise-var", bad, *args)
         assert proc.returncode == 2 and "noise-var" in proc.stderr
+
+
+# issue 20, finding 9: every refusal is one line on stderr, before any work where it can be -----------------------
+def _one_line_error(proc, cmd: str) -> str:
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"countsdiff-sc {cmd}: error: "), proc.stderr
+    return lines[0]
+
+
+def test_gpu_on_a_machine_without_one_is_a_one_line_error(tmp_path, run, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    path = tmp_path / "data.h5ad"
+    make_counts(n_obs=20, n_vars=5).write_h5ad(path)
+    model_dir, out = tmp_path / "model", tmp_path / "out.h5ad"
+    for args in (["train", path, "--model", model_dir, "--max-steps", "1"],
+                 ["impute", path, "--model", model_dir, "--out", out],
+                 ["sample", "--model", model_dir, "--out", out, "--n", "2"]):
+        proc = run(*args, "--accelerator", "gpu", "--quiet")
+        assert proc.returncode == 1
+        line = _one_line_error(proc, args[0])
+        assert "no usable GPU" in line and "--accelerator cpu" in line
+    assert not model_dir.exists() and not out.exists()  # refused before any work
+
+
+def test_lightning_device_errors_are_one_line(tmp_path, run, monkeypatch):
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    import countsdiff_sc as cds
+
+    def refuse(self, **kwargs):
+        raise MisconfigurationException("No supported gpu backend found!")
+
+    monkeypatch.setattr(cds.CountsDiffModel, "train", refuse)
+    path = tmp_path / "data.h5ad"
+    make_counts(n_obs=20, n_vars=5).write_h5ad(path)
+    proc = run("train", path, "--model", tmp_path / "m", "--accelerator", "cpu", "--quiet")
+    assert proc.returncode == 1
+    assert "No supported gpu backend found! (check --accelerator" in _one_line_error(proc, "train")
+
+
+@pytest.mark.parametrize(("option", "value"), [("--batch-size", "0"), ("--max-steps", "0"), ("--max-epochs", "-1"),
+                                               ("--batch-size", "x")])
+def test_numbers_out_of_range_are_usage_errors(tmp_path, run, option, value):
+    proc = run("train", tmp_path / "data.h5ad", "--model", tmp_path / "m", option, value)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"argument {option}: " in proc.stderr.splitlines()[-1]
+
+
+def test_library_errors_are_one_line(tmp_path, run, monkeypatch):
+    import countsdiff_sc.cli as cli
+
+    cases = [(TypeError("n_samples must be an integer,\n  got 'x'"), "n_samples must be an integer, got 'x'"),
+             (KeyError("Layer 'x' not found"), "Layer 'x' not found"), (ValueError("two\nlines"), "two lines")]
+    for err, shown in cases:
+        def fail(args, err=err):
+            raise err
+
+        monkeypatch.setattr(cli, "_cmd_sample", fail)
+        proc = run("sample", "--model", tmp_path, "--out", tmp_path / "o.h5ad")
+        assert proc.returncode == 1
+        assert _one_line_error(proc, "sample") == f"countsdiff-sc sample: error: {shown}"
+
+
+def test_outputs_that_cannot_be_written_are_refused_first(tmp_path, run):
+    adata = make_counts(n_obs=20, n_vars=5)
+    path = tmp_path / "data.h5ad"
+    adata.write_h5ad(path)
+    proc = run("impute", path, "--model", tmp_path / "m", "--out", tmp_path, "--quiet")  # a directory
+    assert proc.returncode == 1 and "is a directory" in _one_line_error(proc, "impute")
+    proc = run("sample", "--model", tmp_path / "m", "--out", tmp_path / "o.h5ad", "--labels", ",")
+    assert proc.returncode == 1 and "names no label" in _one_line_error(proc, "sample")
+    (tmp_path / "empty").mkdir()
+    proc = run("train", path, "--model", tmp_path / "empty", "--quiet")  # scvi-tools would refuse it after training
+    assert proc.returncode == 1 and "--overwrite" in _one_line_error(proc, "train")
+    proc = run("train", path, "--model", path, "--quiet")  # a file
+    assert proc.returncode == 1 and "is a file" in _one_line_error(proc, "train")

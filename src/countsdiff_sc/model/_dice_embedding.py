@@ -19,8 +19,7 @@ from countsdiff_sc.module.dice import rho_schedule as make_rho_schedule
 
 from ._chains import make_generator
 from ._docs import fill_doc
-from ._query import check_gene_names
-from ._results import gene_positions
+from ._results import check_gene_names, gene_positions
 
 logger = logging.getLogger(__name__)
 

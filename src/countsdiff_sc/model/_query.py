@@ -26,10 +26,11 @@ import scipy.sparse as sp
 from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, to_dense
 
 from ._conditions import ConditionSpace
+from ._results import check_gene_names, gene_positions, take_columns
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Query", "check_gene_names", "prepare_query"]
+__all__ = ["Query", "prepare_query"]
 
 
 @dataclass
@@ -71,16 +72,6 @@ class Query:
         return out
 
 
-def check_gene_names(var_names: pd.Index, where: str) -> None:
-    """Refuse duplicated gene names: genes are matched by name, so each name must be one gene."""
-    if not var_names.is_unique:
-        dup = var_names[var_names.duplicated()].unique()
-        raise ValueError(
-            f"{where} has {len(dup)} duplicated gene names (e.g. {list(dup[:5])}); genes are matched by name. Make "
-            "them unique first, e.g. adata.var_names_make_unique() (gene symbols often repeat; Ensembl ids do not)."
-        )
-
-
 def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) -> Query:
     """Validate a user's object for an inference verb of ``model`` (see the module docstring).
 
@@ -115,8 +106,6 @@ def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) ->
         if missing:  # new cells without the model's mask / validity layers: a copy with neutral ones
             data = _realigned(adata, genes, setup_args, carry_layers)
     else:
-        from ._results import gene_positions
-
         genes = gene_positions(adata.var_names, var_names, model.module.n_genes, "adata")
         if adata.n_vars > len(genes):
             logger.info("%d genes of adata are not among the model's %d genes: they are ignored and keep their "
@@ -145,19 +134,19 @@ def _realigned(adata: ad.AnnData, genes: np.ndarray, setup_args: dict, carry: tu
     x = get_matrix(adata, layer)
     names = [n for n in {setup_args.get("valid_layer"), setup_args.get("mask_layer"), *carry}
              if n is not None and n in adata.layers]
-    layers = {n: adata.layers[n][:, genes] for n in names}
+    layers = {n: take_columns(adata.layers[n], genes) for n in names}
     heldout = setup_args.get("mask_layer")
     if heldout is not None and heldout not in layers:  # the registered mask of the training data: none held out here
         layers[heldout] = sp.csr_matrix((adata.n_obs, len(genes)), dtype=bool)
     valid = setup_args.get("valid_layer")
     if valid is not None and valid not in layers:  # no dropouts marked on these cells: every entry trusted
         layers[valid] = np.ones((adata.n_obs, len(genes)), dtype=bool)
-    out = ad.AnnData(X=None if layer else x[:, genes], obs=adata.obs.copy(), obsm=dict(adata.obsm.items()),
+    out = ad.AnnData(X=None if layer else take_columns(x, genes), obs=adata.obs.copy(), obsm=dict(adata.obsm.items()),
                      var=pd.DataFrame(index=adata.var_names[genes]))
     for n, v in layers.items():
         out.layers[n] = v
     if layer:
-        out.layers[layer] = x[:, genes]
+        out.layers[layer] = take_columns(x, genes)
     return out
 
 

@@ -9,9 +9,27 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from countsdiff_sc._utils import check_counts, get_matrix, to_dense
+from countsdiff_sc._utils import check_counts, get_matrix, is_backed_matrix, to_dense
 
-__all__ = ["counts_in_model_order", "gene_positions", "generated_adata"]
+__all__ = ["check_gene_names", "counts_in_model_order", "gene_positions", "generated_adata", "take_columns"]
+
+
+def check_gene_names(var_names: pd.Index, where: str) -> None:
+    """Refuse duplicated gene names: genes are matched by name, so each name must be one gene."""
+    if not var_names.is_unique:
+        dup = var_names[var_names.duplicated()].unique()
+        raise ValueError(
+            f"{where} has {len(dup)} duplicated gene names (e.g. {list(dup[:5])}); genes are matched by name. Make "
+            "them unique first, e.g. adata.var_names_make_unique() (gene symbols often repeat; Ensembl ids do not)."
+        )
+
+
+def take_columns(x: object, columns: np.ndarray) -> object:
+    """``x[:, columns]`` for dense, sparse and backed matrices (h5py reads columns only in increasing order)."""
+    if not is_backed_matrix(x):
+        return x[:, columns]
+    order = np.argsort(columns)
+    return x[:, columns[order]][:, np.argsort(order)]
 
 
 def gene_positions(adata_var_names: pd.Index, var_names: Sequence[str] | None, n_genes: int, where: str) -> np.ndarray:
@@ -39,6 +57,7 @@ def gene_positions(adata_var_names: pd.Index, var_names: Sequence[str] | None, n
         Model genes missing from the object (the message counts them and names a few), or, without the model's
         gene names, a different number of genes.
     """
+    check_gene_names(adata_var_names, where)
     if var_names is None:
         if len(adata_var_names) != n_genes:
             raise ValueError(f"{where} has {len(adata_var_names)} genes, the model {n_genes}.")

@@ -24,7 +24,7 @@ from scvi.data.fields import (
 from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, to_dense
 from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
 
-from ._query import check_gene_names
+from ._results import check_gene_names
 
 __all__ = ["SetupMixin", "check_training_data", "gene_stats", "library_quantile"]
 

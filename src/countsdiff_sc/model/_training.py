@@ -105,6 +105,7 @@ def train_method(
         max_steps = None if max_steps is None else positive_int(max_steps, "max_steps")
         max_epochs = None if max_epochs is None else positive_int(max_epochs, "max_epochs")
         _check_split(train_size, validation_size)
+        train_size = 0.9 if train_size is None else train_size  # (scvi-tools' None can leave tiny data no cell)
         if check is not None:
             check(self)
         max_epochs = _epochs(self.adata.n_obs, train_size, batch_size, max_epochs, max_steps, default_steps,
