@@ -235,3 +235,9 @@ def test_users_data_is_never_modified(trained):
     for k, v in before.items():
         np.testing.assert_array_equal(np.asarray(shuffled.layers[k].toarray() if sp.issparse(v) else
                                                  shuffled.layers[k]), np.asarray(v.toarray() if sp.issparse(v) else v))
+
+
+def test_setup_on_a_view_names_it():
+    adata = make_counts(n_obs=30, n_vars=6)
+    with pytest.raises(ValueError, match="adata is a view.*copy"):
+        cds.CountsDiffModel.setup_anndata(adata[:10])

@@ -195,6 +195,9 @@ class SetupMixin:
         """
         categorical_covariate_keys = _as_key_list(categorical_covariate_keys, "categorical_covariate_keys")
         setup_method_args = cls._get_setup_method_args(**locals())  # first: only the arguments are recorded
+        if getattr(adata, "is_view", False):
+            raise ValueError("adata is a view (a subset of another AnnData); scvi-tools registers only actual objects. "
+                             "Pass adata.copy() (e.g. adata = adata[cells].copy()).")
         check_counts(get_matrix(adata, layer), where=f"adata.layers[{layer!r}]" if layer else "adata.X")
         check_gene_names(adata.var_names, "adata")
         for key in ([labels_key] if labels_key else []) + list(categorical_covariate_keys or []):
