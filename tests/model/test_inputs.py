@@ -239,5 +239,5 @@ def test_users_data_is_never_modified(trained):
 
 def test_setup_on_a_view_names_it():
     adata = make_counts(n_obs=30, n_vars=6)
-    with pytest.raises(ValueError, match="adata is a view.*copy"):
+    with pytest.raises(ValueError, match=r"adata is a view.*copy"):
         cds.CountsDiffModel.setup_anndata(adata[:10])
