@@ -93,6 +93,17 @@ def log_normalize(x: Any, target_sum: float = 1e4, *, keep_sparse: bool = False)
     return np.log1p(dense * factors)
 
 
+def stored_values(x: Any) -> np.ndarray:
+    """The values a matrix stores: ``x.data`` of a sparse matrix (its implicit zeros are not read), else the array.
+
+    Examples
+    --------
+    >>> stored_values(sp.csr_matrix(np.array([[0, 2], [3, 0]])))
+    array([2, 3])
+    """
+    return x.data if sp.issparse(x) else np.asarray(x)
+
+
 def check_obs_key(adata: ad.AnnData, key: str) -> None:
     """Raise a KeyError listing the available obs columns when ``key`` is not one of them."""
     if key not in adata.obs.columns:
@@ -139,7 +150,7 @@ def check_counts(x: Any, where: str = "adata.X") -> None:
     blocks = (b for _, b in iter_row_blocks(x)) if is_backed_matrix(x) else [x]
     n_nonfinite = n_negative = n_fractional = 0
     for block in blocks:
-        values = block.data if sp.issparse(block) else np.asarray(block)
+        values = stored_values(block)
         if values.dtype.kind not in "biuf":
             raise ValueError(f"{where} has dtype {values.dtype}; expected a numeric count matrix.")
         if values.dtype.kind == "f":

@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from .._utils import as_bool_mask, get_matrix, to_dense
+from .._utils import as_bool_mask, get_matrix, stored_values, to_dense
 
 #: Rows processed at once by the row-chunked metrics (bounds the dense working memory).
 ROW_CHUNK = 4096
@@ -74,7 +74,7 @@ def check_finite(values: np.ndarray, name: str) -> None:
 
 def check_nonnegative(x: np.ndarray | sp.spmatrix, name: str) -> None:
     """Raise a ValueError if a matrix has negative or non-finite entries."""
-    values = x.data if sp.issparse(x) else np.asarray(x)
+    values = stored_values(x)
     check_finite(values, name)
     n_neg = int(np.count_nonzero(values < 0))
     if n_neg:

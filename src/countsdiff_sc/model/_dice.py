@@ -6,7 +6,6 @@ import logging
 
 import anndata as ad
 import numpy as np
-import scipy.sparse as sp
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
@@ -14,7 +13,7 @@ from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from countsdiff_sc._utils import check_counts, check_obs_key, get_matrix
+from countsdiff_sc._utils import check_counts, check_obs_key, get_matrix, stored_values
 from countsdiff_sc.module import DICEModule, DiffusionTrainingPlan
 from countsdiff_sc.module.dice import fit_projection
 
@@ -228,7 +227,7 @@ class DICEModel(DICEEmbeddingMixin, BaseModelClass):
         if is_counts:
             check_counts(x, where=where)
         else:
-            values = x.data if sp.issparse(x) else np.asarray(x)
+            values = stored_values(x)
             if values.dtype.kind not in "biuf" or not np.isfinite(values).all():
                 raise ValueError(f"{where} must hold finite numbers.")
         for key in (labels_key, batch_key):

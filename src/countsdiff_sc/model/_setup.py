@@ -6,7 +6,6 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
-import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -21,7 +20,7 @@ from scvi.data.fields import (
     ObsmField,
 )
 
-from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, to_dense
+from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, stored_values, to_dense
 from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
 
 from ._results import check_gene_names
@@ -31,7 +30,7 @@ __all__ = ["SetupMixin", "check_training_data", "gene_stats", "library_quantile"
 
 def check_bool_layer(x: Any, where: str, meaning: str) -> np.ndarray:
     """Cheap check that a layer is boolean-like (only stored values of sparse matrices are read); returns them."""
-    values = x.data if sp.issparse(x) else np.asarray(x)
+    values = stored_values(x)
     if values.dtype == bool:
         return values
     if values.dtype.kind not in "biuf":

@@ -107,9 +107,8 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         when gene ``g`` has a Gamma(a_g, a_g / mu_g)-Poisson prior (:func:`gene_prior`). The network then learns a
         correction factor of order one; ``b -> 0`` as ``t -> 0`` and ``b = mu_g`` at ``t = 1``, which keeps the
         near-deterministic last reverse steps (``beta -> 1``) from adding spurious molecules. The objective (Eq. 6)
-        and its minimiser are unchanged. Measured on CBMC (50% MCAR, 1,500 training steps, same seed) it was worse
-        than the plain parametrization (RMSE 16.8 vs 10.4, SWD 5.9 vs 3.7, similar ED / MMD), so it is an option,
-        not the default.
+        and its minimiser are unchanged. On CBMC's imputation protocol it measured worse than the plain
+        parametrization (CHANGELOG, 0.1.0), so it is an option, not the default.
     gene_stats
         ``(mean, variance)`` of every gene's counts over the training cells (valid entries), used for the
         baseline and for the initial output bias. Stored as buffers, so they are saved with the model.

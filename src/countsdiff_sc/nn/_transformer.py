@@ -19,7 +19,7 @@ class GeneTransformerDenoiser(RateDenoiser):
     Gene token ``g`` = ``Linear(log1p(x_t[g]))`` + a learned gene embedding. The time and each condition are
     extra tokens that are never padded; genes marked invalid (suspected dropouts) are masked as keys so no token
     attends to them. A shared ``Linear(d_model, 1)`` head reads each gene token; ``softplus`` is applied exactly
-    once, to the output. (REFERENCE_NOTES: 3 layers, d = 64-128, 4-8 heads.)
+    once, to the output. (The CountsDiff paper's scRNA-seq network: 3 layers, d = 64-128, 4-8 heads.)
 
     Parameters
     ----------
