@@ -293,11 +293,12 @@ def _worker(spec: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- driver side
-def _run(spec: dict, timeout: float) -> dict:
+def _run(spec: dict, timeout: float, script: str = __file__) -> dict:
+    """Run one measurement in a fresh ``script --worker`` subprocess; returns the spec with the worker's results."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+        proc = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], capture_output=True,
                               text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         common.log(f"timed out after {timeout:.0f} s: {spec}")

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -36,9 +34,11 @@ import pandas as pd
 try:
     import _common as common
     from perf import _data, _PeakMemory
+    from perf import _run as perf_run
 except ImportError:  # imported as benchmarks.scale from the repository root
     from benchmarks import _common as common
     from benchmarks.perf import _data, _PeakMemory
+    from benchmarks.perf import _run as perf_run
 
 
 def _prepared(n_cells: int, n_genes: int):
@@ -110,21 +110,7 @@ def _worker(spec: dict) -> None:
 
 
 def _run(spec: dict, timeout: float) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        common.log(f"timed out after {timeout:.0f} s: {spec}")
-        return {**spec, "error": "timeout"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        common.log(f"failed: {spec['task']} {spec.get('n_cells')}x{spec.get('n_genes')}\n{proc.stderr[-1500:]}")
-        return {**spec, "error": "failed"}
-    out = {**spec, **json.loads(lines[-1][7:])}
-    common.log(f"{spec['task']:9s} cells={spec.get('n_cells', spec.get('train_cells')):>7} genes={spec['n_genes']:>6} "
-               + " ".join(f"{k}={v:.3g}" for k, v in out.items() if k not in spec and isinstance(v, float)))
-    return out
+    return perf_run(spec, timeout, script=__file__)
 
 
 def main() -> None:
@@ -149,7 +135,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n_genes in sorted({g for _, g in sizes}):
             path = os.path.join(tmp, f"m{n_genes}")
-            _run({**base, "task": "pretrain", "train_cells": 2000 if args.quick else 20_000, "n_genes": n_genes,
+            n_train = 2000 if args.quick else 20_000
+            _run({**base, "task": "pretrain", "train_cells": n_train, "n_cells": n_train, "n_genes": n_genes,
                   "steps": pretrain, "path": path}, timeout=7200)
             weights[n_genes] = path
         for n_cells, n_genes in sizes:
