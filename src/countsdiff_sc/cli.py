@@ -131,7 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     adata = _read(args.input)
     CountsDiffModel.setup_anndata(
         adata, layer=args.layer, labels_key=args.labels_key, categorical_covariate_keys=args.covariate_keys,
-        valid_layer=args.valid_layer,
+        valid_layer=args.valid_layer, mask_layer=args.mask_layer,
     )
     scvi.settings.seed = args.seed  # after the checks of setup_anndata: its log line would precede their errors
     model = CountsDiffModel(adata, backbone=args.backbone, schedule=args.schedule)
@@ -145,9 +145,10 @@ def _cmd_impute(args: argparse.Namespace) -> None:
     _check_out(args.out)
     adata = _read(args.input)
     model = _load_model(args.model, args.accelerator, args.precision)
-    model.impute(adata, mask_layer=args.mask_layer, n_samples=args.n_samples, n_steps=args.n_steps,
-                 guidance=args.guidance, attrition=args.attrition, seed=args.seed, key_added=args.key_added,
-                 store_samples=not args.no_samples, precision=args.precision, progress=not args.quiet)
+    model.impute(adata, mask_layer=args.mask_layer, target=args.target, n_samples=args.n_samples,
+                 n_steps=args.n_steps, guidance=args.guidance, attrition=args.attrition, seed=args.seed,
+                 key_added=args.key_added, store_samples=False if args.no_samples else "auto",
+                 precision=args.precision, progress=not args.quiet)
     _write(adata, args.out)
 
 
@@ -258,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
                    help="device to train on (auto: a GPU when there is one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    p.add_argument("--mask-layer", help="boolean layer of held-out entries (True = held out): they never train")
     common(p)
     p.set_defaults(func=_cmd_train)
 
@@ -267,11 +269,15 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
                        help="network precision (bf16 / 16 for GPUs; 16 needs one; default 32)")
 
-    p = sub.add_parser("impute", help="impute the masked entries of an .h5ad with a trained model (RePaint)")
-    p.add_argument("input", help="input .h5ad with the model's genes and a boolean mask layer")
+    p = sub.add_parser("impute", help="fill suspected dropouts (or masked entries) of an .h5ad with a trained model")
+    p.add_argument("input", help="input .h5ad with the model's genes (matched by name)")
     p.add_argument("--model", required=True, help="directory of a model saved by 'train'")
     p.add_argument("--out", required=True, help="output .h5ad")
-    p.add_argument("--mask-layer", default="countsdiff_mask")
+    p.add_argument("--mask-layer", help="boolean layer of the entries to fill (benchmark protocol); implies "
+                   "--target mask")
+    p.add_argument("--target", choices=["auto", "dropouts", "mask"], default="auto",
+                   help="what to fill: the suspected dropouts of the model's validity layer, or the mask (auto: the "
+                   "mask when one is given or registered, else the dropouts)")
     p.add_argument("--key-added", default="countsdiff_imputed")
     p.add_argument("--n-samples", type=_positive, default=5)
     p.add_argument("--n-steps", type=_positive, default=50)

@@ -66,8 +66,10 @@ def test_train_impute_sample_evaluate_roundtrip(tmp_path, run):
     run("train", str(path), "--model", str(model_dir), "--labels-key", "cell_type", "--max-steps", "3",
         "--accelerator", "cpu", "--quiet", check=True)
     out = tmp_path / "imputed.h5ad"
+    no_target = run("impute", str(path), "--model", str(model_dir), "--out", str(out), "--quiet")
+    assert no_target.returncode == 1 and "valid_layer" in no_target.stderr  # no validity layer: say what to pass
     run("impute", str(path), "--model", str(model_dir), "--out", str(out), "--n-samples", "2", "--n-steps", "3",
-        "--quiet", check=True)
+        "--mask-layer", "countsdiff_mask", "--quiet", check=True)
     res = ad.read_h5ad(out)
     assert res.layers["countsdiff_imputed"].shape == adata.shape
     assert res.obsm["countsdiff_samples"].shape == (120, 2, 15)
