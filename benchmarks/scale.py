@@ -8,6 +8,8 @@ peak memory is its own (Linux ``VmHWM`` growth during the timed call; ``perf._Pe
 * CountsDiff: the MLP trained briefly (``--pretrain-steps``; the cost of a chain does not depend on the weights'
   quality beyond the counts they produce), then ``impute(adata, n_samples=5)`` (target: the suspected dropouts;
   ``store_samples="auto"``, which does not store draws of this size);
+* CountsDiff's ``get_normalized_expression(n_samples=5)`` (its default, the posterior mean of depth restoration:
+  one network pass per cell);
 * scVI: ``SCVI.get_normalized_expression(n_samples=5)`` (its cost does not depend on the weights, so the model is
   not trained, as in ``perf.py``);
 * memory against the number of cells: one draw, one step (the working set does not depend on either), peak minus
@@ -106,6 +108,17 @@ def _impute_task(spec: dict) -> dict:
             "draws_stored": "countsdiff_samples" in adata.obsm}
 
 
+def _expression_task(spec: dict) -> dict:
+    import countsdiff_sc as cds
+
+    adata, _ = _prepared(spec["n_cells"], spec["n_genes"])
+    model = cds.CountsDiffModel.load(spec["weights"], adata=None, accelerator="cpu")
+    t0 = time.perf_counter()
+    with _PeakMemory() as mem:
+        out = model.get_normalized_expression(adata, n_samples=spec["n_samples"], return_numpy=True, seed=0)
+    return {"total_s": time.perf_counter() - t0, "peak_mib": mem.delta_mib, "outputs_mib": out.nbytes / 2**20}
+
+
 def _scvi_task(spec: dict) -> dict:
     import scvi
 
@@ -120,7 +133,7 @@ def _scvi_task(spec: dict) -> dict:
     return {"total_s": total, "peak_mib": mem.delta_mib, "outputs_mib": out.nbytes / 2**20}
 
 
-TASKS = {"pretrain": _pretrain_task, "impute": _impute_task, "scvi": _scvi_task}
+TASKS = {"pretrain": _pretrain_task, "impute": _impute_task, "expression": _expression_task, "scvi": _scvi_task}
 
 
 def _worker(spec: dict) -> None:
@@ -167,6 +180,8 @@ def main() -> None:
         for n_cells, n_genes in sizes:
             rows.append(_run({**base, "task": "impute", "n_cells": n_cells, "n_genes": n_genes,
                               "n_steps": args.n_steps, "weights": weights[n_genes]}, timeout=4 * 3600))
+            rows.append(_run({**base, "task": "expression", "n_cells": n_cells, "n_genes": n_genes,
+                              "weights": weights[n_genes]}, timeout=7200))
             rows.append(_run({**base, "task": "scvi", "n_cells": n_cells, "n_genes": n_genes}, timeout=7200))
         mem_genes = sizes[0][1]
         for n_cells in memory_cells:
@@ -177,13 +192,16 @@ def main() -> None:
     timed = frame[frame.get("part", pd.Series(index=frame.index, dtype=object)).isna()]
     table = timed.pivot_table(index=["n_cells", "n_genes"], columns="task", values=["total_s", "peak_mib"])
     table.columns = [f"{task} {what}" for what, task in table.columns]
-    table["time ratio (CountsDiff / scVI)"] = table["impute total_s"] / table["scvi total_s"]
+    table["impute / scVI time"] = table["impute total_s"] / table["scvi total_s"]
+    table["expression / scVI time"] = table["expression total_s"] / table["scvi total_s"]
     memory = frame[frame.get("part") == "memory"][["n_cells", "n_genes", "peak_mib", "outputs_mib"]].copy()
     memory["peak minus outputs (MiB)"] = memory["peak_mib"] - memory["outputs_mib"]
     total = time.perf_counter() - t_start
     md = [common.machine_header("scale", args.quick, total),
           "", f"Dropout imputation (`impute(adata, n_samples={args.n_samples}, n_steps={args.n_steps})`, suspected "
-          f"dropouts of `mark_dropouts`) next to scVI's `get_normalized_expression(n_samples={args.n_samples})`; "
+          f"dropouts of `mark_dropouts`) and CountsDiff's `get_normalized_expression(n_samples={args.n_samples})` "
+          "(default: the posterior mean, one network pass per cell) next to scVI's "
+          f"`get_normalized_expression(n_samples={args.n_samples})`; "
           f"{args.threads} threads; CountsDiff MLP trained {pretrain} steps (not timed).", "",
           common.frame_to_markdown(table.round(3)), "", "Peak memory of `impute` against the number of cells "
           "(one draw, one step, `batch_size=256` rows so that every size spans several batches; outputs = float32 "
