@@ -124,7 +124,7 @@ def main() -> None:
         err = np.abs(imputed[mask] - truth)
         std = data.layers["countsdiff_imputed_std"].toarray()[mask]
         row = {"regime": regime, "entries": int(mask.sum()), "draws": n_samples,
-               "spearman(std, |error|)": float(spearmanr(std, err).statistic)}
+               "spearman(std, abs. error)": float(spearmanr(std, err).statistic)}
         for level in LEVELS:
             cov, width = coverage(draws, truth, level)
             row[f"{level:.0%} coverage"], row[f"{level:.0%} width"] = cov, width
