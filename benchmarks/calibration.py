@@ -138,7 +138,8 @@ def main() -> None:
         common.log(f"{regime}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)))
     total = time.perf_counter() - t_all
     table, detail = pd.DataFrame(rows).set_index("regime"), pd.DataFrame(by_value)
-    md = [common.machine_header("calibration", args.quick, total), "",
+    title = "# Calibration of the imputation draws" + (" (quick mode)" if args.quick else "")
+    md = [title, "", common.machine_header("calibration", args.quick, total), "",
           f"CountsDiff (MLP, {max_steps} training steps), `impute(n_samples={n_samples}, n_steps={n_steps})`; "
           "coverage of central intervals by the randomised PIT of the true value among the draws (see the script's "
           "docstring); width of the empirical quantile interval; target coverage 75-85% (80%) and 91-98% (95%).",

@@ -197,7 +197,8 @@ def main() -> None:
     memory = frame[frame.get("part") == "memory"][["n_cells", "n_genes", "peak_mib", "outputs_mib"]].copy()
     memory["peak minus outputs (MiB)"] = memory["peak_mib"] - memory["outputs_mib"]
     total = time.perf_counter() - t_start
-    md = [common.machine_header("scale", args.quick, total),
+    title = "# Atlas-scale dropout imputation and expression" + (" (quick mode)" if args.quick else "")
+    md = [title, "", common.machine_header("scale", args.quick, total),
           "", f"Dropout imputation (`impute(adata, n_samples={args.n_samples}, n_steps={args.n_steps})`, suspected "
           f"dropouts of `mark_dropouts`) and CountsDiff's `get_normalized_expression(n_samples={args.n_samples})` "
           "(default: the posterior mean, one network pass per cell) next to scVI's "

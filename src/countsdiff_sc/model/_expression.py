@@ -238,7 +238,8 @@ class ExpressionMixin:
             Hide the progress bar.
         method
             ``"posterior_mean"`` (the network's estimate of the restored profile's mean, ``x_t + y_hat(x_t, t)``
-            at the cell's entry time of depth restoration: one network pass, no sampling noise), ``"depth"``
+            at the cell's entry time of depth restoration: one network pass, no chain to sample; only the thinning
+            that puts a cell on the time grid is random, and seeded), ``"depth"``
             (draws of depth restoration), ``"sdedit"`` (re-noise to ``t_start`` and regenerate) or ``"dropouts"``
             (fill the suspected dropouts only); see the module docstring. ``"auto"`` (default):
             ``"posterior_mean"`` when the draws are averaged (``return_mean`` or one sample), else ``"depth"``.
