@@ -244,8 +244,8 @@ class ExpressionMixin:
             (fill the suspected dropouts only); see the module docstring. ``"auto"`` (default):
             ``"posterior_mean"`` when the draws are averaged (``return_mean`` or one sample), else ``"depth"``.
             Measured on CBMC test cells thinned to 10 / 25 / 50% of their counts (per-cell correlation of
-            log-normalised profiles with the original cells; ``benchmarks/results/downstream.md``), the posterior
-            mean beats averaged draws of depth restoration, which beat SDEdit.
+            log-normalised profiles with the original cells; CHANGELOG, Unreleased), the posterior mean beats
+            averaged draws of depth restoration, which beat SDEdit.
         depth
             Restored depth for ``method="depth"``: counts per cell, or ``"auto"``, the 90th percentile of the
             training cells' library sizes.

@@ -200,9 +200,12 @@ class ImputationMixin:
         def rows(array: np.ndarray | None) -> torch.Tensor | None:
             return None if array is None else torch.from_numpy(np.repeat(array, n_draws, axis=0)).to(device)
 
+        batch_fill: dict[str, np.ndarray] = {}  # the batch's entries to fill, read once for its chain and its writing
+
         def chain(sl: slice, show: bool) -> torch.Tensor:
             idx = cells[sl]
             fill, valid = targets.rows(idx)
+            batch_fill["fill"] = fill
             cat_b, cont_b, valid_b = rows(None if codes is None else codes[idx]), rows(
                 None if cont_all is None else cont_all[idx]), rows(valid)
 
@@ -218,7 +221,7 @@ class ImputationMixin:
         for sl, draws in run_batches(module, len(cells), max(1, batch_size // n_draws), chain, progress, "imputing"):
             idx = cells[sl]
             draws = draws.reshape(len(idx), n_draws, -1)
-            fill, _ = targets.rows(idx)
+            fill = batch_fill.pop("fill")
             est = draws.mean(axis=1) if point_estimate == "mean" else np.median(draws, axis=1)
             imputed[idx] = np.where(fill, est, imputed[idx])
             spread.add(idx, fill, draws)

@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, to_dense
+from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block
 
 from ._conditions import ConditionSpace
 from ._results import check_gene_names, gene_positions, take_columns
+from ._setup import check_condition_obsm, check_obs_column
 
 logger = logging.getLogger(__name__)
 
@@ -151,28 +152,18 @@ def _realigned(adata: ad.AnnData, genes: np.ndarray, setup_args: dict, carry: tu
 
 
 def _check_conditions(space: ConditionSpace, adata: ad.AnnData) -> None:
-    """Labels / covariates the model knows and no missing values; a finite vector condition."""
+    """The checks of setup on the condition columns (present, no missing values) and the vector condition (present,
+    2-d, finite), plus: labels and covariates the model knows."""
     columns = ([(space.labels_key, space.label_categories)] if space.use_labels else []) + list(
         space.covariate_categories.items())
     for key, known in columns:
-        if key not in adata.obs.columns:
-            raise KeyError(f"Column {key!r} (registered with the model) not found in adata.obs. Available columns: "
-                           f"{list(adata.obs.columns)}.")
-        values = adata.obs[key]
-        if values.isna().any():
-            raise ValueError(f"adata.obs[{key!r}] has {int(values.isna().sum())} missing values (NaN); the model "
-                             "needs a value for every cell: fill them or drop those cells.")
-        unseen = sorted(set(values.astype(str)) - set(known))
+        check_obs_column(adata.obs, key, "adata.obs")
+        unseen = sorted(set(adata.obs[key].astype(str)) - set(known))
         if unseen:
             raise ValueError(f"adata.obs[{key!r}] has values the model was not trained on: {unseen[:5]}. Known "
                              f"values: {known}. Drop those cells, or train a model that includes them.")
     if space.n_continuous > 0:
-        if space.obsm_key not in adata.obsm:
-            raise KeyError(f"adata has no obsm[{space.obsm_key!r}], the model's vector condition.")
-        arr = to_dense(adata.obsm[space.obsm_key])
-        if arr.dtype.kind not in "biuf" or not np.isfinite(arr).all():
-            raise ValueError(f"adata.obsm[{space.obsm_key!r}] must hold finite numbers (the model's vector "
-                             "condition); found NaN, inf or non-numeric values.")
+        check_condition_obsm(adata, space.obsm_key)
 
 
 def _mudata_query(model: Any, mdata: Any, rna_mod: str) -> Query:
