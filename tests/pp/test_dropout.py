@@ -137,3 +137,58 @@ def test_errors(pbmc):
         mark_dropouts(nan_labels, groupby="g")
     with pytest.raises(ValueError, match="resolution"):
         mark_dropouts(_toy(), resolution=-1.0)
+
+
+# ------------------------------------------------------------------ min_expected: zeros sampling does not explain
+
+
+def brute_force_expected(x: np.ndarray, labels: np.ndarray, min_expected: float) -> np.ndarray:
+    """Literal loop: a zero is suspected when L_c * S_gk / T_k >= min_expected (docstring of mark_dropouts)."""
+    valid = np.ones(x.shape, dtype=bool)
+    for g in np.unique(labels):
+        rows = np.flatnonzero(labels == g)
+        gene_sums = x[rows].sum(axis=0)
+        total = gene_sums.sum()
+        for i in rows:
+            for j in range(x.shape[1]):
+                if x[i, j] == 0 and total > 0 and x[i].sum() * gene_sums[j] / total >= min_expected:
+                    valid[i, j] = False
+    return valid
+
+
+def test_min_expected_toy_by_hand():
+    x = np.array([[0, 10, 0], [10, 0, 2], [0, 0, 0], [1, 0, 0]], dtype=np.float32)
+    adata = ad.AnnData(X=x, obs=pd.DataFrame({"g": ["A", "A", "B", "B"]}, index=[f"c{i}" for i in range(4)]))
+    mark_dropouts(adata, groupby="g", min_expected=3)
+    # group A: S = (10, 10, 2), T = 22. c0 (L = 10): gene 0 expects 4.55 -> suspected; gene 2 expects 0.91 -> valid.
+    # c1 (L = 12): gene 1 expects 5.45 -> suspected. Group B: c2 is empty (expects 0 everywhere), c3 has no zero of
+    # an expressed gene. Algorithm 1 would also mark c0's gene 2 and c2's gene 0.
+    expected = np.array([[0, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1]], dtype=bool)
+    np.testing.assert_array_equal(adata.layers["countsdiff_valid"], expected)
+    assert adata.uns["countsdiff"]["mark_dropouts"]["min_expected"] == 3.0
+    mark_dropouts(adata, groupby="g")
+    assert adata.uns["countsdiff"]["mark_dropouts"]["min_expected"] == "None"  # record_params: h5ad-safe None
+    assert (~adata.layers["countsdiff_valid"]).sum() == 4
+
+
+@pytest.mark.parametrize("min_expected", [0.5, 3.0])
+def test_min_expected_matches_brute_force_and_is_a_subset_of_algorithm_1(pbmc, min_expected):
+    sub = pbmc[:200].copy()
+    x = sub.X.toarray()
+    labels = sub.obs["bulk_labels"].to_numpy()
+    mark_dropouts(sub, groupby="bulk_labels", min_expected=min_expected)
+    valid = sub.layers["countsdiff_valid"]
+    np.testing.assert_array_equal(valid, brute_force_expected(x.astype(np.float64), labels, min_expected))
+    # every zero it suspects, Algorithm 1 suspects too; it suspects fewer
+    alg1 = brute_force_valid(x, labels)
+    assert not (~valid & alg1).any()
+    assert (~valid).sum() < (~alg1).sum()
+    # a higher threshold suspects a subset
+    stricter = mark_dropouts(sub, groupby="bulk_labels", min_expected=2 * min_expected, copy=True)
+    assert not (~stricter.layers["countsdiff_valid"] & valid).any()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "3", True])
+def test_min_expected_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="min_expected"):
+        mark_dropouts(_toy(), groupby="g", min_expected=bad)
