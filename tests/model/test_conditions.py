@@ -107,3 +107,27 @@ def test_train_is_written_once_with_model_defaults():
     assert cd["weight_decay"].default == 0.0 and dice["weight_decay"].default == 1e-5
     assert cd["early_stopping_patience"].default == 20 and dice["early_stopping_patience"].default == 50
     assert cds.CountsDiffModel.train.__code__ is cds.DICEModel.train.__code__
+
+
+def test_guidance_dict_on_a_joint_model_says_what_to_pass():
+    joint = ConditionSpace("cell_type", ["B", "T"], {"batch": ["b0", "b1"]}, independent=False)
+    with pytest.raises(ValueError) as err:
+        joint.guidance_strengths({"cell_type": 0.5})
+    msg = str(err.value)
+    assert "{'cell_type': 0.5, 'batch': 1}" in msg  # the strengths the dict meant
+    assert "left out of a guidance dict keep strength 1.0" in msg
+    assert "pass guidance=0.5" in msg and "uncond_mode='independent'" in msg
+    with pytest.raises(ValueError, match="pass one strength for all conditions"):
+        joint.guidance_strengths({"cell_type": 2.0, "batch": 0.0})
+    # what the message offers is accepted: equal strengths, named or as one float
+    assert joint.guidance_strengths({"cell_type": 0.5, "batch": 0.5}) == [0.5, 0.5]
+    assert joint.guidance_strengths(0.5) == 0.5
+    assert joint.guidance_strengths({"batch": 1.0}) == [1.0, 1.0]
+    # a vector condition left out of the dict may not be given at all: it is checked only when named
+    vec = ConditionSpace("cell_type", ["B", "T"], obsm_key="cond", n_continuous=2, independent=False)
+    assert vec.guidance_strengths({"cell_type": 0.5}) == [0.5, 1.0]
+    with pytest.raises(ValueError, match="'cond': 2"):
+        vec.guidance_strengths({"cell_type": 0.5, "cond": 2.0})
+    # a model with independent dropout takes the documented default of 1.0 for the others
+    indep = ConditionSpace("cell_type", ["B", "T"], {"batch": ["b0", "b1"]})
+    assert indep.guidance_strengths({"cell_type": 0.5}) == [0.5, 1.0]

@@ -68,3 +68,49 @@ def test_check_strengths_messages():
         check_strengths([1.0, 2.0], 3)
     with pytest.raises(ValueError, match="finite and non-negative"):
         check_strengths([1.0, float("nan")], 2)
+
+
+def _toy_module(y_c: torch.Tensor, y_u: torch.Tensor, uncond_mode: str = "joint"):
+    """A module whose network returns ``y_c`` for passes that keep a condition and ``y_u`` for fully dropped ones."""
+    from countsdiff_sc.module import CountsDiffModule
+
+    module = CountsDiffModule(y_c.numel(), n_cats_per_cov=[2, 2], use_labels=True, uncond_mode=uncond_mode).eval()
+
+    def net(x_t, t, cat, cont, drop, valid, scale, n_variants=1):
+        dropped = drop.all(dim=1, keepdim=True)
+        return torch.where(dropped, y_u.expand(drop.shape[0], -1), y_c.expand(drop.shape[0], -1)).clone()
+
+    module.network = lambda use_ema=True: net
+    return module
+
+
+def test_guidance_cap_bounds_the_guided_rate_on_a_toy():
+    # gene 2 is switched on by the condition: y_u << y_C, so g = 3 gives y_C (y_C / y_u)^2 = 4 * 400^2 = 640,000
+    y_c = torch.tensor([1.0, 2.0, 4.0, 8.0])
+    y_u = torch.tensor([1.0, 3.0, 0.01, 8.0])
+    module = _toy_module(y_c, y_u)
+    x, t, cat = torch.zeros(3, 4), torch.full((3,), 0.5), torch.zeros(3, 2, dtype=torch.long)
+    free = module.rate(x, t, cat, guidance=3.0)
+    torch.testing.assert_close(free, (y_c ** 3 * y_u ** -2).expand(3, -1))
+    assert float(free[0, 2]) > 6e5
+    capped = module.rate(x, t, cat, guidance=3.0, guidance_cap=3.0)
+    torch.testing.assert_close(capped, torch.minimum(free, 3.0 * y_c))
+    assert float(capped[0, 2]) == pytest.approx(12.0) and torch.equal(capped[:, [0, 1, 3]], free[:, [0, 1, 3]])
+    # a cap that never binds, and guidance <= 1 where the rate stays between y_u and y_C, change nothing
+    assert torch.equal(module.rate(x, t, cat, guidance=3.0, guidance_cap=1e9), free)
+    assert torch.equal(module.rate(x, t, cat, guidance=0.5, guidance_cap=3.0), module.rate(x, t, cat, guidance=0.5))
+    # per-condition strengths: the cap is relative to the joint conditional pass
+    indep = _toy_module(y_c, y_u, "independent")
+    per = indep.rate(x, t, cat, guidance=[3.0, 2.0], guidance_cap=2.0)
+    torch.testing.assert_close(per, torch.minimum(indep.rate(x, t, cat, guidance=[3.0, 2.0]), 2.0 * y_c))
+    # no condition given: the unconditional rate, whatever the cap
+    torch.testing.assert_close(module.rate(x, t, guidance=3.0, guidance_cap=2.0), y_u.expand(3, -1))
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.0, -1.0, float("inf"), float("nan")])
+def test_guidance_cap_values(bad):
+    from countsdiff_sc.module import check_guidance_cap
+
+    assert check_guidance_cap(None) is None and check_guidance_cap(2) == 2.0
+    with pytest.raises(ValueError, match="guidance_cap must be None or a finite number >= 1"):
+        check_guidance_cap(bad)

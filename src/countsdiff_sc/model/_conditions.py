@@ -41,6 +41,10 @@ class ConditionSpace:
         obsm key of the vector condition, or None.
     n_continuous
         Dimension of the vector condition (0 without one).
+    independent
+        Whether the model learned the single-condition rates (``uncond_mode="independent"``), which unequal
+        per-condition guidance strengths need; with False a guidance dict that resolves to unequal strengths is
+        refused by :meth:`guidance_strengths` with a message that names what to pass.
 
     Examples
     --------
@@ -56,10 +60,12 @@ class ConditionSpace:
     covariate_categories: dict[str, list[str]] = field(default_factory=dict)
     obsm_key: str | None = None
     n_continuous: int = 0
+    independent: bool = True
 
     @classmethod
-    def from_registry(cls, registry: Mapping[str, Any]) -> ConditionSpace:
-        """Build the space from a model's ``registry_`` (the setup arguments and the field registries)."""
+    def from_registry(cls, registry: Mapping[str, Any], independent: bool = True) -> ConditionSpace:
+        """Build the space from a model's ``registry_`` (the setup arguments and the field registries) and whether
+        its module learned single-condition rates (``independent``)."""
         setup_args = registry["setup_args"]
         fields = registry["field_registries"]
         labels_key = setup_args.get("labels_key")
@@ -73,7 +79,7 @@ class ConditionSpace:
         n_continuous = 0
         if CONDITION_KEY in fields:
             n_continuous = int(fields[CONDITION_KEY]["summary_stats"][f"n_{CONDITION_KEY}"])
-        return cls(labels_key, labels, covariates, setup_args.get("condition_obsm_key"), n_continuous)
+        return cls(labels_key, labels, covariates, setup_args.get("condition_obsm_key"), n_continuous, independent)
 
     # ------------------------------------------------------------------ description
     @property
@@ -188,7 +194,16 @@ class ConditionSpace:
         return torch.from_numpy(arr)
 
     def guidance_strengths(self, guidance: float | Mapping[str, float]) -> float | list[float]:
-        """A float stays a float; a dict ``{slot name: strength}`` becomes one strength per slot (unnamed: 1.0)."""
+        """A float stays a float; a dict ``{slot name: strength}`` becomes one strength per slot.
+
+        Conditions a dict leaves out keep strength 1.0 (the conditional rate), so on a model with labels and a
+        covariate ``{"cell_type": 0.5}`` means ``cell_type`` at 0.5 and the covariate at 1.0. Unequal strengths need
+        the single-condition rates of ``uncond_mode="independent"``; on a jointly trained model (``independent``
+        False) such a dict is refused here, with the strengths it resolved to and the guidance to pass instead (one
+        float for every condition, or a dict that names each condition with the same value). The vector condition
+        takes part in that check only when the dict names it: a vector condition that is not given to ``sample``
+        is dropped, and its strength does not matter.
+        """
         if not isinstance(guidance, Mapping):
             g = float(guidance)
             if not math.isfinite(g) or g < 0:
@@ -209,7 +224,28 @@ class ConditionSpace:
             if not math.isfinite(g) or g < 0:
                 raise ValueError(f"guidance[{name!r}] must be a non-negative number, got {g}.")
             strengths[lookup[name]] = g
+        if not self.independent:
+            self._check_joint(guidance, strengths, slots)
         return strengths
+
+    def _check_joint(self, guidance: Mapping[str, float], strengths: list[float], slots: list[tuple[str, ...]]) -> None:
+        """Refuse unequal strengths on a jointly trained model: say which strengths the dict meant, what to pass."""
+        named = {slots[i][0] for i, names in enumerate(slots) for name in names if name in guidance}
+        checked = [i for i, names in enumerate(slots)
+                   if i < len(self.n_cats_per_cov) or names[0] in named]  # the vector slot only when named
+        values = {strengths[i] for i in checked}
+        if len(values) <= 1:
+            return
+        meant = ", ".join(f"{slots[i][0]!r}: {strengths[i]:g}" for i in checked)
+        given = sorted({float(g) for g in guidance.values()})
+        fix = (f"pass guidance={given[0]:g} to guide every condition at {given[0]:g} (or name each condition in the "
+               f"dict with that value)" if len(given) == 1 else "pass one strength for all conditions (a float)")
+        raise ValueError(
+            f"guidance={dict(guidance)!r} means the strengths {{{meant}}}: conditions left out of a guidance dict keep "
+            "strength 1.0. Unequal strengths need the single-condition rates of a model trained with "
+            f"uncond_mode='independent', and this model was trained with uncond_mode='joint'. Either {fix}, or "
+            "train with CountsDiffModel(adata, uncond_mode='independent') for per-condition strengths."
+        )
 
 
 def _lookup(name: str, cats: list[str], value: Any, n: int) -> list[int]:

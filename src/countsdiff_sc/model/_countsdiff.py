@@ -172,7 +172,7 @@ class CountsDiffModel(SetupMixin, GenerationMixin, ImputationMixin, ExpressionMi
     @property
     def condition_space(self) -> ConditionSpace:
         """What the model is conditioned on (labels, categorical covariates, vector condition), from its registry."""
-        return ConditionSpace.from_registry(self.registry_)
+        return ConditionSpace.from_registry(self.registry_, independent=self.module.uncond_mode == "independent")
 
     train = train_method(
         "Train the denoiser with Lightning (CountsDiff Algorithm 1; the loss of Eq. 6 on valid entries).",

@@ -48,10 +48,13 @@ seed
 guidance
     One strength ``g`` for all conditions: the guided rate ``y_C^g y_u^(1-g)`` of CountsDiff Sec. 3.4 (1 =
     conditional, 0 = unconditional, > 1 sharpens). Or a dict ``{condition: strength}`` naming the labels key,
-    categorical covariate keys or the obsm condition key (conditions not named get 1.0): compositional guidance
-    (see :func:`~countsdiff_sc.module.guidance_terms`); equal strengths give exactly the single-strength rule.
-    Unequal strengths need a model trained with ``uncond_mode="independent"`` (a jointly trained model raises a
-    ValueError).""",
+    categorical covariate keys or the obsm condition key: compositional guidance (see
+    :func:`~countsdiff_sc.module.guidance_terms`); equal strengths give exactly the single-strength rule.
+    Conditions a dict leaves out keep strength 1.0, so ``{"cell_type": 0.5}`` on a model that also has a
+    covariate means ``cell_type`` at 0.5 and the covariate at 1.0. Unequal strengths need a model trained with
+    ``uncond_mode="independent"``; on a jointly trained model (the default) such a dict raises a ValueError that
+    lists the strengths it meant and what to pass instead (one float, e.g. ``guidance=0.5``, or every condition
+    named with the same value).""",
     "train": """\
 max_epochs
     Number of passes over the training cells. When both ``max_epochs`` and ``max_steps`` are None, a heuristic aims

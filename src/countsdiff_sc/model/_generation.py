@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -12,6 +13,7 @@ import torch
 
 from countsdiff_sc._utils import check_obs_key, record_params, to_dense
 from countsdiff_sc.diffusion import generate, thin, time_grid
+from countsdiff_sc.module import check_guidance_cap
 
 from ._chains import ChainSettings, positive_int, run_batches
 from ._docs import fill_doc
@@ -43,6 +45,7 @@ class GenerationMixin:
         batch_size: int = 1024,
         precision: Literal["32", "bf16", "16"] = "32",
         progress: bool = True,
+        guidance_cap: float | None = None,
     ) -> ad.AnnData:
         """Generate cells (CountsDiff Algorithm 2), conditioned on labels / covariates or unconditionally.
 
@@ -72,6 +75,13 @@ class GenerationMixin:
             Cells generated at once.
         %(precision)s
         %(progress)s
+        guidance_cap
+            Opt-in safeguard for guidance above 1: cap the guided rate at ``guidance_cap`` times the conditional
+            rate ``y_C`` at every step (for one strength, the same as clamping ``(g - 1)(log y_C - log y_u)`` at
+            ``log(guidance_cap)``). ``y_C (y_C / y_u)^(g - 1)`` has no bound where the unconditional rate ``y_u`` is
+            much smaller than ``y_C``; a cap such as 3 keeps such genes from exploding while leaving the others
+            guided. None (default): no cap, the draws of earlier releases. See
+            :func:`~countsdiff_sc.module.check_guidance_cap`.
 
         Returns
         -------
@@ -85,6 +95,19 @@ class GenerationMixin:
             model's), unequal per-condition strengths on a jointly trained model, an unknown ``attrition_kind`` or
             an attrition strength out of range.
 
+        Warns
+        -----
+        UserWarning
+            When the model was set up with ``valid_layer`` (see the note below), once per call.
+
+        Notes
+        -----
+        A model set up with ``valid_layer`` learned from the trusted entries only: the loss never sees the
+        suspected dropouts, so the model learns the expression of a cell without its dropouts, and the cells it
+        generates have too few zeros (measured on CBMC: 11% zeros in generated cells against 40% in real ones).
+        That model is the right one for imputation; for generation, train a model on all entries (set up
+        without ``valid_layer``), as ``countsdiff-sc demo`` does.
+
         Examples
         --------
         >>> gen = model.sample(labels=["B"] * 100, guidance=1.5, attrition=0.01, seed=0)
@@ -94,8 +117,10 @@ class GenerationMixin:
         """
         space = self.condition_space
         strengths = space.guidance_strengths(guidance)
+        cap = check_guidance_cap(guidance_cap)
         settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed)
         n = _n_to_generate(n_samples, labels, covariates)
+        _warn_valid_layer(self.registry_["setup_args"].get("valid_layer"))
         batch_size = positive_int(batch_size, "batch_size")
         codes, obs = space.resolve(n, labels, covariates, settings.rng, getattr(self, "condition_table_", None))
         cont = space.vector_condition(conditions, n)
@@ -112,7 +137,7 @@ class GenerationMixin:
                 rate_fn = module.rate
             else:
                 def rate_fn(x, t):
-                    return module.rate(x, t, cat, vec, guidance=strengths)
+                    return module.rate(x, t, cat, vec, guidance=strengths, guidance_cap=cap)
             return generate(settings.wrap(rate_fn), (rows.stop - rows.start, module.n_genes), module.schedule,
                             settings.n_steps, attrition_kind=settings.attrition_kind,
                             attrition=settings.attrition,
@@ -120,7 +145,7 @@ class GenerationMixin:
 
         counts = np.concatenate([x for _, x in run_batches(module, n, batch_size, chain, progress, "sampling")])
         result = generated_adata(counts, obs, getattr(self, "var_names_", None), module.n_genes)
-        record_params(result, "sample", {**settings.record(), "guidance": guidance})
+        record_params(result, "sample", {**settings.record(), "guidance": guidance, "guidance_cap": cap})
         return result
 
     @torch.inference_mode()
@@ -265,6 +290,20 @@ class GenerationMixin:
 
     sample = fill_doc(sample)
     interpolate = fill_doc(interpolate)
+
+
+def _warn_valid_layer(valid_layer: str | None) -> None:
+    """Warn that a model trained on valid entries only generates too few zeros (see ``sample``'s notes)."""
+    if valid_layer is None:
+        return
+    warnings.warn(
+        f"This model was set up with valid_layer={valid_layer!r}: it learned from the trusted entries only, never "
+        "from the suspected dropouts, so the cells it generates have too few zeros (measured on CBMC: 11% zeros "
+        "against 40% in real cells). Use it for imputation; for generation, train a model set up without "
+        "valid_layer (on all entries).",
+        UserWarning,
+        stacklevel=4,  # this function, sample, torch's inference-mode wrapper, the caller
+    )
 
 
 def _n_to_generate(n_samples: int | None, labels, covariates) -> int:

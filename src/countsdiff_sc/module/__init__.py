@@ -14,7 +14,7 @@ from ._countsdiff import (
     gene_prior,
 )
 from ._ema import EMAMixin
-from ._guidance import GuidanceTerm, check_strengths, guidance_terms, interpolation_terms
+from ._guidance import GuidanceTerm, check_guidance_cap, check_strengths, guidance_terms, interpolation_terms
 from ._trainingplan import DiffusionTrainingPlan
 from .dice import DICEModule
 
@@ -31,6 +31,7 @@ __all__ = [
     "DiffusionTrainingPlan",
     "EMAMixin",
     "GuidanceTerm",
+    "check_guidance_cap",
     "check_strengths",
     "gene_prior",
     "guidance_terms",

@@ -20,7 +20,7 @@ from countsdiff_sc.diffusion import (
 from countsdiff_sc.nn import GeneTransformerDenoiser, RateDenoiser, ResidualMLPDenoiser
 
 from ._ema import EMAMixin
-from ._guidance import guidance_terms, interpolation_terms
+from ._guidance import check_guidance_cap, guidance_terms, interpolation_terms
 
 __all__ = [
     "BACKBONES",
@@ -259,6 +259,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         valid: torch.Tensor | None = None,
         guidance: float | torch.Tensor | Sequence[float] = 1.0,
         use_ema: bool = True,
+        guidance_cap: float | None = None,
     ) -> torch.Tensor:
         """Guided rate of the reverse process; all network passes it needs run as one batch.
 
@@ -300,6 +301,10 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
             Strength (float or tensor) or per-condition strengths (list / tuple of length ``n_conditions``).
         use_ema
             Use the EMA weights.
+        guidance_cap
+            Opt-in safeguard for guidance above 1 (see :func:`~countsdiff_sc.module.check_guidance_cap`): the
+            guided rate is capped at ``guidance_cap * y_C``. None (default) leaves the rate as it is. No effect
+            without a given condition or when ``y_C`` is not part of the mix (strength 0).
 
         Returns
         -------
@@ -314,6 +319,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         torch.Size([4, 20])
         """
         n, device = x_t.shape[0], x_t.device
+        cap = check_guidance_cap(guidance_cap)
         if self.n_conditions == 0:
             return self.mixed_rate(x_t, t, [(None, None, torch.zeros(n, 0, dtype=torch.bool, device=device))],
                                    [1.0], valid, use_ema)
@@ -325,7 +331,10 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         cont = cont if cont is not None else self._null_cont(n, device)
         terms = guidance_terms(given, guidance, independent=self.uncond_mode == "independent")
         variants = [(cat, cont, self.drop_mask(n, device, keep)) for keep, _ in terms]
-        return self.mixed_rate(x_t, t, variants, [c for _, c in terms], valid, use_ema)
+        if cap is not None:  # the cap is relative to the pass that keeps every given condition (y_C)
+            conditional = next(j for j, (keep, _) in enumerate(terms) if np.array_equal(keep, given))
+            cap = (conditional, cap)
+        return self.mixed_rate(x_t, t, variants, [c for _, c in terms], valid, use_ema, cap=cap)
 
     @torch.inference_mode()
     def interpolation_rate(
@@ -380,6 +389,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         coefs: Sequence[float | torch.Tensor],
         valid: torch.Tensor | None = None,
         use_ema: bool = True,
+        cap: tuple[int, float] | None = None,
     ) -> torch.Tensor:
         """``exp(sum_j c_j log y_j)`` over rates ``y_j`` of the same cells under different conditions.
 
@@ -398,12 +408,16 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
             One coefficient per variant: a float or a tensor broadcastable to ``(n, n_genes)``.
         valid, use_ema
             As in :meth:`rate`.
+        cap
+            ``(j, c)``: cap the mixed rate at ``c`` times the rate of variant ``j`` (ignored when variant ``j`` has
+            coefficient 0); the guidance safeguard of :meth:`rate`. None (default): no cap.
 
         Returns
         -------
         Mixed rates ``(n, n_genes)``.
         """
-        keep = [(v, c) for v, c in zip(variants, coefs, strict=True) if torch.is_tensor(c) or float(c) != 0.0]
+        used = [j for j, c in enumerate(coefs) if torch.is_tensor(c) or float(c) != 0.0]
+        keep = [(variants[j], coefs[j]) for j in used]
         if not keep:
             raise ValueError("All coefficients of the rate mixture are zero.")
         net = self.network(use_ema)
@@ -419,8 +433,12 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         y = net(x_t, t, cat, cont, drop, valid, scale, n_variants=m)
         if m == 1 and not torch.is_tensor(keep[0][1]) and float(keep[0][1]) == 1.0:
             return y
+        rates = list(y.view(m, n, -1))
+        # the reference of the cap, copied before the in-place mix overwrites it
+        ceiling = rates[used.index(cap[0])].clone().mul_(cap[1]) if cap is not None and cap[0] in used else None
         # the network's output is ours: mix in place (no temporaries of the size of the rates)
-        return log_linear_mix(list(y.view(m, n, -1)), [c for _, c in keep], inplace=True)
+        mixed = log_linear_mix(rates, [c for _, c in keep], inplace=True)
+        return mixed if ceiling is None else torch.minimum(mixed, ceiling, out=mixed)
 
     def drop_mask(self, n: int, device: torch.device, keep: np.ndarray) -> torch.Tensor:
         """Drop mask ``(n, n_conditions)`` of :meth:`mixed_rate` keeping the conditions where ``keep`` is True.

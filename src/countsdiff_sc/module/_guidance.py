@@ -18,6 +18,12 @@ given all given conditions and ``y_k`` for the rate given condition ``k`` alone)
   the given conditions; equal strengths give exactly the single-strength rule;
 * interpolation between two labels with weight ``a``:
   ``log y = log y_u + g ((1 - a) log y_src + a log y_tgt - log y_u)``.
+
+Guidance above 1 has no bound of its own: ``y = y_C (y_C / y_u)^(g - 1)`` grows without limit where the
+unconditional rate is much smaller than the conditional one (a gene the condition switches on). The opt-in
+``guidance_cap`` (:func:`check_guidance_cap`) keeps the guided rate at most ``guidance_cap * y_C``, which is the
+same as clamping the guidance term ``(g - 1)(log y_C - log y_u)`` at ``log(guidance_cap)`` for one strength. It is
+off by default (``None``), so default draws are unchanged.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["GuidanceTerm", "check_strengths", "guidance_terms", "interpolation_terms"]
+__all__ = ["GuidanceTerm", "check_guidance_cap", "check_strengths", "guidance_terms", "interpolation_terms"]
 
 #: ``(keep, coefficient)``: the condition pattern of one network pass (True = condition kept) and its coefficient.
 GuidanceTerm = tuple[np.ndarray, float | torch.Tensor]
@@ -61,6 +67,35 @@ def check_strengths(guidance: Sequence[float], n_conditions: int) -> np.ndarray:
     if not np.isfinite(strengths).all() or (strengths < 0).any():
         raise ValueError(f"Guidance strengths must be finite and non-negative, got {strengths.tolist()}.")
     return strengths
+
+
+def check_guidance_cap(cap: float | None) -> float | None:
+    """Validate the opt-in cap of a guided rate: None (no cap) or a finite number >= 1.
+
+    With a cap ``c`` the guided rate is ``min(y, c * y_C)``, ``y_C`` the rate given all given conditions; a cap
+    below 1 would push even the conditional rate (``g = 1``) down, so it is refused.
+
+    Parameters
+    ----------
+    cap
+        None, or the largest allowed ratio of the guided to the conditional rate.
+
+    Returns
+    -------
+    The cap as a float, or None.
+
+    Examples
+    --------
+    >>> check_guidance_cap(5)
+    5.0
+    """
+    if cap is None:
+        return None
+    value = float(cap)
+    if not value >= 1.0 or value == float("inf"):
+        raise ValueError(f"guidance_cap must be None or a finite number >= 1 (the largest ratio of the guided to the "
+                         f"conditional rate), got {cap}.")
+    return value
 
 
 def guidance_terms(
@@ -101,9 +136,10 @@ def guidance_terms(
         if not np.allclose(strengths, g_bar, rtol=0.0, atol=1e-12):
             if not independent:
                 raise ValueError(
-                    f"Per-condition guidance with unequal strengths {strengths.tolist()} needs the rates given "
-                    "single conditions, which a module trained with uncond_mode='joint' never learned. Retrain "
-                    "with uncond_mode='independent', or use one strength for all conditions."
+                    f"Per-condition guidance with unequal strengths {strengths.tolist()} (conditions a guidance dict "
+                    "leaves out get 1.0) needs the rates given single conditions, which a module trained with "
+                    "uncond_mode='joint' never learned. Retrain with uncond_mode='independent', or use one strength "
+                    "for all conditions."
                 )
             terms: list[GuidanceTerm] = [(none, 1.0 - g_bar), (given, g_bar)]
             for k, g_k in zip(np.flatnonzero(given), strengths, strict=True):
