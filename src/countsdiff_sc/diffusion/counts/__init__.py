@@ -22,7 +22,21 @@ from ._process import (
     sigma_max,
     thin,
 )
-from ._sampling import PRECISIONS, RateFn, StepCallback, generate, repaint, time_grid, with_precision
+from ._sampling import (
+    GRIDS,
+    POWER_RHO,
+    PRECISIONS,
+    STEP_RULES,
+    RateFn,
+    StepCallback,
+    generate,
+    n_evaluations,
+    repaint,
+    time_grid,
+    trapezoid_midpoint,
+    trapezoid_step,
+    with_precision,
+)
 from ._schedules import (
     BlackoutSchedule,
     CosineSchedule,
@@ -35,8 +49,11 @@ from ._weights import LOSS_WEIGHTINGS, loss_weight, resolve_loss_weighting
 
 __all__ = [
     "ATTRITION_KINDS",
+    "GRIDS",
     "LOSS_WEIGHTINGS",
+    "POWER_RHO",
     "PRECISIONS",
+    "STEP_RULES",
     "BlackoutSchedule",
     "CosineSchedule",
     "CustomSchedule",
@@ -51,11 +68,14 @@ __all__ = [
     "get_schedule",
     "log_linear_mix",
     "loss_weight",
+    "n_evaluations",
     "repaint",
     "resolve_loss_weighting",
     "reverse_step",
     "sigma_max",
     "thin",
     "time_grid",
+    "trapezoid_midpoint",
+    "trapezoid_step",
     "with_precision",
 ]

@@ -3,8 +3,8 @@
 A p-schedule is a differentiable, monotonically decreasing map ``p: [0, 1] -> [0, 1]`` with ``p(0) = 1`` and
 ``p(1) = 0`` (Proposition 3.1). The forward marginal is ``x_t ~ Binomial(x_0, p(t))`` (Eq. 4) and the conditional
 between two times is ``x_t | x_s ~ Binomial(x_s, p(t) / p(s))`` (Eq. 5). Every schedule exposes ``p(t)``, its time
-derivative ``dp(t)`` and ``snap(t)``, which maps times onto the schedule's own grid (identity for continuous
-schedules).
+derivative ``dp(t)``, its inverse ``t_of_p(p)`` (used by the time grids of the sampler) and ``snap(t)``, which maps
+times onto the schedule's own grid (identity for continuous schedules).
 """
 
 from __future__ import annotations
@@ -57,6 +57,39 @@ class PSchedule(ABC):
         """Map times onto the schedule's grid (identity for continuous schedules)."""
         return t
 
+    def t_of_p(self, p: torch.Tensor) -> torch.Tensor:
+        """Inverse of the schedule: a time ``t`` in ``[0, 1]`` with ``p(t) = p``, in float64.
+
+        Values outside ``[p(1), p(0)]`` map to the nearer end (1 or 0). The generic inverse bisects ``[0, 1]``
+        (64 halvings in float64, so the time is exact to machine precision); where ``p`` is flat the returned time is
+        somewhere on the flat piece. Schedules with a closed-form inverse override it. Discrete schedules invert
+        their underlying continuous curve (snap the result onto their grid).
+
+        Parameters
+        ----------
+        p
+            Survival probabilities, any shape.
+
+        Returns
+        -------
+        Times, a float64 tensor of ``p``'s shape.
+
+        Examples
+        --------
+        >>> s = CustomSchedule(lambda t: 1.0 - t ** 2)
+        >>> round(float(s.t_of_p(torch.tensor(0.75))), 12)
+        0.5
+        """
+        target = torch.as_tensor(p, dtype=torch.float64)
+        lo = torch.zeros_like(target)
+        hi = torch.ones_like(target)
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            above = self.p(mid) > target  # p is non-increasing: p(mid) above the target means t lies right of mid
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
     def config(self) -> dict:
         """Keyword arguments that rebuild this schedule with :func:`get_schedule`."""
         return {"name": self.name}
@@ -90,6 +123,11 @@ class CosineSchedule(PSchedule):
 
     def dp(self, t: torch.Tensor) -> torch.Tensor:
         return -0.5 * math.pi * torch.sin(math.pi * t)
+
+    def t_of_p(self, p: torch.Tensor) -> torch.Tensor:
+        # p = cos^2(pi t / 2)  <=>  t = (2 / pi) arccos(sqrt(p))
+        p = torch.as_tensor(p, dtype=torch.float64).clamp(0.0, 1.0)
+        return (2.0 / math.pi) * torch.arccos(torch.sqrt(p))
 
 
 def _logit(p: float) -> float:
@@ -134,6 +172,11 @@ class BlackoutSchedule(PSchedule):
     def hazard(self, t: torch.Tensor) -> torch.Tensor:
         # -p' / (1 - p) = -2 logit(p_min) p exactly; the generic ratio cancels catastrophically in float32 near t = 0
         return -2.0 * self._lmin * self.p(t)
+
+    def t_of_p(self, p: torch.Tensor) -> torch.Tensor:
+        # logit p = (2 t - 1) logit(p_min)  <=>  t = (1 + logit(p) / logit(p_min)) / 2, clamped to [0, 1]
+        p = torch.as_tensor(p, dtype=torch.float64).clamp(self.p_min, 1.0 - self.p_min)
+        return (0.5 * (1.0 + torch.logit(p) / self._lmin)).clamp(0.0, 1.0)
 
     def config(self) -> dict:
         return {"name": self.name, "p_min": self.p_min}
