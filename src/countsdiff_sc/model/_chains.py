@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from countsdiff_sc.diffusion import ATTRITION_KINDS, RateFn, with_precision
+from countsdiff_sc.diffusion import ATTRITION_KINDS, GRIDS, STEP_RULES, RateFn, with_precision
 
 __all__ = ["ChainSettings", "check_chain_settings", "make_generator", "positive_int", "run_batches"]
 
@@ -24,7 +24,8 @@ Precision = Literal["32", "bf16", "16"]
 
 
 class ChainSettings:
-    """Settings shared by every reverse chain of a verb call: steps, attrition, precision, device, random state.
+    """Settings shared by every reverse chain of a verb call: steps, attrition, time grid, step rule, precision, device,
+    random state.
 
     Parameters
     ----------
@@ -38,6 +39,10 @@ class ChainSettings:
         Device of the module.
     seed
         Random seed (None draws one; the seed used is recorded in :attr:`seed`).
+    time_grid
+        Time grid of the chain (see :func:`~countsdiff_sc.diffusion.time_grid`).
+    step_rule
+        ``"euler"`` or ``"trapezoid"`` (see :func:`~countsdiff_sc.diffusion.generate`).
     """
 
     def __init__(
@@ -48,8 +53,19 @@ class ChainSettings:
         precision: Precision,
         device: torch.device,
         seed: int | None,
+        *,
+        time_grid: str = "uniform",
+        step_rule: str = "euler",
     ):
         check_chain_settings(n_steps, attrition_kind, attrition)
+        if time_grid not in GRIDS:
+            raise ValueError(f"Unknown time_grid {time_grid!r}; choose one of {GRIDS} (see "
+                             "countsdiff_sc.diffusion.time_grid).")
+        if step_rule not in STEP_RULES:
+            raise ValueError(f"Unknown step_rule {step_rule!r}; choose one of {tuple(STEP_RULES)} (see "
+                             "countsdiff_sc.diffusion.generate).")
+        self.time_grid = time_grid
+        self.step_rule = step_rule
         self.n_steps = int(n_steps)
         self.attrition_kind = attrition_kind
         self.attrition = attrition
@@ -64,7 +80,12 @@ class ChainSettings:
     def record(self) -> dict:
         """The settings as recorded in ``uns["countsdiff"]``."""
         return {"n_steps": self.n_steps, "attrition": self.attrition, "attrition_kind": self.attrition_kind,
-                "seed": self.seed}
+                "time_grid": self.time_grid, "step_rule": self.step_rule, "seed": self.seed}
+
+    def chain_kwargs(self) -> dict:
+        """Keyword arguments of :func:`~countsdiff_sc.diffusion.generate` / ``repaint`` these settings fix."""
+        return {"attrition_kind": self.attrition_kind, "attrition": self.attrition, "grid": self.time_grid,
+                "step_rule": self.step_rule}
 
 
 def positive_int(value: object, name: str, minimum: int = 1) -> int:

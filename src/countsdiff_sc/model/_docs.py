@@ -41,6 +41,14 @@ attrition, attrition_kind
     Attrition strength and kind: ``"rescale"`` (``sigma = attrition * sigma_max``, attrition in [0, 1]), ``"cap"``
     (``sigma = min(attrition, sigma_max)``), ``"constant"`` (death rate ``attrition`` per unit time) or ``"none"``;
     see :func:`~countsdiff_sc.diffusion.attrition_rate`.""",
+    "sampler": """\
+time_grid
+    Time grid of the reverse chain: ``"uniform"`` in ``t`` (default, the paper's), ``"p"``, ``"logit"`` or
+    ``"power"``; see :func:`~countsdiff_sc.diffusion.time_grid`.
+step_rule
+    ``"euler"`` (default): the paper's first-order step, one network evaluation per step. ``"trapezoid"``: a
+    second-order two-stage step (two evaluations per step) that reaches a given accuracy with far fewer steps;
+    see :func:`~countsdiff_sc.diffusion.trapezoid_step`.""",
     "seed": """\
 seed
     Random seed; the same seed gives the same draws on the same device (and ``batch_size``).""",

@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from countsdiff_sc._utils import check_obs_key, record_params, to_dense
-from countsdiff_sc.diffusion import generate, thin, time_grid
+from countsdiff_sc.diffusion import generate, thin
+from countsdiff_sc.diffusion import time_grid as make_time_grid
 from countsdiff_sc.module import check_guidance_cap
 
 from ._chains import ChainSettings, positive_int, run_batches
@@ -25,6 +26,8 @@ __all__ = ["GenerationMixin"]
 _DEFAULT_WEIGHTS = tuple(float(a) for a in np.linspace(0.0, 1.0, 11))
 
 AttritionKind = Literal["rescale", "cap", "constant", "none"]
+GridKind = Literal["uniform", "p", "logit", "power"]
+StepRule = Literal["euler", "trapezoid"]
 
 
 class GenerationMixin:
@@ -46,6 +49,9 @@ class GenerationMixin:
         precision: Literal["32", "bf16", "16"] = "32",
         progress: bool = True,
         guidance_cap: float | None = None,
+        *,
+        time_grid: GridKind = "uniform",
+        step_rule: StepRule = "euler",
     ) -> ad.AnnData:
         """Generate cells (CountsDiff Algorithm 2), conditioned on labels / covariates or unconditionally.
 
@@ -82,6 +88,7 @@ class GenerationMixin:
             much smaller than ``y_C``; a cap such as 3 keeps such genes from exploding while leaving the others
             guided. None (default): no cap, the draws of earlier releases. See
             :func:`~countsdiff_sc.module.check_guidance_cap`.
+        %(sampler)s
 
         Returns
         -------
@@ -118,7 +125,8 @@ class GenerationMixin:
         space = self.condition_space
         strengths = space.guidance_strengths(guidance)
         cap = check_guidance_cap(guidance_cap)
-        settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed)
+        settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed,
+                                 time_grid=time_grid, step_rule=step_rule)
         n = _n_to_generate(n_samples, labels, covariates)
         _warn_valid_layer(self.registry_["setup_args"].get("valid_layer"))
         batch_size = positive_int(batch_size, "batch_size")
@@ -139,8 +147,7 @@ class GenerationMixin:
                 def rate_fn(x, t):
                     return module.rate(x, t, cat, vec, guidance=strengths, guidance_cap=cap)
             return generate(settings.wrap(rate_fn), (rows.stop - rows.start, module.n_genes), module.schedule,
-                            settings.n_steps, attrition_kind=settings.attrition_kind,
-                            attrition=settings.attrition,
+                            settings.n_steps, **settings.chain_kwargs(),
                             generator=settings.generator, device=device, progress=show)
 
         counts = np.concatenate([x for _, x in run_batches(module, n, batch_size, chain, progress, "sampling")])
@@ -165,6 +172,9 @@ class GenerationMixin:
         batch_size: int = 1024,
         precision: Literal["32", "bf16", "16"] = "32",
         progress: bool = True,
+        *,
+        time_grid: GridKind = "uniform",
+        step_rule: StepRule = "euler",
     ) -> ad.AnnData:
         """Move real cells of one label towards another along a path of mixed conditional rates.
 
@@ -205,6 +215,7 @@ class GenerationMixin:
             Rows (cells times weights) generated at once.
         %(precision)s
         %(progress)s
+        %(sampler)s
 
         Returns
         -------
@@ -234,7 +245,8 @@ class GenerationMixin:
         g = space.guidance_strengths(guidance)
         w = _check_path(t_start, weights)
         cells = _source_cells(adata_source, space, source_label, target_label)
-        settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed)
+        settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed,
+                                 time_grid=time_grid, step_rule=step_rule)
         batch_size = positive_int(batch_size, "batch_size")
         if n_cells is not None:
             if not 1 <= positive_int(n_cells, "n_cells") <= cells.size:
@@ -259,7 +271,7 @@ class GenerationMixin:
 
         # rows: weight-major, one shared thinning per source cell
         module, device = self.module, self.device
-        t0 = float(time_grid(n_steps, module.schedule, float(t_start))[0])  # snapped for discrete schedules
+        t0 = float(make_time_grid(n_steps, module.schedule, float(t_start))[0])  # snapped for discrete schedules
         p0 = module.schedule.p(torch.tensor(t0, dtype=torch.float64)).float()
         rows_x = thin(torch.from_numpy(x_src).to(device), p0.to(device), generator=settings.generator).repeat(n_w, 1)
         rows_a = torch.from_numpy(np.repeat(w, n).astype(np.float32)).to(device)
@@ -274,8 +286,7 @@ class GenerationMixin:
                 return module.interpolation_rate(x, t, rows_src[rows], rows_tgt[rows], vec, rows_a[rows, None], g)
 
             return generate(settings.wrap(rate_fn), (rows.stop - rows.start, module.n_genes), module.schedule,
-                            settings.n_steps, attrition_kind=settings.attrition_kind,
-                            attrition=settings.attrition, x_start=rows_x[rows],
+                            settings.n_steps, **settings.chain_kwargs(), x_start=rows_x[rows],
                             t_start=t0, generator=settings.generator, device=device, progress=show)
 
         counts = np.concatenate([x for _, x in run_batches(module, n * n_w, batch_size, chain, progress,

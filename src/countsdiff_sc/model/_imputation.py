@@ -76,6 +76,9 @@ class ImputationMixin:
         store_samples: bool | Literal["auto"] = "auto",
         precision: Literal["32", "bf16", "16"] = "32",
         progress: bool = True,
+        *,
+        time_grid: Literal["uniform", "p", "logit", "power"] = "uniform",
+        step_rule: Literal["euler", "trapezoid"] = "euler",
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fill suspected dropouts or held-out entries with RePaint (CountsDiff Sec. 3.6), ``n_samples`` draws each.
 
@@ -140,6 +143,7 @@ class ImputationMixin:
             working set bounded by ``batch_size``.
         %(precision)s
         %(progress)s
+        %(sampler)s
 
         Returns
         -------
@@ -169,7 +173,8 @@ class ImputationMixin:
         >>> adata.layers["countsdiff_imputed"], adata.layers["countsdiff_imputed_std"]
         """
         strengths = self.condition_space.guidance_strengths(guidance)
-        settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed)
+        settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed,
+                                 time_grid=time_grid, step_rule=step_rule)
         n_draws = positive_int(n_samples, "n_samples")
         batch_size = positive_int(batch_size, "batch_size")
         resample_iters = positive_int(resample_iters, "resample_iters")
@@ -213,8 +218,7 @@ class ImputationMixin:
                 return module.rate(x, t, cat_b, cont_b, valid=valid_b, guidance=strengths)
 
             return repaint(settings.wrap(rate_fn), rows(imputed[idx]), rows(fill), module.schedule, settings.n_steps,
-                           attrition_kind=settings.attrition_kind, attrition=settings.attrition,
-                           resample_jump=resample_jump, resample_iters=resample_iters,
+                           **settings.chain_kwargs(), resample_jump=resample_jump, resample_iters=resample_iters,
                            generator=settings.generator, progress=show)
 
         spread = _Spread(targets.shape)
