@@ -6,7 +6,8 @@ and the per-step probabilities small, so almost every draw has a small mean ``n 
 uniform and about ``n q + 1`` multiply-adds, is exact and cheap. The kernels below run it in one pass over the tensor,
 with the uniforms from a counter-based generator (the SplitMix64 output for counter ``i``), so a draw depends only on
 the seed and the entry's position, never on how the work is split. Large tensors are split into contiguous chunks
-run on plain Python threads (the kernels release the GIL), as many as ``torch.get_num_threads()``; numba's own
+run on plain Python threads (the kernels release the GIL), as many as ``torch.get_num_threads()`` (so
+``countsdiff_sc.settings.num_threads`` sets the kernels' threads with torch's); numba's own
 threading layers are avoided on purpose, since they hang in a process forked after a threaded launch (OpenMP) or
 abort on concurrent launches (workqueue), and a sampler must be safe in notebooks, data-loader workers and
 multiprocessing pools. Entries with ``n q >= INVERSION_MAX_MEAN`` (rare on UMI data) are flagged by the kernels
@@ -34,7 +35,7 @@ _TABLE = 128  # counts below this take P(0) = (1 - q)^n from a table
 _NO_FLOATS = np.empty(0, dtype=np.float32)  # "no RePaint arrays" for the step kernel
 _NO_BOOLS = np.empty(0, dtype=np.bool_)
 
-__all__ = ["INVERSION_MAX_MEAN", "binomial_cpu", "reverse_step_cpu"]
+__all__ = ["INVERSION_MAX_MEAN", "binomial_cpu", "launch_threads", "reverse_step_cpu"]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -212,6 +213,12 @@ def _seed(generator: torch.Generator | None) -> np.uint64:
     return np.uint64(int(torch.randint(0, 2**62, (1,), generator=generator)))
 
 
+def launch_threads(size: int) -> int:
+    """Threads a launch over ``size`` entries uses: ``torch.get_num_threads()`` (``countsdiff_sc.settings.num_threads``
+    sets it), fewer for tensors too small to pay for a thread (``_MIN_ENTRIES_PER_THREAD`` entries each), at least 1."""
+    return max(1, min(torch.get_num_threads(), size // _MIN_ENTRIES_PER_THREAD))
+
+
 def _launch(kernel, *args) -> int:
     """Run ``kernel(*args, start, stop)`` over the entries and return the number flagged as large-mean.
 
@@ -222,7 +229,7 @@ def _launch(kernel, *args) -> int:
     which thread drew it.
     """
     size = args[0].size
-    n_threads = min(torch.get_num_threads(), size // _MIN_ENTRIES_PER_THREAD)
+    n_threads = launch_threads(size)
     if n_threads <= 1:
         return int(kernel(*args, 0, size))
     n_chunks = -(-size // _CHUNK)
