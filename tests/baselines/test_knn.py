@@ -37,6 +37,7 @@ def test_contract_observed_unchanged_masked_filled(masked):
     assert out[mask].std() > 0  # not a constant fill
     rec = masked.uns["countsdiff"]["knn_imputed"]
     assert rec["method"] == "knn" and rec["n_neighbors"] == 10 and rec["n_pcs"] == 20
+    assert rec["distance"] == "observed"
     assert rec["n_imputed"] == int(mask.sum())
 
 
@@ -52,21 +53,95 @@ def test_deterministic_and_reference_forms(masked):
     np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
 
 
-def test_held_out_truth_never_leaks(masked):
+@pytest.mark.parametrize("distance", ["observed", "zero_filled"])
+@pytest.mark.parametrize("n_pcs", [30, None])
+@pytest.mark.parametrize("use_reference", [False, True])
+def test_held_out_truth_never_leaks(masked, distance, n_pcs, use_reference):
+    # the held-out values of the query cells (and, without a reference, of every cell) are never read
     mask = masked.layers["countsdiff_mask"]
-    out = impute_knn(masked).copy()
-    poisoned = masked.copy()
-    x = _dense(poisoned)
-    x[mask] = 1000
-    poisoned.X = sp.csr_matrix(x)
-    np.testing.assert_array_equal(impute_knn(poisoned)[mask], out[mask])
+    reference = ("countsdiff_split", "train") if use_reference else None
+    kwargs = {"reference": reference, "distance": distance, "n_pcs": n_pcs, "valid_layer": "countsdiff_valid"}
+    out = impute_knn(masked, **kwargs).copy()
+    rng = np.random.default_rng(0)
+    for fill in (lambda n: np.full(n, 1000.0), lambda n: rng.poisson(50.0, n), lambda n: np.zeros(n)):
+        poisoned = masked.copy()
+        x = _dense(poisoned).copy()
+        x[mask] = fill(int(mask.sum()))
+        poisoned.X = sp.csr_matrix(x)
+        np.testing.assert_array_equal(impute_knn(poisoned, **kwargs)[mask], out[mask])
+
+
+def test_observed_distance_matches_brute_force():
+    # exact masked distance (n_pcs=None): mean squared difference of the library-corrected log1p profiles over the
+    # genes both cells observe; a cell is never its own neighbour (its distance to itself is 0)
+    adata = _clustered(n_obs=80, n_vars=15, seed=1)
+    mask_mcar(adata, rate=0.4, seed=2, valid_layer=None)
+    out = impute_knn(adata, n_neighbors=5, n_pcs=None)
+    x = _dense(adata).astype(np.float64)
+    known = ~adata.layers["countsdiff_mask"]
+    xo = np.where(known, x, 0.0)
+    lib = xo.sum(1)
+    target = np.median(lib[lib > 0])
+    rel = xo / np.where(lib > 0, lib, 1)[:, None]
+    gene_mean = np.array([rel[known[:, j] & (lib > 0), j].mean() for j in range(x.shape[1])])
+    share = gene_mean / gene_mean.sum()
+    frac = np.array([share[known[i]].sum() for i in range(x.shape[0])])
+    prof = np.log1p(xo * (target * frac / np.where(lib > 0, lib, 1))[:, None])
+    for i in np.flatnonzero((~known).any(1))[:20]:
+        d = np.full(x.shape[0], np.inf)
+        for n in range(x.shape[0]):
+            both = known[i] & known[n]
+            if n != i and lib[n] > 0 and both.any():
+                d[n] = np.mean((prof[i, both] - prof[n, both]) ** 2)
+        nb = np.argsort(d, kind="stable")[:5]
+        est = np.array(
+            [rel[nb][known[nb, j], j].mean() if known[nb, j].any() else gene_mean[j] for j in range(x.shape[1])]
+        )
+        expected = est * lib[i] / est[known[i]].sum()
+        np.testing.assert_allclose(out[i, ~known[i]], expected[~known[i]], rtol=1e-5)
+
+
+def test_masked_pca_projection_of_complete_cells_is_the_pca_transform():
+    # with a complete reference and complete query genes the masked projection reduces to PCA.transform, so the
+    # "observed" distance with n_pcs equals a Euclidean kNN in the ordinary PCA space of the reference
+    from sklearn.decomposition import PCA
+
+    from countsdiff_sc.baselines._knn import _project
+
+    rng = np.random.default_rng(0)
+    prof = np.log1p(rng.poisson(3.0, size=(60, 12)).astype(float))
+    pca = PCA(n_components=4, random_state=0).fit(prof)
+    full = np.ones(prof.shape, dtype=bool)
+    np.testing.assert_allclose(_project(prof, full, pca.components_.T, pca.mean_), pca.transform(prof), atol=1e-10)
+    # a cell missing genes is placed by least squares on the rest: exact when its profile lies in the PCA space
+    low_rank = pca.inverse_transform(pca.transform(prof))
+    part = full.copy()
+    part[:, :3] = False
+    np.testing.assert_allclose(
+        _project(low_rank, part, pca.components_.T, pca.mean_), pca.transform(low_rank), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("n_pcs", [10, None])
+def test_observed_distance_beats_zero_filled_at_high_mask_rate(n_pcs):
+    adata = _clustered(n_obs=400, n_vars=60, seed=3)
+    adata.obs["split"] = np.arange(adata.n_obs) < 300
+    mask_mcar(adata, rate=0.6, seed=0, valid_layer=None, subset=~adata.obs["split"].to_numpy())
+    mask = adata.layers["countsdiff_mask"]
+    truth = _dense(adata)[mask]
+
+    def rmse(distance):
+        out = impute_knn(adata, reference="split", n_neighbors=10, n_pcs=n_pcs, distance=distance, key_added=distance)
+        return np.sqrt(np.mean((out[mask] - truth) ** 2))
+
+    assert rmse("observed") < rmse("zero_filled")
 
 
 def test_neighbour_mean_matches_brute_force():
-    # also checks that a cell is never its own neighbour (it would be at distance 0 without PCA)
+    # former behaviour (distance="zero_filled"); also checks that a cell is never its own neighbour
     adata = _clustered(n_obs=80, n_vars=15, seed=1)
     mask_mcar(adata, rate=0.3, seed=2, valid_layer=None)
-    out = impute_knn(adata, n_neighbors=5, n_pcs=None)
+    out = impute_knn(adata, n_neighbors=5, n_pcs=None, distance="zero_filled")
     x = _dense(adata).astype(np.float64)
     mask = adata.layers["countsdiff_mask"]
     xo = np.where(mask, 0.0, x)
@@ -141,6 +216,8 @@ def test_errors(masked):
             impute_knn(masked, n_neighbors=k)
     with pytest.raises(ValueError, match="n_pcs"):
         impute_knn(masked, n_pcs=0)
+    with pytest.raises(ValueError, match="distance"):
+        impute_knn(masked, distance="euclidean")
     with pytest.raises(KeyError, match="lacks"):
         impute_knn(masked, reference=masked[:, :10].copy())
     assert "knn_imputed" not in masked.layers

@@ -1,8 +1,9 @@
-"""k-nearest-neighbour imputation baseline: neighbours in a PCA space of observed, normalised ``log1p`` counts."""
+"""k-nearest-neighbour imputation baseline: neighbours compared on the entries each cell has observed."""
 
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -24,22 +25,37 @@ def impute_knn(
     n_neighbors: int = 15,
     n_pcs: int | None = 30,
     seed: int = 0,
+    distance: Literal["observed", "zero_filled"] = "observed",
 ) -> np.ndarray:
     """Impute held-out entries with the library-size-rescaled mean of the cell's nearest neighbours.
 
     Procedure, for every cell of ``adata`` with entries to fill:
 
-    1. **Observed profiles only.** Held-out entries (``layers[mask_layer]``) are set to 0 *before* anything else,
-       in ``adata`` and in the reference cells, so their true values cannot leak into the library sizes, the
-       embedding or the neighbour averages. A cell's library size ``l_i`` is the sum of its entries that are not
-       held out.
-    2. **Embedding.** Each profile is normalised to the median library size of the reference cells and
-       ``log1p``-transformed; a PCA with ``n_pcs`` components is fitted on the reference cells and applied to the
-       cells to impute (``n_pcs=None``: no PCA, Euclidean distances on the ``log1p`` profiles). Held-out genes of a
-       query cell enter this embedding as zeros.
-    3. **Neighbours.** The ``n_neighbors`` nearest reference cells in that space (Euclidean, exact brute-force
-       search: deterministic); a cell is never its own neighbour, and reference cells without observed counts are
-       not candidates.
+    1. **Observed entries only.** A cell's *known* entries are those not held out (``layers[mask_layer]``); held-out
+       values are never read (they are set to 0 before anything else, in ``adata`` and in the reference cells), so
+       they cannot leak into library sizes, distances or neighbour averages. A cell's observed library ``l_i`` is the
+       sum of its known entries.
+    2. **Profiles.** Each cell is normalised to the median reference library and ``log1p``-transformed. With the
+       default ``distance="observed"`` the normaliser is the cell's estimated *full* library ``l_i / f_i``, where
+       ``f_i`` is the share of the reference mean profile that falls on the cell's known genes, so that a query cell
+       with half its genes held out is on the same scale as a complete reference cell.
+    3. **Distances** (``distance=``):
+
+       - ``"observed"`` (default): cells are compared only on the genes both have observed. With ``n_pcs=None``
+         the distance is the mean squared difference of the ``log1p`` profiles over those genes (exact, no
+         embedding). With ``n_pcs`` set, a PCA with ``n_pcs`` components is fitted on the reference profiles (their
+         held-out entries, if any, replaced by the gene's mean over reference cells that observe it) and every cell
+         is placed in it by least squares on its known genes only (a masked projection; for a complete cell this is
+         the ordinary PCA transform); distances are Euclidean in that space.
+       - ``"zero_filled"``: the former default: held-out genes of a query cell enter a PCA embedding (``n_pcs``;
+         ``None``: the ``log1p`` profiles themselves) as zeros and the library is not corrected. It is leakage-free
+         but pulls query cells towards low-expression neighbours. On the CBMC split of ``benchmarks/imputation.py``
+         (``n_neighbors=15``, ``valid_layer="countsdiff_valid"``) the held-out RMSE at 50% MCAR is 16.5 with it,
+         9.0 with ``"observed"`` and 30 PCs and 8.8 with ``"observed"`` without PCA; at 25% MNAR-low 1.56, 1.49
+         and 1.86. Kept for reproducing old results.
+
+       The ``n_neighbors`` nearest reference cells are taken (exact brute-force search: deterministic); a cell is
+       never its own neighbour, and reference cells without observed counts are not candidates.
     4. **Estimate.** For gene ``j``, ``p_ij`` is the mean of ``x_nj / l_n`` over the neighbours ``n`` that observe
        gene ``j`` (not held out and, when ``valid_layer`` is given, valid); when none of them does, ``p_ij`` is the
        mean of ``x_nj / l_n`` over all reference cells observing ``j`` (the gene's reference mean, counted in
@@ -74,9 +90,13 @@ def impute_knn(
         Number of neighbours (reduced, with a ``UserWarning``, when the reference has fewer candidate cells).
     n_pcs
         Number of principal components of the embedding (capped by the reference size and the number of genes);
-        ``None`` skips the PCA.
+        ``None`` skips the PCA (with ``distance="observed"``: exact masked distances over the shared known genes;
+        their cost grows with cells x reference cells x genes, so keep a PCA for large data).
     seed
         Random state of the (randomized) PCA; results are deterministic for a given seed.
+    distance
+        How cells are compared: ``"observed"`` (default; on each pair's known genes) or ``"zero_filled"`` (held-out
+        genes as zeros; the former behaviour). See step 3.
 
     Returns
     -------
@@ -96,6 +116,8 @@ def impute_knn(
         raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}.")
     if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer)) or n_pcs < 1):
         raise ValueError(f"n_pcs must be a positive integer or None, got {n_pcs!r}.")
+    if distance not in ("observed", "zero_filled"):
+        raise ValueError(f"distance must be 'observed' or 'zero_filled', got {distance!r}.")
     inputs = load_inputs(adata, mask_layer, layer, valid_layer, key_added)
     ref = load_reference(adata, inputs, reference, layer, mask_layer, valid_layer)
 
@@ -116,6 +138,7 @@ def impute_knn(
         raise ValueError("No reference cell has observed counts; kNN imputation needs observed neighbours.")
     ref_x, ref_lib, ref_rows = ref_x[pool], ref_lib[pool], ref_rows[pool]
     ref_observed = ref.observed[pool]
+    ref_known = ~ref.masked[pool]
     target = float(np.median(ref_lib))
 
     query = np.flatnonzero(inputs.fill.any(axis=1))
@@ -127,22 +150,8 @@ def impute_knn(
         q_x = inputs.observed_input[query].astype(np.float64)
         q_lib = q_x.sum(axis=1)
 
-        # 2. embedding fitted on the reference cells.
-        ref_emb = log_normalize(ref_x, target)
-        q_emb = log_normalize(q_x, target)
-        n_pcs_eff = None if n_pcs is None else min(int(n_pcs), ref_emb.shape[0] - 1, ref_emb.shape[1])
-        if n_pcs_eff is not None and n_pcs_eff >= 1:
-            from sklearn.decomposition import PCA
-
-            pca = PCA(n_components=n_pcs_eff, svd_solver="randomized", random_state=seed)
-            ref_emb = pca.fit_transform(ref_emb)
-            q_emb = pca.transform(q_emb)
-        else:
-            n_pcs_eff = None
-
-        # 3. neighbours (one extra candidate so a query cell that is also a reference cell can drop itself).
         in_pool = np.isin(query, ref_rows)
-        n_candidates = ref_emb.shape[0] - (1 if in_pool.any() else 0)
+        n_candidates = ref_x.shape[0] - (1 if in_pool.any() else 0)
         if n_candidates < 1:
             raise ValueError("The reference holds no cell other than the one to impute; pass a larger reference.")
         if k_eff > n_candidates:
@@ -153,12 +162,39 @@ def impute_knn(
                 stacklevel=2,
             )
             k_eff = n_candidates
-        idx = _neighbours(ref_emb, q_emb, ref_rows, query, k_eff, drop_self=bool(in_pool.any()))
+        n_pcs_req = None if n_pcs is None else min(int(n_pcs), ref_x.shape[0] - 1, ref_x.shape[1])
+        if n_pcs_req is not None and n_pcs_req < 1:
+            n_pcs_req = None
+        drop_self = bool(in_pool.any())
+        if distance == "zero_filled":
+            # 2-3. former behaviour: held-out genes of the query enter a PCA embedding as zeros.
+            ref_emb = log_normalize(ref_x, target)
+            q_emb = log_normalize(q_x, target)
+            if n_pcs_req is not None:
+                from sklearn.decomposition import PCA
+
+                pca = PCA(n_components=n_pcs_req, svd_solver="randomized", random_state=seed)
+                ref_emb = pca.fit_transform(ref_emb)
+                q_emb = pca.transform(q_emb)
+            idx = _neighbours(ref_emb, q_emb, ref_rows, query, k_eff, drop_self=drop_self)
+        else:
+            # 2. profiles normalised by the estimated full library (observed library / share of the mean profile).
+            q_known = ~inputs.mask[query]
+            share = _gene_shares(ref_x, ref_lib, ref_known)
+            ref_prof = _observed_profiles(ref_x, ref_lib, ref_known, share, target)
+            q_prof = _observed_profiles(q_x, q_lib, q_known, share, target)
+            # 3. neighbours on the known genes only.
+            if n_pcs_req is not None:
+                ref_emb, q_emb = _masked_pca(ref_prof, ref_known, q_prof, q_known, n_pcs_req, seed)
+                idx = _neighbours(ref_emb, q_emb, ref_rows, query, k_eff, drop_self=drop_self)
+            else:
+                idx = _masked_neighbours(ref_prof, ref_known, q_prof, q_known, ref_rows, query, k_eff)
+        n_pcs_eff = n_pcs_req
 
         # 4. mean of the normalised neighbour values over neighbours observing the gene.
         rel = np.where(ref_observed, ref_x / ref_lib[:, None], 0.0)
         obs_f = ref_observed.astype(np.float64)
-        n_ref = ref_emb.shape[0]
+        n_ref = ref_x.shape[0]
         graph = sp.csr_matrix(
             (np.ones(idx.size), (np.repeat(np.arange(query.size), k_eff), idx.ravel())), shape=(query.size, n_ref)
         )
@@ -191,6 +227,7 @@ def impute_knn(
         "n_neighbors": k_eff,
         "n_pcs": n_pcs_eff,
         "seed": int(seed),
+        "distance": distance,
         "target_sum": target,
         "n_gene_mean_fallbacks": n_fallback,
     }
@@ -226,3 +263,86 @@ def _reference_gene_means(rel: np.ndarray, observed: np.ndarray) -> np.ndarray:
             stacklevel=3,
         )
     return rel.sum(axis=0) / np.maximum(n, 1.0)
+
+
+def _gene_shares(ref_x: np.ndarray, ref_lib: np.ndarray, ref_known: np.ndarray) -> np.ndarray:
+    """Reference mean profile (mean of ``x / l`` over the cells that know each gene), normalised to sum 1."""
+    rel = np.where(ref_known, ref_x / ref_lib[:, None], 0.0)
+    mean = rel.sum(axis=0) / np.maximum(ref_known.sum(axis=0), 1)
+    total = mean.sum()
+    return mean / total if total > 0 else np.full(mean.shape, 1.0 / mean.size)
+
+
+def _observed_profiles(
+    x: np.ndarray, lib: np.ndarray, known: np.ndarray, share: np.ndarray, target: float
+) -> np.ndarray:
+    """``log1p`` of counts normalised by the estimated full library ``lib / f`` (``f``: share of the reference mean
+    profile on the cell's known genes); held-out entries are 0 and must be ignored by the caller."""
+    frac = known.astype(np.float64) @ share
+    frac = np.where(frac > 0, frac, 1.0)
+    scale = np.where(lib > 0, target * frac / np.where(lib > 0, lib, 1.0), 0.0)
+    return np.log1p(np.where(known, x, 0.0) * scale[:, None])
+
+
+def _masked_neighbours(
+    ref_prof: np.ndarray,
+    ref_known: np.ndarray,
+    q_prof: np.ndarray,
+    q_known: np.ndarray,
+    ref_rows: np.ndarray,
+    query: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """``k`` nearest reference cells by mean squared difference over the genes known in both cells (self and
+    pairs without a shared known gene excluded). Exact; processed in chunks of query cells."""
+    complete = bool(ref_known.all())
+    b = ref_known.astype(np.float64)
+    r_sq = ref_prof**2
+    out = np.empty((query.size, k), dtype=np.int64)
+    chunk = max(1, 2**24 // max(1, ref_prof.shape[0]))
+    for start in range(0, query.size, chunk):
+        sl = slice(start, min(query.size, start + chunk))
+        a = q_known[sl].astype(np.float64)
+        y = np.where(q_known[sl], q_prof[sl], 0.0)
+        if complete:  # every reference entry known: the shared genes are the query's
+            sq = (a * y**2).sum(axis=1, keepdims=True) - 2.0 * y @ ref_prof.T + a @ r_sq.T
+            n_shared = np.broadcast_to(a.sum(axis=1, keepdims=True), sq.shape)
+        else:
+            sq = (a * y**2) @ b.T - 2.0 * y @ (b * ref_prof).T + a @ (b * r_sq).T
+            n_shared = a @ b.T
+        # pairs without a shared known gene are last resorts; the cell itself is never chosen (k < candidates)
+        d = np.where(n_shared > 0, np.maximum(sq, 0.0) / np.maximum(n_shared, 1.0), np.finfo(np.float64).max)
+        d[ref_rows[None, :] == query[sl, None]] = np.inf
+        out[sl] = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return out
+
+
+def _masked_pca(
+    ref_prof: np.ndarray, ref_known: np.ndarray, q_prof: np.ndarray, q_known: np.ndarray, n_pcs: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """PCA fitted on the reference profiles (unknown entries: the gene's mean over the cells knowing it); every
+    cell placed by least squares on its known genes, ``argmin_z ||W_K z - (y_K - mu_K)||``."""
+    from sklearn.decomposition import PCA
+
+    n_known = ref_known.sum(axis=0)
+    gene_mean = np.where(ref_known, ref_prof, 0.0).sum(axis=0) / np.maximum(n_known, 1)
+    filled = np.where(ref_known, ref_prof, gene_mean[None, :])
+    pca = PCA(n_components=n_pcs, svd_solver="randomized", random_state=seed).fit(filled)
+    w, mu = pca.components_.T, pca.mean_  # (genes, pcs): orthonormal columns
+    return _project(ref_prof, ref_known, w, mu), _project(q_prof, q_known, w, mu)
+
+
+def _project(prof: np.ndarray, known: np.ndarray, w: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Least-squares coordinates of each cell on its known genes (ordinary projection for complete cells)."""
+    centred = np.where(known, prof - mu[None, :], 0.0)
+    z = centred @ w
+    partial = np.flatnonzero(~known.all(axis=1))
+    if partial.size:
+        n_pcs = w.shape[1]
+        chunk = max(1, 2**24 // (w.shape[0] * n_pcs * n_pcs))
+        ridge = 1e-6 * np.eye(n_pcs)  # keeps the solve defined for cells with very few known genes
+        for start in range(0, partial.size, chunk):
+            rows = partial[start : start + chunk]
+            gram = np.einsum("cg,gp,gq->cpq", known[rows].astype(np.float64), w, w, optimize=True)
+            z[rows] = np.linalg.solve(gram + ridge[None], z[rows][..., None])[..., 0]
+    return z
