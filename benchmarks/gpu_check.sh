@@ -179,16 +179,18 @@ mkdir -p "$(dirname "$OUT")"
   echo
   echo "$VERSIONS"
   echo "- NVIDIA driver ${DRIVER:-unknown}"
-  echo "- data: bundled CBMC (8,617 cells x 500 genes), dropouts marked per cell type, 50% MCAR mask (held-out"
-  echo "  entries never train); model: default MLP, $STEPS steps on the GPU; impute: 5 draws, 50 steps; sample: 3,000"
-  echo "  cells of the three largest cell types, 50 steps, guidance 1"
+  echo "- data: bundled CBMC ($([ "$N_CELLS" = 0 ] && echo "8,617" || echo "the first $N_CELLS") cells x 500 genes)," \
+       "dropouts marked per cell type, 50% MCAR mask (held-out entries never train); model: default MLP, $STEPS" \
+       "steps (--accelerator $ACCEL); impute: 5 draws, 50 steps; sample: $N_GEN cells of the three largest cell" \
+       "types, 50 steps, guidance 1"
   echo
   echo "| step | seconds | status |"
   echo "|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
   echo
   [ -f quality.md ] && { echo "## Quality by precision"; echo; cat quality.md; echo; }
-  echo "Throughput and memory: \`benchmarks/results/perf_quick_cuda_32.md\` (written by the perf_cuda step)."
+  [ $REHEARSE = 0 ] && echo "Throughput and memory: \`benchmarks/results/perf_quick_cuda_32.md\` (written by the" \
+    "perf_cuda step)."
 } >"$OUT"
 echo "wrote $OUT"
 exit $FAILED
