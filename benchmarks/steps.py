@@ -1,30 +1,42 @@
-"""Quality against the number of reverse steps (CountsDiff paper Table 13) on CBMC, with one trained model.
+"""Quality against the number of reverse steps, time grids and step rules (CountsDiff paper Table 13), on CBMC.
 
 A CountsDiffModel (default settings, ``backbone="mlp"``) is trained once on 90% of the CBMC cells. On the held-out
-10% it then
+10% it then runs, for every ``n_steps`` x time grid x step rule (``countsdiff_sc.diffusion.time_grid`` grids
+``uniform`` / ``p`` / ``logit`` / ``power``; step rules ``euler``, one network evaluation per step, and the
+second-order ``trapezoid``, two per step):
 
-* generates as many cells as there are held-out cells, with the same labels (guidance 1, no attrition), and scores
-  them by the multivariate energy distance to the held-out cells in the space of the top 50 PCs of the
-  log-normalised training cells (``mvED_gen``, computed here: the package's ``energy_distance`` is the 1-D one of
-  pooled values; the same distance between the held-out cells and as many training cells is printed as the floor a
-  perfect generator would reach);
-* imputes a 50% MCAR mask of the held-out cells with the default RePaint settings (one draw) and scores RMSE and
-  the 1-D energy distance of the held-out values (``cds.metrics.energy_distance``);
+* generation of as many cells as there are held-out cells, with the same labels (guidance 1, no attrition), scored
+  against the held-out cells by the multivariate energy distance (``mvED_gen``, computed here: the package's
+  ``energy_distance`` is the 1-D one of pooled values) and ``cds.metrics.mmd`` (``MMD_gen``), both in the space of the
+  top 50 PCs of the log-normalised training cells, and by ``cds.metrics.classifier_auc`` (``RF_AUC``: random forest
+  real vs generated; 0.5 = indistinguishable). The energy distance between the held-out cells and as many training
+  cells is printed as the floor a perfect generator would reach;
+* RePaint imputation of a 50% MCAR mask of the held-out cells with the default settings (one draw), scored by RMSE
+  and the 1-D energy distance of the held-out values (``cds.metrics.rmse`` / ``energy_distance``);
 
-for ``n_steps`` in 5, 10, 20, 50, 100 (plus a second seed at 50 steps, to show the sampling noise). It reports the
-smallest ``n_steps`` whose score is within 5% of the 50-step score. Defaults are not changed by this script.
+and reports the network evaluations (``countsdiff_sc.diffusion.n_evaluations``; guidance doubles the network passes
+of every evaluation alike) and the wall time of each. The reference is the uniform / Euler chain at the largest
+``n_steps`` (rerun with a second seed to show the sampling noise); for each grid and rule the table lists the fewest
+network evaluations whose score is within 5% of it. A plot of quality against network evaluations is written to
+``benchmarks/results/steps[_quick].png``. Defaults are not changed by this script.
 
 Usage::
 
-    python benchmarks/steps.py --quick     # about 2-3 minutes
-    python benchmarks/steps.py             # full run (about 10 minutes on 2 CPU cores)
+    python benchmarks/steps.py --quick     # 3000 cells, n_steps 5, 10, 20, all grids and rules: about 2-3 min
+    python benchmarks/steps.py             # n_steps 5, 10, 20, 50, 100, 200, all grids and rules (48 settings)
 
-Writes ``benchmarks/results/steps[_quick].md`` and ``.json``.
+The full run is expected to take about 30-40 minutes on 2 idle CPU cores (one thread): training 3000 steps (~3 min),
+4,620 network evaluations per verb over the 49 chains of 860 held-out cells (the quick run measures ~0.06 s per
+evaluation of 300 cells for sample plus impute, so ~15 min), and the metrics of each setting (the 300-tree random
+forest dominates, ~10 s each). Twice that on a loaded machine.
+
+Writes ``benchmarks/results/steps[_quick].md``, ``.json`` and ``.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -35,7 +47,12 @@ try:
 except ImportError:  # imported as benchmarks.steps from the repository root
     from benchmarks import _common as common
 
-STEPS = (5, 10, 20, 50, 100)
+STEPS = (5, 10, 20, 50, 100, 200)
+GRIDS = ("uniform", "p", "logit", "power")
+RULES = ("euler", "trapezoid")
+QUICK_STEPS = (5, 10, 20)
+QUICK_GRIDS = GRIDS
+METRICS = ("mvED_gen", "MMD_gen", "RF_AUC", "impute_rmse", "impute_ED")
 
 
 def multivariate_energy_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -49,9 +66,49 @@ def multivariate_energy_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * torch.cdist(ta, tb).mean() - torch.cdist(ta, ta).mean() - torch.cdist(tb, tb).mean())
 
 
+def fewest_evaluations(table: pd.DataFrame, reference: pd.Series) -> pd.DataFrame:
+    """Per grid, rule and metric: the fewest network evaluations whose score is within 5% of the reference."""
+    rows = []
+    for (grid, rule), part in table.groupby(["grid", "step_rule"], sort=False):
+        row = {"grid": grid, "step_rule": rule}
+        for metric in METRICS:
+            # RF AUC: within 5% of the reference's distance to 0.5 (chance); the others: within 5% of the score
+            if metric == "RF_AUC":
+                ok = part[(part[metric] - 0.5) <= 1.05 * (reference[metric] - 0.5) + 1e-9]
+            else:
+                ok = part[part[metric] <= 1.05 * reference[metric]]
+            row[metric] = int(ok.evaluations.min()) if len(ok) else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot(table: pd.DataFrame, path) -> None:
+    """Quality against network evaluations: one panel per metric, a line per grid (colour) and rule (style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6))
+    colours = dict(zip(GRIDS, ("C0", "C1", "C2", "C3"), strict=True))
+    styles = {"euler": "-", "trapezoid": "--"}
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for (grid, rule), part in table.groupby(["grid", "step_rule"], sort=False):
+            part = part.sort_values("evaluations")
+            ax.plot(part.evaluations, part[metric], styles[rule], marker="o", ms=3, color=colours[grid],
+                    label=f"{grid} / {rule}")
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations")
+        ax.set_title(metric + (" (0.5 = chance)" if metric == "RF_AUC" else " (lower is better)"), fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="subsample and short training, about 2 minutes")
+    p.add_argument("--quick", action="store_true", help="subsample, short training, fewer settings: about 3 minutes")
     p.add_argument("--max-steps", type=int, default=3000, help="training steps (full mode)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -60,17 +117,18 @@ def main() -> None:
 
     import countsdiff_sc as cds
     from countsdiff_sc._utils import log_normalize
+    from countsdiff_sc.diffusion import n_evaluations
 
     common.quiet()
     scvi.settings.verbosity = 40
     scvi.settings.seed = args.seed
     t_all = time.perf_counter()
     adata = cds.datasets.cbmc()
-    max_steps, steps = args.max_steps, STEPS
+    max_steps, steps, grids, n_trees = args.max_steps, STEPS, GRIDS, 300
     if args.quick:
         rng = np.random.default_rng(args.seed)
         adata = adata[np.sort(rng.choice(adata.n_obs, 3000, replace=False))].copy()
-        max_steps, steps = 1000, (5, 10, 20, 50)
+        max_steps, steps, grids, n_trees = 1000, QUICK_STEPS, QUICK_GRIDS, 100
     rng = np.random.default_rng(args.seed)
     test_idx = np.sort(rng.choice(adata.n_obs, adata.n_obs // 10, replace=False))
     is_test = np.zeros(adata.n_obs, bool)
@@ -83,6 +141,7 @@ def main() -> None:
     model.train(max_steps=max_steps, accelerator="cpu", enable_progress_bar=False)
     train_s = time.perf_counter() - t0
     common.log(f"trained {max_steps} steps on {train.n_obs} cells in {train_s:.0f} s; {test.n_obs} held-out cells")
+    schedule = model.module.schedule
 
     # PCA space of the log-normalised training cells
     ref = log_normalize(train.X)
@@ -101,55 +160,66 @@ def main() -> None:
     truth = test.X.toarray()
     labels = test.obs["cell_type"].astype(str).tolist()
 
-    rows = []
-    runs = [(n, args.seed) for n in steps] + [(50, args.seed + 1)]
-    for n_steps, seed in runs:
+    def run(n_steps: int, grid: str, rule: str, seed: int) -> dict:
+        sampler = {"n_steps": n_steps, "time_grid": grid, "step_rule": rule, "seed": seed, "progress": False}
         t0 = time.perf_counter()
-        gen = model.sample(labels=labels, n_steps=n_steps, seed=seed, progress=False)
+        gen = model.sample(labels=labels, **sampler)
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        imputed, _ = model.impute(test, mask_layer="countsdiff_mask",
-                                  n_samples=1, n_steps=n_steps, seed=seed, store_samples=False,
-                                  key_added=f"imputed_{n_steps}_{seed}", progress=False)
+        imputed, _ = model.impute(test, mask_layer="countsdiff_mask", n_samples=1, store_samples=False,
+                                  key_added="imputed_steps", **sampler)
         imp_s = time.perf_counter() - t0
-        row = {"n_steps": n_steps, "seed": seed, "mvED_gen": multivariate_energy_distance(real, pcs(gen.X)),
-               "impute_rmse": cds.metrics.rmse(truth, imputed, mask),
-               "impute_ED": cds.metrics.energy_distance(truth, imputed, mask),
-               "sample_s": gen_s, "impute_s": imp_s}
-        rows.append(row)
-        common.log("  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        gen_pcs = pcs(gen.X)
+        return {
+            "n_steps": n_steps, "grid": grid, "step_rule": rule, "seed": seed,
+            "evaluations": n_evaluations(n_steps, schedule, grid=grid, step_rule=rule),
+            "mvED_gen": multivariate_energy_distance(real, gen_pcs),
+            "MMD_gen": cds.metrics.mmd(real, gen_pcs, seed=seed),
+            "RF_AUC": cds.metrics.classifier_auc(truth, gen.X.toarray(), n_estimators=n_trees, seed=seed, n_jobs=1),
+            "impute_rmse": cds.metrics.rmse(truth, imputed, mask),
+            "impute_ED": cds.metrics.energy_distance(truth, imputed, mask),
+            "sample_s": gen_s, "impute_s": imp_s,
+        }
+
+    rows = []
+    for n_steps, grid, rule in itertools.product(steps, grids, RULES):
+        rows.append(run(n_steps, grid, rule, args.seed))
+        common.log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
+    noise_row = run(max(steps), "uniform", "euler", args.seed + 1)
     table = pd.DataFrame(rows)
-    base = table[(table.n_steps == 50) & (table.seed == args.seed)].iloc[0]
-    main_runs = table[table.seed == args.seed].sort_values("n_steps")
-    smallest = {}
-    for metric in ("mvED_gen", "impute_rmse", "impute_ED"):
-        ok = main_runs[main_runs[metric] <= 1.05 * base[metric]]
-        smallest[metric] = {"smallest n_steps within 5% of 50": int(ok.n_steps.min()),
-                            "best n_steps": int(main_runs.n_steps[main_runs[metric].idxmin()]),
-                            "score at 50": float(base[metric])}
-    noise = table[table.n_steps == 50].set_index("seed")
+    reference = table[(table.n_steps == max(steps)) & (table.grid == "uniform") & (table.step_rule == "euler")].iloc[0]
+    fewest = fewest_evaluations(table, reference)
+    png = common.result_stem("steps", args.quick).with_suffix(".png")
+    plot(table, png)
     elapsed = time.perf_counter() - t_all
     info = common.machine_info()
+    shown = table.drop(columns=["seed"])
     lines = [
-        f"# Quality against the number of reverse steps ({'quick' if args.quick else 'full'} mode)", "",
+        f"# Quality against reverse steps, time grids and step rules ({'quick' if args.quick else 'full'} mode)", "",
         common.machine_header("steps", args.quick, elapsed, info), "",
         f"- CBMC {adata.n_obs} cells x {adata.n_vars} genes; model trained once for {max_steps} steps "
-        f"({train_s:.0f} s) on {train.n_obs} cells; {test.n_obs} held-out cells",
-        "- mvED_gen: multivariate energy distance of generated vs held-out cells on 50 PCs of log-normalised "
-        f"training cells (guidance 1, no attrition); floor (held-out vs training cells): {floor:.4g}",
+        f"({train_s:.0f} s) on {train.n_obs} cells; {test.n_obs} held-out cells; seed {args.seed}",
+        "- evaluations: network evaluations per chain (`euler` 1 per step, `trapezoid` 2 per step); "
+        "sample_s / impute_s: wall time of `sample` / `impute` on the held-out cells",
+        "- mvED_gen / MMD_gen: multivariate energy distance and `cds.metrics.mmd` of generated vs held-out cells on 50 "
+        f"PCs of log-normalised training cells (guidance 1, no attrition); mvED floor (held-out vs training cells): "
+        f"{floor:.4g}; RF_AUC: `cds.metrics.classifier_auc` ({n_trees} trees; 0.5 = indistinguishable)",
         "- impute_rmse / impute_ED: 50% MCAR mask of the held-out cells, one RePaint draw with the default settings "
         "(guidance 0.5, attrition 0.02), on the masked entries; impute_ED is `cds.metrics.energy_distance` (1-D, "
         "pooled values); lower is better everywhere",
-        "", common.frame_to_markdown(table, index=False), "",
-        "## Smallest n_steps within 5% of the 50-step score", "",
-        common.frame_to_markdown(pd.DataFrame(smallest).T.rename_axis("metric"), index=True), "",
-        "Sampling noise at 50 steps (two seeds): "
-        + ", ".join(f"{m} {noise[m].iloc[0]:.4g} vs {noise[m].iloc[1]:.4g}"
-                    for m in ("mvED_gen", "impute_rmse", "impute_ED")), "",
+        "", common.frame_to_markdown(shown, index=False), "",
+        f"## Fewest network evaluations within 5% of uniform / euler at {max(steps)} steps", "",
+        "(RF_AUC: within 5% of the reference's distance to 0.5; `-`: not reached)", "",
+        common.frame_to_markdown(fewest, index=False), "",
+        f"Sampling noise at the reference ({max(steps)} steps, uniform / euler, seeds {args.seed} and "
+        f"{args.seed + 1}): " + ", ".join(f"{m} {reference[m]:.4g} vs {noise_row[m]:.4g}" for m in METRICS), "",
+        f"![quality against network evaluations]({png.name})", "",
     ]
     common.write_results(common.result_stem("steps", args.quick), lines,
-                         {"settings": vars(args), **info, "floor_mvED_gen": floor, "smallest_within_5pct": smallest,
-                          "table": table.to_dict(orient="records")})
+                         {"settings": vars(args), **info, "floor_mvED_gen": floor,
+                          "fewest_evaluations_within_5pct": fewest.to_dict(orient="records"),
+                          "noise_row": noise_row, "table": table.to_dict(orient="records")},
+                         also=[png.name])
 
 
 if __name__ == "__main__":
