@@ -74,3 +74,18 @@ def test_unknown_options_are_refused(models):
         a.sample(n_samples=2, time_grid="cosine", **QUIET)
     with pytest.raises(ValueError, match="step_rule"):
         a.sample(n_samples=2, step_rule="heun", **QUIET)
+
+
+def test_impute_known_is_passed_down_recorded_and_checked(models):
+    a, _ = models
+    out = {}
+    for known in ("path", "redraw"):
+        adata = golden_adata()
+        kw = {"known": known} if known == "redraw" else {}
+        out[known], _ = a.impute(adata, mask_layer="mask", n_samples=2, seed=0, **kw, **QUIET)
+        assert adata.uns["countsdiff"]["countsdiff_imputed"]["known"] == known
+        mask, x = adata.layers["mask"], adata.X.toarray()
+        assert np.array_equal(out[known][~mask], x[~mask])
+    assert not np.array_equal(out["path"], out["redraw"])  # the redraw consumes its own draws: it reached repaint
+    with pytest.raises(ValueError, match="known"):
+        a.impute(golden_adata(), mask_layer="mask", known="fresh", **QUIET)

@@ -34,7 +34,7 @@ from countsdiff_sc._utils import (
     rows_per_block,
     to_dense,
 )
-from countsdiff_sc.diffusion import repaint
+from countsdiff_sc.diffusion import KNOWN_MODES, repaint
 from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
 
 from ._chains import ChainSettings, positive_int, run_batches
@@ -79,12 +79,13 @@ class ImputationMixin:
         *,
         time_grid: Literal["uniform", "p", "logit", "power"] = "uniform",
         step_rule: Literal["euler", "trapezoid"] = "euler",
+        known: Literal["path", "redraw"] = "path",
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fill suspected dropouts or held-out entries with RePaint (CountsDiff Sec. 3.6), ``n_samples`` draws each.
 
-        The entries to fill follow the reverse process driven by the network; every other entry follows the same
-        step driven by its known missing count ``x_obs - x_t``, so it is ``Binomial(x_obs, p(s))`` (the observed
-        value thinned to time ``s``) at every step and ``x_obs`` at the end: observed entries are never changed.
+        The entries to fill follow the reverse process driven by the network; every other entry is
+        ``Binomial(x_obs, p(s))`` (the observed value thinned to time ``s``) at every step, along one path or
+        redrawn at each step (``known=``), and ``x_obs`` at the end: observed entries are never changed.
         Only cells with at least one entry to fill are processed.
 
         Which entries are filled (``target``, recorded in ``uns["countsdiff"][key_added]["target"]``):
@@ -144,6 +145,12 @@ class ImputationMixin:
         %(precision)s
         %(progress)s
         %(sampler)s
+        known
+            How RePaint carries the observed entries through the chain (see
+            :func:`~countsdiff_sc.diffusion.repaint`): ``"path"`` (default), one forward path read backwards, driven
+            by the known missing count ``x_obs - x_t``; ``"redraw"``, a fresh ``Binomial(x_obs, p(s))`` at every step
+            (the paper's and Lugmayr et al.'s rule; one more binomial draw per step). Measured in
+            ``benchmarks/results/repaint_known.md``.
 
         Returns
         -------
@@ -179,6 +186,8 @@ class ImputationMixin:
         batch_size = positive_int(batch_size, "batch_size")
         resample_iters = positive_int(resample_iters, "resample_iters")
         resample_jump = None if resample_jump is None else positive_int(resample_jump, "resample_jump")
+        if known not in KNOWN_MODES:
+            raise ValueError(f"known must be one of {KNOWN_MODES}, got {known!r}.")
         if point_estimate not in ("mean", "median"):
             raise ValueError(f"point_estimate must be 'mean' or 'median', got {point_estimate!r}.")
         query = prepare_query(self, adata, carry_layers=(mask_layer,) if mask_layer else ())
@@ -219,7 +228,7 @@ class ImputationMixin:
 
             return repaint(settings.wrap(rate_fn), rows(imputed[idx]), rows(fill), module.schedule, settings.n_steps,
                            **settings.chain_kwargs(), resample_jump=resample_jump, resample_iters=resample_iters,
-                           generator=settings.generator, progress=show)
+                           known=known, generator=settings.generator, progress=show)
 
         spread = _Spread(targets.shape)
         for sl, draws in run_batches(module, len(cells), max(1, batch_size // n_draws), chain, progress, "imputing"):
@@ -236,7 +245,7 @@ class ImputationMixin:
         record_params(query.target, key_added, {
             "target": targets.kind, "mask_layer": targets.mask_name, "key_added": key_added, "std_key": std_key,
             "samples_key": samples_key if samples is not None else None, "n_samples": n_draws, **settings.record(),
-            "guidance": guidance, "resample_jump": resample_jump, "resample_iters": resample_iters,
+            "guidance": guidance, "resample_jump": resample_jump, "resample_iters": resample_iters, "known": known,
             "point_estimate": point_estimate, "n_cells_imputed": len(cells), "n_entries_imputed": n_entries,
         })
         return imputed, samples

@@ -24,6 +24,7 @@ from ._process import (
 )
 from ._sampling import (
     GRIDS,
+    KNOWN_MODES,
     POWER_RHO,
     PRECISIONS,
     STEP_RULES,
@@ -50,6 +51,7 @@ from ._weights import LOSS_WEIGHTINGS, loss_weight, resolve_loss_weighting
 __all__ = [
     "ATTRITION_KINDS",
     "GRIDS",
+    "KNOWN_MODES",
     "LOSS_WEIGHTINGS",
     "POWER_RHO",
     "PRECISIONS",

@@ -246,8 +246,10 @@ def reverse_step(
         that owns its state uses to avoid a fresh buffer per step.
     x_obs, target
         RePaint (Sec. 3.6): observed counts and the boolean mask of the entries to impute, shaped like ``x_t``. Entries
-        where ``target`` is False are driven by their known missing count ``x_obs - x_t`` instead of ``y_hat`` (the
-        exact posterior ``q(x_s | x_t, x_0 = x_obs)``); on CPU the choice is made inside the fused kernel.
+        where ``target`` is False are driven by their known missing count ``x_obs - x_t`` instead of ``y_hat``, which
+        keeps them ``Binomial(x_obs, p(s))`` (without attrition this is the posterior ``q(x_s | x_t, x_0 = x_obs)``
+        of the forward process; with attrition a bridge with the same marginals); on CPU the choice is made inside
+        the fused kernel.
 
     Returns
     -------

@@ -21,6 +21,7 @@ from ._schedules import PSchedule
 
 __all__ = [
     "GRIDS",
+    "KNOWN_MODES",
     "POWER_RHO",
     "PRECISIONS",
     "STEP_RULES",
@@ -87,6 +88,9 @@ POWER_RHO = 2.0
 
 #: Step rules of the reverse chain and the network evaluations each takes per transition.
 STEP_RULES = {"euler": 1, "trapezoid": 2}
+
+#: How RePaint carries the observed entries through the chain (see :func:`repaint`).
+KNOWN_MODES = ("path", "redraw")
 
 
 def time_grid(
@@ -212,6 +216,20 @@ def _check_step_rule(step_rule: str) -> None:
         raise ValueError(f"Unknown step_rule {step_rule!r}; choose one of {tuple(STEP_RULES)}.")
 
 
+def _check_known(known: str) -> None:
+    if known not in KNOWN_MODES:
+        raise ValueError(f"Unknown known={known!r}; choose one of {KNOWN_MODES}.")
+
+
+def _redraw_known(x: torch.Tensor, x_obs: torch.Tensor, target: torch.Tensor, p: torch.Tensor, final: bool,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """RePaint's known draw (Lugmayr et al. 2022, Eq. 8): the observed entries of ``x`` replaced by a fresh
+    ``Binomial(x_obs, p)``, independent of the chain so far; at the last time (``final``) by ``x_obs`` itself.
+    ``x_obs`` must be zero at the target entries (their draws are discarded)."""
+    fresh = x_obs if final else binomial(x_obs, p, generator)
+    return torch.where(target, x, fresh)
+
+
 def _p64(schedule: PSchedule, t: float) -> float:
     return float(schedule.p(torch.tensor(t, dtype=torch.float64)))
 
@@ -287,6 +305,8 @@ def trapezoid_step(
     generator: torch.Generator | None = None,
     x_obs: torch.Tensor | None = None,
     target: torch.Tensor | None = None,
+    known: str = "path",
+    final: bool = False,
 ) -> torch.Tensor:
     r"""One second-order reverse transition from ``t`` to ``s < t``: two evaluations of the rate function.
 
@@ -357,7 +377,11 @@ def trapezoid_step(
         Torch generator.
     x_obs, target
         RePaint: observed counts and the mask of entries to impute (see :func:`reverse_step`); observed entries
-        follow their exact posterior in both stages.
+        take the oracle step ``x_obs - x`` in both stages, so they stay ``Binomial(x_obs, p)`` at ``m`` and ``s``.
+    known, final
+        RePaint's observed entries (see :func:`repaint`): ``"path"`` keeps the oracle steps above; ``"redraw"``
+        replaces them by fresh ``Binomial(x_obs, p)`` draws at ``m`` and at ``s`` (``x_obs`` itself at ``s`` when
+        ``final``). With ``"redraw"``, ``x_obs`` must be zero at the target entries.
 
     Returns
     -------
@@ -377,11 +401,15 @@ def trapezoid_step(
         y_t = rate_fn(x_t, torch.full((n,), t, dtype=torch.float32, device=device))
     sigma = attrition_rate(attrition_kind, attrition, p_t, p_s, dt=t - s)
     mid = trapezoid_midpoint(schedule, t, s)
+    redraw = known == "redraw" and x_obs is not None
     if mid is None:
-        return reverse_step(x_t, y_t, p_t, p_s, sigma, generator, x_obs=x_obs, target=target)
+        x_s = reverse_step(x_t, y_t, p_t, p_s, sigma, generator, x_obs=x_obs, target=target)
+        return _redraw_known(x_s, x_obs, target, p_s, final, generator) if redraw else x_s
     m, c = mid
     p_m = _sched(schedule, m, device)
     x_m = reverse_step(x_t, y_t, p_t, p_m, sigma, generator, x_obs=x_obs, target=target)
+    if redraw:
+        x_m = _redraw_known(x_m, x_obs, target, p_m, False, generator)
     y_m = rate_fn(x_m, torch.full((n,), m, dtype=torch.float32, device=device))
     m_t = x_t + y_t
     pool = (m_t - x_m).add_((x_m + y_m).sub_(m_t), alpha=c)  # M_t + c (M_m - M_t) - x_m
@@ -392,7 +420,8 @@ def trapezoid_step(
     b1 = ((p_m - (1.0 - sigma) * p_t) / (1.0 - p_t).clamp_min(1e-12)).clamp(0.0, 1.0)
     expected = b1 * y - sigma * x_t
     pool.sub_(kappa.mul_((x_m - x_t).sub_(expected)))
-    return reverse_step(x_m, pool, p_m, p_s, 0.0, generator, out=x_m, x_obs=x_obs, target=target)
+    x_s = reverse_step(x_m, pool, p_m, p_s, 0.0, generator, out=x_m, x_obs=x_obs, target=target)
+    return _redraw_known(x_s, x_obs, target, p_s, final, generator) if redraw else x_s
 
 
 @torch.inference_mode()
@@ -507,6 +536,7 @@ def repaint(
     resample_iters: int = 1,
     grid: str = "uniform",
     step_rule: str = "euler",
+    known: str = "path",
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
@@ -514,18 +544,32 @@ def repaint(
     """RePaint imputation with the count reverse process (CountsDiff, Soatto et al., 2026, Sec. 3.6; Lugmayr et al.
     2022, Algorithm 1).
 
-    Entries where ``target`` is True follow the reverse step (Prop. 3.2) driven by the network's rate; every other
-    entry follows the same step driven by its known missing count ``y = x_obs - x_t``. That is the exact posterior
-    ``q(x_s | x_t, x_0 = x_obs)`` of the forward process, so an observed entry is ``Binomial(x_obs, p(s))`` at
-    every step (RePaint's "known" draw, Lugmayr et al. 2022, Eq. 8) and equals ``x_obs`` exactly at ``s = 0``.
-    RePaint redraws the known part independently at each step; here it is one forward path traversed backwards,
-    which has the same marginal at every step, keeps the observed entries from jittering between steps and lets
-    one binomial draw per step serve both kinds of entries (the known draw used to cost more than the step itself).
+    Entries where ``target`` is True follow the reverse step (Prop. 3.2) driven by the network's rate, which sees the
+    whole state, observed entries included. The observed entries are carried in one of two ways (``known=``); both
+    give them exactly the marginal ``Binomial(x_obs, p(s))`` at every grid time ``s`` (RePaint's "known" draw,
+    Lugmayr et al. 2022, Eq. 8) and ``x_obs`` at ``s = 0``:
+
+    ``"path"`` (default)
+        Each observed entry takes the same reverse step as the others, driven by its known missing count
+        ``y = x_obs - x_t``: one forward path read backwards. Without attrition that step is the forward process's
+        posterior ``q(x_s | x_t, x_0 = x_obs)``; with attrition it is a birth-death bridge that keeps the binomial
+        marginals but is not that posterior. The observed entries do not jitter between steps and one binomial draw
+        per step serves both kinds of entries.
+    ``"redraw"``
+        The paper's and Lugmayr et al.'s rule: after every step the observed entries are replaced by a fresh
+        ``Binomial(x_obs, p(s))``, independent of the previous steps (one more binomial draw per step; with
+        ``"trapezoid"`` also at its intermediate time).
+
+    Neither makes the imputed entries an exact draw from the conditional law given ``x_obs``, even with an exact
+    denoiser: the network's rate is the unconditional ``E[x_0 - x_t | x_t]``, and births made early in the chain,
+    while the observed entries are still near 0, are never undone. Resampling (below) reduces that error; on a toy
+    with an exact denoiser (``tests/diffusion/counts/test_repaint_known.py``) and on CBMC the options are compared in
+    ``benchmarks/results/repaint_known.md``.
 
     RePaint resampling (``resample_iters > 1``) splits the grid into windows of ``resample_jump`` transitions.
     Each window is run ``resample_iters`` times; between runs the state is re-noised from the window's end ``b``
     back to its start ``a`` by binomial thinning ``Binomial(x_b, p(t_a) / p(t_b))`` (Eq. 5) and the observed entries
-    are re-drawn at ``t_a``. (This is the correct jump back; re-noising to ``t = 1`` would wipe the state and turn
+    are thinned alike. (This is the correct jump back; re-noising to ``t = 1`` would wipe the state and turn
     resampling into independent restarts.)
 
     Parameters
@@ -547,8 +591,10 @@ def repaint(
     resample_iters
         Number of passes over each window (1 = no resampling).
     grid, step_rule
-        Time grid and step rule, as in :func:`generate`. With ``"trapezoid"`` the observed entries follow their
-        exact posterior in both stages, so they stay ``Binomial(x_obs, p(s))`` at every step.
+        Time grid and step rule, as in :func:`generate`. With ``"trapezoid"`` the observed entries stay
+        ``Binomial(x_obs, p)`` in both stages of a step.
+    known
+        How the observed entries are carried: ``"path"`` or ``"redraw"`` (see above; :data:`KNOWN_MODES`).
     generator, callback, progress
         As in :func:`generate`.
 
@@ -558,6 +604,7 @@ def repaint(
     """
     _check_attrition(attrition_kind, attrition)
     _check_step_rule(step_rule)
+    _check_known(known)
     if target.shape != x_obs.shape:
         raise ValueError(f"target has shape {tuple(target.shape)} but x_obs has shape {tuple(x_obs.shape)}.")
     if resample_iters < 1:
@@ -574,6 +621,9 @@ def repaint(
     # Start at t = 1: observed entries thinned to p(1) (all zeros for schedules with p(1) = 0), targets empty.
     x_start = binomial(x_obs, _sched(schedule, float(times[0]), device), generator)
     x = torch.where(target, torch.zeros_like(x_obs), x_start).contiguous()
+    redraw = known == "redraw"
+    if redraw:
+        x_obs = torch.where(target, torch.zeros_like(x_obs), x_obs)  # target values are ignored, never drawn from
     window_starts = range(0, n_trans, jump) if resample_iters > 1 else [0]
     bar = tqdm(total=n_trans * resample_iters, desc="repaint", disable=not progress, leave=False)
     for a in window_starts:
@@ -581,9 +631,11 @@ def repaint(
         for r in range(resample_iters):
             for k in range(a, b):
                 t, s = float(times[k]), float(times[k + 1])
+                final = k == n_trans - 1
                 if step_rule == "trapezoid":
                     x = trapezoid_step(rate_fn, x, t, s, schedule, attrition_kind=attrition_kind,
-                                       attrition=attrition, generator=generator, x_obs=x_obs, target=target)
+                                       attrition=attrition, generator=generator, x_obs=x_obs, target=target,
+                                       known=known, final=final)
                 else:
                     p_t, p_s = _sched(schedule, t, device), _sched(schedule, s, device)
                     y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=device))
@@ -591,6 +643,8 @@ def repaint(
                     # observed entries: the oracle rate x_obs - x_t (an integer, so the fused rounding leaves it alone)
                     x = reverse_step(x, y_hat, p_t, p_s, sigma, generator, out=x if callback is None else None,
                                      x_obs=x_obs, target=target)
+                    if redraw:
+                        x = _redraw_known(x, x_obs, target, p_s, final, generator)
                 if callback is not None:
                     callback(k, t, s, x)
                 bar.update(1)
