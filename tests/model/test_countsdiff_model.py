@@ -102,6 +102,20 @@ def test_save_load_roundtrip(trained, tmp_path):
     assert loaded2.is_trained
 
 
+def test_constant_loss_normalisation_scale_and_save_load(trained, tmp_path):
+    """loss_normalisation="constant": the scale is the mean number of trusted entries per cell, saved with the model
+    and restored by load without data; the default model has no such buffer (former saves load unchanged)."""
+    adata, model = trained
+    assert "loss_scale" not in model.module.state_dict()
+    const = cds.CountsDiffModel(adata, backbone_kwargs=TINY, loss_normalisation="constant")
+    expected = np.asarray(adata.layers["valid"]).sum() / adata.n_obs
+    assert float(const.module.loss_scale) == pytest.approx(expected, rel=1e-6)
+    const.save(tmp_path / "c", overwrite=True)
+    loaded = cds.CountsDiffModel.load(tmp_path / "c", adata=None)
+    assert loaded.module.loss_normalisation == "constant"
+    assert float(loaded.module.loss_scale) == pytest.approx(expected, rel=1e-6)
+
+
 def test_impute_invariants(trained):
     adata, model = trained
     bdata = adata.copy()

@@ -203,3 +203,31 @@ def test_joint_module_rejects_unequal_strengths():
         m.rate(x, t, cat, torch.zeros(3, 2), guidance=[2.0, 1.0, 1.0])
     # strengths of conditions that are not given do not count
     torch.testing.assert_close(m.rate(x, t, cat, guidance=[2.0, 2.0, 0.0]), m.rate(x, t, cat, guidance=2.0))
+
+
+def test_loss_normalisation_constant_is_the_hand_computed_formula():
+    """issue 22, item 3: "constant" divides each cell's sum over trusted entries by loss_scale; "cell" averages."""
+    from countsdiff_sc.diffusion import loss_weight
+    from countsdiff_sc.module import MASK_KEY, VALID_KEY
+
+    batch = _batch(n=6)
+    gen = torch.Generator().manual_seed(1)
+    batch[VALID_KEY] = torch.rand(6, 20, generator=gen) < 0.7
+    batch[MASK_KEY] = torch.rand(6, 20, generator=gen) < 0.2
+    batch[VALID_KEY][0] = False  # a cell without trusted entries contributes 0
+    for norm, scale in [("cell", None), ("constant", 7.5)]:
+        m = _module(loss_normalisation=norm, loss_scale=scale).eval()
+        torch.manual_seed(3)
+        inf, gen_out, out = m(batch)
+        y_hat, y = gen_out["y_hat"].double(), (inf["x0"] - inf["x_t"]).double()
+        keep = (batch[VALID_KEY] & ~batch[MASK_KEY]).double()
+        total = ((y_hat - y * torch.log(y_hat + 1e-8)) * keep).sum(1)
+        per_cell = total / (keep.sum(1).clamp_min(1.0) if norm == "cell" else 7.5)
+        expected = (loss_weight(inf["t"], m.schedule, m.loss_weighting).double() * per_cell).mean()
+        assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert "loss_scale" not in _module().state_dict()  # "cell" modules keep their former state dict
+    assert float(_module(loss_normalisation="constant").loss_scale) == 20.0  # default: n_genes
+    with pytest.raises(ValueError, match="loss_normalisation"):
+        _module(loss_normalisation="gene")
+    with pytest.raises(ValueError, match="loss_scale"):
+        _module(loss_normalisation="constant", loss_scale=0.0)

@@ -25,7 +25,7 @@ from ._conditions import ConditionSpace
 from ._expression import DEPTH_QUANTILE, ExpressionMixin
 from ._generation import GenerationMixin
 from ._imputation import ImputationMixin
-from ._setup import SetupMixin, check_training_data, gene_stats, library_quantile
+from ._setup import SetupMixin, check_training_data, gene_stats, library_quantile, mean_trusted_per_cell
 from ._training import train_method
 
 __all__ = ["CountsDiffModel"]
@@ -72,6 +72,12 @@ class CountsDiffModel(SetupMixin, GenerationMixin, ImputationMixin, ExpressionMi
         vector condition) is dropped independently with probability ``p_uncond``, and all of them together with
         probability ``p_uncond``; needed for per-covariate guidance with unequal strengths
         (``sample(guidance={...})``, see :meth:`sample`).
+    loss_normalisation
+        ``"cell"`` (default): each cell's loss is averaged over its trusted entries (valid, not held out), so with a
+        validity layer or mask an entry of a cell with few trusted genes weighs more. ``"constant"``: each cell's
+        sum over trusted entries is divided by the mean number of trusted entries per training cell (computed here
+        from the registered data and saved with the model), so every entry weighs the same, as in Eq. 6 of the
+        paper. Identical when every entry is trusted. Measured in ``benchmarks/loss_normalisation.py``.
 
     Examples
     --------
@@ -100,14 +106,17 @@ class CountsDiffModel(SetupMixin, GenerationMixin, ImputationMixin, ExpressionMi
         ema_decay: float = 0.999,
         rate_baseline: Literal["none", "gamma_poisson"] = "none",
         uncond_mode: Literal["joint", "independent"] = "joint",
+        loss_normalisation: Literal["cell", "constant"] = "cell",
     ):
         super().__init__(adata, registry)
         if isinstance(schedule, PSchedule) and schedule.name != "custom":
             schedule = schedule.config()
         space = ConditionSpace.from_registry(self.registry_)
-        stats = None
+        stats, loss_scale = None, None
         if adata is not None:
             stats = gene_stats(self.adata_manager)
+            if loss_normalisation == "constant":
+                loss_scale = mean_trusted_per_cell(self.adata_manager)
             counts_obj = adata
             if hasattr(adata, "mod"):  # MuData: the genes are those of the RNA modality
                 counts_obj = adata.mod[self.registry_["setup_args"]["modalities"]["rna_layer"]]
@@ -128,11 +137,14 @@ class CountsDiffModel(SetupMixin, GenerationMixin, ImputationMixin, ExpressionMi
             rate_baseline=rate_baseline,
             gene_stats=stats,
             uncond_mode=uncond_mode,
+            loss_normalisation=loss_normalisation,
+            loss_scale=loss_scale,
         )
         n_params = sum(p.numel() for p in self.module.net.parameters())
         self._model_summary_string = (
             f"CountsDiffModel: backbone={backbone}, schedule={self.module.schedule!r}, "
-            f"loss_weighting={self.module.loss_weighting}, conditions={space.names()} ({uncond_mode} dropout), "
+            f"loss_weighting={self.module.loss_weighting}, loss_normalisation={loss_normalisation}, "
+            f"conditions={space.names()} ({uncond_mode} dropout), "
             f"{self.summary_stats.n_vars} genes, {n_params:,} network parameters, ema_decay={ema_decay}."
         )
         self.init_params_ = self._get_init_params(locals())

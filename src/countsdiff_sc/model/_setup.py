@@ -118,6 +118,24 @@ def gene_stats(adata_manager: AnnDataManager) -> tuple[torch.Tensor, torch.Tenso
     return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(var, dtype=torch.float32)
 
 
+def mean_trusted_per_cell(adata_manager: AnnDataManager) -> float:
+    """Mean number of trusted entries (valid, not held out) per registered cell (at least 1), read in blocks."""
+    x = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+    registry = adata_manager.data_registry
+    valid = adata_manager.get_from_registry(VALID_KEY) if VALID_KEY in registry else None
+    heldout = adata_manager.get_from_registry(MASK_KEY) if MASK_KEY in registry else None
+    if valid is None and heldout is None:
+        return float(x.shape[1])
+    n_trusted = 0
+    for start, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
+        rows = slice(start, start + block.shape[0])
+        keep = np.ones(block.shape, bool) if valid is None else to_dense(valid[rows]).astype(bool)
+        if heldout is not None:
+            keep &= ~to_dense(heldout[rows]).astype(bool)
+        n_trusted += int(np.count_nonzero(keep))
+    return max(1.0, n_trusted / max(x.shape[0], 1))
+
+
 def check_training_data(model: Any) -> None:
     """At the start of training: the registered counts are still counts (not normalised in place after setup), and
     the validity layer, if any, trusts at least one entry (otherwise the loss is 0 and nothing is learned)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._countsdiff import (
     BACKBONES,
     CONDITION_KEY,
+    LOSS_NORMALISATIONS,
     MASK_KEY,
     RATE_BASELINES,
     UNCOND_MODES,
@@ -21,6 +22,7 @@ from .dice import DICEModule
 __all__ = [
     "BACKBONES",
     "CONDITION_KEY",
+    "LOSS_NORMALISATIONS",
     "MASK_KEY",
     "RATE_BASELINES",
     "UNCOND_MODES",

@@ -25,6 +25,7 @@ from ._guidance import check_guidance_cap, guidance_terms, interpolation_terms
 __all__ = [
     "BACKBONES",
     "CONDITION_KEY",
+    "LOSS_NORMALISATIONS",
     "MASK_KEY",
     "RATE_BASELINES",
     "UNCOND_MODES",
@@ -41,6 +42,7 @@ CONDITION_KEY = "condition"
 BACKBONES = ("mlp", "transformer")
 RATE_BASELINES = ("gamma_poisson", "none")
 UNCOND_MODES = ("joint", "independent")
+LOSS_NORMALISATIONS = ("cell", "constant")
 
 #: ``(cat, cont, drop)`` of one network pass: category codes, vector condition and the drop mask of its cells.
 ConditionVariant = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]
@@ -64,8 +66,8 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
 
     ``inference`` draws ``t ~ U(0, 1)`` per cell (snapped to the grid of a discrete schedule), thins
     ``x_t ~ Binomial(x_0, p(t))`` and decides which conditions of each cell are replaced by their null tokens
-    (classifier-free guidance, see ``uncond_mode``); ``generative`` predicts ``y_hat``; ``loss`` is Eq. 6,
-    averaged over valid genes and weighted by ``w(t)``.
+    (classifier-free guidance, see ``uncond_mode``); ``generative`` predicts ``y_hat``; ``loss`` is Eq. 6 on the
+    trusted entries, normalised per cell (see ``loss_normalisation``) and weighted by ``w(t)``.
 
     Parameters
     ----------
@@ -112,6 +114,16 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
     gene_stats
         ``(mean, variance)`` of every gene's counts over the training cells (valid entries), used for the
         baseline and for the initial output bias. Stored as buffers, so they are saved with the model.
+    loss_normalisation
+        ``"cell"`` (default): each cell's loss is the mean over its trusted entries (weight ``1 / n_valid`` per
+        entry), so an entry of a cell with few trusted genes weighs more and the learned rate leans towards such
+        cells. ``"constant"``: each cell's sum over trusted entries is divided by one constant, ``loss_scale``, so
+        every entry weighs the same and the objective is Eq. 6 (a sum over entries) up to that constant. Without a
+        validity layer or mask both are identical.
+    loss_scale
+        The constant of ``loss_normalisation="constant"`` (the model passes the mean number of trusted entries per
+        training cell, which keeps the loss on the scale of ``"cell"``); stored as a buffer, so it is saved with
+        the model. Defaults to ``n_genes``. Ignored for ``"cell"``.
     """
 
     def __init__(
@@ -129,6 +141,8 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         rate_baseline: str = "none",
         gene_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
         uncond_mode: str = "joint",
+        loss_normalisation: str = "cell",
+        loss_scale: float | None = None,
     ):
         super().__init__()
         if backbone not in BACKBONES:
@@ -153,6 +167,16 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         if rate_baseline not in RATE_BASELINES:
             raise ValueError(f"Unknown rate_baseline {rate_baseline!r}; choose one of {RATE_BASELINES}.")
         self.rate_baseline = rate_baseline
+        if loss_normalisation not in LOSS_NORMALISATIONS:
+            raise ValueError(
+                f"Unknown loss_normalisation {loss_normalisation!r}; choose one of {LOSS_NORMALISATIONS}."
+            )
+        self.loss_normalisation = loss_normalisation
+        if loss_normalisation == "constant":  # a buffer only here: state dicts of "cell" modules stay as they were
+            scale = float(n_genes if loss_scale is None else loss_scale)
+            if not scale > 0:
+                raise ValueError(f"loss_scale must be positive, got {loss_scale}.")
+            self.register_buffer("loss_scale", torch.tensor(scale, dtype=torch.float32))
         if gene_stats is None:
             gene_stats = (torch.ones(n_genes), torch.full((n_genes,), 2.0))
         mean, shape = gene_prior(torch.as_tensor(gene_stats[0]), torch.as_tensor(gene_stats[1]))
@@ -241,11 +265,13 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
         """Eq. 6 on trusted entries (valid and not held out): mean over cells of
-        ``w(t) * mean_trusted(y_hat - y log(y_hat + 1e-8))``."""
+        ``w(t) * mean_trusted(y_hat - y log(y_hat + 1e-8))`` (``loss_normalisation="cell"``) or of
+        ``w(t) * sum_trusted(...) / loss_scale`` (``"constant"``)."""
         y = inference_outputs["x0"] - inference_outputs["x_t"]
         valid = self._trusted(tensors)
         w = loss_weight(inference_outputs["t"], self.schedule, self.loss_weighting)
-        per_cell = count_loss(generative_outputs["y_hat"], y, valid, w, reduce=False)
+        norm = self.loss_scale if self.loss_normalisation == "constant" else None
+        per_cell = count_loss(generative_outputs["y_hat"], y, valid, w, reduce=False, normaliser=norm)
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, n_obs_minibatch=y.shape[0])
 
     # ------------------------------------------------------------------ sampling helpers

@@ -316,3 +316,16 @@ def test_reverse_step_rounding_matches_binomial_of_randomly_rounded_rate():
     # negative control: deterministic rounding to 2 is rejected
     wrong = stats.binom.pmf(np.arange(4), 2, beta) + 1e-12
     assert stats.chisquare(observed, wrong / wrong.sum() * n).pvalue < 1e-6
+
+
+def test_count_loss_constant_normaliser():
+    y_hat = torch.tensor([[1.0, 2.0, 3.0], [0.5, 1.0, 4.0]])
+    y = torch.tensor([[0.0, 2.0, 1.0], [1.0, 0.0, 3.0]])
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    term = y_hat - y * torch.log(y_hat + 1e-8)
+    per_cell = count_loss(y_hat, y, valid, reduce=False, normaliser=2.5)
+    torch.testing.assert_close(per_cell, (term * valid).sum(1) / 2.5)
+    torch.testing.assert_close(count_loss(y_hat, y, None, normaliser=3.0), term.sum(1).mean() / 3.0)
+    torch.testing.assert_close(count_loss(y_hat, y, None, normaliser=3.0), count_loss(y_hat, y))  # all trusted
+    with pytest.raises(ValueError, match="normaliser"):
+        count_loss(y_hat, y, valid, normaliser=0.0)

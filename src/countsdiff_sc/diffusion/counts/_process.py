@@ -82,11 +82,19 @@ def count_loss(
     valid: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
     reduce: bool = True,
+    normaliser: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The CountsDiff loss of Eq. 6 restricted to valid entries.
 
-    Per cell: the mean over valid genes of ``y_hat - y log(y_hat + 1e-8)``; batch: the mean over cells of
-    ``w(t)`` times that. Cells without any valid gene contribute zero.
+    Per cell: the mean over valid genes of ``y_hat - y log(y_hat + 1e-8)`` (``normaliser=None``), or the sum over
+    valid genes divided by the constant ``normaliser``; batch: the mean over cells of ``w(t)`` times that. Cells
+    without any valid gene contribute zero.
+
+    The per-cell mean weights every entry of a cell by ``1 / n_valid`` of that cell, so cells with fewer valid genes
+    weigh more per entry and the minimiser leans towards them (when validity varies by cell, this is the
+    inverse-probability weighting that counts every cell once). A constant ``normaliser`` (e.g. the mean number of
+    valid genes per cell) weighs every entry equally: the loss is Eq. 6 (a sum over entries) up to a constant
+    factor, so it has the same minimiser, on the scale of the per-cell mean.
 
     Parameters
     ----------
@@ -100,13 +108,20 @@ def count_loss(
         Per-cell weights ``w(t)``, shape ``(n,)``; 1 when None.
     reduce
         Return the batch mean (default) or the per-cell weighted losses.
+    normaliser
+        None (default): average each cell over its valid genes. A positive number (or 0-d tensor, not checked):
+        divide each cell's sum over valid genes by it.
 
     Returns
     -------
     Scalar loss, or a tensor of shape ``(n,)`` when ``reduce=False``.
     """
     term = y_hat - y * torch.log(y_hat + _LOG_EPS)
-    if valid is None:
+    if normaliser is not None:
+        if not torch.is_tensor(normaliser) and not normaliser > 0:
+            raise ValueError(f"normaliser must be positive, got {normaliser}.")
+        per_cell = (term if valid is None else term * valid.to(term.dtype)).sum(dim=-1) / normaliser
+    elif valid is None:
         per_cell = term.mean(dim=-1)
     else:
         v = valid.to(term.dtype)
