@@ -6,7 +6,7 @@ Usage::
     python benchmarks/dice.py                              # the paper's sizes where feasible on a CPU
     python benchmarks/dice.py --parts diagnostics --merge  # one part, merged into the existing results
 
-Parts: synthetic, confidence, cbmc, cbmc_splits, diagnostics, timing (all by default).
+Parts: synthetic, confidence, cbmc, cbmc_splits, uncertainty, diagnostics, timing (all by default).
 
 Parts
 
@@ -35,6 +35,11 @@ Parts
     20,000 steps, about 27 minutes) and under the empirical prior of the reference points; MSE and 15-NN
     label-transfer accuracy before / after. (e2) Query counts thinned to 25% depth: PCA vs DICE with the reference's
     and with the query's residual variance as the likelihood variance (3 splits x 4 Leiden seeds).
+
+(f) ``uncertainty``: what ``X_dice_std`` is for. CBMC query of 1000 cells, labels transferred by a 15-NN vote from
+    the reference's PCA coordinates to the query's DICE embedding; AUROC of the per-cell chain spread (mean of
+    ``X_dice_std``) for predicting a wrong transferred label, next to two baselines (distance to the nearest
+    reference label centroid; the share of disagreeing neighbours), at ``n_prior_steps`` 20 (default) and 5.
 
 The network is the package default (about 0.2 M parameters) in every part but (e); the paper's single-cell network
 has 35 M parameters and trains for 10,000 epochs on a GPU.
@@ -340,6 +345,66 @@ def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -
     return out
 
 
+def run_uncertainty(quick: bool, seed: int, cache: dict) -> dict[str, Any]:
+    """What ``X_dice_std`` is for: does a query cell's chain spread predict its label-transfer error?
+
+    A stratified query of 1000 CBMC cells; the DICE prior is trained on the reference (or the ``cbmc`` part's model is
+    reused). Labels go from the reference (its PCA coordinates, the prior's space) to the query's DICE embedding by a
+    15-NN majority vote. Scores of each query cell, AUROC for "the transferred label is wrong": the mean of
+    ``X_dice_std`` over the latent dimensions; the distance to the nearest reference label centroid (baseline); the
+    share of the 15 neighbours that disagree with the vote (baseline).
+    """
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    import countsdiff_sc as cds
+    from countsdiff_sc.model import DICEModel
+
+    adata = cache["cbmc"] if "cbmc" in cache else cds.datasets.cbmc()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    is_query = np.zeros(adata.n_obs, dtype=bool)
+    is_query[stratified_query(labels, 1000, seed)] = True
+    ref, query = adata[~is_query].copy(), adata[is_query].copy()
+    steps = 1500 if quick else 6000
+    n_iter = 50 if quick else 100
+    model = cache.get("cbmc_model")
+    out: dict[str, Any] = {"n_reference": int(ref.n_obs), "n_query": int(query.n_obs), "n_iter": n_iter,
+                           "n_chains": 10, "rho": [5.0, 0.5], "reused_cbmc_model": model is not None, "rows": []}
+    if model is None:
+        DICEModel.setup_anndata(ref, labels_key="cell_type")
+        model = DICEModel(ref, n_latent=25)
+        t = time.perf_counter()
+        model.train(max_steps=steps, batch_size=256, check_val_every_n_epoch=5, **TRAINER)
+        out["train_seconds"] = time.perf_counter() - t
+        out["train_steps"] = steps
+    u_ref = model.project(ref, key_added=None)
+    ref_lab, q_lab = labels[~is_query], labels[is_query]
+    knn = KNeighborsClassifier(15).fit(u_ref, ref_lab)
+    cats = np.unique(ref_lab)
+    centroids = np.stack([u_ref[ref_lab == c].mean(0) for c in cats])
+    for n_prior_steps in (20, 5):
+        t = time.perf_counter()
+        mean, std = model.embed(query, n_iter=n_iter, rho=(5.0, 0.5), n_chains=10, seed=seed, progress=False,
+                                n_prior_steps=n_prior_steps, key_added=f"X_dice_p{n_prior_steps}")
+        seconds = time.perf_counter() - t
+        proba = knn.predict_proba(mean)
+        wrong = knn.classes_[proba.argmax(1)] != q_lab
+        dist = np.linalg.norm(mean[:, None, :] - centroids[None], axis=-1).min(1)
+        scores = {
+            "X_dice_std (mean over dims)": std.mean(1),
+            "distance to nearest reference centroid": dist,
+            "15-NN disagreement (1 - vote share)": 1.0 - proba.max(1),
+        }
+        row = {"n_prior_steps": n_prior_steps, "embed_seconds": seconds, "error_rate": float(wrong.mean()),
+               "mean_chain_std": float(std.mean()),
+               "auroc": {k: float(roc_auc_score(wrong, v)) if 0 < wrong.sum() < wrong.size else float("nan")
+                         for k, v in scores.items()}}
+        out["rows"].append(row)
+        common.log(f"uncertainty n_prior_steps={n_prior_steps}: error {row['error_rate']:.3f}, "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in row["auroc"].items()))
+    return out
+
+
 def run_cbmc_splits(quick: bool, seed: int, n_splits: int) -> dict[str, Any]:
     """PCA vs DICE on several stratified reference / query splits, Leiden with several seeds: the spread of the
     ARI / NMI comparison that one split and one clustering seed hide."""
@@ -412,8 +477,7 @@ def run_timing(quick: bool, seed: int, cache: dict, threads: list[int]) -> dict[
     diff = model.module.diffusion
     scale = float(model.module.latent_scale)
     rhos = np.linspace(5.0, 0.5, 100)
-    evals = sum(max(1, int(np.ceil(20 * diff.select_t0(r / scale) / diff.n_timesteps))) for r in rhos
-                if diff.select_t0(r / scale) > 0)
+    evals = sum(min(20, diff.select_t0(r / scale)) for r in rhos)  # min(n_prior_steps, t0) calls per prior step
     out["network_calls_per_batch"] = int(evals)
     old = torch.get_num_threads()
     for n_threads in threads:
@@ -653,6 +717,21 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['threads']} | {r['seconds']:.0f} | {r['extrapolated_10k_seconds']:.0f} | "
                          f"{r['load_average_before']:.1f} |")
         lines.append("")
+    if "uncertainty" in results:
+        un = results["uncertainty"]
+        lines += ["## (f) What X_dice_std is for: predicting label-transfer errors on CBMC", "",
+                  f"Reference {un['n_reference']} cells, stratified query {un['n_query']} cells, DICE rho 5 -> 0.5, "
+                  f"{un['n_iter']} iterations, {un['n_chains']} chains. Query labels by a 15-NN vote from the "
+                  "reference's PCA coordinates (the prior's space) in the DICE embedding; AUROC of each per-cell score "
+                  "for \"the transferred label is wrong\" (0.5 = no information). `n_prior_steps=20` is the default "
+                  "(20 network calls per prior step); 5 is about what the former default ran at rho = 0.5.", "",
+                  "| n_prior_steps | error rate | mean chain spread | AUROC X_dice_std | AUROC centroid distance "
+                  "| AUROC 15-NN disagreement | embed seconds |", "|---|---|---|---|---|---|---|"]
+        for r in un["rows"]:
+            a = list(r["auroc"].values())
+            lines.append(f"| {r['n_prior_steps']} | {r['error_rate']:.3f} | {r['mean_chain_std']:.3f} | {fmt(a[0])} "
+                         f"| {fmt(a[1])} | {fmt(a[2])} | {r['embed_seconds']:.0f} |")
+        lines.append("")
     if "diagnostics" in results:
         dg = results["diagnostics"]
         lines += ["## (e) Why DICE ties PCA on CBMC", "",
@@ -692,8 +771,9 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced sizes for a fast run")
-    parser.add_argument("--parts", default="synthetic,confidence,cbmc,cbmc_splits,diagnostics,timing",
-                        help="comma-separated subset of synthetic, confidence, cbmc, cbmc_splits, diagnostics, timing")
+    parser.add_argument("--parts", default="synthetic,confidence,cbmc,cbmc_splits,uncertainty,diagnostics,timing",
+                        help="comma-separated subset of synthetic, confidence, cbmc, cbmc_splits, uncertainty, "
+                        "diagnostics, timing")
     parser.add_argument("--n-splits", type=int, default=5, help="query splits of the cbmc_splits part")
     parser.add_argument("--merge", action="store_true",
                         help="update the parts run in an existing results JSON instead of replacing it")
@@ -723,6 +803,8 @@ def main() -> None:
         results["cbmc"] = run_cbmc(args.quick, args.seed, cache, with_scvi=not args.no_scvi, stem=stem)
     if "cbmc_splits" in parts:
         results["cbmc_splits"] = run_cbmc_splits(args.quick, args.seed, args.n_splits)
+    if "uncertainty" in parts:
+        results["uncertainty"] = run_uncertainty(args.quick, args.seed, cache)
     if "diagnostics" in parts:
         results["diagnostics"] = run_diagnostics(args.quick, args.seed)
     if "timing" in parts:
