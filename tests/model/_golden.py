@@ -34,7 +34,7 @@ def golden_adata():
 def run_cases(model_a, model_b, adata) -> dict[str, np.ndarray]:
     """Every verb and option path whose draws are pinned: returns name -> array."""
     out: dict[str, np.ndarray] = {}
-    quiet = {"progress": False, "step_rule": "euler"}  # 0.1.0 had only the Euler step
+    quiet = {"progress": False}
     g = model_a.sample(labels=["type_0"] * 5 + ["type_2"] * 4, conditions=np.ones((9, 2), np.float32),
                        n_steps=7, guidance=1.5, attrition=0.05, seed=0, batch_size=4, **quiet)
     out["sample_labels"] = g.X.toarray()

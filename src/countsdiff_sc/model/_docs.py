@@ -46,11 +46,9 @@ time_grid
     Time grid of the reverse chain: ``"uniform"`` in ``t`` (default, the paper's), ``"p"``, ``"logit"`` or
     ``"power"``; see :func:`~countsdiff_sc.diffusion.time_grid`.
 step_rule
-    ``"euler"``: the paper's first-order step, one network evaluation per step. ``"trapezoid"``: a second-order
-    two-stage step (two evaluations per step) that reaches a given accuracy with far fewer steps; see
-    :func:`~countsdiff_sc.diffusion.trapezoid_step`. The defaults of each verb are in its signature; ``sample`` and
-    ``impute`` default to ``"trapezoid"`` with 10 steps (20 network evaluations), which measured better than 50
-    Euler steps on CBMC (``benchmarks/results/steps.md``).""",
+    ``"euler"`` (default): the paper's first-order step, one network evaluation per step. ``"trapezoid"``: a
+    second-order two-stage step (two evaluations per step) that reaches a given accuracy with far fewer steps;
+    see :func:`~countsdiff_sc.diffusion.trapezoid_step`.""",
     "seed": """\
 seed
     Random seed; the same seed gives the same draws on the same device (and ``batch_size``).""",

@@ -40,7 +40,7 @@ class GenerationMixin:
         labels: str | Sequence[str] | None = None,
         covariates: Mapping[str, str | Sequence[str]] | None = None,
         conditions: np.ndarray | None = None,
-        n_steps: int = 10,
+        n_steps: int = 50,
         guidance: float | Mapping[str, float] = 1.0,
         attrition: float = 0.0,
         attrition_kind: AttritionKind = "rescale",
@@ -51,7 +51,7 @@ class GenerationMixin:
         guidance_cap: float | None = None,
         *,
         time_grid: GridKind = "uniform",
-        step_rule: StepRule = "trapezoid",
+        step_rule: StepRule = "euler",
     ) -> ad.AnnData:
         """Generate cells (CountsDiff Algorithm 2), conditioned on labels / covariates or unconditionally.
 
@@ -73,8 +73,7 @@ class GenerationMixin:
         conditions
             ``(n, d)`` array of the vector condition, if the model was set up with ``condition_obsm_key``.
         n_steps
-            Number of reverse transitions (10 with the default ``step_rule="trapezoid"``: 20 network evaluations;
-            the Euler chain of the paper used 50).
+            Number of reverse transitions.
         %(guidance_dict)s
         %(attrition)s
         %(seed)s

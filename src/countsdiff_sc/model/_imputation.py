@@ -61,7 +61,7 @@ class ImputationMixin:
         mask_layer: str | None = None,
         n_samples: int = 5,
         target: Target = "auto",
-        n_steps: int = 10,
+        n_steps: int = 50,
         guidance: float | Mapping[str, float] = 0.5,
         attrition: float = 0.02,
         attrition_kind: Literal["rescale", "cap", "constant", "none"] = "rescale",
@@ -78,7 +78,7 @@ class ImputationMixin:
         progress: bool = True,
         *,
         time_grid: Literal["uniform", "p", "logit", "power"] = "uniform",
-        step_rule: Literal["euler", "trapezoid"] = "trapezoid",
+        step_rule: Literal["euler", "trapezoid"] = "euler",
         known: Literal["path", "redraw"] = "path",
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fill suspected dropouts or held-out entries with RePaint (CountsDiff Sec. 3.6), ``n_samples`` draws each.
@@ -114,9 +114,8 @@ class ImputationMixin:
         target
             ``"auto"``, ``"dropouts"`` or ``"mask"`` (see above).
         n_steps
-            Number of reverse transitions (10 with the default ``step_rule="trapezoid"``: 20 network
-            evaluations, measured at least as good as 50 Euler steps; the paper uses 20 Euler steps;
-            quality against steps, grids and rules: ``benchmarks/results/steps.md``).
+            Number of reverse transitions (the paper uses 20; quality against steps:
+            ``benchmarks/results/steps.md``).
         guidance
             Guidance strength (paper's best scRNA setting: 0.5), or per-condition strengths as a dict (see
             :meth:`sample`); ignored for an unconditional model.
