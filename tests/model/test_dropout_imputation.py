@@ -170,3 +170,25 @@ def test_new_cells_without_the_validity_layer(dropout_model):
     assert "valid" not in new.layers
     df = model.get_normalized_expression(new, n_steps=3, seed=0)
     assert df.shape == new.shape
+
+
+def test_spread_is_collected_in_place_into_its_final_csr():
+    """The spread's arrays are allocated once at their final size; the CSR matrix uses them without a copy."""
+    from countsdiff_sc.model._imputation import _Spread
+
+    rng = np.random.default_rng(0)
+    fill = rng.random((7, 5)) < 0.4
+    fill[3] = False  # a cell without entries to fill
+    draws = rng.poisson(3.0, (7, 4, 5)).astype(np.float32)
+    spread = _Spread(fill.shape, int(fill.sum()))
+    for rows in (np.arange(0, 3), np.arange(4, 7)):  # batches in increasing cell order; cell 3 is skipped
+        spread.add(rows, fill[rows], draws[rows])
+    m = spread.matrix()
+    expected = np.where(fill, draws.std(axis=1), 0.0)
+    np.testing.assert_allclose(m.toarray(), expected, rtol=1e-6)
+    assert m.indices.dtype == np.int32 and m.indptr.dtype == np.int32
+    assert np.shares_memory(m.data, spread.values) and np.shares_memory(m.indices, spread.cols)
+    short = _Spread(fill.shape, int(fill.sum()) + 1)
+    short.add(np.arange(7), fill, draws)
+    with pytest.raises(RuntimeError, match="collected"):
+        short.matrix()

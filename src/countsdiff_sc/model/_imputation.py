@@ -230,7 +230,7 @@ class ImputationMixin:
                            **settings.chain_kwargs(), resample_jump=resample_jump, resample_iters=resample_iters,
                            known=known, generator=settings.generator, progress=show)
 
-        spread = _Spread(targets.shape)
+        spread = _Spread(targets.shape, n_entries)
         for sl, draws in run_batches(module, len(cells), max(1, batch_size // n_draws), chain, progress, "imputing"):
             idx = cells[sl]
             draws = draws.reshape(len(idx), n_draws, -1)
@@ -357,24 +357,31 @@ def _n_rows(idx: Any, n_obs: int) -> int:
 
 class _Spread:
     """The standard deviation of the draws on the filled entries, collected into one CSR matrix (8 bytes per filled
-    entry: float32 values, int32 column indices; batches come in increasing cell order)."""
+    entry: float32 values, int32 column indices). The arrays are allocated once, at their final size (the number of
+    entries to fill is known from ``_Targets.scan``), and filled in place: batches come in increasing cell order, so
+    no concatenation, and no transient second copy, is ever made."""
 
-    def __init__(self, shape: tuple[int, int]):
+    def __init__(self, shape: tuple[int, int], n_entries: int):
         self.shape, self.per_row = shape, np.zeros(shape[0], np.int64)
-        self.cols: list[np.ndarray] = []
-        self.values: list[np.ndarray] = []
+        self.index = np.int32 if max(n_entries, shape[1]) < 2**31 - 1 else np.int64
+        self.cols = np.empty(n_entries, self.index)
+        self.values = np.empty(n_entries, np.float32)
+        self.filled = 0
 
     def add(self, idx: np.ndarray, fill: np.ndarray, draws: np.ndarray) -> None:
         r, c = np.nonzero(fill)  # row-major: the order of a CSR matrix
+        end = self.filled + len(r)
         self.per_row[idx] = fill.sum(axis=1)
-        self.cols.append(c.astype(np.int32))
-        self.values.append(draws[r, :, c].std(axis=1).astype(np.float32))
+        self.cols[self.filled:end] = c
+        self.values[self.filled:end] = draws[r, :, c].std(axis=1)
+        self.filled = end
 
     def matrix(self) -> sp.csr_matrix:
-        indptr = np.concatenate([[0], np.cumsum(self.per_row)])
-        cols = np.concatenate(self.cols) if self.cols else np.zeros(0, np.int32)
-        values = np.concatenate(self.values) if self.values else np.zeros(0, np.float32)
-        return sp.csr_matrix((values, cols, indptr), shape=self.shape)
+        if self.filled != len(self.values):
+            raise RuntimeError(f"{self.filled} of {len(self.values)} filled entries were collected.")
+        indptr = np.zeros(self.shape[0] + 1, self.index)
+        np.cumsum(self.per_row, out=indptr[1:])
+        return sp.csr_matrix((self.values, self.cols, indptr), shape=self.shape, copy=False)
 
 
 def _store_draws(store_samples: bool | str, shape: tuple[int, int], n_draws: int) -> bool:
