@@ -97,7 +97,7 @@ def _impute_task(spec: dict) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     with _PeakMemory() as mem:
         model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], seed=0, progress=False,
-                     batch_size=spec.get("batch_size", 2048))
+                     batch_size=spec.get("batch_size", 2048), store_samples=spec.get("store_samples", "auto"))
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     rec = adata.uns["countsdiff"]["countsdiff_imputed"]
     spread = adata.layers["countsdiff_imputed_std"]
@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=5)
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory-against-cells part (writes scale_memory[_quick].md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -169,6 +171,8 @@ def main() -> None:
     common.quiet()
     t_start = time.perf_counter()
     sizes = [(2000, 500), (1000, 2000)] if args.quick else [(100_000, 2000), (20_000, 20_000)]
+    if args.memory_only:
+        sizes = [(10, 2000 if not args.quick else 500)]  # only its gene count is used: the memory part's genes
     memory_cells = [500, 1000, 2000] if args.quick else [10_000, 30_000, 100_000]
     pretrain = 100 if args.quick else args.pretrain_steps
     base = {"threads": args.threads, "n_samples": args.n_samples}
@@ -180,7 +184,7 @@ def main() -> None:
             _run({**base, "task": "pretrain", "train_cells": n_train, "n_cells": n_train, "n_genes": n_genes,
                   "steps": pretrain, "path": path}, timeout=7200)
             weights[n_genes] = path
-        for n_cells, n_genes in sizes:
+        for n_cells, n_genes in ([] if args.memory_only else sizes):
             rows.append(_run({**base, "task": "impute", "n_cells": n_cells, "n_genes": n_genes,
                               "n_steps": args.n_steps, "weights": weights[n_genes]}, timeout=4 * 3600))
             rows.append(_run({**base, "task": "expression", "n_cells": n_cells, "n_genes": n_genes,
@@ -188,10 +192,22 @@ def main() -> None:
             rows.append(_run({**base, "task": "scvi", "n_cells": n_cells, "n_genes": n_genes}, timeout=7200))
         mem_genes = sizes[0][1]
         for n_cells in memory_cells:
-            rows.append({**_run({**base, "task": "impute", "n_cells": n_cells, "n_genes": mem_genes, "n_steps": 1,
-                                 "n_samples": 1, "batch_size": 256, "weights": weights[mem_genes]}, timeout=7200),
-                         "part": "memory"})
+            spec = {**base, "task": "impute", "n_cells": n_cells, "n_genes": mem_genes, "n_steps": 1, "n_samples": 1,
+                    "batch_size": 256, "store_samples": False, "weights": weights[mem_genes]}
+            rows.append({**_run(spec, timeout=7200), "part": "memory"})
     frame = pd.DataFrame(rows)
+    memory = frame[frame.get("part") == "memory"][["n_cells", "n_genes", "peak_mib", "outputs_mib"]].copy()
+    memory["peak minus outputs (MiB)"] = memory["peak_mib"] - memory["outputs_mib"]
+    memory_text = ["Peak memory of `impute` against the number of cells (one draw, one step, `batch_size=256` rows so "
+                   "that every size spans several batches, draws not stored; outputs = float32 point estimate + "
+                   "spread of the filled entries):", "", common.frame_to_markdown(memory.round(1), index=False)]
+    total = time.perf_counter() - t_start
+    payload = {"machine": common.machine_info(), "args": vars(args), "rows": rows, "total_s": total}
+    if args.memory_only:
+        md = ["# Memory of dropout imputation against the number of cells" + (" (quick mode)" if args.quick else ""),
+              "", common.machine_header("scale", args.quick, total), "", *memory_text]
+        common.write_results(common.result_stem("scale_memory", args.quick), md, payload)
+        return
     timed = frame[frame.get("part", pd.Series(index=frame.index, dtype=object)).isna()]
     table = timed.pivot_table(index=["n_cells", "n_genes"], columns="task", values=["total_s", "cpu_s", "peak_mib"])
     table.columns = [f"{task} {what}" for what, task in table.columns]
@@ -199,9 +215,6 @@ def main() -> None:
     table["impute / scVI CPU time"] = table["impute cpu_s"] / table["scvi cpu_s"]
     table["expression / scVI time"] = table["expression total_s"] / table["scvi total_s"]
     table["expression / scVI CPU time"] = table["expression cpu_s"] / table["scvi cpu_s"]
-    memory = frame[frame.get("part") == "memory"][["n_cells", "n_genes", "peak_mib", "outputs_mib"]].copy()
-    memory["peak minus outputs (MiB)"] = memory["peak_mib"] - memory["outputs_mib"]
-    total = time.perf_counter() - t_start
     title = "# Atlas-scale dropout imputation and expression" + (" (quick mode)" if args.quick else "")
     md = [title, "", common.machine_header("scale", args.quick, total),
           "", f"Dropout imputation (`impute(adata, n_samples={args.n_samples}, n_steps={args.n_steps})`, suspected "
@@ -212,12 +225,7 @@ def main() -> None:
           "`cpu_s` the process CPU time of the timed call: at one thread the CPU time does not grow when other "
           "processes share the cores (the wall time does), so the CPU-time ratios are the ones to compare when the "
           "machine was not idle.", "",
-          common.frame_to_markdown(table.round(3)), "", "Peak memory of `impute` against the number of cells "
-          "(one draw, one step, `batch_size=256` rows so that every size spans several batches; outputs = float32 "
-          "point estimate + spread of the filled entries; the draws are stored at these sizes and counted in the "
-          "peak):", "",
-          common.frame_to_markdown(memory.round(1), index=False)]
-    payload = {"machine": common.machine_info(), "args": vars(args), "rows": rows, "total_s": total}
+          common.frame_to_markdown(table.round(3)), "", *memory_text]
     common.write_results(common.result_stem("scale", args.quick), md, payload)
 
 
