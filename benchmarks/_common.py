@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 #: Where the scripts write their results (``<name>.md`` / ``.json``; ``<name>_quick.*`` with ``--quick``).
@@ -121,3 +122,24 @@ def write_results(
     if echo:
         print(text)
     print(f"wrote {stem}.md / .json" + "".join(f", {name}" for name in also), flush=True)
+
+
+def cbmc(n_cells: int | None = None, seed: int = 0) -> Any:
+    """The bundled CBMC counts, or a seeded random subset of ``n_cells`` of them (without replacement, in order)."""
+    import countsdiff_sc as cds
+
+    adata = cds.datasets.cbmc()
+    if n_cells is None:
+        return adata
+    rng = np.random.default_rng(seed)
+    return adata[np.sort(rng.choice(adata.n_obs, n_cells, replace=False))].copy()
+
+
+def random_split(adata: Any, seed: int) -> tuple[Any, Any, np.random.Generator]:
+    """``(train, test, rng)``: copies of ``adata`` with a seeded random tenth of the cells held out (not stratified),
+    and the generator that drew them, for the script's further draws."""
+    rng = np.random.default_rng(seed)
+    test_idx = np.sort(rng.choice(adata.n_obs, adata.n_obs // 10, replace=False))
+    is_test = np.zeros(adata.n_obs, bool)
+    is_test[test_idx] = True
+    return adata[~is_test].copy(), adata[is_test].copy(), rng

@@ -92,11 +92,9 @@ def main() -> None:
     common.quiet()
     scvi.settings.seed = args.seed
     t_all = time.perf_counter()
-    adata = cds.datasets.cbmc()
+    adata = common.cbmc(2500 if args.quick else None, args.seed)
     max_steps, n_samples, n_steps = args.max_steps, args.n_samples, args.n_steps
     if args.quick:
-        rng = np.random.default_rng(args.seed)
-        adata = adata[np.sort(rng.choice(adata.n_obs, 2500, replace=False))].copy()
         max_steps, n_samples, n_steps = 400, 10, 10
     pp.mark_dropouts(adata, groupby="cell_type")
     pp.split_cells(adata, seed=args.seed, stratify="cell_type")

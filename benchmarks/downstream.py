@@ -545,13 +545,9 @@ def setting_cbmc(cfg: dict[str, Any], timings: dict[str, float]) -> tuple[list[p
     """
     import scipy.sparse as sp
 
-    import countsdiff_sc as cds
     from countsdiff_sc import pp
 
-    adata = cds.datasets.cbmc()
-    if cfg["cbmc_cells"] is not None:
-        rng = np.random.default_rng(cfg["seed"])
-        adata = adata[np.sort(rng.choice(adata.n_obs, cfg["cbmc_cells"], replace=False))].copy()
+    adata = common.cbmc(cfg["cbmc_cells"], cfg["seed"])
     pp.split_cells(adata, train=0.9, validation=0.0, test=0.1, seed=cfg["seed"], stratify="cell_type")
     split = adata.obs["countsdiff_split"]
     train = adata[split == "train"].copy()

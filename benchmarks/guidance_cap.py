@@ -48,11 +48,8 @@ def main() -> None:
     scvi.settings.verbosity = 40
     scvi.settings.seed = args.seed
     t_all = time.perf_counter()
-    adata = cds.datasets.cbmc()
+    adata = common.cbmc(1500 if args.quick else None, args.seed)
     n_steps, max_steps = (10, 300) if args.quick else (50, args.max_steps)
-    if args.quick:
-        rng = np.random.default_rng(args.seed)
-        adata = adata[np.sort(rng.choice(adata.n_obs, 1500, replace=False))].copy()
     cds.pp.split_cells(adata, train=0.9, validation=0.0, test=0.1, seed=args.seed, stratify="cell_type")
     split = adata.obs["countsdiff_split"]
     train, test = adata[split == "train"].copy(), adata[split == "test"].copy()

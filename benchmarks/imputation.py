@@ -70,11 +70,9 @@ def main() -> None:
     scvi.settings.verbosity = 30
     scvi.settings.seed = args.seed
     t_all = time.perf_counter()
-    adata = cds.datasets.cbmc()
+    adata = common.cbmc(2500 if args.quick else None, args.seed)
     max_steps, n_bootstrap = args.max_steps, 10
     if args.quick:
-        rng = np.random.default_rng(args.seed)
-        adata = adata[np.sort(rng.choice(adata.n_obs, 2500, replace=False))].copy()
         max_steps, n_bootstrap = 400, 3
     pp.mark_dropouts(adata, groupby="cell_type")
     pp.split_cells(adata, seed=args.seed, stratify="cell_type")

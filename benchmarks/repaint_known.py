@@ -39,8 +39,10 @@ import pandas as pd
 
 try:
     import _common as common
+    from calibration import coverage
 except ImportError:  # imported as benchmarks.repaint_known from the repository root
     from benchmarks import _common as common
+    from benchmarks.calibration import coverage
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_STEPS = (5, 10, 20, 50)
@@ -52,14 +54,6 @@ def toy_table() -> pd.DataFrame:
     from tests.diffusion.counts._toy_repaint import tv_table
 
     return pd.DataFrame(tv_table(TOY_STEPS))
-
-
-def pit_coverage(draws: np.ndarray, truth: np.ndarray, level: float, seed: int = 0) -> float:
-    """Coverage of the central ``level`` interval by the randomised PIT of the truth among the draws."""
-    below = (draws < truth[:, None]).sum(axis=1)
-    ties = (draws == truth[:, None]).sum(axis=1)
-    u = (below + np.random.default_rng(seed).random(truth.shape) * (ties + 1)) / (draws.shape[1] + 1)
-    return float(np.mean((u >= (1 - level) / 2) & (u <= (1 + level) / 2)))
 
 
 def main() -> None:
@@ -84,17 +78,11 @@ def main() -> None:
     toy_s = time.perf_counter() - t0
     common.log(f"toy: {len(toy)} exact laws in {toy_s:.0f} s")
 
-    adata = cds.datasets.cbmc()
+    adata = common.cbmc(3000 if args.quick else None, args.seed)
     max_steps, n_steps = args.max_steps, 50
     if args.quick:
-        rng = np.random.default_rng(args.seed)
-        adata = adata[np.sort(rng.choice(adata.n_obs, 3000, replace=False))].copy()
         max_steps, n_steps = 1000, 20
-    rng = np.random.default_rng(args.seed)
-    test_idx = np.sort(rng.choice(adata.n_obs, adata.n_obs // 10, replace=False))
-    is_test = np.zeros(adata.n_obs, bool)
-    is_test[test_idx] = True
-    train, test = adata[~is_test].copy(), adata[is_test].copy()
+    train, test, _ = common.random_split(adata, args.seed)
     cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type")
     model = cds.CountsDiffModel(train)
     t0 = time.perf_counter()
@@ -133,8 +121,8 @@ def main() -> None:
         draws = np.transpose(samples, (0, 2, 1))[mask].astype(np.float64)  # (entries, draws)
         row = {"setting": label, "known": known, "attrition": eta, "n_steps": steps, "resample_iters": iters,
                "evaluations": steps * iters, **{m: float(value[m]) for m in ("rmse", "energy_distance", "mmd", "swd")},
-               "cov80": pit_coverage(draws, truth[mask], 0.8, args.seed),
-               "cov95": pit_coverage(draws, truth[mask], 0.95, args.seed), "impute_s": wall, "impute_cpu_s": cpu}
+               "cov80": coverage(draws, truth[mask], 0.8, args.seed)[0],
+               "cov95": coverage(draws, truth[mask], 0.95, args.seed)[0], "impute_s": wall, "impute_cpu_s": cpu}
         rows.append(row)
         del test.obsm[f"{key}_samples"]
         common.log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

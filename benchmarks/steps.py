@@ -123,17 +123,11 @@ def main() -> None:
     scvi.settings.verbosity = 40
     scvi.settings.seed = args.seed
     t_all = time.perf_counter()
-    adata = cds.datasets.cbmc()
+    adata = common.cbmc(3000 if args.quick else None, args.seed)
     max_steps, steps, grids, n_trees = args.max_steps, STEPS, GRIDS, 300
     if args.quick:
-        rng = np.random.default_rng(args.seed)
-        adata = adata[np.sort(rng.choice(adata.n_obs, 3000, replace=False))].copy()
         max_steps, steps, grids, n_trees = 1000, QUICK_STEPS, QUICK_GRIDS, 100
-    rng = np.random.default_rng(args.seed)
-    test_idx = np.sort(rng.choice(adata.n_obs, adata.n_obs // 10, replace=False))
-    is_test = np.zeros(adata.n_obs, bool)
-    is_test[test_idx] = True
-    train, test = adata[~is_test].copy(), adata[is_test].copy()
+    train, test, rng = common.random_split(adata, args.seed)
 
     cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type")
     model = cds.CountsDiffModel(train)

@@ -126,14 +126,15 @@ def mean_trusted_per_cell(adata_manager: AnnDataManager) -> float:
     heldout = adata_manager.get_from_registry(MASK_KEY) if MASK_KEY in registry else None
     if valid is None and heldout is None:
         return float(x.shape[1])
-    n_trusted = 0
-    for start, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
-        rows = slice(start, start + block.shape[0])
-        keep = np.ones(block.shape, bool) if valid is None else to_dense(valid[rows]).astype(bool)
+    n_obs, n_vars = x.shape
+    n_trusted, step = 0, rows_per_block(n_vars)
+    for start in range(0, n_obs, step):  # only the layers are read, never the counts
+        rows = slice(start, min(n_obs, start + step))
+        keep = np.ones((rows.stop - start, n_vars), bool) if valid is None else to_dense(valid[rows]).astype(bool)
         if heldout is not None:
             keep &= ~to_dense(heldout[rows]).astype(bool)
         n_trusted += int(np.count_nonzero(keep))
-    return max(1.0, n_trusted / max(x.shape[0], 1))
+    return max(1.0, n_trusted / max(n_obs, 1))
 
 
 def check_training_data(model: Any) -> None:
