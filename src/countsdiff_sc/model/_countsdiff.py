@@ -2,7 +2,8 @@
 
 The class is thin: it builds the module from the registry and composes focused parts, each in its own file:
 registration (:mod:`._setup`), the condition space (:mod:`._conditions`), training (:mod:`._training`), generation
-(:mod:`._generation`), imputation (:mod:`._imputation`), all running their reverse chains through one batched runner
+(:mod:`._generation`), counterfactual transfer of real cells (:mod:`._transfer`), imputation (:mod:`._imputation`),
+scvi-tools' expression API (:mod:`._expression`), all running their reverse chains through one batched runner
 (:mod:`._chains`). See docs/architecture.md.
 """
 
@@ -27,17 +28,19 @@ from ._generation import GenerationMixin
 from ._imputation import ImputationMixin
 from ._setup import SetupMixin, check_training_data, gene_stats, library_quantile, mean_trusted_per_cell
 from ._training import train_method
+from ._transfer import TransferMixin
 
 __all__ = ["CountsDiffModel"]
 
 
-class CountsDiffModel(SetupMixin, GenerationMixin, ImputationMixin, ExpressionMixin, BaseModelClass):
+class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixin, ExpressionMixin, BaseModelClass):
     """Diffusion on the natural numbers for single-cell UMI counts (CountsDiff).
 
     The forward process thins counts binomially with a p-schedule, ``x_t ~ Binomial(x_0, p(t))``; a network
     predicts the number of thinned molecules ``y = x_0 - x_t`` and is trained with the weighted Poisson-type loss of
     Eq. 6 on valid entries. Sampling runs the reverse birth-death process with attrition (Prop. 3.2), random
-    rounding (Sec. 3.5) and classifier-free guidance (Sec. 3.4). Imputation uses RePaint (Sec. 3.6).
+    rounding (Sec. 3.5) and classifier-free guidance (Sec. 3.4). Imputation uses RePaint (Sec. 3.6). ``transfer``
+    thins real cells to a time ``t_start`` (Eq. 4) and runs the reverse chain from there under other conditions.
 
     Parameters
     ----------

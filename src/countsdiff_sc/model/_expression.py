@@ -119,7 +119,7 @@ class ExpressionMixin:
         cells = _cells(indices, query.target.n_obs)
         x_obs = to_dense(manager.get_from_registry(REGISTRY_KEYS.X_KEY)[cells], np.float32)
         codes = self.condition_space.codes(manager)
-        codes = None if codes is None else _transform_codes(self.condition_space, codes[cells], transform_batch)
+        codes = _transform_codes(self.condition_space, None if codes is None else codes[cells], transform_batch)
         cont = None
         if CONDITION_KEY in manager.data_registry:
             cont = np.asarray(to_dense(manager.get_from_registry(CONDITION_KEY))[cells], dtype=np.float32)
@@ -218,9 +218,13 @@ class ExpressionMixin:
         indices
             Cells of ``adata`` to use (all when None).
         transform_batch
-            Counterfactual conditions: a value of the model's one categorical covariate (or a list of values, whose
-            results are averaged), or a dict ``{covariate: value}``; every cell is denoised as if it came from
-            there. None keeps each cell's own.
+            Counterfactual batch, as in scvi-tools: a category of the batch covariate, and every cell is denoised as
+            if it came from that batch; or a list of categories, and the normalised expression is averaged over them
+            (each computed with the same ``seed``; ``None`` in the list stands for each cell's own batch). The batch
+            covariate is the model's first categorical covariate (``categorical_covariate_keys[0]``; setup_anndata
+            has no separate ``batch_key``). A dict ``{covariate: value}`` sets any categorical covariates at once.
+            None (default) keeps each cell's own conditions. Counterfactual cells of whole other conditions, in
+            count space: :meth:`transfer`.
         gene_list
             Genes to return (by name; all when None).
         library_size
@@ -271,16 +275,16 @@ class ExpressionMixin:
         """
         if method == "auto":
             method = "posterior_mean" if return_mean or n_samples == 1 else "depth"
-        several = isinstance(transform_batch, (list, tuple))
+        batches = _batch_list(transform_batch)
         expr = 0.0
-        for value in (transform_batch if several else [transform_batch]):  # averaged over counterfactual values
+        for value in batches:  # averaged over the counterfactual batches, as scvi-tools does
             draws, x_obs, (query, cells) = self._denoised_draws(
                 adata, indices, n_samples, method, depth, t_start, n_steps, guidance, value, batch_size, seed,
                 precision, not silent)
             totals = draws.sum(axis=2, keepdims=True)
             scale = x_obs.sum(axis=1)[:, None, None] if library_size == "latent" else float(library_size)
             expr = expr + np.divide(draws * scale, totals, out=np.zeros_like(draws), where=totals > 0)
-        expr = expr / (len(transform_batch) if several else 1)
+        expr = expr / len(batches)
         expr, names = _select_genes(expr, getattr(self, "var_names_", None), gene_list)
         expr = np.transpose(expr, (1, 0, 2))  # (n_samples, n_cells, n_genes), as scvi-tools
         if expr.shape[0] == 1 and n_samples > 1 and not return_mean:  # a posterior mean asked for as samples
@@ -371,21 +375,46 @@ def _select_genes(values: np.ndarray, var_names: np.ndarray | None, gene_list: S
     return values[..., pos], names[pos]
 
 
-def _transform_codes(space, codes: np.ndarray, transform_batch: Any) -> np.ndarray:
-    """Replace covariate codes by the requested counterfactual values (one set; lists are handled by the caller)."""
+def _batch_list(transform_batch: Any) -> list[Any]:
+    """The counterfactual batches of ``get_normalized_expression``: one value (or dict, or None) becomes a list of
+    one; a list, tuple, array or index of categories is averaged over (scvi-tools' rule: anything iterable that is
+    not a string)."""
+    if transform_batch is None or isinstance(transform_batch, (str, Mapping)) or np.isscalar(transform_batch):
+        return [transform_batch]
+    values = list(transform_batch)
+    if not values:
+        raise ValueError("transform_batch is an empty list: give a batch category, a list of them, or None.")
+    return values
+
+
+def _transform_codes(space, codes: np.ndarray | None, transform_batch: Any) -> np.ndarray | None:
+    """Replace covariate codes by the requested counterfactual values (one set; lists are handled by the caller).
+
+    A plain value names a category of the batch covariate: the model's first categorical covariate. ``codes`` is None
+    for a model without categorical conditions, which refuses any ``transform_batch`` but None.
+    """
     if transform_batch is None:
         return codes
     covs = list(space.covariate_categories)
     if not isinstance(transform_batch, Mapping):
-        if len(covs) != 1:
-            raise ValueError("transform_batch needs a dict {covariate: value} unless the model has exactly one "
-                             f"categorical covariate; it has {covs}.")
+        if not covs:
+            raise ValueError(
+                f"transform_batch={transform_batch!r} needs a batch covariate, and this model has none: set it up "
+                "with categorical_covariate_keys=['batch'] (the first categorical covariate is the batch), or pass "
+                "transform_batch=None."
+            )
+        if isinstance(transform_batch, (list, tuple, np.ndarray, pd.Index, pd.Series)):
+            raise ValueError("posterior_predictive_sample takes one transform_batch category (averaged counts would "
+                             "not be counts); get_normalized_expression averages over a list.")
         transform_batch = {covs[0]: transform_batch}
+    unknown = [key for key in transform_batch if key not in space.covariate_categories]
+    if unknown:
+        raise KeyError(f"transform_batch names {unknown[0]!r}, not one of the model's covariates {covs}.")
+    if codes is None:  # an empty dict on a model without conditions
+        return codes
     codes = codes.copy()
     offset = 1 if space.use_labels else 0
     for key, value in transform_batch.items():
-        if key not in space.covariate_categories:
-            raise KeyError(f"transform_batch names {key!r}, not one of the model's covariates {covs}.")
         if isinstance(value, (list, tuple)):
             raise ValueError("Give one value per covariate here (get_normalized_expression averages over a list).")
         cats = space.covariate_categories[key]

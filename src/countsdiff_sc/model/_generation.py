@@ -271,9 +271,8 @@ class GenerationMixin:
 
         # rows: weight-major, one shared thinning per source cell
         module, device = self.module, self.device
-        t0 = float(make_time_grid(n_steps, module.schedule, float(t_start))[0])  # snapped for discrete schedules
-        p0 = module.schedule.p(torch.tensor(t0, dtype=torch.float64)).float()
-        rows_x = thin(torch.from_numpy(x_src).to(device), p0.to(device), generator=settings.generator).repeat(n_w, 1)
+        t0, x_t = thinned_start(module, x_src, settings, t_start)
+        rows_x = x_t.repeat(n_w, 1)
         rows_a = torch.from_numpy(np.repeat(w, n).astype(np.float32)).to(device)
         rows_src = torch.from_numpy(np.tile(src_codes, (n_w, 1))).to(device)
         rows_tgt = torch.from_numpy(np.tile(tgt_codes, (n_w, 1))).to(device)
@@ -327,10 +326,33 @@ def _n_to_generate(n_samples: int | None, labels, covariates) -> int:
     return positive_int(n_samples, "n_samples")
 
 
+def check_t_start(t_start: float) -> float:
+    """``t_start`` as a float in (0, 1], the time real cells are thinned to before their reverse chain."""
+    if isinstance(t_start, (bool, np.bool_)) or not isinstance(t_start, (int, float, np.integer, np.floating)) \
+            or not 0.0 < float(t_start) <= 1.0:
+        raise ValueError(f"t_start must be a number in (0, 1], got {t_start!r}.")
+    return float(t_start)
+
+
+def thinned_start(module, x: np.ndarray, settings: ChainSettings, t_start: float) -> tuple[float, torch.Tensor]:
+    """Real cells thinned to the start of a partial reverse chain: ``x_t ~ Binomial(x, p(t0))`` (Eq. 4).
+
+    ``t0`` is ``t_start`` snapped to the first point of the sampler's time grid (discrete schedules take their own
+    times), so the chain of ``settings.n_steps`` steps runs from exactly the time the cells were thinned to.
+
+    Returns
+    -------
+    ``(t0, x_t)``: the start time and the thinned counts on the module's device (one draw of the settings'
+    generator).
+    """
+    t0 = float(make_time_grid(settings.n_steps, module.schedule, check_t_start(t_start))[0])
+    p0 = module.schedule.p(torch.tensor(t0, dtype=torch.float64)).float().to(settings.device)
+    return t0, thin(torch.from_numpy(x).to(settings.device), p0, generator=settings.generator)
+
+
 def _check_path(t_start: float, weights) -> np.ndarray:
     """Validate ``t_start`` and the interpolation weights; returns the weights as a float array."""
-    if not 0.0 < float(t_start) <= 1.0:
-        raise ValueError(f"t_start must lie in (0, 1], got {t_start}.")
+    check_t_start(t_start)
     w = np.asarray(weights, dtype=np.float64).ravel()
     if w.size == 0 or not np.isfinite(w).all() or (w < 0).any() or (w > 1).any():
         raise ValueError(f"weights must be a non-empty list of numbers in [0, 1], got {np.asarray(weights)}.")
