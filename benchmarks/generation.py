@@ -19,14 +19,27 @@ Protocol (CountsDiff paper Sec. 3.4 / E.5, Tables 11-12; metrics of scDiffusion 
    absolute), per-gene mean and variance Pearson correlation (log-normalised), and the sparsity difference;
 5. label fidelity: logistic regression on 50 PCs of log-normalised counts, trained on the real train cells (all
    types); its accuracy on the real held-out cells of each type is compared with its accuracy on the cells generated
-   for that label (guided samples should be classified as their label at least as often as real held-out cells).
+   for that label (guided samples should be classified as their label at least as often as real held-out cells);
+6. rare-type augmentation: the rare types are the ``--rare-k`` (4) cell types with the fewest train cells among those
+   with at least ``--rare-min-held`` (10) held-out cells ("Unknown" is not a type and never chosen; on CBMC: pDC, DC,
+   Eryth, Mk with 40-75 train cells). Each is topped up to a target count, the median train size of the 13 types
+   (176 cells: a typical type, not the largest), and, as the alternative amount, to 3x that (528: synthetic cells then
+   outnumber the real ones 6-12x). The extra cells come from CountsDiff (``model.sample(labels=type)``, guidance 1,
+   no attrition), from scVI posterior-predictive draws of random train cells of the type, or are random duplicates
+   of those same train cells (plain oversampling, the honest baseline); the smaller set is the first part of the
+   larger, and both are drawn with ``--aug-seeds`` (3) seeds. One PCA (50 components of log-normalised counts,
+   fitted on the real train cells only, so every arm shares one embedding) feeds a logistic regression
+   (``max_iter=2000``) trained on the real train cells alone, the same with ``class_weight="balanced"`` (the other
+   honest baseline; both deterministic, fitted once) or the real cells plus one set of extra cells. All held-out
+   cells are classified: per rare type recall, precision and F1, their macro-F1, overall accuracy and macro-F1
+   over all types (the common types must not suffer), mean +- sd over the seeds of the draw.
 
 Usage::
 
     python benchmarks/generation.py            # full run (~20-25 min on 2 CPU cores)
     python benchmarks/generation.py --quick    # smoke test (~3 min)
 
-Writes ``benchmarks/results/generation[_quick].md``, ``.json`` and ``_umap.png``.
+Writes ``benchmarks/results/generation[_quick].md``, ``.json``, ``_umap.png`` and ``_augmentation.png``.
 """
 
 from __future__ import annotations
@@ -47,6 +60,9 @@ except ImportError:  # imported as benchmarks.generation from the repository roo
 FULL_GRID = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (1.0, 0.01), (1.0, 0.05), (2.0, 0.02)]
 QUICK_GRID = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (1.0, 0.05)]
 INTERPOLATIONS = [("CD14+ Mono", "CD16+ Mono"), ("CD4 T", "NK")]
+NOT_A_TYPE = ("Unknown",)
+ALT_FACTOR = 3  # the alternative augmentation target, in multiples of the main one
+AUG_ARMS = ["real only", "real only (balanced weights)", "real + CountsDiff", "real + scVI", "real + oversampled"]
 
 
 def _parse() -> argparse.Namespace:
@@ -59,6 +75,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--scvi-epochs", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--rare-k", type=int, default=4, help="number of rare cell types augmented")
+    p.add_argument("--rare-min-held", type=int, default=10, help="held-out cells a rare type needs at least")
+    p.add_argument("--aug-seeds", type=int, default=3, help="seeds of the augmentation draw")
     return p.parse_args()
 
 
@@ -77,6 +96,92 @@ def set_metrics(real: np.ndarray, gen: np.ndarray, embedder: Any, n_estimators: 
         "mean_pearson": v["gene_mean_pearson"], "var_pearson": v["gene_var_pearson"],
         "sparsity_abs_diff": v["sparsity_abs_diff"],
     }
+
+
+def rare_types(lab_train: np.ndarray, lab_held: np.ndarray, k: int, min_held: int) -> list[str]:
+    """The ``k`` cell types with the fewest train cells among those with ``>= min_held`` held-out cells."""
+    n_train = pd.Series(lab_train).value_counts()
+    n_held = pd.Series(lab_held).value_counts().reindex(n_train.index, fill_value=0)
+    ok = (n_held >= min_held) & ~n_train.index.isin(NOT_A_TYPE)
+    return list(n_train[ok].sort_values(kind="stable").index[:k])
+
+
+def augmentation(model: Any, scvi_model: Any, scvi_data: Any, pca: Any, x_train: np.ndarray, lab_train: np.ndarray,
+                 x_held: np.ndarray, lab_held: np.ndarray, rare: list[str], targets: dict[str, int],
+                 args: argparse.Namespace, timings: dict[str, float]) -> pd.DataFrame:
+    """Classifiers trained with and without extra cells of the rare types, scored on all held-out cells.
+
+    One row per (arm, target, seed): overall accuracy, macro-F1 over all types and over the rare types, and recall /
+    precision / F1 of each rare type. The real-only arms do not depend on the draw and have one row (seed -1).
+    """
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    from countsdiff_sc._utils import log_normalize, to_dense
+
+    n_train = pd.Series(lab_train).value_counts()
+    if any(n_train[t] >= min(targets.values()) for t in rare):
+        raise ValueError(f"a rare type already has {min(targets.values())} train cells; lower --rare-k")
+    n_max = {t: max(targets.values()) - int(n_train[t]) for t in rare}
+    z_train, z_held = pca.transform(log_normalize(x_train)), pca.transform(log_normalize(x_held))
+
+    def score(arm: str, target: str, seed: int, n_extra: int, z_extra: np.ndarray | None = None,
+              lab_extra: np.ndarray | None = None, **kw: Any) -> dict[str, Any]:
+        z, lab = z_train, lab_train
+        if z_extra is not None:
+            z, lab = np.vstack([z_train, z_extra]), np.concatenate([lab_train, lab_extra])
+        pred = LogisticRegression(max_iter=2000, **kw).fit(z, lab).predict(z_held)
+        prec, rec, f1, _ = precision_recall_fscore_support(lab_held, pred, labels=rare, zero_division=0)
+        row = {"arm": arm, "target": target, "seed": seed, "n_extra": n_extra,
+               "accuracy": float(np.mean(pred == lab_held)),
+               "macro_f1_all": float(f1_score(lab_held, pred, average="macro", zero_division=0)),
+               "macro_f1_rare": float(f1.mean()), "recall_rare": float(rec.mean()),
+               "precision_rare": float(prec.mean())}
+        for i, t in enumerate(rare):
+            row |= {f"recall {t}": float(rec[i]), f"precision {t}": float(prec[i]), f"F1 {t}": float(f1[i])}
+        return row
+
+    torch.set_num_threads(args.threads)  # scanpy's neighbours (the UMAP just before) may change it
+    t0 = time.perf_counter()
+    rows = [score("real only", "none", -1, 0), score("real only (balanced weights)", "none", -1, 0,
+                                                    class_weight="balanced")]
+    t_fit = time.perf_counter() - t0
+    t_gen = 0.0
+    rng = np.random.default_rng(args.seed + 1)
+    for s in range(args.aug_seeds):
+        seed = args.seed + s
+        t0 = time.perf_counter()
+        extra: dict[str, dict[str, np.ndarray]] = {"real + CountsDiff": {}, "real + scVI": {},
+                                                    "real + oversampled": {}}
+        t_cd = 0.0
+        for t in rare:
+            t1 = time.perf_counter()
+            out = model.sample(n_max[t], labels=t, n_steps=args.n_steps, guidance=1.0, attrition=0.0, seed=seed,
+                               progress=False)
+            extra["real + CountsDiff"][t] = to_dense(out.X, np.float64).reshape(n_max[t], -1)
+            t_cd += time.perf_counter() - t1
+            idx = rng.choice(np.flatnonzero(lab_train == t), n_max[t], replace=True)
+            torch.manual_seed(seed)
+            draw = scvi_model.posterior_predictive_sample(scvi_data, indices=idx.tolist(), n_samples=1)
+            draw = draw.todense() if hasattr(draw, "todense") else draw
+            extra["real + scVI"][t] = to_dense(draw, np.float64).reshape(n_max[t], -1)
+            extra["real + oversampled"][t] = x_train[idx]
+        torch.set_num_threads(args.threads)
+        t_seed = time.perf_counter() - t0
+        t_gen += t_seed
+        t0 = time.perf_counter()
+        for target, size in targets.items():
+            n_t = {t: size - int(n_train[t]) for t in rare}  # the first cells of each draw
+            lab_extra = np.concatenate([[t] * n_t[t] for t in rare])
+            for arm, sets in extra.items():
+                z_extra = pca.transform(log_normalize(np.vstack([sets[t][: n_t[t]] for t in rare])))
+                rows.append(score(arm, target, seed, len(lab_extra), z_extra, lab_extra))
+        t_fit += time.perf_counter() - t0
+        common.log(f"augmentation seed {seed}: extra cells in {t_seed:.0f} s (CountsDiff {t_cd:.0f} s), "
+                   f"classifiers in {time.perf_counter() - t0:.0f} s")
+    timings["augmentation_generate_s"], timings["augmentation_classifiers_s"] = t_gen, t_fit
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -236,9 +341,24 @@ def main() -> None:
     umap_path = common.result_stem("generation", args.quick, "_umap.png")
     _umap(x_held, lab_held, types, generated, pca, umap_path, args.seed)
     timings["umap_s"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- rare-type augmentation (issue 23, item 3)
+    counts = pd.DataFrame({"train": pd.Series(lab_train).value_counts(),
+                           "held-out": pd.Series(lab_held).value_counts()}).fillna(0).astype(int).sort_values("train")
+    counts.index.name = "cell type"
+    rare = rare_types(lab_train, lab_held, args.rare_k, args.rare_min_held)
+    target = int(np.median(counts["train"]))
+    targets = {"main": target, "alternative": ALT_FACTOR * target}
+    common.log(f"cell types (train / held-out): {counts.to_dict(orient='index')}; rare types {rare}, topped up to "
+               f"{target} (median train size) and {ALT_FACTOR * target} train cells")
+    aug = augmentation(model, scvi_model, scvi_data, pca, x_train, lab_train, x_held, lab_held, rare, targets, args,
+                       timings)
+    aug_path = common.result_stem("generation", args.quick, "_augmentation.png")
+    _augmentation_figure(aug, rare, targets, aug_path)
+    aug_info = {"rare_types": rare, "targets": targets, "type_counts": counts, "table": aug, "figure": aug_path}
     timings["total_s"] = time.perf_counter() - t_all
     _write(table, fidelity, interp, timings, args, grid, types, n_gen, umap_path, gauss.n_params,
-           sum(p.numel() for p in model.module.net.parameters()))
+           sum(p.numel() for p in model.module.net.parameters()), aug_info)
 
 
 def _umap(x_held: np.ndarray, lab_held: np.ndarray, types: list[str], generated: dict, pca: Any, path: Path,
@@ -286,9 +406,48 @@ def _umap(x_held: np.ndarray, lab_held: np.ndarray, types: list[str], generated:
     plt.close(fig)
 
 
+def _augmentation_summary(aug: pd.DataFrame, cols: list[str], targets: dict[str, int]) -> pd.DataFrame:
+    """Mean +- sd over the seeds per (arm, target), as text; the deterministic real-only arms show the value."""
+    g = aug.groupby(["arm", "target"], sort=False)[cols]
+    mean, sd, n = g.mean(), g.std(ddof=1), g.size()
+    out = pd.DataFrame(index=mean.index)
+    for c in cols:
+        out[c] = [f"{m:.3f} ± {d:.3f}" if k > 1 else f"{m:.3f}" for m, d, k in zip(mean[c], sd[c], n, strict=True)]
+    sizes = {"none": "as is", **{k: str(v) for k, v in targets.items()}}
+    out.index = pd.MultiIndex.from_tuples([(a, sizes[t]) for a, t in out.index], names=["arm", "rare type size"])
+    return out
+
+
+def _augmentation_figure(aug: pd.DataFrame, rare: list[str], targets: dict[str, int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [f"F1 {t}" for t in rare] + ["macro_f1_rare"]
+    names = [*rare, "macro-F1 (rare)"]
+    fig, axes = plt.subplots(1, len(targets), figsize=(6.5 * len(targets), 3.8), sharey=True)
+    width = 0.8 / len(AUG_ARMS)
+    for ax, (target, size) in zip(np.atleast_1d(axes), targets.items(), strict=True):
+        for i, arm in enumerate(AUG_ARMS):
+            sub = aug[(aug.arm == arm) & aug.target.isin(["none", target])]
+            mean, sd = sub[cols].mean().to_numpy(), sub[cols].std(ddof=1).fillna(0.0).to_numpy()
+            ax.bar(np.arange(len(cols)) + (i - (len(AUG_ARMS) - 1) / 2) * width, mean, width, yerr=sd, capsize=2,
+                   color=plt.cm.tab10(i), label=arm)
+        ax.set_xticks(np.arange(len(cols)), names, fontsize=9)
+        ax.set_title(f"rare types topped up to {size} train cells", fontsize=10)
+        ax.set_ylim(0, 1.05)
+    np.atleast_1d(axes)[0].set_ylabel("F1 on held-out cells")
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(AUG_ARMS), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _write(table: pd.DataFrame, fidelity: pd.DataFrame, interp: pd.DataFrame, timings: dict,
            args: argparse.Namespace, grid: list, types: list[str],
-           n_gen: dict, umap_path: Path, n_gauss: int, n_cd: int) -> None:
+           n_gen: dict, umap_path: Path, n_gauss: int, n_cd: int, aug_info: dict) -> None:
     info = common.machine_info()
     order = list(dict.fromkeys(table.method))
     cols = ["mmd", "swd", "energy_distance", "scfid", "rf_auc", "zero_frac_mae", "mean_pearson", "var_pearson",
@@ -326,6 +485,9 @@ def _write(table: pd.DataFrame, fidelity: pd.DataFrame, interp: pd.DataFrame, ti
         "of the target type, share classified as the target, mean distance to the source / target centroids of the "
         "real train cells (50 PCs of log-normalised counts). A monotone path moves every column monotonically.", "",
         common.frame_to_markdown(interp.set_index(["path", "weight"]), float_format="{:.3f}"), "",
+    ]
+    lines += _augmentation_lines(aug_info, args)
+    lines += [
         "## Per cell type", "",
     ]
     for t in types:
@@ -336,8 +498,50 @@ def _write(table: pd.DataFrame, fidelity: pd.DataFrame, interp: pd.DataFrame, ti
     payload = {"settings": vars(args), "grid": grid, "cell_types": types, "n_generated": n_gen, **info,
                "timings": timings, "table": table.to_dict(orient="records"),
                "label_fidelity": fidelity.to_dict(orient="records"),
-               "interpolation": interp.to_dict(orient="records")}
-    common.write_results(common.result_stem("generation", args.quick), lines, payload, also=[umap_path.name])
+               "interpolation": interp.to_dict(orient="records"),
+               "augmentation": {"rare_types": aug_info["rare_types"], "targets": aug_info["targets"],
+                                "type_counts": aug_info["type_counts"].to_dict(orient="index"),
+                                "arms": AUG_ARMS, "table": aug_info["table"].to_dict(orient="records")}}
+    common.write_results(common.result_stem("generation", args.quick), lines, payload,
+                         also=[umap_path.name, aug_info["figure"].name])
+
+
+def _augmentation_lines(aug_info: dict, args: argparse.Namespace) -> list[str]:
+    rare, targets, aug = aug_info["rare_types"], aug_info["targets"], aug_info["table"]
+    counts = aug_info["type_counts"].loc[rare].copy()
+    for name, size in targets.items():
+        counts[f"extra cells ({name}: {size})"] = size - counts["train"]
+    summary = _augmentation_summary(
+        aug, ["accuracy", "macro_f1_all", "macro_f1_rare", "recall_rare", "precision_rare"], targets)
+    summary.columns = ["accuracy (all)", "macro-F1 (all types)", "macro-F1 (rare)", "recall (rare)",
+                       "precision (rare)"]
+    n_seeds = args.aug_seeds
+    lo, hi = int(counts["held-out"].min()), int(counts["held-out"].max())
+    lines = [
+        "## Rare-type augmentation", "",
+        f"The {len(rare)} types with the fewest train cells among those with at least {args.rare_min_held} held-out "
+        f"cells (\"Unknown\" excluded) are topped up to {targets['main']} train cells (the median train size of the "
+        f"{len(aug_info['type_counts'])} types: every rare type becomes a typical one, none a dominant one) and, as "
+        f"the alternative amount, to {targets['alternative']} (synthetic cells outnumber the real ones). Extra cells: "
+        "CountsDiff samples of the label (guidance 1, no attrition), scVI posterior-predictive draws of random train "
+        "cells of the type, or duplicates of the same random train cells (plain oversampling); the smaller set is "
+        "the first part of the larger. One PCA (50 components of log-normalised counts, fitted on the real train "
+        "cells only, so all arms share one embedding) and a logistic regression (`max_iter=2000`) trained on the "
+        "real train cells of all types plus the extra cells; `balanced weights` is `class_weight=\"balanced\"` on "
+        "the real cells alone. Scored on all held-out cells; mean ± sd over "
+        f"{n_seeds} seed{'s' if n_seeds > 1 else ''} of the extra cells (the real-only arms are deterministic, "
+        f"one fit). With {lo}-{hi} held-out cells per rare type, one cell moves its recall by {1 / hi:.2f}-"
+        f"{1 / lo:.2f}.", "",
+        common.frame_to_markdown(counts), "",
+        "### Summary", "",
+        common.frame_to_markdown(summary), "",
+    ]
+    for metric in ("F1", "recall", "precision"):
+        per_type = _augmentation_summary(aug, [f"{metric} {t}" for t in rare], targets)
+        per_type.columns = rare
+        lines += [f"### Per rare type: {metric}", "", common.frame_to_markdown(per_type), ""]
+    lines += [f"![F1 per rare type and arm]({aug_info['figure'].name})", ""]
+    return lines
 
 
 if __name__ == "__main__":
