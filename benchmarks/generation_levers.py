@@ -203,7 +203,7 @@ def _write(table: pd.DataFrame, real_acc: dict[str, float], timings: dict[str, f
     real_mean = float(np.mean(list(real_acc.values())))
     name = "generation_levers" + ("" if args.dataset == "cbmc" else f"_{args.dataset}")
     flag = "" if args.dataset == "cbmc" else f" --dataset {args.dataset}"
-    header = common.machine_header("generation_levers" + flag, args.quick, timings["total_s"])
+    header = common.machine_header("generation_levers", args.quick, timings["total_s"]).replace(".py", ".py" + flag, 1)
     lines = [
         f"# Generation levers on {args.dataset.upper()}: what limits CountsDiff's cells ("
         f"{'quick' if args.quick else 'full'} mode)", "", header, "",

@@ -19,8 +19,14 @@ again. This script measures both:
   time. Rows at 2x / 3x the steps without resampling compare resampling with spending the same evaluations on a
   finer grid.
 
+With ``--budget`` (issues 22 item 2 and 24) the CBMC part instead spends the network evaluations of the default
+(Euler, 50 steps) in other ways: the trapezoid step rule of ``benchmarks/steps.py`` at 5 / 10 / 25 steps, each with
+and without resampling, to choose the defaults of ``impute`` (the toy part is skipped; results in
+``repaint_budget[_quick]``).
+
 Usage::
 
+    python benchmarks/repaint_known.py --budget  # sampler budget on CBMC (~15 min)
     python benchmarks/repaint_known.py --quick   # 3000 cells, 1000 training steps, n_steps 20: about 3-4 min
     python benchmarks/repaint_known.py           # all cells, 3000 training steps, n_steps 50 (~20-30 min)
 
@@ -62,6 +68,7 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=3000, help="training steps (full mode)")
     p.add_argument("--n-samples", type=int, default=10, help="imputation draws per held-out entry")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", action="store_true", help="step rules x resampling at equal cost (no toy part)")
     args = p.parse_args()
 
     import scvi
@@ -74,9 +81,10 @@ def main() -> None:
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()
-    toy = toy_table()
+    toy = None if args.budget else toy_table()
     toy_s = time.perf_counter() - t0
-    common.log(f"toy: {len(toy)} exact laws in {toy_s:.0f} s")
+    if toy is not None:
+        common.log(f"toy: {len(toy)} exact laws in {toy_s:.0f} s")
 
     adata = common.cbmc(3000 if args.quick else None, args.seed)
     max_steps, n_steps = args.max_steps, 50
@@ -94,24 +102,32 @@ def main() -> None:
     mask = mask.toarray() if hasattr(mask, "toarray") else np.asarray(mask)
     truth = test.X.toarray()
 
-    # (label, known, attrition, n_steps, resample_iters)
-    settings = [("path", "path", 0.02, n_steps, 1), ("redraw", "redraw", 0.02, n_steps, 1)]
-    for iters in (2, 3):
-        settings += [(f"path, resample x{iters}", "path", 0.02, n_steps, iters),
-                     (f"redraw, resample x{iters}", "redraw", 0.02, n_steps, iters)]
-    settings += [(f"path, {m}x steps", "path", 0.02, m * n_steps, 1) for m in (2, 3)]
-    settings += [("path, no attrition", "path", 0.0, n_steps, 1), ("redraw, no attrition", "redraw", 0.0, n_steps, 1)]
+    # (label, known, attrition, n_steps, resample_iters, step_rule)
+    if args.budget:
+        settings = [(f"euler {n_steps} (default)", "path", 0.02, n_steps, 1, "euler"),
+                    (f"euler {n_steps}, resample x2", "path", 0.02, n_steps, 2, "euler")]
+        for k in (5, 10, 25):
+            settings += [(f"trapezoid {k}" + (f", resample x{i}" if i > 1 else ""), "path", 0.02, k, i, "trapezoid")
+                         for i in ((1, 2, 3) if k < 25 else (1, 2))]
+    else:
+        settings = [("path", "path", 0.02, n_steps, 1, "euler"), ("redraw", "redraw", 0.02, n_steps, 1, "euler")]
+        for iters in (2, 3):
+            settings += [(f"path, resample x{iters}", "path", 0.02, n_steps, iters, "euler"),
+                         (f"redraw, resample x{iters}", "redraw", 0.02, n_steps, iters, "euler")]
+        settings += [(f"path, {m}x steps", "path", 0.02, m * n_steps, 1, "euler") for m in (2, 3)]
+        settings += [("path, no attrition", "path", 0.0, n_steps, 1, "euler"),
+                     ("redraw, no attrition", "redraw", 0.0, n_steps, 1, "euler")]
 
     # warm-up (kernel loading, first-call allocations) outside the timings
     model.impute(test[:20].copy(), mask_layer="countsdiff_mask", n_samples=2, n_steps=2, known="redraw",
                  store_samples=False, progress=False)
     rows = []
-    for i, (label, known, eta, steps, iters) in enumerate(settings):
+    for i, (label, known, eta, steps, iters, rule) in enumerate(settings):
         key = f"imp{i}"
         t0, c0 = time.perf_counter(), time.process_time()
         _, samples = model.impute(test, mask_layer="countsdiff_mask", n_samples=args.n_samples, n_steps=steps,
                                   attrition=eta, attrition_kind="rescale" if eta else "none", known=known,
-                                  resample_jump=1 if iters > 1 else None, resample_iters=iters,
+                                  resample_jump=1 if iters > 1 else None, resample_iters=iters, step_rule=rule,
                                   seed=args.seed, key_added=key, samples_key=f"{key}_samples", store_samples=True,
                                   progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -120,7 +136,8 @@ def main() -> None:
         value = df.set_index("metric")["value"]
         draws = np.transpose(samples, (0, 2, 1))[mask].astype(np.float64)  # (entries, draws)
         row = {"setting": label, "known": known, "attrition": eta, "n_steps": steps, "resample_iters": iters,
-               "evaluations": steps * iters, **{m: float(value[m]) for m in ("rmse", "energy_distance", "mmd", "swd")},
+               "step_rule": rule, "evaluations": steps * iters * (2 if rule == "trapezoid" else 1),
+               **{m: float(value[m]) for m in ("rmse", "energy_distance", "mmd", "swd")},
                "cov80": coverage(draws, truth[mask], 0.8, args.seed)[0],
                "cov95": coverage(draws, truth[mask], 0.95, args.seed)[0], "impute_s": wall, "impute_cpu_s": cpu}
         rows.append(row)
@@ -130,6 +147,29 @@ def main() -> None:
     elapsed = time.perf_counter() - t_all
     info = common.machine_info()
 
+    cbmc_lines = [
+        f"- CBMC {adata.n_obs} cells x {adata.n_vars} genes; model trained once for {max_steps} steps "
+        f"({train_s:.0f} s) on {train.n_obs} cells; {test.n_obs} held-out cells with a 50% MCAR mask; seed "
+        f"{args.seed}; {args.n_samples} draws per entry; guidance 0.5; attrition: ReMDM-rescale strength",
+        "- rmse / energy_distance / mmd / swd: `cds.metrics.evaluate_imputation` of the mean of the draws on the "
+        "held-out entries (lower is better); cov80 / cov95: coverage of the central 80% / 95% predictive interval of "
+        "the draws (randomised PIT; target 0.80 / 0.95)",
+        "- evaluations: network evaluations per chain (n_steps x resample_iters x 2 for the trapezoid rule, jump 1); "
+        "impute_s / impute_cpu_s: wall time / process CPU time of `impute` (all draws; one thread, so CPU time is "
+        "robust to shared cores)", "",
+        common.frame_to_markdown(table.drop(columns=["known"]), index=False), "",
+    ]
+    if args.budget:
+        lines = [
+            f"# RePaint: spending the network evaluations ({'quick' if args.quick else 'full'} mode)", "",
+            common.machine_header("repaint_known", args.quick, elapsed, info).replace(".py", ".py --budget", 1), "",
+            "Step rule (`benchmarks/steps.py`) x resampling at comparable cost; observed entries along one path.", "",
+            *cbmc_lines,
+        ]
+        common.write_results(common.result_stem("repaint_budget", args.quick), lines,
+                             {"settings": vars(args), **info, "train_s": train_s,
+                              "table": table.to_dict(orient="records")})
+        return
     toy_wide = toy.pivot_table(index=["attrition", "resample_iters"], columns=["n_steps", "known"], values="tv")
     toy_wide.columns = [f"{k} steps, {m}" for k, m in toy_wide.columns]
     toy_wide = toy_wide.reset_index()
@@ -150,15 +190,7 @@ def main() -> None:
         f"Without resampling, redraw is below path in {n_better} of {len(path_v)} (attrition, n_steps) settings; "
         f"largest relative gap {float(((path_v - redraw_v) / path_v).abs().max()):.1%}.", "",
         "## CBMC", "",
-        f"- CBMC {adata.n_obs} cells x {adata.n_vars} genes; model trained once for {max_steps} steps "
-        f"({train_s:.0f} s) on {train.n_obs} cells; {test.n_obs} held-out cells with a 50% MCAR mask; seed "
-        f"{args.seed}; {args.n_samples} draws per entry; guidance 0.5; attrition: ReMDM-rescale strength",
-        "- rmse / energy_distance / mmd / swd: `cds.metrics.evaluate_imputation` of the mean of the draws on the "
-        "held-out entries (lower is better); cov80 / cov95: coverage of the central 80% / 95% predictive interval of "
-        "the draws (randomised PIT; target 0.80 / 0.95)",
-        "- evaluations: network evaluations per chain (n_steps x resample_iters, jump 1); impute_s / impute_cpu_s: "
-        "wall time / process CPU time of `impute` (all draws; one thread, so CPU time is robust to shared cores)", "",
-        common.frame_to_markdown(table.drop(columns=["known"]), index=False), "",
+        *cbmc_lines,
     ]
     common.write_results(common.result_stem("repaint_known", args.quick), lines,
                          {"settings": vars(args), **info, "train_s": train_s, "table": table.to_dict(orient="records"),
