@@ -6,9 +6,10 @@ Protocol (same split, types and metrics as ``benchmarks/generation.py``):
    ``--top`` largest of the held-out cells;
 2. one CountsDiff model per lever (all entries of the train cells, labels), each changing one setting of the
    default model (``baseline``): the training budget, the EMA decay, the width / depth of the residual MLP, the
-   per-gene gamma-Poisson baseline rate, the loss weight ``w(t)`` (``nll`` instead of the paper's ``-p'(t)``), and
-   combinations (run with ``--levers``; the default set is the single levers); the training wall time of each is
-   recorded next to scVI's (same thread count, same run);
+   per-gene gamma-Poisson baseline rate, the loss weight ``w(t)`` (``nll`` instead of the paper's ``-p'(t)``),
+   conditioning on the cell's depth (the standardised log library size as a vector condition, generated cells
+   drawing it from random train cells of their type), and combinations (run with ``--levers``; the default set is
+   the single levers); the training wall time of each is recorded next to scVI's (same thread count, same run);
 3. every model generates, for each type, as many cells as held out (capped by ``--max-cells``) with guidance 1 and
    no attrition under three reverse samplers: Euler 50 steps (today's default), trapezoid 5 steps and trapezoid 10
    steps (10 and 20 network evaluations; see ``benchmarks/steps.py``); so each model is also a replicate of the
@@ -54,9 +55,13 @@ LEVERS: dict[str, tuple[float, dict[str, Any]]] = {
     "wide MLP 512 x 4": (1.0, {"backbone_kwargs": {"n_hidden": 512, "n_layers": 4}}),
     "gamma-Poisson baseline rate": (1.0, {"rate_baseline": "gamma_poisson"}),
     "loss weight nll": (1.0, {"loss_weighting": "nll"}),
+    "depth-conditioned": (1.0, {}),
     "budget x2.5 + gamma-Poisson": (2.5, {"rate_baseline": "gamma_poisson"}),
     "budget x2.5 + wide": (2.5, {"backbone_kwargs": {"n_hidden": 512, "n_layers": 4}}),
 }
+#: levers whose model is also conditioned on the cell's standardised log library size (a vector condition); their
+#: cells are generated with the library sizes of random train cells of the type (the empirical depth distribution)
+DEPTH_LEVERS = {"depth-conditioned"}
 SAMPLERS = [("euler", 50), ("trapezoid", 5), ("trapezoid", 10)]
 METRICS = ["mmd", "swd", "scfid", "rf_auc", "energy_distance", "var_pearson", "label_accuracy", "library_ratio"]
 
@@ -156,6 +161,12 @@ def main() -> None:
         scvi_sets[t], floor_sets[t] = to_dense(draw, np.float64), x_train[idx]
     rows += score("scVI (train cells)", scvi_sets, {"lever": "-", "sampler": "-", "train_s": timings["scvi_train_s"]})
     rows += score("real train cells (floor)", floor_sets, {"lever": "-", "sampler": "-", "train_s": 0.0})
+    # standardised log library sizes of the train cells, and draws of them per type for depth-conditioned levers
+    lib = np.log(x_train.sum(1))
+    log_lib = (lib - lib.mean()) / lib.std()
+    depth_rng = np.random.default_rng(args.seed + 1)
+    depth_draws = {t: log_lib[depth_rng.choice(np.flatnonzero(lab_train == t), n_gen[t])][:, None].astype(np.float32)
+                   for t in types}
     real_acc = {t: float(np.mean(clf.predict(pca.transform(log_normalize(x_held[lab_held == t]))) == t))
                 for t in types}
 
@@ -164,7 +175,11 @@ def main() -> None:
         mult, kwargs = LEVERS[lever]
         steps = round(args.max_steps * mult)
         data = train.copy()
-        cds.CountsDiffModel.setup_anndata(data, labels_key=label_key)
+        depth = lever in DEPTH_LEVERS
+        if depth:
+            data.obsm["log_library"] = log_lib[:, None].astype(np.float32)
+        cds.CountsDiffModel.setup_anndata(data, labels_key=label_key,
+                                          condition_obsm_key="log_library" if depth else None)
         torch.manual_seed(args.seed)
         model = cds.CountsDiffModel(data, **kwargs)
         t0 = time.perf_counter()
@@ -177,6 +192,7 @@ def main() -> None:
         for rule, n_steps in samplers:
             t0 = time.perf_counter()
             sets = {t: to_dense(model.sample(n_gen[t], labels=t, n_steps=n_steps, step_rule=rule, guidance=1.0,
+                                             conditions=depth_draws[t] if depth else None,
                                              seed=args.seed, progress=False).X, np.float64) for t in types}
             sample_s = time.perf_counter() - t0
             rows += score(f"CountsDiff {lever}", sets, {
