@@ -76,6 +76,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--max-cells", type=int, default=500, help="cap on generated cells per type")
     p.add_argument("--scvi-epochs", type=int, default=None,
                    help="scVI epochs (default 200 on CBMC as in generation.py, 400 on pbmc68k: scvi-tools' heuristic)")
+    p.add_argument("--suffix", default="", help="appended to the results' file names (a second run of other levers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     return p.parse_args()
@@ -217,7 +218,7 @@ def _write(table: pd.DataFrame, real_acc: dict[str, float], timings: dict[str, f
              "<= scVI on MMD, SWD, scFID, RF AUC"] = None
     per_type_acc = table.pivot_table(index=keys, columns="cell_type", values="label_accuracy", sort=False)
     real_mean = float(np.mean(list(real_acc.values())))
-    name = "generation_levers" + ("" if args.dataset == "cbmc" else f"_{args.dataset}")
+    name = "generation_levers" + ("" if args.dataset == "cbmc" else f"_{args.dataset}") + args.suffix
     flag = "" if args.dataset == "cbmc" else f" --dataset {args.dataset}"
     header = common.machine_header("generation_levers", args.quick, timings["total_s"]).replace(".py", ".py" + flag, 1)
     lines = [
