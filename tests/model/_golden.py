@@ -3,7 +3,9 @@
 ``python -m tests.model._golden record`` trains two tiny models (saved under ``tests/model/golden/``) and stores their
 draws for fixed seeds in ``golden/draws.npz``. ``test_golden_draws.py`` loads the saved models and requires the same
 draws bit for bit: it proves that a refactoring changed no behaviour and that models saved by 0.1.0 still load.
-Re-record only on a deliberate change of the sampler, and say so in CHANGELOG.md.
+Re-record only on a deliberate change of the sampler, and say so in CHANGELOG.md. The imputation cases name the
+0.1.0 sampler (Euler steps, no resampling) explicitly since ``impute``'s defaults changed to trapezoid steps with
+resampling (issue 24); the draws are those recorded.
 """
 
 from __future__ import annotations
@@ -53,12 +55,12 @@ def run_cases(model_a, model_b, adata) -> dict[str, np.ndarray]:
     out["interpolate_b"] = p.X.toarray()
     a = adata.copy()
     imp, s = model_a.impute(a, mask_layer="mask", n_samples=3, n_steps=6, seed=6, batch_size=30,
-                            resample_jump=2, resample_iters=2, **quiet)
+                            resample_jump=2, resample_iters=2, step_rule="euler", **quiet)
     out["impute_a"], out["impute_a_samples"] = imp, s
     a = adata.copy()
     imp, s = model_b.impute(a, mask_layer="mask", n_samples=2, n_steps=5, seed=8, point_estimate="median",
                             guidance={"cell_type": 1.0, "batch": 0.0}, attrition_kind="constant", attrition=0.3,
-                            **quiet)
+                            resample_iters=1, step_rule="euler", **quiet)
     out["impute_b"], out["impute_b_samples"] = imp, s
     return out
 

@@ -52,13 +52,25 @@ def test_impute_passes_grid_and_rule_down_and_keeps_observed_entries(models, mon
     mask = adata.layers["mask"]
     calls = _count_rate_calls(b, monkeypatch)
     imp, _ = b.impute(adata, mask_layer="mask", n_samples=2, seed=0, time_grid="p", step_rule="trapezoid",
-                      batch_size=10_000, **QUIET)
+                      resample_iters=1, batch_size=10_000, **QUIET)
     assert len(calls) == n_evaluations(4, b.module.schedule, grid="p", step_rule="trapezoid")
     x = adata.X.toarray()
     assert np.array_equal(imp[~mask], x[~mask])
     assert np.isfinite(imp).all() and (imp >= 0).all()
     params = adata.uns["countsdiff"]["countsdiff_imputed"]
     assert params["time_grid"] == "p" and params["step_rule"] == "trapezoid"
+
+
+def test_impute_defaults_are_ten_trapezoid_steps_run_twice(models, monkeypatch):
+    # issue 24: chosen from benchmarks/results/repaint_budget.md (40 evaluations per chain instead of 50)
+    a, _ = models
+    adata = golden_adata()
+    calls = _count_rate_calls(a, monkeypatch)
+    a.impute(adata, mask_layer="mask", n_samples=2, seed=0, batch_size=10_000, progress=False)
+    params = adata.uns["countsdiff"]["countsdiff_imputed"]
+    assert (params["n_steps"], params["step_rule"], params["resample_iters"]) == (10, "trapezoid", 2)
+    assert params["time_grid"] == "uniform"
+    assert len(calls) == 2 * n_evaluations(10, a.module.schedule, step_rule="trapezoid") == 40
 
 
 def test_interpolate_takes_the_options(models):

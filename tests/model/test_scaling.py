@@ -98,7 +98,8 @@ def test_guided_sampling_is_one_batched_network_pass_per_step():
     calls: list[tuple[int, bool]] = []
     net = model.module.network(True)
     net.register_forward_hook(lambda mod, args, out: calls.append((out.shape[0], out.is_inference())))
-    model.impute(adata, mask_layer="mask", n_samples=2, n_steps=6, guidance=0.5, seed=0, progress=False)
+    model.impute(adata, mask_layer="mask", n_samples=2, n_steps=6, guidance=0.5, seed=0, progress=False,
+                 step_rule="euler", resample_iters=1)
     n_rows = 2 * int((adata.layers["mask"].any(axis=1)).sum())
     assert len(calls) == 6  # conditional and unconditional rates in one pass of twice the rows
     assert all(rows == 2 * n_rows and inference for rows, inference in calls)

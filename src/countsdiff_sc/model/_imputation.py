@@ -61,12 +61,12 @@ class ImputationMixin:
         mask_layer: str | None = None,
         n_samples: int = 5,
         target: Target = "auto",
-        n_steps: int = 50,
+        n_steps: int = 10,
         guidance: float | Mapping[str, float] = 0.5,
         attrition: float = 0.02,
         attrition_kind: Literal["rescale", "cap", "constant", "none"] = "rescale",
         resample_jump: int | None = None,
-        resample_iters: int = 1,
+        resample_iters: int = 2,
         point_estimate: Literal["mean", "median"] = "mean",
         batch_size: int = 2048,
         seed: int | None = None,
@@ -78,7 +78,7 @@ class ImputationMixin:
         progress: bool = True,
         *,
         time_grid: Literal["uniform", "p", "logit", "power"] = "uniform",
-        step_rule: Literal["euler", "trapezoid"] = "euler",
+        step_rule: Literal["euler", "trapezoid"] = "trapezoid",
         known: Literal["path", "redraw"] = "path",
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Fill suspected dropouts or held-out entries with RePaint (CountsDiff Sec. 3.6), ``n_samples`` draws each.
@@ -114,17 +114,22 @@ class ImputationMixin:
         target
             ``"auto"``, ``"dropouts"`` or ``"mask"`` (see above).
         n_steps
-            Number of reverse transitions (the paper uses 20; quality against steps:
-            ``benchmarks/results/steps.md``).
+            Number of reverse transitions (the paper uses 20 Euler steps). The default, 10 trapezoid steps with
+            each step run twice (``resample_iters=2``), costs 40 network evaluations per chain, 0.8x the 50 Euler
+            steps of 0.1.0, and imputes better: on CBMC (50% MCAR, 10 draws) RMSE 7.08 against 7.62, MMD 0.0011
+            against 0.0015, interval coverage unchanged (0.79 / 0.95 at 80% / 95%);
+            ``benchmarks/results/repaint_budget.md``. ``n_steps=50, step_rule="euler", resample_iters=1`` gives the
+            draws of 0.1.0.
         guidance
             Guidance strength (paper's best scRNA setting: 0.5), or per-condition strengths as a dict (see
             :meth:`sample`); ignored for an unconditional model.
         %(attrition)s
             The paper's best scRNA setting is ReMDM-rescale ``eta = 0.02``.
         resample_jump, resample_iters
-            RePaint resampling: windows of ``resample_jump`` transitions run ``resample_iters`` times, re-noising
-            by thinning back to the window start in between (not a restart; see
-            :func:`~countsdiff_sc.diffusion.repaint`).
+            RePaint resampling: windows of ``resample_jump`` transitions (default 1 when ``resample_iters > 1``)
+            run ``resample_iters`` times, re-noising by thinning back to the window start in between (not a
+            restart; see :func:`~countsdiff_sc.diffusion.repaint`). Default 2: at equal cost, resampling improves
+            imputation more than a finer grid (CBMC: Euler 50 x 2 reaches RMSE 7.07, Euler 100 x 1 7.49).
         point_estimate
             ``"mean"`` or ``"median"`` of the draws on filled entries.
         batch_size
@@ -144,7 +149,12 @@ class ImputationMixin:
             working set bounded by ``batch_size``.
         %(precision)s
         %(progress)s
-        %(sampler)s
+        time_grid
+            Time grid of the reverse chain (see :func:`~countsdiff_sc.diffusion.time_grid`); default uniform in t.
+        step_rule
+            ``"trapezoid"`` (default for imputation): the second-order two-stage step of
+            :func:`~countsdiff_sc.diffusion.trapezoid_step` (two network evaluations per step); ``"euler"``: the
+            paper's first-order step (one evaluation).
         known
             How RePaint carries the observed entries through the chain (see
             :func:`~countsdiff_sc.diffusion.repaint`): ``"path"`` (default), one forward path read backwards, driven
