@@ -23,6 +23,11 @@ import pandas as pd
 #: Where the scripts write their results (``<name>.md`` / ``.json``; ``<name>_quick.*`` with ``--quick``).
 RESULTS = Path(__file__).resolve().parent / "results"
 
+#: The reverse sampler of ``impute``'s defaults up to 0.1.0 (Euler steps, no resampling). Benchmarks whose committed
+#: results were measured with it pass it explicitly, so that a re-run reproduces them after the defaults changed to 10
+#: trapezoid steps run twice (issue 24, ``benchmarks/results/repaint_budget.md``).
+EULER_SAMPLER = {"step_rule": "euler", "resample_iters": 1}
+
 
 def log(msg: str) -> None:
     """Print a progress message with the wall-clock time, flushed at once."""

@@ -116,7 +116,8 @@ def main() -> None:
         make_mask(data)
         mask = data.layers["countsdiff_mask"] & data.layers["countsdiff_valid"]
         imputed, samples = model.impute(data, mask_layer="countsdiff_mask", n_samples=n_samples, n_steps=n_steps,
-                                        seed=args.seed, store_samples=True, progress=False)
+                                        seed=args.seed, store_samples=True, progress=False,
+                                        **common.EULER_SAMPLER)
         truth = data.X.toarray()[mask]
         draws = samples.transpose(0, 2, 1)[mask]  # (n_entries, n_draws)
         err = np.abs(imputed[mask] - truth)

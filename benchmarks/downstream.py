@@ -48,7 +48,8 @@ group) and **expected** (``pp.mark_dropouts(min_expected=3)``: only zeros where 
 the cell's depth; chosen a priori, not tuned on the truth).
 
 * **CountsDiff dropouts (Alg. 1)**: ``impute(target="dropouts")`` with the Alg. 1 model and marks (RePaint over the
-  suspected dropouts, observed entries kept; 50 reverse steps, guidance 0.5: the defaults), mean of 5 draws.
+  suspected dropouts, observed entries kept; 50 Euler reverse steps, no resampling, guidance 0.5: the defaults up
+  to 0.1.0), mean of 5 draws.
 * **CountsDiff dropouts**: the same with the expected-count model and marks; 1 draw (the first) and mean of 5.
 * **CountsDiff depth**: ``get_normalized_expression(method="depth", depth="auto", library_size=1)`` (depth
   restoration: a cell of library ``L`` enters the reverse chain at ``p(t) = L / D``, ``D`` = 90th percentile of the
@@ -302,11 +303,11 @@ def run_methods(
     alg1, model = cd_models["alg1"], cd_models["expected"]
     imputed, _ = timed("countsdiff_dropouts_alg1", lambda: alg1.impute(
         data, target="dropouts", n_samples=5, n_steps=n_steps, seed=seed, store_samples=False, progress=False,
-        key_added="cd_alg1"))
+        key_added="cd_alg1", **common.EULER_SAMPLER))
     out[COUNTSDIFF[0]] = np.asarray(imputed, dtype=np.float64)
     imputed, samples = timed("countsdiff_dropouts", lambda: model.impute(
         data, target="dropouts", n_samples=5, n_steps=n_steps, seed=seed, store_samples=True, progress=False,
-        key_added="cd_expected"))
+        key_added="cd_expected", **common.EULER_SAMPLER))
     out[COUNTSDIFF[1]] = np.asarray(samples[:, 0, :], dtype=np.float64)
     out[COUNTSDIFF[2]] = np.asarray(imputed, dtype=np.float64)
     draws = timed("countsdiff_depth", lambda: model.get_normalized_expression(

@@ -110,7 +110,8 @@ def main() -> None:
         methods: dict[str, str] = {}
         t0 = time.perf_counter()
         model.impute(data, mask_layer="countsdiff_mask",
-                     n_samples=5, n_steps=args.n_steps, seed=args.seed, key_added="cd5", progress=False)
+                     n_samples=5, n_steps=args.n_steps, seed=args.seed, key_added="cd5", progress=False,
+                     **common.EULER_SAMPLER)
         timings[f"{regime} countsdiff_5draw_s"] = time.perf_counter() - t0
         methods["CountsDiff, 5-sample"] = "cd5"
         data.layers["cd1"] = np.where(mask, data.obsm["countsdiff_samples"][:, 0, :], data.layers["cd5"])

@@ -219,7 +219,7 @@ def _impute_task(spec: dict) -> dict:
         model.impute(adata, mask_layer="countsdiff_mask",
                      n_samples=spec["n_samples"], n_steps=spec["n_steps"], store_samples=spec["store_samples"],
                      batch_size=spec.get("batch_size", 2048), seed=0, precision=spec.get("precision", "32"),
-                     progress=False)
+                     progress=False, **common.EULER_SAMPLER)
     total = time.perf_counter() - t0
     n_draws = adata.n_obs * spec["n_samples"]
     outputs_mib = adata.n_obs * adata.n_vars * (4 + 1) / 2**20  # float32 point estimate + boolean mask

@@ -97,7 +97,8 @@ def _impute_task(spec: dict) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     with _PeakMemory() as mem:
         model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], seed=0, progress=False,
-                     batch_size=spec.get("batch_size", 2048), store_samples=spec.get("store_samples", "auto"))
+                     batch_size=spec.get("batch_size", 2048), store_samples=spec.get("store_samples", "auto"),
+                     **common.EULER_SAMPLER)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     rec = adata.uns["countsdiff"]["countsdiff_imputed"]
     spread = adata.layers["countsdiff_imputed_std"]

@@ -161,7 +161,7 @@ def main() -> None:
         gen_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         imputed, _ = model.impute(test, mask_layer="countsdiff_mask", n_samples=1, store_samples=False,
-                                  key_added="imputed_steps", **sampler)
+                                  key_added="imputed_steps", resample_iters=1, **sampler)
         imp_s = time.perf_counter() - t0
         gen_pcs = pcs(gen.X)
         return {
