@@ -6,7 +6,10 @@ Protocol (CountsDiff paper Sec. 3.4 / E.5, Tables 11-12; metrics of scDiffusion 
 2. CountsDiff trained on *all* entries of the train cells with the labels (no ``valid_layer``: a model trained on
    valid-only entries generates too few zeros); the Gaussian DDPM baseline (``countsdiff_sc.baselines``, same
    residual MLP size, ``log1p`` counts standardised per gene, linear betas, T = 1000) for the same number of steps;
-   plain scVI (NB likelihood, no labels) on the train cells;
+   plain scVI (NB likelihood, no labels) on the train cells; and (unless ``--no-depth-model``) a second CountsDiff
+   model conditioned also on each cell's standardised log library size (a vector condition, the lever found by
+   ``benchmarks/generation_levers.py``), whose generated cells take the library sizes of random train cells of
+   their type;
 3. for each of the largest cell types, as many cells as held out (capped by ``--max-cells``) are generated:
    CountsDiff at a small grid of guidance strengths (paper Table 12: 0-3, best ED at 2) and attrition levels
    (Table 11: eta_rescale 0-0.05), the Gaussian DDPM (guidance 1), scVI posterior-predictive draws of random *train*
@@ -76,6 +79,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--scvi-epochs", type=int, default=200)
     p.add_argument("--model-kwargs", default="{}",
                    help='CountsDiffModel keyword arguments as JSON, e.g. \'{"rate_baseline": "gamma_poisson"}\'')
+    p.add_argument("--no-depth-model", action="store_true", help="skip the depth-conditioned CountsDiff model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--rare-k", type=int, default=4, help="number of rare cell types augmented")
@@ -304,6 +308,28 @@ def main() -> None:
             generated[name][t] = to_dense(out.X, np.float64)
     timings["countsdiff_sample_s"] = time.perf_counter() - t0
     common.log(f"CountsDiff: {len(grid)} settings sampled in {timings['countsdiff_sample_s']:.0f} s")
+    if not args.no_depth_model:
+        # the depth-conditioned model (benchmarks/generation_levers.py): the standardised log library size of each
+        # train cell as a vector condition; generated cells take the library sizes of random train cells of the type
+        t0, c0 = time.perf_counter(), time.process_time()
+        lib = np.log(x_train.sum(1))
+        log_lib = ((lib - lib.mean()) / lib.std()).astype(np.float32)[:, None]
+        depth_data = train.copy()
+        depth_data.obsm["log_library"] = log_lib
+        cds.CountsDiffModel.setup_anndata(depth_data, labels_key="cell_type", condition_obsm_key="log_library")
+        depth_model = cds.CountsDiffModel(depth_data, **json.loads(args.model_kwargs))
+        depth_model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",
+                          enable_progress_bar=False, enable_model_summary=False)
+        timings["countsdiff_depth_train_s"] = time.perf_counter() - t0
+        timings["countsdiff_depth_train_cpu_s"] = time.process_time() - c0
+        depth_rng = np.random.default_rng(args.seed + 1)
+        generated["CountsDiff depth-conditioned g=1"] = {
+            t: to_dense(depth_model.sample(
+                n_gen[t], labels=t, conditions=log_lib[depth_rng.choice(np.flatnonzero(lab_train == t), n_gen[t])],
+                n_steps=args.n_steps, guidance=1.0, seed=args.seed, progress=False).X, np.float64)
+            for t in types
+        }
+        common.log(f"depth-conditioned CountsDiff trained and sampled in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
     generated["Gaussian DDPM"] = {
         t: to_dense(gauss.sample(n_gen[t], labels=t, n_steps=args.n_steps, seed=args.seed).X, np.float64) for t in types
