@@ -17,10 +17,10 @@ __all__ = ["run_demo"]
 #: What the full demo gives (README.md, "What the demo prints": ``countsdiff-sc demo``, 3,000 training steps per model
 #: on all 8,617 cells, 2 CPU cores); printed by ``--quick``, whose own numbers are not meaningful.
 FULL_RUN = (
-    "The full demo (`countsdiff-sc demo`: 3,000 training steps per model on all 8,617 CBMC cells, 141-169 s on 2 CPU "
-    "cores) gives held-out RMSE 7.975 for CountsDiff against 19.82 for mean and 12.17 for conditional-mean imputation, "
-    "and generated cells with 0.90-1.00x the real counts per cell (README.md, 'What the demo prints'); the 6,000-step "
-    "benchmark with more baselines is benchmarks/results/imputation.md."
+    "The full demo (`countsdiff-sc demo`: 3,000 training steps per model on all 8,617 CBMC cells, about 3 minutes on "
+    "2 CPU cores) gives held-out RMSE 7.641 for CountsDiff against 19.82 for mean and 12.17 for conditional-mean "
+    "imputation, and generated cells with 0.90-1.00x the real counts per cell (README.md, 'What the demo prints'); the "
+    "6,000-step benchmark with more baselines is benchmarks/results/imputation.md."
 )
 SMOKE_TEST = (
     "This was --quick, a smoke test: {steps} training steps on {cells:,} cells check that training, imputation and "
