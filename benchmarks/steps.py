@@ -106,11 +106,54 @@ def plot(table: pd.DataFrame, path) -> None:
     plt.close(fig)
 
 
+def _timing(model, test, args, max_steps: int, steps, grids, t_all: float) -> None:
+    """Process CPU time of ``sample`` and ``impute`` (one draw, 50% MCAR) of the held-out cells per setting."""
+    import countsdiff_sc as cds
+    from countsdiff_sc.diffusion import n_evaluations
+
+    cds.pp.mask_mcar(test, rate=0.5, seed=args.seed)
+    labels = test.obs["cell_type"].astype(str).tolist()
+    model.sample(labels=labels[:20], n_steps=2, progress=False)  # warm-up outside the timings
+    rows = []
+    for n_steps, grid, rule in itertools.product(steps, grids, RULES):
+        sampler = {"n_steps": n_steps, "time_grid": grid, "step_rule": rule, "seed": args.seed, "progress": False}
+        c0 = time.process_time()
+        model.sample(labels=labels, **sampler)
+        gen_cpu = time.process_time() - c0
+        c0 = time.process_time()
+        model.impute(test, mask_layer="countsdiff_mask", n_samples=1, store_samples=False, key_added="imputed_steps",
+                     resample_iters=1, **sampler)
+        imp_cpu = time.process_time() - c0
+        rows.append({"n_steps": n_steps, "grid": grid, "step_rule": rule,
+                     "evaluations": n_evaluations(n_steps, model.module.schedule, grid=grid, step_rule=rule),
+                     "sample_cpu_s": gen_cpu, "impute_cpu_s": imp_cpu})
+        common.log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
+    table = pd.DataFrame(rows)
+    base = table[(table.n_steps == 50) & (table.grid == "uniform") & (table.step_rule == "euler")]
+    if len(base):
+        table["sample / Euler 50"] = table["sample_cpu_s"] / float(base["sample_cpu_s"].iloc[0])
+        table["impute / Euler 50"] = table["impute_cpu_s"] / float(base["impute_cpu_s"].iloc[0])
+    info = common.machine_info()
+    lines = [
+        "# Cost of the reverse samplers: CPU time per setting", "",
+        common.machine_header("steps", False, time.perf_counter() - t_all, info).replace(".py", ".py --timing", 1), "",
+        f"- {test.n_obs} held-out CBMC cells; `sample` (their labels, guidance 1) and `impute` (one draw of a 50% MCAR "
+        f"mask, guidance 0.5, no resampling); model trained {max_steps} steps (the cost does not depend on the "
+        "weights); process CPU time at one torch thread, robust to other processes on the machine", "",
+        common.frame_to_markdown(table, index=False), "",
+    ]
+    common.write_results(common.result_stem("steps_timing", False), lines,
+                         {"settings": vars(args), **info, "table": table.to_dict(orient="records")})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="subsample, short training, fewer settings: about 3 minutes")
     p.add_argument("--max-steps", type=int, default=3000, help="training steps (full mode)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timing", action="store_true",
+                   help="cost only: process CPU time of sample / impute per setting on a briefly trained model "
+                   "(the cost does not depend on the weights); writes steps_timing.md")
     args = p.parse_args()
 
     import scvi
@@ -127,6 +170,8 @@ def main() -> None:
     max_steps, steps, grids, n_trees = args.max_steps, STEPS, GRIDS, 300
     if args.quick:
         max_steps, steps, grids, n_trees = 1000, QUICK_STEPS, QUICK_GRIDS, 100
+    if args.timing:
+        max_steps = 100
     train, test, rng = common.random_split(adata, args.seed)
 
     cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type")
@@ -147,6 +192,9 @@ def main() -> None:
     def pcs(x) -> np.ndarray:
         return (log_normalize(x) - mean) @ basis
 
+    if args.timing:
+        _timing(model, test, args, max_steps, steps, grids, t_all)
+        return
     real = pcs(test.X)
     floor = multivariate_energy_distance(real, pcs(train.X[rng.choice(train.n_obs, test.n_obs, replace=False)]))
     cds.pp.mask_mcar(test, rate=0.5, seed=args.seed)
