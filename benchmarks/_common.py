@@ -41,6 +41,23 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def start(seed: int, threads: int) -> None:
+    """The common start of a benchmark run: quiet logs (:func:`quiet`), ``threads`` torch threads, scvi-tools quiet
+    and seeded."""
+    import scvi
+    import torch
+
+    quiet()
+    torch.set_num_threads(threads)
+    scvi.settings.verbosity = 40
+    scvi.settings.seed = seed
+
+
+def dense_draws(draws: Any) -> np.ndarray:
+    """scvi-tools' ``posterior_predictive_sample`` output (a pydata-sparse array or a dense one) as float64 numpy."""
+    return np.asarray(draws.todense() if hasattr(draws, "todense") else draws, dtype=np.float64)
+
+
 def result_stem(name: str, quick: bool, suffix: str = "", folder: Path | None = None) -> Path:
     """``benchmarks/results/<name>[_quick]<suffix>`` (no extension, or in ``folder``); creates the folder.
 

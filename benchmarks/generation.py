@@ -88,6 +88,34 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
+def split_held_out(adata: Any, label_key: str, seed: int, top: int, max_cells: int) -> tuple[Any, Any, list, dict]:
+    """``(train, held, types, n_gen)``: copies of the 80 / 20 split stratified by ``label_key``
+    (``pp.split_cells``), the ``top`` largest types of the held-out cells, and the cells to generate per type (as
+    many as held out, at most ``max_cells``)."""
+    from countsdiff_sc import pp
+
+    pp.split_cells(adata, train=0.8, validation=0.0, test=0.2, seed=seed, stratify=label_key)
+    train = adata[adata.obs["countsdiff_split"] == "train"].copy()
+    held = adata[adata.obs["countsdiff_split"] == "test"].copy()
+    types = list(held.obs[label_key].value_counts().index[:top])
+    lab_held = held.obs[label_key].astype(str).to_numpy()
+    return train, held, types, {t: int(min(max_cells, np.sum(lab_held == t))) for t in types}
+
+
+def log_library_condition(x: np.ndarray) -> np.ndarray:
+    """The vector condition of the depth-conditioned model: each cell's log library size, standardised over the
+    cells of ``x``, as a float32 column ``(n, 1)``."""
+    lib = np.log(x.sum(1))
+    return ((lib - lib.mean()) / lib.std()).astype(np.float32)[:, None]
+
+
+def library_draws(condition: np.ndarray, labels: np.ndarray, n_gen: dict[str, int], seed: int) -> dict:
+    """Per type, the depth conditions of ``n_gen[type]`` random train cells of that type (with replacement): the
+    library sizes the depth-conditioned model generates at."""
+    rng = np.random.default_rng(seed)
+    return {t: condition[rng.choice(np.flatnonzero(labels == t), n)] for t, n in n_gen.items()}
+
+
 def set_metrics(real: np.ndarray, gen: np.ndarray, embedder: Any, n_estimators: int, seed: int) -> dict[str, float]:
     """All per-cell-type metrics of one generated set against the held-out cells."""
     from countsdiff_sc import metrics
@@ -171,8 +199,7 @@ def augmentation(model: Any, scvi_model: Any, scvi_data: Any, pca: Any, x_train:
             idx = rng.choice(np.flatnonzero(lab_train == t), n_max[t], replace=True)
             torch.manual_seed(seed)
             draw = scvi_model.posterior_predictive_sample(scvi_data, indices=idx.tolist(), n_samples=1)
-            draw = draw.todense() if hasattr(draw, "todense") else draw
-            extra["real + scVI"][t] = to_dense(draw, np.float64).reshape(n_max[t], -1)
+            extra["real + scVI"][t] = common.dense_draws(draw).reshape(n_max[t], -1)
             extra["real + oversampled"][t] = x_train[idx]
         torch.set_num_threads(args.threads)
         t_seed = time.perf_counter() - t0
@@ -197,13 +224,10 @@ def main() -> None:
     import torch
 
     import countsdiff_sc as cds
-    from countsdiff_sc import metrics, pp
+    from countsdiff_sc import metrics
     from countsdiff_sc._utils import log_normalize, to_dense
 
-    common.quiet()
-    torch.set_num_threads(args.threads)
-    scvi.settings.verbosity = 40
-    scvi.settings.seed = args.seed
+    common.start(args.seed, args.threads)
     grid = FULL_GRID
     n_estimators, embedder_epochs = 1000, None
     if args.quick:
@@ -214,16 +238,12 @@ def main() -> None:
 
     # ---------------------------------------------------------------- data
     adata = cds.datasets.cbmc()
-    pp.split_cells(adata, train=0.8, validation=0.0, test=0.2, seed=args.seed, stratify="cell_type")
-    train = adata[adata.obs["countsdiff_split"] == "train"].copy()
-    held = adata[adata.obs["countsdiff_split"] == "test"].copy()
-    types = list(held.obs["cell_type"].value_counts().index[: args.top])
+    train, held, types, n_gen = split_held_out(adata, "cell_type", args.seed, args.top, args.max_cells)
     common.log(f"CBMC {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, held-out {held.n_obs}; "
         f"cell types {types}")
     x_train, x_held = to_dense(train.X, np.float64), to_dense(held.X, np.float64)
     lab_train = train.obs["cell_type"].astype(str).to_numpy()
     lab_held = held.obs["cell_type"].astype(str).to_numpy()
-    n_gen = {t: int(min(args.max_cells, np.sum(lab_held == t))) for t in types}
 
     # ---------------------------------------------------------------- training
     t0, c0 = time.perf_counter(), time.process_time()
@@ -312,8 +332,7 @@ def main() -> None:
         # the depth-conditioned model (benchmarks/generation_levers.py): the standardised log library size of each
         # train cell as a vector condition; generated cells take the library sizes of random train cells of the type
         t0, c0 = time.perf_counter(), time.process_time()
-        lib = np.log(x_train.sum(1))
-        log_lib = ((lib - lib.mean()) / lib.std()).astype(np.float32)[:, None]
+        log_lib = log_library_condition(x_train)
         depth_data = train.copy()
         depth_data.obsm["log_library"] = log_lib
         cds.CountsDiffModel.setup_anndata(depth_data, labels_key="cell_type", condition_obsm_key="log_library")
@@ -322,11 +341,10 @@ def main() -> None:
                           enable_progress_bar=False, enable_model_summary=False)
         timings["countsdiff_depth_train_s"] = time.perf_counter() - t0
         timings["countsdiff_depth_train_cpu_s"] = time.process_time() - c0
-        depth_rng = np.random.default_rng(args.seed + 1)
+        draws = library_draws(log_lib, lab_train, n_gen, args.seed + 1)
         generated["CountsDiff depth-conditioned g=1"] = {
-            t: to_dense(depth_model.sample(
-                n_gen[t], labels=t, conditions=log_lib[depth_rng.choice(np.flatnonzero(lab_train == t), n_gen[t])],
-                n_steps=args.n_steps, guidance=1.0, seed=args.seed, progress=False).X, np.float64)
+            t: to_dense(depth_model.sample(n_gen[t], labels=t, conditions=draws[t], n_steps=args.n_steps, guidance=1.0,
+                                           seed=args.seed, progress=False).X, np.float64)
             for t in types
         }
         common.log(f"depth-conditioned CountsDiff trained and sampled in {time.perf_counter() - t0:.0f} s")
@@ -341,13 +359,10 @@ def main() -> None:
     for t in types:
         idx_train = rng.choice(np.flatnonzero(lab_train == t), n_gen[t], replace=n_gen[t] > np.sum(lab_train == t))
         idx_held = np.flatnonzero(lab_held == t)[: n_gen[t]]
-        pp_train = scvi_model.posterior_predictive_sample(scvi_data, indices=idx_train.tolist(), n_samples=1)
-        pp_train = pp_train.todense() if hasattr(pp_train, "todense") else pp_train  # pydata sparse (scvi-tools)
-        generated["scVI (train cells)"][t] = to_dense(pp_train, np.float64)
-        held_copy = held.copy()
-        pp_held = scvi_model.posterior_predictive_sample(held_copy, indices=idx_held.tolist(), n_samples=1)
-        pp_held = pp_held.todense() if hasattr(pp_held, "todense") else pp_held
-        generated["scVI (held-out cells, oracle)"][t] = to_dense(pp_held, np.float64)
+        generated["scVI (train cells)"][t] = common.dense_draws(
+            scvi_model.posterior_predictive_sample(scvi_data, indices=idx_train.tolist(), n_samples=1))
+        generated["scVI (held-out cells, oracle)"][t] = common.dense_draws(
+            scvi_model.posterior_predictive_sample(held.copy(), indices=idx_held.tolist(), n_samples=1))
         generated["real train cells (floor)"][t] = x_train[idx_train]
     timings["scvi_sample_s"] = time.perf_counter() - t0
     for sets in generated.values():

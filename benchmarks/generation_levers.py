@@ -41,10 +41,10 @@ import pandas as pd
 
 try:
     import _common as common
-    from generation import set_metrics
+    from generation import library_draws, log_library_condition, set_metrics, split_held_out
 except ImportError:  # imported as benchmarks.generation_levers from the repository root
     from benchmarks import _common as common
-    from benchmarks.generation import set_metrics
+    from benchmarks.generation import library_draws, log_library_condition, set_metrics, split_held_out
 
 # name -> (training-step multiplier of --max-steps, CountsDiffModel keyword arguments)
 LEVERS: dict[str, tuple[float, dict[str, Any]]] = {
@@ -90,13 +90,10 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
 
     import countsdiff_sc as cds
-    from countsdiff_sc import metrics, pp
+    from countsdiff_sc import metrics
     from countsdiff_sc._utils import log_normalize, to_dense
 
-    common.quiet()
-    torch.set_num_threads(args.threads)
-    scvi.settings.verbosity = 40
-    scvi.settings.seed = args.seed
+    common.start(args.seed, args.threads)
     levers = [k for k in LEVERS if "+" not in k] if args.levers is None else args.levers
     unknown = sorted(set(levers) - set(LEVERS))
     if unknown:
@@ -116,14 +113,10 @@ def main() -> None:
     else:
         adata, label_key = cds.datasets.pbmc68k_reduced_counts(), "bulk_labels"
         adata.obs = adata.obs[[label_key]].copy()
-    pp.split_cells(adata, train=0.8, validation=0.0, test=0.2, seed=args.seed, stratify=label_key)
-    train = adata[adata.obs["countsdiff_split"] == "train"].copy()
-    held = adata[adata.obs["countsdiff_split"] == "test"].copy()
-    types = list(held.obs[label_key].value_counts().index[: args.top])
+    train, held, types, n_gen = split_held_out(adata, label_key, args.seed, args.top, args.max_cells)
     x_train, x_held = to_dense(train.X, np.float64), to_dense(held.X, np.float64)
     lab_train = train.obs[label_key].astype(str).to_numpy()
     lab_held = held.obs[label_key].astype(str).to_numpy()
-    n_gen = {t: int(min(args.max_cells, np.sum(lab_held == t))) for t in types}
     common.log(f"{args.dataset}: {adata.n_obs} cells x {adata.n_vars} genes; train {train.n_obs}, held-out "
                f"{held.n_obs}; types {n_gen}")
 
@@ -158,16 +151,12 @@ def main() -> None:
     for t in types:
         idx = rng.choice(np.flatnonzero(lab_train == t), n_gen[t], replace=n_gen[t] > np.sum(lab_train == t))
         draw = scvi_model.posterior_predictive_sample(scvi_data, indices=idx.tolist(), n_samples=1)
-        draw = draw.todense() if hasattr(draw, "todense") else draw
-        scvi_sets[t], floor_sets[t] = to_dense(draw, np.float64), x_train[idx]
+        scvi_sets[t], floor_sets[t] = common.dense_draws(draw), x_train[idx]
     rows += score("scVI (train cells)", scvi_sets, {"lever": "-", "sampler": "-", "train_s": timings["scvi_train_s"]})
     rows += score("real train cells (floor)", floor_sets, {"lever": "-", "sampler": "-", "train_s": 0.0})
     # standardised log library sizes of the train cells, and draws of them per type for depth-conditioned levers
-    lib = np.log(x_train.sum(1))
-    log_lib = (lib - lib.mean()) / lib.std()
-    depth_rng = np.random.default_rng(args.seed + 1)
-    depth_draws = {t: log_lib[depth_rng.choice(np.flatnonzero(lab_train == t), n_gen[t])][:, None].astype(np.float32)
-                   for t in types}
+    log_lib = log_library_condition(x_train)
+    depth_draws = library_draws(log_lib, lab_train, n_gen, args.seed + 1)
     real_acc = {t: float(np.mean(clf.predict(pca.transform(log_normalize(x_held[lab_held == t]))) == t))
                 for t in types}
 
@@ -178,7 +167,7 @@ def main() -> None:
         data = train.copy()
         depth = lever in DEPTH_LEVERS
         if depth:
-            data.obsm["log_library"] = log_lib[:, None].astype(np.float32)
+            data.obsm["log_library"] = log_lib
         cds.CountsDiffModel.setup_anndata(data, labels_key=label_key,
                                           condition_obsm_key="log_library" if depth else None)
         torch.manual_seed(args.seed)

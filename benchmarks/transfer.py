@@ -118,10 +118,7 @@ def main() -> None:
     from countsdiff_sc._utils import log_normalize, to_dense
     from countsdiff_sc.metrics._embedding import DEFAULT_RESOLUTIONS
 
-    common.quiet()
-    torch.set_num_threads(args.threads)
-    scvi.settings.verbosity = 40
-    scvi.settings.seed = args.seed
+    common.start(args.seed, args.threads)
     grid, resolutions = FULL_GRID, DEFAULT_RESOLUTIONS
     if args.quick:
         args.max_steps, args.n_steps, args.scvi_epochs = 400, 20, 10
@@ -194,9 +191,8 @@ def main() -> None:
     rho = scvi_model.get_normalized_expression(held_b.copy(), transform_batch="a", library_size=1.0,
                                                return_numpy=True)
     corrected["scVI transform_batch (mean x library)"] = np.asarray(rho, np.float64) * x_b_obs.sum(1, keepdims=True)
-    pps = scvi_model.posterior_predictive_sample(held_b.copy(), transform_batch="a")
-    corrected["scVI transform_batch (posterior predictive)"] = to_dense(
-        pps.todense() if hasattr(pps, "todense") else pps, np.float64)
+    corrected["scVI transform_batch (posterior predictive)"] = common.dense_draws(
+        scvi_model.posterior_predictive_sample(held_b.copy(), transform_batch="a"))
     timings["scvi_transform_s"] = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
     transfer_rows: list[dict[str, Any]] = []

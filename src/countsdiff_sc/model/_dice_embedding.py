@@ -282,8 +282,8 @@ class DICEEmbeddingMixin:
         ``obsm[key_added + "_std"]``. The settings (and the seed used) go to ``uns["countsdiff"][key_added]``.
         The spread is the width of the sampled posterior of the cell state, not a per-cell confidence of a label:
         the likelihood step's covariance is the same for every cell, and on CBMC the mean spread did not predict
-        which query cells a 15-NN label transfer gets wrong (AUROC 0.50; the neighbours' disagreement: 0.84;
-        ``benchmarks/results/dice_quick_uncertainty.md``).
+        which query cells a 15-NN label transfer gets wrong (AUROC 0.48; the neighbours' disagreement: 0.84;
+        ``benchmarks/results/dice.md``, part (f)).
 
         Raises
         ------

@@ -263,11 +263,7 @@ class GenerationMixin:
                                            getattr(self, "condition_table_", None))
         tgt_codes = src_codes.copy()
         tgt_codes[:, 0] = space.label_categories.index(str(target_label))
-        cont = None
-        if space.n_continuous > 0:
-            if space.obsm_key not in adata_source.obsm:
-                raise KeyError(f"adata_source has no obsm[{space.obsm_key!r}], the model's vector condition.")
-            cont = space.vector_condition(to_dense(adata_source.obsm[space.obsm_key])[cells], n)
+        cont = own_vector_condition(space, adata_source, cells, "adata_source")
 
         # rows: weight-major, one shared thinning per source cell
         module, device = self.module, self.device
@@ -332,6 +328,17 @@ def check_t_start(t_start: float) -> float:
             or not 0.0 < float(t_start) <= 1.0:
         raise ValueError(f"t_start must be a number in (0, 1], got {t_start!r}.")
     return float(t_start)
+
+
+def own_vector_condition(space, adata: ad.AnnData, cells: np.ndarray, name: str) -> torch.Tensor | None:
+    """The cells' own vector condition from ``adata.obsm`` (checked by the condition space), or None when the model
+    has none; a missing obsm entry is a KeyError naming it."""
+    if space.n_continuous == 0:
+        return None
+    if space.obsm_key not in adata.obsm:
+        raise KeyError(f"{name} has no obsm[{space.obsm_key!r}], the model's vector condition (each cell keeps its "
+                       "own).")
+    return space.vector_condition(to_dense(adata.obsm[space.obsm_key])[cells], cells.size)
 
 
 def thinned_start(module, x: np.ndarray, settings: ChainSettings, t_start: float) -> tuple[float, torch.Tensor]:

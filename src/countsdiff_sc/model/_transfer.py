@@ -16,13 +16,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from countsdiff_sc._utils import record_params, to_dense
+from countsdiff_sc._utils import record_params
 from countsdiff_sc.diffusion import generate
 
 from ._chains import ChainSettings, positive_int, run_batches
 from ._docs import fill_doc
 from ._expression import _cells
-from ._generation import AttritionKind, GridKind, StepRule, _warn_valid_layer, check_t_start, thinned_start
+from ._generation import (
+    AttritionKind,
+    GridKind,
+    StepRule,
+    _warn_valid_layer,
+    check_t_start,
+    own_vector_condition,
+    thinned_start,
+)
 from ._results import counts_in_model_order, generated_adata
 
 __all__ = ["TransferMixin"]
@@ -148,12 +156,7 @@ class TransferMixin:
         label_values = values.get(space.labels_key) if space.use_labels else None
         codes, _ = space.resolve(n, label_values, {k: values[k] for k in space.covariate_categories}, settings.rng,
                                  None)
-        cont = None
-        if space.n_continuous > 0:
-            if space.obsm_key not in adata.obsm:
-                raise KeyError(f"adata has no obsm[{space.obsm_key!r}], the model's vector condition (each cell keeps "
-                               "its own).")
-            cont = space.vector_condition(to_dense(adata.obsm[space.obsm_key])[cells], n)
+        cont = own_vector_condition(space, adata, cells, "adata")
         x0 = counts_in_model_order(adata, self.registry_["setup_args"].get("layer"), cells,
                                    getattr(self, "var_names_", None), self.module.n_genes, "adata",
                                    "the counts of adata")
