@@ -13,7 +13,11 @@ Protocol:
    ``batch_key``) and, for a comparison that uses no labels like scVI, a second CountsDiff model with the batch
    covariate only, are trained on the batch-affected train cells; scVI (``batch_key="batch"``, NB likelihood) too;
 4. the held-out batch-b cells are moved to batch ``"a"``: CountsDiff ``transfer(covariates={"batch": "a"})`` over a
-   grid of ``t_start`` (each cell keeps its own label), scVI ``get_normalized_expression(transform_batch="a")`` times
+   grid of ``t_start`` (each cell keeps its own label); the same with per-gene retention (``retention="auto"``,
+   estimated from the train cells; ``t_start`` then caps the levels, 0 = no cap) and, for the labels model, with the
+   true retention of the simulated effect (``retention=`` a Series: the oracle of the estimate); the mean of
+   ``--n-draws`` draws of the uncapped retention transfer (``n_samples=``); a naive per-gene rescaling by the
+   estimated retention (no model); scVI ``get_normalized_expression(transform_batch="a")`` times
    the cell's observed library size, and scVI ``posterior_predictive_sample(transform_batch="a")`` (counts);
 5. scores against the untouched originals: mean per-cell Pearson correlation of log-normalised profiles with the
    cell's own original; MMD (``countsdiff_sc.metrics.mmd``, 50 PCs fitted on the untouched train cells) to the
@@ -49,6 +53,9 @@ except ImportError:  # imported as benchmarks.transfer from the repository root
 
 FULL_GRID = [0.2, 0.3, 0.4, 0.5, 0.6, 0.8]
 QUICK_GRID = [0.2, 0.4, 0.6]
+#: caps of the per-gene retention transfer (0 = no cap: every gene at its own level)
+FULL_RETENTION_GRID = [0.0, 0.2, 0.3, 0.5]
+QUICK_RETENTION_GRID = [0.0, 0.3]
 QUICK_RESOLUTIONS = (0.1, 0.3, 0.5, 1.0)
 N_BOOSTED = 20
 
@@ -60,6 +67,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--n-steps", type=int, default=50, help="reverse steps of a transfer (from t_start to 0)")
     p.add_argument("--top", type=int, default=4, help="number of largest cell types for the MMD")
     p.add_argument("--scvi-epochs", type=int, default=200)
+    p.add_argument("--n-draws", type=int, default=5,
+                   help="draws averaged in the mean rows (transfer(n_samples=...))")
     p.add_argument("--no-batch-only", action="store_true", help="skip the second CountsDiff model (batch only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -119,10 +128,10 @@ def main() -> None:
     from countsdiff_sc.metrics._embedding import DEFAULT_RESOLUTIONS
 
     common.start(args.seed, args.threads)
-    grid, resolutions = FULL_GRID, DEFAULT_RESOLUTIONS
+    grid, resolutions, r_grid = FULL_GRID, DEFAULT_RESOLUTIONS, FULL_RETENTION_GRID
     if args.quick:
         args.max_steps, args.n_steps, args.scvi_epochs = 400, 20, 10
-        grid, resolutions = QUICK_GRID, QUICK_RESOLUTIONS
+        grid, resolutions, r_grid = QUICK_GRID, QUICK_RESOLUTIONS, QUICK_RETENTION_GRID
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -196,6 +205,13 @@ def main() -> None:
     timings["scvi_transform_s"] = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
     transfer_rows: list[dict[str, Any]] = []
+    # the simulated effect's retention per gene (batch-b mean / untouched mean): thinning keep_g, plus the boost
+    gene_mean = original.mean(axis=0)
+    true_r = keep.copy()
+    true_r[boosted] += boost_rate / np.maximum(gene_mean[boosted], 1e-12)
+    true_retention = pd.Series(true_r, index=adata.var_names)
+    retention_fit: dict[str, dict[str, float]] = {}
+    estimates: dict[str, np.ndarray] = {}
     for name, model in models.items():
         for t in grid:
             t0 = time.perf_counter()
@@ -205,9 +221,40 @@ def main() -> None:
             row = f"{name} transfer t_start={t:g}"
             corrected[row] = to_dense(out.X, np.float64)
             transfer_rows.append({"row": row, "model": name, "t_start": t, "seconds": seconds})
-        spent = sum(r["seconds"] for r in transfer_rows if r["model"] == name)
+        retentions = {"auto": "auto"}
+        if name == "CountsDiff":
+            retentions["true"] = true_retention
+        for kind, retention in retentions.items():
+            for t in r_grid:
+                # the uncapped one also averages draws (its first draw is the single-draw row: same seed)
+                n_draws = args.n_draws if t == 0 else 1
+                t0 = time.perf_counter()
+                out = model.transfer(held_b, covariates={"batch": "a"}, t_start=t or None, n_steps=args.n_steps,
+                                     seed=args.seed, progress=False, retention=retention, n_samples=n_draws)
+                seconds = time.perf_counter() - t0
+                row = f"{name} transfer retention={kind} t_start={t:g}"
+                corrected[row] = to_dense(out.X, np.float64)
+                transfer_rows.append({"row": row, "model": f"{name}, retention={kind}", "t_start": t,
+                                      "seconds": seconds / n_draws})
+                if n_draws > 1:
+                    corrected[f"{row}, mean of {n_draws} draws"] = out.layers["transfer_mean"].astype(np.float64)
+                if kind == "auto" and t == 0:
+                    est = out.uns["transfer_retention"]["batch: b -> a"].to_numpy()
+                    estimates[name] = est
+                    retention_fit[name] = {
+                        "pearson_log": float(np.corrcoef(np.log(est), np.log(true_retention.to_numpy()))[0, 1]),
+                        "median_abs_log_error": float(np.median(np.abs(np.log(est / true_retention.to_numpy()))))}
+        spent = sum(r["seconds"] for r in transfer_rows if r["model"].startswith(name))
         common.log(f"{name}: {len(grid)} transfers in {spent:.0f} s")
     timings["countsdiff_transfer_s"] = sum(r["seconds"] for r in transfer_rows)
+    # the naive count-space correction with the same estimate: every gene divided by its retention (no model)
+    est = estimates.get("CountsDiff")
+    if est is not None:
+        scaled = x_b_obs / est[None, :]
+        corrected["per-gene rescale x / r (estimated r, real-valued)"] = scaled
+        frac = scaled - np.floor(scaled)
+        rounded = np.floor(scaled) + (np.random.default_rng(args.seed + 2).random(scaled.shape) < frac)
+        corrected["per-gene rescale x / r, randomly rounded (counts)"] = rounded
     depth = float(x_b_obs.sum() / x_b_true.sum())  # a reference: the depth loss alone, no gene-specific distortion
     thinned = np.random.default_rng(args.seed + 1).binomial(x_b_true.astype(np.int64), depth)
     corrected[f"untouched originals thinned to {depth:.2f} (reference)"] = thinned.astype(np.float64)
@@ -243,6 +290,7 @@ def main() -> None:
     effect = {"keep_min": float(keep.min()), "keep_mean": float(keep.mean()), "keep_max": float(keep.max()),
               "boosted_genes": [str(g) for g in adata.var_names[boosted]],
               "boost_rate": [float(r) for r in boost_rate]}
+    effect["retention_estimate"] = retention_fit
     _write(table, transfer_rows, timings, args, grid, types, len(lab_b), len(lab_a), effect, fig_path)
 
 
@@ -258,6 +306,8 @@ def _plot(table: pd.DataFrame, transfer_rows: list[dict], path: Path) -> None:
     lines = {"batch-affected input (no correction)": ("grey", "--"),
              "scVI transform_batch (mean x library)": ("tab:red", "-."),
              "scVI transform_batch (posterior predictive)": ("tab:orange", ":"),
+             "per-gene rescale x / r (estimated r, real-valued)": ("tab:purple", "-."),
+             "CountsDiff transfer retention=auto t_start=0, mean of 5 draws": ("tab:brown", "--"),
              "untouched originals (ceiling)": ("black", "-")}
     lines.update({name: ("tab:green", (0, (1, 3))) for name in table.index if name.endswith("(reference)")})
     fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.5))
@@ -268,7 +318,7 @@ def _plot(table: pd.DataFrame, transfer_rows: list[dict], path: Path) -> None:
         for name, (color, style) in lines.items():
             if name in table.index:
                 ax.axhline(table.loc[name, col], color=color, linestyle=style, linewidth=1, label=name)
-        ax.set_xlabel("t_start")
+        ax.set_xlabel("t_start (retention rows: cap, 0 = none)")
         ax.set_title(title, fontsize=10)
         if col == "mmd_same_type":
             ax.set_yscale("symlog", linthresh=1e-3)
@@ -295,6 +345,16 @@ def _write(table: pd.DataFrame, transfer_rows: list[dict], timings: dict, args: 
         f"cells. The {n_b} held-out batch-b cells are moved to batch a (CountsDiff `transfer(covariates="
         f"{{'batch': 'a'}}, t_start=...)`, {args.n_steps} reverse steps; scVI `transform_batch='a'`) and scored "
         f"against their untouched originals; the {n_a} held-out batch-a cells are the reference.", "",
+        "`retention=auto` rows: `transfer(..., retention='auto', t_start=cap)`: each gene of a batch-b cell is read "
+        "as a binomial thinning of its batch-a counts with the ratio of mean counts estimated from the train cells "
+        "(within cell types for the labels model), inflated genes are thinned back, and the reverse chain "
+        "(`countsdiff_sc.diffusion.restore`) draws only the molecules the batch lost; `t_start` caps every gene's "
+        "level at p(t_start) (0 = no cap). `retention=true` rows give the labels model the simulated ratios "
+        "instead (the estimate's oracle). The `per-gene rescale` rows are the naive count-space correction with the "
+        "same estimate and no model: each gene of the batch-b cell divided by its estimated retention (real-valued, "
+        "and randomly rounded to counts). `mean of N draws` rows are `transfer(n_samples=N)`'s `transfer_mean` "
+        "layer (expected counts, real-valued like scVI's `mean x library`); their first draw is the row above them.",
+        "",
         "Columns: `per_cell_pearson` mean over cells of the Pearson correlation of the log-normalised profile with "
         "the cell's own untouched original (higher is better); `mmd_same_type` MMD on 50 PCs (fitted on the untouched "
         f"train cells) to the held-out batch-a cells of the same type, mean over {', '.join(types)} (lower is "
@@ -308,12 +368,19 @@ def _write(table: pd.DataFrame, transfer_rows: list[dict], timings: dict, args: 
         "right profile; the `thinned ... (reference)` row (the originals uniformly thinned to the batch-b depth, "
         "without the gene-specific effect) shows what the depth loss alone costs. scVI's `mean x library` rows are "
         "denoised means without sampling noise, so in a PCA they sit apart from the raw batch-a cells (low iLISI, "
-        "high MMD) whatever their quality; counts compare with counts in the posterior-predictive row.", "",
+        "high MMD) whatever their quality; counts compare with counts in the posterior-predictive row. The same holds "
+        "for CountsDiff's `mean of N draws` rows. Against one sparse original, a correction that leaves a cell's "
+        "zeros at zero (the per-gene rescale) is favoured by the per-cell correlation: a draw or a mean that puts "
+        "the lost molecules back spreads them over genes the original may not have sampled.", "",
         common.frame_to_markdown(table[cols], float_format="{:.3f}"), "",
         f"![Trade-off over t_start]({fig_path.name})", "",
         "## MMD per cell type", "",
         common.frame_to_markdown(table[[f"mmd[{t}]" for t in types]], float_format="{:.4f}"), "",
         "## Timings (s)", "", common.frame_to_markdown(pd.Series(timings).round(1).to_frame("seconds")), "",
+        "Estimated retention (`retention='auto'`, from the train cells) against the simulated one: "
+        + "; ".join(f"{m}: Pearson r of log ratios {v['pearson_log']:.3f}, median |log error| "
+                    f"{v['median_abs_log_error']:.3f}" for m, v in effect.get("retention_estimate", {}).items())
+        + ".", "",
         "Per transfer: " + ", ".join(f"{r['row']} {r['seconds']:.1f}" for r in transfer_rows) + ".", "",
     ]
     payload = {"settings": vars(args), "grid": grid, "cell_types": types, "effect": effect, **info,

@@ -178,3 +178,81 @@ def test_transform_batch(trained):
         unconditional.get_normalized_expression(nothing, transform_batch="b0", **kw)
     with pytest.raises(ValueError, match="needs a target"):
         unconditional.transfer(nothing, **QUIET)
+
+
+# --- per-gene retention (retention="auto" / a Series): restore under the target condition --------------------------
+
+
+def test_retention_auto_keeps_molecules_and_records_the_moves(trained):
+    adata, model = trained
+    x = adata.X.toarray()
+    out = model.transfer(adata, covariates={"batch": "b1"}, retention="auto", seed=0, **QUIET)
+    y = _counts(out)
+    assert out.shape == adata.shape and (y >= 0).all() and np.array_equal(y, np.round(y))
+    moves = out.obs["transfer_move"].astype(str).to_numpy()
+    in_b1 = (adata.obs["batch"] == "b1").to_numpy()
+    assert set(moves[in_b1]) == {"batch: b1 -> b1"} and set(moves[~in_b1]) == {"batch: b0 -> b1"}
+    np.testing.assert_array_equal(y[in_b1], x[in_b1])  # already in the target, no cap: every level is 1
+    table = out.uns["transfer_retention"]
+    assert list(table.index) == list(adata.var_names) and set(table.columns) == set(moves)
+    r = table["batch: b0 -> b1"].to_numpy()
+    # genes the source holds fewer of keep every molecule and gain some; genes it inflates are thinned back
+    assert (y[~in_b1][:, r <= 1] >= x[~in_b1][:, r <= 1]).all()
+    assert (y[~in_b1][:, r > 1] <= x[~in_b1][:, r > 1]).all()
+    rec = out.uns["countsdiff"]["transfer"]
+    assert rec["retention"] == "auto" and rec["targets"] == {"batch": "b1"}
+    again = model.transfer(adata, covariates={"batch": "b1"}, retention="auto", seed=0, **QUIET)
+    np.testing.assert_array_equal(y, _counts(again))
+    other = model.transfer(adata, covariates={"batch": "b1"}, retention="auto", seed=1, **QUIET)
+    assert not np.array_equal(y, _counts(other))
+
+
+def test_retention_series_is_matched_by_name_and_checked(trained):
+    adata, model = trained
+    x = adata.X.toarray()
+    ones = pd.Series(1.0, index=adata.var_names)
+    same = model.transfer(adata, covariates={"batch": "b0"}, retention=ones, seed=0, **QUIET)
+    np.testing.assert_array_equal(_counts(same), x)  # every gene at level 1: nothing to restore
+    rng = np.random.default_rng(1)
+    r = pd.Series(rng.uniform(0.2, 1.6, adata.n_vars), index=adata.var_names)
+    a = model.transfer(adata, covariates={"batch": "b0"}, retention=r, seed=4, **QUIET)
+    b = model.transfer(adata, covariates={"batch": "b0"}, retention=r.iloc[rng.permutation(adata.n_vars)], seed=4,
+                       **QUIET)
+    np.testing.assert_array_equal(_counts(a), _counts(b))
+    assert a.uns["countsdiff"]["transfer"]["retention"] == "given"
+    capped = model.transfer(adata, covariates={"batch": "b0"}, retention=ones, t_start=0.5, seed=0, **QUIET)
+    assert capped.uns["countsdiff"]["transfer"]["t_start"] == 0.5 and not np.array_equal(_counts(capped), x)
+    with pytest.raises(ValueError, match="no value for 1 of the model's genes"):
+        model.transfer(adata, covariates={"batch": "b0"}, retention=r.iloc[1:], **QUIET)
+    with pytest.raises(ValueError, match="non-negative"):
+        model.transfer(adata, covariates={"batch": "b0"}, retention=-r, **QUIET)
+    with pytest.raises(ValueError, match="duplicated"):
+        model.transfer(adata, covariates={"batch": "b0"}, retention=pd.concat([r, r.iloc[:1]]), **QUIET)
+    with pytest.raises(TypeError, match="'auto'"):
+        model.transfer(adata, covariates={"batch": "b0"}, retention="oracle", **QUIET)
+    with pytest.raises(TypeError, match="'auto'"):
+        model.transfer(adata, covariates={"batch": "b0"}, retention=r.to_numpy(), **QUIET)
+    no_batch = adata.copy()
+    del no_batch.obs["batch"]
+    with pytest.raises(KeyError, match="own 'batch'"):
+        model.transfer(no_batch, covariates={"batch": "b0"}, retention="auto", **QUIET)
+
+
+@pytest.mark.parametrize("retention", [None, "auto"])
+def test_transfer_n_samples_mean_and_sd(trained, retention):
+    adata, model = trained
+    one = model.transfer(adata, covariates={"batch": "b1"}, retention=retention, seed=5, **QUIET)
+    five = model.transfer(adata, covariates={"batch": "b1"}, retention=retention, seed=5, n_samples=5, **QUIET)
+    np.testing.assert_array_equal(_counts(one), _counts(five))  # X is the first draw either way
+    assert "transfer_mean" not in one.layers and five.uns["countsdiff"]["transfer"]["n_samples"] == 5
+    mean, sd = five.layers["transfer_mean"], five.layers["transfer_sd"]
+    assert mean.shape == sd.shape == adata.shape and (sd >= 0).all() and (mean >= 0).all()
+    assert not np.array_equal(mean, _counts(five))  # the draws differ
+    total = mean.astype(np.float64) * 5  # a sum of five integer draws
+    np.testing.assert_allclose(total, np.round(total), atol=1e-3)
+    if retention == "auto":  # cells already in b1 come back unchanged in every draw: mean = input, sd = 0
+        in_b1 = (adata.obs["batch"] == "b1").to_numpy()
+        np.testing.assert_allclose(mean[in_b1], adata.X.toarray()[in_b1], atol=1e-5)
+        assert (sd[in_b1] == 0).all() and (sd[~in_b1] > 0).any()
+    with pytest.raises(ValueError, match="n_samples must be >= 1"):
+        model.transfer(adata, covariates={"batch": "b1"}, n_samples=0, **QUIET)

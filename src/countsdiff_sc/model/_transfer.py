@@ -1,9 +1,14 @@
 """Count-space counterfactual transfer of CountsDiffModel: ``transfer`` moves real cells to other conditions.
 
-Each cell keeps its own conditions except the targets given (another batch, another label, ...): it is thinned to
-``t_start`` (Eq. 4) and the reverse chain (Algorithm 2, Prop. 3.2) runs from ``t_start`` to 0 under the target
-conditions, guided as in :meth:`~countsdiff_sc.model._generation.GenerationMixin.sample` (Sec. 3.4). The molecules
-kept by the thinning carry the cell's identity; the ones the chain adds back follow the target conditions.
+Each cell keeps its own conditions except the targets given (another batch, another label, ...), in one of two ways:
+
+- uniform thinning (``retention=None``): the cell is thinned to ``t_start`` (Eq. 4) and the reverse chain (Algorithm
+  2, Prop. 3.2) runs from ``t_start`` to 0 under the target conditions, guided as in
+  :meth:`~countsdiff_sc.model._generation.GenerationMixin.sample` (Sec. 3.4). The molecules kept by the thinning carry
+  the cell's identity; the ones the chain adds back follow the target conditions.
+- per-gene retention (``retention="auto"`` or a Series): the source condition is read as a binomial thinning of the
+  target's counts, gene by gene (:mod:`._retention`); genes the source inflates are thinned back, and
+  :func:`~countsdiff_sc.diffusion.restore` draws the molecules the source lost, keeping every other molecule.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import pandas as pd
 import torch
 
 from countsdiff_sc._utils import record_params
-from countsdiff_sc.diffusion import generate
+from countsdiff_sc.diffusion import binomial, generate, restore
 
 from ._chains import ChainSettings, positive_int, run_batches
 from ._docs import fill_doc
@@ -32,6 +37,7 @@ from ._generation import (
     thinned_start,
 )
 from ._results import counts_in_model_order, generated_adata
+from ._retention import check_retention_series, estimate_retention, pair_name
 
 __all__ = ["TransferMixin"]
 
@@ -48,7 +54,7 @@ class TransferMixin:
         adata: ad.AnnData,
         labels: str | Sequence[str] | None = None,
         covariates: Mapping[str, str | Sequence[str]] | None = None,
-        t_start: float = 0.5,
+        t_start: float | None = None,
         n_steps: int = 50,
         guidance: float | Mapping[str, float] = 1.0,
         attrition: float = 0.0,
@@ -61,6 +67,8 @@ class TransferMixin:
         *,
         time_grid: GridKind = "uniform",
         step_rule: StepRule = "euler",
+        retention: Literal["auto"] | pd.Series | None = None,
+        n_samples: int = 1,
     ) -> ad.AnnData:
         """Move real cells to other conditions in count space (a counterfactual: "this cell, as if from batch b2").
 
@@ -73,6 +81,19 @@ class TransferMixin:
         keep more of the cell (and of its batch effect), large ones move it further (``t_start = 1`` forgets the
         cell and samples a new one under the target conditions). Measured on CBMC with a synthetic batch effect in
         ``benchmarks/results/transfer.md``.
+
+        **Per-gene retention** (``retention="auto"`` or a Series; the choice for batch and other technical effects).
+        A technical effect in count space is a thinning of each gene's molecules: the source condition keeps a
+        fraction ``r_g`` of gene ``g``'s molecules relative to the target (``r_g > 1`` for a gene the source
+        inflates). ``"auto"`` estimates ``r_g`` from the model's training data for each source -> target move (mean
+        counts of the source cells over the target cells', compared within the same label and other covariates;
+        :func:`~countsdiff_sc.model._retention.estimate_retention`). Each gene of the cell is then seen at level
+        ``l_g = min(r_g, 1, p(t_start))`` (``t_start`` None: no cap): a gene above its level is thinned to it,
+        ``Binomial(x_g, l_g / r_g)``, and :func:`~countsdiff_sc.diffusion.restore` draws ``x_0`` given the result
+        under the target conditions: a gene at level 1 is kept molecule for molecule, a gene at level ``l < 1``
+        keeps its molecules and gains those the network expects were lost. The cell's depth follows the target
+        (the global part of a batch's depth difference is a thinning like any other). ``t_start`` adds a uniform
+        cap, trading more of the cell for more of the target, as in the uniform mode.
 
         Parameters
         ----------
@@ -88,9 +109,10 @@ class TransferMixin:
             with ``categorical_covariate_keys``; covariates not named keep each cell's own value.
         t_start
             Time in (0, 1] the cells are thinned to; with the cosine schedule a cell keeps a fraction ``p(t_start)``
-            of its molecules (0.85 at 0.3, 0.5 at 0.5, 0.35 at 0.6).
+            of its molecules (0.85 at 0.3, 0.5 at 0.5, 0.35 at 0.6). None: 0.5 in the uniform mode, no cap with
+            ``retention``.
         n_steps
-            Number of reverse transitions from ``t_start`` to 0.
+            Number of reverse transitions from ``t_start`` (with ``retention``: from the lowest level) to 0.
         %(guidance_dict)s
         %(attrition)s
         indices
@@ -101,6 +123,16 @@ class TransferMixin:
         %(precision)s
         %(progress)s
         %(sampler)s
+        retention
+            None (default): uniform thinning to ``t_start``. ``"auto"``: per-gene retention estimated from the
+            model's training data for each move (the cells' own values of the target conditions must be obs columns
+            of ``adata``; a cell already in its target only gets the ``t_start`` cap). A pandas Series of one ratio
+            per gene (source mean over target mean, indexed by gene name, matched by name): the same retention for
+            every cell.
+        n_samples
+            Independent draws per cell. ``X`` holds the first (integer counts); with more than one, the layers
+            ``transfer_mean`` and ``transfer_sd`` hold the mean and standard deviation over the draws (float32,
+            dense): the counterfactual's expected counts and their uncertainty.
 
         Returns
         -------
@@ -108,7 +140,8 @@ class TransferMixin:
         genes as ``var_names``, the input cells' ``obs_names`` and a copy of their ``obs`` in which each target
         condition's column holds the target values (categorical, the model's categories) and
         ``transfer_source_<column>`` the cell's original values (when ``adata.obs`` has that column). The settings
-        are in ``uns["countsdiff"]["transfer"]``.
+        are in ``uns["countsdiff"]["transfer"]``; with ``retention`` the ratios used are in
+        ``uns["transfer_retention"]`` (a DataFrame, genes x moves) and each cell's move in ``obs["transfer_move"]``.
 
         Raises
         ------
@@ -126,16 +159,27 @@ class TransferMixin:
         >>> moved = model.transfer(adata_b, covariates={"batch": "b2"}, t_start=0.4, seed=0)
         >>> moved.obs[["batch", "transfer_source_batch"]].value_counts()
         >>> as_b = model.transfer(adata, labels="B", indices=np.flatnonzero(adata.obs["cell_type"] == "NK"), seed=0)
+        >>> restored = model.transfer(adata_b, covariates={"batch": "a"}, retention="auto", seed=0)
+        >>> restored.uns["transfer_retention"].describe()
         """
         space = self.condition_space
         if hasattr(adata, "mod"):
             raise ValueError("Pass the AnnData of the RNA modality (mdata.mod[...]) to transfer, not a MuData.")
         targets = _targets(space, labels, covariates)
-        t_start = check_t_start(t_start)
+        if retention is None:
+            t_start = check_t_start(0.5 if t_start is None else t_start)
+        elif t_start is not None:
+            t_start = check_t_start(t_start)
+        if retention is not None and not (isinstance(retention, str) and retention == "auto"):
+            retention_series = check_retention_series(retention, getattr(self, "var_names_", None),
+                                                      self.module.n_genes)
+        elif retention is not None:
+            retention_series = None
         strengths = space.guidance_strengths(guidance)
         settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed,
                                  time_grid=time_grid, step_rule=step_rule)
         batch_size = positive_int(batch_size, "batch_size")
+        n_samples = positive_int(n_samples, "n_samples")
         cells = _cells(indices, adata.n_obs)
         n = cells.size
         _warn_valid_layer(self.registry_["setup_args"].get("valid_layer"))
@@ -162,31 +206,120 @@ class TransferMixin:
                                    "the counts of adata")
 
         module, device = self.module, self.device
-        t0, x_t = thinned_start(module, x0, settings, t_start)
         cat_all = None if codes is None else torch.from_numpy(codes).to(device)
         cont_all = None if cont is None else cont.to(device)
-
-        def chain(rows: slice, show: bool) -> torch.Tensor:
-            cat = None if cat_all is None else cat_all[rows]
-            vec = None if cont_all is None else cont_all[rows]
-
-            def rate_fn(x, t):
-                return module.rate(x, t, cat, vec, guidance=strengths)
-
-            return generate(settings.wrap(rate_fn), (rows.stop - rows.start, module.n_genes), module.schedule,
-                            settings.n_steps, **settings.chain_kwargs(), x_start=x_t[rows], t_start=t0,
-                            generator=settings.generator, device=device, progress=show)
-
-        counts = np.concatenate([x for _, x in run_batches(module, n, batch_size, chain, progress, "transferring")])
         obs = _transfer_obs(adata, cells, space, values, targets)
+        record: dict[str, Any] = {"targets": {k: _summary(v) for k, v in targets.items()}}
+        if retention is not None:
+            draw, table, moves = self._retention_chains(
+                adata, cells, x0, values, targets, retention_series, t_start, settings, strengths, cat_all,
+                cont_all, batch_size, progress)
+            obs["transfer_move"] = pd.Categorical(moves)
+            record.update({"t_start": t_start, "retention": "auto" if retention_series is None else "given"})
+        else:
+            table = None
+
+            def draw() -> np.ndarray:
+                t0, x_t = thinned_start(module, x0, settings, t_start)
+                record["t_start"] = t0
+
+                def chain(rows: slice, show: bool) -> torch.Tensor:
+                    cat = None if cat_all is None else cat_all[rows]
+                    vec = None if cont_all is None else cont_all[rows]
+
+                    def rate_fn(x, t):
+                        return module.rate(x, t, cat, vec, guidance=strengths)
+
+                    return generate(settings.wrap(rate_fn), (rows.stop - rows.start, module.n_genes),
+                                    module.schedule, settings.n_steps, **settings.chain_kwargs(), x_start=x_t[rows],
+                                    t_start=t0, generator=settings.generator, device=device, progress=show)
+
+                return np.concatenate([x for _, x in run_batches(module, n, batch_size, chain, progress,
+                                                                 "transferring")])
+
+        counts = draw()
         result = generated_adata(counts, obs, getattr(self, "var_names_", None), module.n_genes)
+        if n_samples > 1:
+            total = counts.astype(np.float64)
+            squares = total ** 2
+            for _ in range(n_samples - 1):
+                more = draw().astype(np.float64)
+                total += more
+                squares += more ** 2
+            mean = total / n_samples
+            result.layers["transfer_mean"] = mean.astype(np.float32)
+            result.layers["transfer_sd"] = np.sqrt(np.maximum(squares / n_samples - mean ** 2, 0.0)
+                                                   * n_samples / (n_samples - 1)).astype(np.float32)
+        if table is not None:
+            result.uns["transfer_retention"] = table
         record_params(result, "transfer", {
-            "targets": {k: _summary(v) for k, v in targets.items()}, "t_start": t0, **settings.record(),
-            "guidance": guidance, "n_cells": n, "batch_size": batch_size,
+            **record, **settings.record(), "guidance": guidance, "n_cells": n, "n_samples": n_samples,
+            "batch_size": batch_size,
         })
         return result
 
     transfer = fill_doc(transfer)
+
+    def _retention_chains(self, adata, cells, x0, values, targets, series, t_start, settings, strengths,
+                          cat_all, cont_all, batch_size, progress):
+        """Per-gene retention transfer: levels per cell, thinning of inflated genes, :func:`restore` chains.
+
+        Returns a function that makes one draw of all cells, the table of ratios (genes x moves) and each cell's
+        move name."""
+        space, module, device = self.condition_space, self.module, self.device
+        n = cells.size
+        var_names = getattr(self, "var_names_", None)
+        sources = {}
+        for key in targets:
+            if key not in adata.obs.columns:
+                raise KeyError(f"retention needs each cell's own {key!r} (the condition it moves from): adata.obs "
+                               f"has no column {key!r}.")
+            sources[key] = np.asarray([str(v) for v in adata.obs[key].to_numpy()[cells]], dtype=object)
+        keys = list(targets)
+        move_of = [tuple((sources[k][i], values[k][i]) for k in keys) for i in range(n)]
+        distinct = list(dict.fromkeys(move_of))
+        strata_keys = [k for k in _slots(space) if k not in targets]
+        ratios, names = {}, {}
+        for move in distinct:
+            source = {k: m[0] for k, m in zip(keys, move, strict=True)}
+            target = {k: m[1] for k, m in zip(keys, move, strict=True)}
+            names[move] = pair_name(source, target)
+            if source == target:
+                ratios[move] = np.ones(module.n_genes)
+            elif series is not None:
+                ratios[move] = series
+            else:
+                ratios[move], _ = estimate_retention(
+                    self.adata, self.registry_["setup_args"].get("layer"), var_names, module.n_genes, strata_keys,
+                    source, target, name="the model's training data")
+        cap = 1.0 if t_start is None else float(module.schedule.p(torch.tensor(t_start, dtype=torch.float64)))
+        r = np.stack([ratios[m] for m in move_of]).astype(np.float32)  # (cells, genes)
+        level = np.minimum(np.minimum(r, 1.0), cap).astype(np.float32)
+        keep = np.where(r > 0, level / np.maximum(r, 1e-30), 0.0).astype(np.float32)
+        x = torch.from_numpy(x0).to(device)
+        keep_all = torch.from_numpy(np.minimum(keep, 1.0)).to(device)
+        level_all = torch.from_numpy(level).to(device)
+
+        def draw() -> np.ndarray:
+            y_all = binomial(x, keep_all, settings.generator)  # genes above their level thinned to it
+
+            def chain(rows: slice, show: bool) -> torch.Tensor:
+                cat = None if cat_all is None else cat_all[rows]
+                vec = None if cont_all is None else cont_all[rows]
+
+                def rate_fn(x_t, t):
+                    return module.rate(x_t, t, cat, vec, guidance=strengths)
+
+                return restore(settings.wrap(rate_fn), y_all[rows], level_all[rows], module.schedule,
+                               settings.n_steps, **settings.chain_kwargs(), generator=settings.generator,
+                               progress=show)
+
+            return np.concatenate([c for _, c in run_batches(module, n, batch_size, chain, progress,
+                                                             "transferring")])
+
+        names_var = var_names if var_names is not None else [f"gene_{i}" for i in range(module.n_genes)]
+        table = pd.DataFrame({names[m]: ratios[m] for m in distinct}, index=pd.Index(names_var, dtype=str))
+        return draw, table, [names[m] for m in move_of]
 
 
 def _slots(space) -> list[str]:

@@ -4,6 +4,7 @@
 - ``_weights``: loss weightings ``w(t)`` of the objective.
 - ``_process``: forward thinning, the count loss, the log-linear rate mix of guidance, attrition and the reverse step.
 - ``_sampling``: the generation and RePaint loops over a caller-supplied rate function.
+- ``_restore``: the reverse chain from counts seen through a known per-entry binomial thinning (``restore``).
 - ``_kernels_torch``: torch samplers (a leaf: imports torch only); ``_kernels_cpu``: the compiled (numba) CPU
   kernels of the binomial draws and the fused reverse step, loaded on the first CPU draw by ``_process``.
 
@@ -22,6 +23,7 @@ from ._process import (
     sigma_max,
     thin,
 )
+from ._restore import restore, restore_start
 from ._sampling import (
     GRIDS,
     KNOWN_MODES,
@@ -73,6 +75,8 @@ __all__ = [
     "n_evaluations",
     "repaint",
     "resolve_loss_weighting",
+    "restore",
+    "restore_start",
     "reverse_step",
     "sigma_max",
     "thin",
