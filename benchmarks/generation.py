@@ -8,8 +8,8 @@ Protocol (CountsDiff paper Sec. 3.4 / E.5, Tables 11-12; metrics of scDiffusion 
    residual MLP size, ``log1p`` counts standardised per gene, linear betas, T = 1000) for the same number of steps;
    plain scVI (NB likelihood, no labels) on the train cells; and (unless ``--no-depth-model``) a second CountsDiff
    model conditioned also on each cell's standardised log library size (a vector condition, the lever found by
-   ``benchmarks/generation_levers.py``), whose generated cells take the library sizes of random train cells of
-   their type;
+   ``benchmarks/generation_levers.py``; ``cds.pp.library_condition``, own settings with ``--depth-model-kwargs``),
+   whose generated cells take the library sizes of random train cells of their type (``sample(conditions="train")``);
 3. for each of the largest cell types, as many cells as held out (capped by ``--max-cells``) are generated:
    CountsDiff at a small grid of guidance strengths (paper Table 12: 0-3, best ED at 2) and attrition levels
    (Table 11: eta_rescale 0-0.05), the Gaussian DDPM (guidance 1), scVI posterior-predictive draws of random *train*
@@ -80,6 +80,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--model-kwargs", default="{}",
                    help='CountsDiffModel keyword arguments as JSON, e.g. \'{"rate_baseline": "gamma_poisson"}\'')
     p.add_argument("--no-depth-model", action="store_true", help="skip the depth-conditioned CountsDiff model")
+    p.add_argument("--depth-model-kwargs", default=None,
+                   help="CountsDiffModel keyword arguments of the depth-conditioned model as JSON (default: "
+                        "--model-kwargs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--rare-k", type=int, default=4, help="number of rare cell types augmented")
@@ -329,22 +332,21 @@ def main() -> None:
     timings["countsdiff_sample_s"] = time.perf_counter() - t0
     common.log(f"CountsDiff: {len(grid)} settings sampled in {timings['countsdiff_sample_s']:.0f} s")
     if not args.no_depth_model:
-        # the depth-conditioned model (benchmarks/generation_levers.py): the standardised log library size of each
-        # train cell as a vector condition; generated cells take the library sizes of random train cells of the type
+        # the depth-conditioned model (benchmarks/generation_levers.py), with the package's built-ins: the
+        # standardised log library size of each train cell as a vector condition (pp.library_condition); generated
+        # cells take the library sizes of random train cells of their type (sample(conditions="train"))
         t0, c0 = time.perf_counter(), time.process_time()
-        log_lib = log_library_condition(x_train)
         depth_data = train.copy()
-        depth_data.obsm["log_library"] = log_lib
+        cds.pp.library_condition(depth_data, key="log_library")
         cds.CountsDiffModel.setup_anndata(depth_data, labels_key="cell_type", condition_obsm_key="log_library")
-        depth_model = cds.CountsDiffModel(depth_data, **json.loads(args.model_kwargs))
+        depth_model = cds.CountsDiffModel(depth_data, **json.loads(args.depth_model_kwargs or args.model_kwargs))
         depth_model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",
                           enable_progress_bar=False, enable_model_summary=False)
         timings["countsdiff_depth_train_s"] = time.perf_counter() - t0
         timings["countsdiff_depth_train_cpu_s"] = time.process_time() - c0
-        draws = library_draws(log_lib, lab_train, n_gen, args.seed + 1)
         generated["CountsDiff depth-conditioned g=1"] = {
-            t: to_dense(depth_model.sample(n_gen[t], labels=t, conditions=draws[t], n_steps=args.n_steps, guidance=1.0,
-                                           seed=args.seed, progress=False).X, np.float64)
+            t: to_dense(depth_model.sample(n_gen[t], labels=t, conditions="train", n_steps=args.n_steps,
+                                           guidance=1.0, seed=args.seed, progress=False).X, np.float64)
             for t in types
         }
         common.log(f"depth-conditioned CountsDiff trained and sampled in {time.perf_counter() - t0:.0f} s")
@@ -518,6 +520,14 @@ def _write(table: pd.DataFrame, fidelity: pd.DataFrame, interp: pd.DataFrame, ti
         f"{args.n_steps} sampling steps for both; scVI {args.scvi_epochs} epochs. Cell types: "
         + ", ".join(f"{t} ({n_gen[t]} cells generated)" for t in types) + ".",
         "",
+        *([] if "countsdiff_depth_train_s" not in timings else [
+            "`CountsDiff depth-conditioned`: the same network conditioned also on each train cell's standardised "
+            "log library size (`cds.pp.library_condition`, a vector condition), model settings "
+            f"{args.depth_model_kwargs or args.model_kwargs}; its cells take the depth of random train cells of "
+            "their type (`sample(conditions=\"train\")`); training "
+            f"{timings['countsdiff_depth_train_s']:.0f} s wall / {timings['countsdiff_depth_train_cpu_s']:.0f} s CPU "
+            f"({timings['countsdiff_depth_train_cpu_s'] / max(timings['scvi_train_cpu_s'], 1e-9):.1f}x scVI's CPU "
+            "time).", ""]),
         "Metrics against the held-out cells of each type: MMD / SWD on 50 PCs of pooled log-normalised cells, "
         "energy distance (ED) of pooled raw counts, scFID (one scVI embedder trained on the train cells), random-"
         "forest AUC (0.5 = indistinguishable), mean absolute error of per-gene zero fractions, Pearson correlation "

@@ -9,7 +9,9 @@ Protocol (same split, types and metrics as ``benchmarks/generation.py``):
    per-gene gamma-Poisson baseline rate, the loss weight ``w(t)`` (``nll`` instead of the paper's ``-p'(t)``),
    conditioning on the cell's depth (the standardised log library size as a vector condition, generated cells
    drawing it from random train cells of their type), and combinations (run with ``--levers``; the default set is
-   the single levers); the training wall time of each is recorded next to scVI's (same thread count, same run);
+   the single levers): on top of the depth condition, a 2x budget, the ``nll`` loss weight, the Blackout schedule,
+   ``p_uncond`` 0.2, importance-sampled training times (``time_sampling="importance"``) and pairs of these
+   (``generation_levers_depth2`` / ``3`` / ``4``); the training wall time of each is recorded next to scVI's (same thread count, same run);
 3. every model generates, for each type, as many cells as held out (capped by ``--max-cells``) with guidance 1 and
    no attrition under three reverse samplers: Euler 50 steps (today's default), trapezoid 5 steps and trapezoid 10
    steps (10 and 20 network evaluations; see ``benchmarks/steps.py``); so each model is also a replicate of the
@@ -26,6 +28,8 @@ Usage::
     python benchmarks/generation_levers.py                       # CBMC, all levers (~60 min, one thread)
     python benchmarks/generation_levers.py --dataset pbmc68k     # the bundled pbmc68k subset
     python benchmarks/generation_levers.py --quick               # smoke test (~3 min)
+    python benchmarks/generation_levers.py --levers "depth + loss weight nll" "depth + nll + p_uncond 0.2" \
+        --suffix _depth3                                         # chosen levers, results under their own name
 
 Writes ``benchmarks/results/generation_levers[_pbmc68k][_quick].md`` and ``.json``.
 """
@@ -58,10 +62,20 @@ LEVERS: dict[str, tuple[float, dict[str, Any]]] = {
     "depth-conditioned": (1.0, {}),
     "budget x2.5 + gamma-Poisson": (2.5, {"rate_baseline": "gamma_poisson"}),
     "budget x2.5 + wide": (2.5, {"backbone_kwargs": {"n_hidden": 512, "n_layers": 4}}),
+    "depth + budget x2": (2.0, {}),
+    "depth + loss weight nll": (1.0, {"loss_weighting": "nll"}),
+    "depth + Blackout schedule": (1.0, {"schedule": "blackout"}),
+    "depth + p_uncond 0.2": (1.0, {"p_uncond": 0.2}),
+    "depth + nll + budget x2": (2.0, {"loss_weighting": "nll"}),
+    "depth + nll + p_uncond 0.2": (1.0, {"loss_weighting": "nll", "p_uncond": 0.2}),
+    "depth + nll + importance times": (1.0, {"loss_weighting": "nll", "time_sampling": "importance"}),
+    "depth + importance times": (1.0, {"time_sampling": "importance"}),
 }
 #: levers whose model is also conditioned on the cell's standardised log library size (a vector condition); their
 #: cells are generated with the library sizes of random train cells of the type (the empirical depth distribution)
-DEPTH_LEVERS = {"depth-conditioned"}
+DEPTH_LEVERS = {"depth-conditioned", "depth + budget x2", "depth + loss weight nll", "depth + Blackout schedule",
+                "depth + p_uncond 0.2", "depth + nll + budget x2", "depth + nll + p_uncond 0.2",
+                "depth + nll + importance times", "depth + importance times"}
 SAMPLERS = [("euler", 50), ("trapezoid", 5), ("trapezoid", 10)]
 METRICS = ["mmd", "swd", "scfid", "rf_auc", "energy_distance", "var_pearson", "label_accuracy", "library_ratio"]
 

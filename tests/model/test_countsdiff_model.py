@@ -122,6 +122,20 @@ def test_constant_loss_normalisation_scale_and_save_load(trained, tmp_path):
     assert float(loaded.module.loss_scale) == pytest.approx(expected, rel=1e-6)
 
 
+def test_importance_time_sampling_trains_and_survives_save_load(trained, tmp_path):
+    adata, _ = trained
+    data = adata.copy()
+    cds.CountsDiffModel.setup_anndata(data, labels_key="cell_type")
+    model = cds.CountsDiffModel(data, backbone_kwargs=TINY, loss_weighting="nll", time_sampling="importance")
+    assert "time_sampling=importance" in model._model_summary_string
+    model.train(max_steps=3, accelerator="cpu", enable_progress_bar=False, batch_size=32, warmup_steps=1)
+    losses = [v for k, v in model.history.items() if k.startswith("train_loss")]
+    assert losses and all(np.isfinite(h.to_numpy(dtype=float)).all() for h in losses)
+    model.save(tmp_path / "i", overwrite=True)
+    loaded = cds.CountsDiffModel.load(tmp_path / "i", adata=None)
+    assert loaded.module.time_sampling == "importance" and loaded.module._times is not None
+
+
 def test_impute_invariants(trained):
     adata, model = trained
     bdata = adata.copy()

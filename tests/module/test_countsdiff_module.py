@@ -231,3 +231,23 @@ def test_loss_normalisation_constant_is_the_hand_computed_formula():
         _module(loss_normalisation="gene")
     with pytest.raises(ValueError, match="loss_scale"):
         _module(loss_normalisation="constant", loss_scale=0.0)
+
+
+def test_importance_time_sampling_weights_every_cell_by_the_integral():
+    """time_sampling="importance": times from the weight's density, each cell's loss weighted by its integral."""
+    from countsdiff_sc.diffusion import ImportanceTimes
+
+    batch = _batch(n=256)
+    m = _module(loss_weighting="nll", time_sampling="importance").eval()
+    torch.manual_seed(4)
+    inf, gen_out, out = m(batch)
+    y_hat, y = gen_out["y_hat"].double(), (inf["x0"] - inf["x_t"]).double()
+    per_cell = (y_hat - y * torch.log(y_hat + 1e-8)).mean(1)
+    z = ImportanceTimes(m.schedule, "nll").weight
+    assert float(out.loss) == pytest.approx(z * float(per_cell.mean()), rel=1e-5)
+    assert float((inf["t"] < 0.1).float().mean()) > 0.5  # the nll weight's mass is near t = 0
+    assert _module().time_sampling == "uniform" and _module()._times is None
+    with pytest.raises(ValueError, match="time_sampling"):
+        _module(time_sampling="beta")
+    with pytest.raises(ValueError, match="continuous schedule"):
+        _module(schedule="blackout_discrete", time_sampling="importance")

@@ -81,6 +81,11 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
         sum over trusted entries is divided by the mean number of trusted entries per training cell (computed here
         from the registered data and saved with the model), so every entry weighs the same, as in Eq. 6 of the
         paper. Identical when every entry is trusted. Measured in ``benchmarks/loss_normalisation.py``.
+    time_sampling
+        ``"uniform"`` (default): training times ``t ~ U(0, 1)``, each cell's loss weighted by ``w(t)``.
+        ``"importance"``: times drawn with density proportional to ``w(t)`` and equal weights, the same objective
+        with less gradient noise when ``w`` is peaked (the ``"nll"`` weight); continuous schedules only (see
+        :class:`~countsdiff_sc.diffusion.ImportanceTimes`). Measured in ``benchmarks/generation_levers.py``.
 
     Examples
     --------
@@ -110,6 +115,7 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
         rate_baseline: Literal["none", "gamma_poisson"] = "none",
         uncond_mode: Literal["joint", "independent"] = "joint",
         loss_normalisation: Literal["cell", "constant"] = "cell",
+        time_sampling: Literal["uniform", "importance"] = "uniform",
     ):
         super().__init__(adata, registry)
         if isinstance(schedule, PSchedule) and schedule.name != "custom":
@@ -142,11 +148,13 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
             uncond_mode=uncond_mode,
             loss_normalisation=loss_normalisation,
             loss_scale=loss_scale,
+            time_sampling=time_sampling,
         )
         n_params = sum(p.numel() for p in self.module.net.parameters())
         self._model_summary_string = (
             f"CountsDiffModel: backbone={backbone}, schedule={self.module.schedule!r}, "
             f"loss_weighting={self.module.loss_weighting}, loss_normalisation={loss_normalisation}, "
+            f"time_sampling={time_sampling}, "
             f"conditions={space.names()} ({uncond_mode} dropout), "
             f"{self.summary_stats.n_vars} genes, {n_params:,} network parameters, ema_decay={ema_decay}."
         )

@@ -14,7 +14,7 @@ import torch
 from countsdiff_sc._utils import check_obs_key, record_params, to_dense
 from countsdiff_sc.diffusion import generate, thin
 from countsdiff_sc.diffusion import time_grid as make_time_grid
-from countsdiff_sc.module import check_guidance_cap
+from countsdiff_sc.module import CONDITION_KEY, check_guidance_cap
 
 from ._chains import ChainSettings, positive_int, run_batches
 from ._docs import fill_doc
@@ -39,7 +39,7 @@ class GenerationMixin:
         n_samples: int | None = None,
         labels: str | Sequence[str] | None = None,
         covariates: Mapping[str, str | Sequence[str]] | None = None,
-        conditions: np.ndarray | None = None,
+        conditions: np.ndarray | Literal["train"] | None = None,
         n_steps: int = 50,
         guidance: float | Mapping[str, float] = 1.0,
         attrition: float = 0.0,
@@ -71,7 +71,10 @@ class GenerationMixin:
             cells (so ``labels=["B"] * 10`` draws batches in which B cells were seen). Give neither labels nor
             covariates for unconditional samples.
         conditions
-            ``(n, d)`` array of the vector condition, if the model was set up with ``condition_obsm_key``.
+            The vector condition, if the model was set up with ``condition_obsm_key``: an ``(n, d)`` array, or
+            ``"train"`` to give each generated cell the vector condition of a random training cell with the same
+            labels and covariates (drawn with replacement; the empirical joint distribution, e.g. the depth of a
+            model conditioned on each cell's library size, see :func:`countsdiff_sc.pp.library_condition`).
         n_steps
             Number of reverse transitions.
         %(guidance_dict)s
@@ -92,8 +95,9 @@ class GenerationMixin:
 
         Returns
         -------
-        AnnData of generated cells: integer counts (float32 CSR) in ``X``, the conditions in ``obs``, the genes of
-        the training data as ``var_names`` and the settings in ``uns["countsdiff"]["sample"]``.
+        AnnData of generated cells: integer counts (float32 CSR) in ``X``, the conditions in ``obs`` (and the
+        vector condition, when one was given, in ``obsm`` under the model's key), the genes of the training data as
+        ``var_names`` and the settings in ``uns["countsdiff"]["sample"]``.
 
         Raises
         ------
@@ -131,6 +135,9 @@ class GenerationMixin:
         _warn_valid_layer(self.registry_["setup_args"].get("valid_layer"))
         batch_size = positive_int(batch_size, "batch_size")
         codes, obs = space.resolve(n, labels, covariates, settings.rng, getattr(self, "condition_table_", None))
+        conditions_arg = conditions
+        if isinstance(conditions, str):
+            conditions = self._training_vector_conditions(conditions, codes, n, settings.rng)
         cont = space.vector_condition(conditions, n)
         if cont is not None and codes is None and space.n_cats_per_cov:
             raise ValueError("With a vector condition, also give the categorical conditions (labels / covariates).")
@@ -152,8 +159,44 @@ class GenerationMixin:
 
         counts = np.concatenate([x for _, x in run_batches(module, n, batch_size, chain, progress, "sampling")])
         result = generated_adata(counts, obs, getattr(self, "var_names_", None), module.n_genes)
-        record_params(result, "sample", {**settings.record(), "guidance": guidance, "guidance_cap": cap})
+        if cont is not None:  # the vector condition each cell was generated under
+            result.obsm[space.obsm_key] = cont.cpu().numpy().astype(np.float32)
+        record_params(result, "sample", {**settings.record(), "guidance": guidance, "guidance_cap": cap,
+                                         "conditions": "train" if isinstance(conditions_arg, str) else
+                                         ("given" if cont is not None else "None")})
         return result
+
+    def _training_vector_conditions(self, how: str, codes: np.ndarray | None, n: int,
+                                    rng: np.random.Generator) -> np.ndarray:
+        """``conditions="train"``: for each generated cell the vector condition of a random training cell with the
+        same categorical codes (all training cells when the model has no categorical condition)."""
+        space = self.condition_space
+        if how != "train":
+            raise ValueError(f"conditions must be an array or 'train', got {how!r}.")
+        if space.n_continuous == 0:
+            raise ValueError("conditions='train' needs a model set up with condition_obsm_key (a vector condition).")
+        manager = getattr(self, "adata_manager", None) if getattr(self, "adata", None) is not None else None
+        if manager is None:
+            raise ValueError("conditions='train' draws from the training cells: load the model with its training "
+                             "AnnData (CountsDiffModel.load(path, adata=...)), or pass an array.")
+        train_vec = to_dense(manager.get_from_registry(CONDITION_KEY), np.float32)
+        train_codes = space.codes(manager)
+        if codes is None or train_codes is None:
+            return train_vec[rng.integers(0, train_vec.shape[0], n)]
+        keys, inverse = np.unique(codes, axis=0, return_inverse=True)
+        out = np.empty((codes.shape[0], train_vec.shape[1]), dtype=np.float32)
+        for k, key in enumerate(keys):
+            pool = np.flatnonzero((train_codes == key).all(axis=1))
+            if pool.size == 0:
+                cats = ([space.label_categories] if space.use_labels else []) + list(
+                    space.covariate_categories.values())
+                names = [n for n in space.names() if not n.startswith("obsm[")]
+                which = {name: str(c[int(v)]) for name, c, v in zip(names, cats, key, strict=True)}
+                raise ValueError(f"No training cell has the conditions {which}, so conditions='train' has nothing to "
+                                 "draw from: pass an array of vector conditions.")
+            rows = np.flatnonzero(inverse.ravel() == k)
+            out[rows] = train_vec[rng.choice(pool, rows.size)]
+        return out
 
     @torch.inference_mode()
     def interpolate(

@@ -10,6 +10,8 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from countsdiff_sc.diffusion import (
+    TIME_SAMPLINGS,
+    ImportanceTimes,
     count_loss,
     get_schedule,
     log_linear_mix,
@@ -120,6 +122,10 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         cells. ``"constant"``: each cell's sum over trusted entries is divided by one constant, ``loss_scale``, so
         every entry weighs the same and the objective is Eq. 6 (a sum over entries) up to that constant. Without a
         validity layer or mask both are identical.
+    time_sampling
+        ``"uniform"`` (default): ``t ~ U(0, 1)``, each cell's loss weighted by ``w(t)``. ``"importance"``: ``t`` drawn
+        with density ``w(t) / Z`` and every cell weighted by ``Z`` (:class:`~countsdiff_sc.diffusion.ImportanceTimes`):
+        the same objective with equal weights in a minibatch (continuous schedules only).
     loss_scale
         The constant of ``loss_normalisation="constant"`` (the model passes the mean number of trusted entries per
         training cell, which keeps the loss on the scale of ``"cell"``); stored as a buffer, so it is saved with
@@ -143,6 +149,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         uncond_mode: str = "joint",
         loss_normalisation: str = "cell",
         loss_scale: float | None = None,
+        time_sampling: str = "uniform",
     ):
         super().__init__()
         if backbone not in BACKBONES:
@@ -158,6 +165,10 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         self.n_conditions = len(self.n_cats_per_cov) + int(self.n_continuous > 0)
         self.schedule = get_schedule(schedule)
         self.loss_weighting = resolve_loss_weighting(loss_weighting, self.schedule)
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"Unknown time_sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}.")
+        self.time_sampling = time_sampling
+        self._times = ImportanceTimes(self.schedule, self.loss_weighting) if time_sampling == "importance" else None
         self.p_uncond = float(p_uncond)
         self.uncond_mode = uncond_mode
         cls = ResidualMLPDenoiser if backbone == "mlp" else GeneTransformerDenoiser
@@ -238,7 +249,10 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         if heldout is not None:
             x0 = x0.masked_fill(heldout.bool(), 0.0)
         n = x0.shape[0]
-        t = self.schedule.snap(torch.rand(n, device=x0.device))
+        if self._times is None:
+            t = self.schedule.snap(torch.rand(n, device=x0.device))
+        else:
+            t = self._times.sample(n, device=x0.device)
         x_t = thin(x0, self.schedule.p(t)[:, None])
         drop = None
         if self.n_conditions and self.training and self.p_uncond > 0:
@@ -269,7 +283,11 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         ``w(t) * sum_trusted(...) / loss_scale`` (``"constant"``)."""
         y = inference_outputs["x0"] - inference_outputs["x_t"]
         valid = self._trusted(tensors)
-        w = loss_weight(inference_outputs["t"], self.schedule, self.loss_weighting)
+        t = inference_outputs["t"]
+        if self._times is None:
+            w = loss_weight(t, self.schedule, self.loss_weighting)
+        else:  # times drawn with density w / Z: every cell weighs Z
+            w = torch.full_like(t, self._times.weight)
         norm = self.loss_scale if self.loss_normalisation == "constant" else None
         per_cell = count_loss(generative_outputs["y_hat"], y, valid, w, reduce=False, normaliser=norm)
         return LossOutput(loss=per_cell.mean(), reconstruction_loss=per_cell, n_obs_minibatch=y.shape[0])

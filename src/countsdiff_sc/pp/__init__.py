@@ -1,8 +1,9 @@
-"""Preprocessing for imputation benchmarks: dropout marking (scIDPMs Algorithm 1), held-out masks, cell splits."""
+"""Preprocessing: dropout marking (scIDPMs Algorithm 1), held-out masks, cell splits, the depth condition."""
 
 from __future__ import annotations
 
 from ._dropout import mark_dropouts
+from ._library import library_condition
 from ._masks import mask_mcar, mask_mnar
 from ._split import split_cells
 from ._subset import ObsSelection, describe_selection, resolve_obs_selection
@@ -10,6 +11,7 @@ from ._subset import ObsSelection, describe_selection, resolve_obs_selection
 __all__ = [
     "ObsSelection",
     "describe_selection",
+    "library_condition",
     "mark_dropouts",
     "mask_mcar",
     "mask_mnar",

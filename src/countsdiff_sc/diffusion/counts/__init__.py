@@ -48,7 +48,7 @@ from ._schedules import (
     PSchedule,
     get_schedule,
 )
-from ._weights import LOSS_WEIGHTINGS, loss_weight, resolve_loss_weighting
+from ._weights import LOSS_WEIGHTINGS, TIME_SAMPLINGS, ImportanceTimes, loss_weight, resolve_loss_weighting
 
 __all__ = [
     "ATTRITION_KINDS",
@@ -58,10 +58,12 @@ __all__ = [
     "POWER_RHO",
     "PRECISIONS",
     "STEP_RULES",
+    "TIME_SAMPLINGS",
     "BlackoutSchedule",
     "CosineSchedule",
     "CustomSchedule",
     "DiscreteBlackoutSchedule",
+    "ImportanceTimes",
     "PSchedule",
     "RateFn",
     "StepCallback",

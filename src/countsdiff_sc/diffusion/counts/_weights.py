@@ -23,7 +23,11 @@ import torch
 
 from ._schedules import PSchedule
 
-__all__ = ["LOSS_WEIGHTINGS", "loss_weight", "resolve_loss_weighting"]
+__all__ = ["LOSS_WEIGHTINGS", "TIME_SAMPLINGS", "ImportanceTimes", "loss_weight", "resolve_loss_weighting"]
+
+#: How training times are drawn: ``"uniform"`` (``t ~ U(0, 1)``, weight ``w(t)``) or ``"importance"``
+#: (density proportional to ``w``, constant weight; see :class:`ImportanceTimes`).
+TIME_SAMPLINGS = ("uniform", "importance")
 
 LOSS_WEIGHTINGS = ("auto", "neg_dp", "nll", "constant")
 
@@ -93,3 +97,58 @@ def loss_weight(
         phi = time_density(tc)
         return schedule.hazard(tc) / phi
     raise AssertionError(weighting)  # unreachable: resolve_loss_weighting validated it
+
+
+class ImportanceTimes:
+    r"""Training times drawn with density proportional to the loss weight: importance sampling of the time integral.
+
+    The objective is :math:`\int_0^1 w(t) L(t) dt` with :math:`L(t)` the expected loss at time ``t`` (Eq. 6). Drawing
+    ``t ~ U(0, 1)`` and weighting by ``w(t)`` estimates it without bias, but when ``w`` is peaked (the ``"nll"``
+    weight of the cosine schedule grows like ``2 / t`` near 0) a few cells of a minibatch carry most of the gradient.
+    Drawing ``t`` from :math:`\phi(t) = w(t) / Z`, :math:`Z = \int_0^1 w`, and weighting every cell by ``Z`` is the
+    same objective with equal weights (the variance-reducing choice when :math:`L(t)` varies less than ``w``). ``w``
+    is tabulated at the midpoints of ``n_grid`` equal cells of ``[0, 1]`` (with the clamps of :func:`loss_weight`);
+    within a cell the density is constant, so the objective is that of the tabulated weight.
+
+    Parameters
+    ----------
+    schedule
+        A continuous p-schedule (discrete schedules snap times onto their own grid: refused).
+    weighting
+        Loss weighting (see :func:`loss_weight`).
+    n_grid
+        Cells of the table.
+
+    Examples
+    --------
+    >>> from countsdiff_sc.diffusion import CosineSchedule
+    >>> times = ImportanceTimes(CosineSchedule(), "neg_dp")
+    >>> round(times.weight, 4)  # the integral of (pi / 2) sin(pi t) over [0, 1]
+    1.0
+    """
+
+    def __init__(self, schedule: PSchedule, weighting: str, n_grid: int = 4096):
+        if schedule.discrete:
+            raise ValueError("time_sampling='importance' needs a continuous schedule; discrete schedules draw their "
+                             "own grid times (use time_sampling='uniform').")
+        edges = torch.linspace(0.0, 1.0, n_grid + 1, dtype=torch.float64)
+        mids = 0.5 * (edges[:-1] + edges[1:])
+        w = loss_weight(mids, schedule, weighting).to(torch.float64).clamp_min(0.0)
+        mass = w / n_grid
+        total = float(mass.sum())
+        if not total > 0:
+            raise ValueError(f"The {weighting!r} weight of this schedule integrates to {total}: nothing to sample.")
+        self.weight = total
+        self.n_grid = n_grid
+        self._cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(mass, 0) / total]).float()
+        self._edges = edges.float()
+
+    def sample(self, n: int, device: torch.device | str | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` times from the tabulated density (inverse CDF, uniform within a cell)."""
+        cdf, edges = self._cdf.to(device), self._edges.to(device)
+        u = torch.rand(n, device=device, generator=generator)
+        idx = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, self.n_grid - 1)
+        lo, hi = cdf[idx], cdf[idx + 1]
+        frac = ((u - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+        return edges[idx] + frac / self.n_grid

@@ -1,0 +1,121 @@
+"""Each cell's depth as a vector condition: the standardised log library size (``library_condition``).
+
+Conditioning CountsDiff on the depth of each training cell is the one change that brought its generated CBMC cells
+closest to real ones (``benchmarks/results/generation_levers.md``): without it the network must also learn the
+spread of library sizes within a type, and its samples come out too uniform in depth. The condition is
+``(log L - mean) / sd`` with ``L`` the cell's total count; new data must be standardised with the training data's
+``mean`` and ``sd`` (``reference=``) or the model reads a different depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+
+from .._utils import as_bool_mask, check_counts, get_matrix, record_params
+
+__all__ = ["library_condition"]
+
+#: ``adata.uns`` entry holding, per obsm key, the standardisation of :func:`library_condition`.
+UNS_KEY = "countsdiff_library_condition"
+
+
+def library_condition(
+    adata: ad.AnnData,
+    key: str = "log_library",
+    *,
+    layer: str | None = None,
+    exclude_layer: str | None = None,
+    reference: ad.AnnData | Mapping[str, float] | None = None,
+) -> None:
+    """Write each cell's standardised log library size to ``adata.obsm[key]``, a vector condition for
+    ``CountsDiffModel.setup_anndata(..., condition_obsm_key=key)``.
+
+    ``obsm[key]`` is a float32 column ``(n_cells, 1)``: ``(log L - mean) / sd`` with ``L`` the cell's total count
+    over the entries not excluded, and ``mean`` / ``sd`` those of ``log L`` over ``adata``'s cells, or the ones
+    recorded for ``key`` in ``reference`` (the training data, so that new cells are read on the training scale).
+    The standardisation is recorded in ``adata.uns["countsdiff_library_condition"][key]``.
+
+    Generate with the depth distribution of the training cells by ``model.sample(..., conditions="train")`` (each
+    generated cell takes the depth of a random training cell with its label and covariates).
+
+    Parameters
+    ----------
+    adata
+        AnnData of raw counts; ``X`` and the layers are not modified.
+    key
+        obsm key to write (replaced if it exists).
+    layer
+        Layer holding the counts (``X`` when None).
+    exclude_layer
+        Boolean layer of entries left out of the sum, e.g. held-out entries (``"countsdiff_mask"``): a condition
+        computed with them would leak what is held out into the model's input.
+    reference
+        AnnData processed by this function (its record for ``key`` is used) or ``{"mean": m, "sd": s}``; None
+        standardises over ``adata`` itself.
+
+    Raises
+    ------
+    ValueError
+        Counts that are not non-negative integers, cells with no counts (the log of 0: remove empty cells), a
+        constant library size without a reference, or a reference without a record for ``key``.
+    KeyError
+        A missing layer.
+
+    Examples
+    --------
+    >>> import countsdiff_sc as cds
+    >>> adata = cds.datasets.cbmc()
+    >>> cds.pp.library_condition(adata)
+    >>> cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", condition_obsm_key="log_library")
+    >>> query = cds.datasets.cbmc()[:100].copy()
+    >>> cds.pp.library_condition(query, reference=adata)  # the training data's scale
+    """
+    x = get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_counts(x, where)
+    if exclude_layer is not None:
+        keep = ~as_bool_mask(get_matrix(adata, exclude_layer), adata.shape, f"adata.layers[{exclude_layer!r}]")
+        x = x.multiply(keep) if sp.issparse(x) else np.asarray(x) * keep
+    lib = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    empty = int(np.count_nonzero(lib <= 0))
+    if empty:
+        raise ValueError(f"{empty} cell(s) have no counts{' outside exclude_layer' if exclude_layer else ''}, so "
+                         "their log library size is undefined: remove empty cells first (e.g. "
+                         "sc.pp.filter_cells(adata, min_counts=1)).")
+    log_lib = np.log(lib)
+    if reference is None:
+        mean, sd = float(log_lib.mean()), float(log_lib.std())
+        if not sd > 0:
+            raise ValueError("Every cell has the same library size: there is no depth to condition on.")
+    else:
+        mean, sd = _reference_scale(reference, key)
+    adata.obsm[key] = ((log_lib - mean) / sd).astype(np.float32)[:, None]
+    record = {"mean": mean, "sd": sd, "n_cells": int(adata.n_obs), "from_reference": reference is not None}
+    record.update({k: v for k, v in (("layer", layer), ("exclude_layer", exclude_layer)) if v is not None})
+    adata.uns.setdefault(UNS_KEY, {})[key] = record
+    record_params(adata, "library_condition", {"key": key, **record})
+
+
+def _reference_scale(reference: Any, key: str) -> tuple[float, float]:
+    if isinstance(reference, ad.AnnData):
+        rec = reference.uns.get(UNS_KEY, {}).get(key)
+        if rec is None:
+            raise ValueError(f"reference has no record of library_condition for key {key!r}: run "
+                             f"cds.pp.library_condition(reference, key={key!r}) on the training data first, or pass "
+                             "reference={'mean': ..., 'sd': ...}.")
+    elif isinstance(reference, Mapping):
+        rec = reference
+    else:
+        raise TypeError(f"reference must be an AnnData or a dict {{'mean', 'sd'}}, got {type(reference).__name__}.")
+    try:
+        mean, sd = float(rec["mean"]), float(rec["sd"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"reference must give numbers 'mean' and 'sd', got {dict(rec)}.") from err
+    if not (np.isfinite(mean) and np.isfinite(sd) and sd > 0):
+        raise ValueError(f"reference has mean {mean} and sd {sd}; sd must be a positive number.")
+    return mean, sd
