@@ -70,12 +70,25 @@ LEVERS: dict[str, tuple[float, dict[str, Any]]] = {
     "depth + nll + p_uncond 0.2": (1.0, {"loss_weighting": "nll", "p_uncond": 0.2}),
     "depth + nll + importance times": (1.0, {"loss_weighting": "nll", "time_sampling": "importance"}),
     "depth + importance times": (1.0, {"time_sampling": "importance"}),
+    "depth + nll + p_uncond 0.2 + EMA warm-up 4": (1.0, {"loss_weighting": "nll", "p_uncond": 0.2,
+                                                          "ema_decay": 0.9999, "ema_warmup": 4.0}),
+    "depth + nll + p_uncond 0.2 + EMA warm-up 2.5": (1.0, {"loss_weighting": "nll", "p_uncond": 0.2,
+                                                            "ema_decay": 0.9999, "ema_warmup": 2.5}),
+    "depth + nll + p_uncond 0.2 + EMA warm-up 20": (1.0, {"loss_weighting": "nll", "p_uncond": 0.2,
+                                                           "ema_decay": 0.9999, "ema_warmup": 20.0}),
+    "depth + nll + p_uncond 0.2 + EMA warm-up 40": (1.0, {"loss_weighting": "nll", "p_uncond": 0.2,
+                                                           "ema_decay": 0.9999, "ema_warmup": 40.0}),
+    "depth + nll + p_uncond 0.2 + EMA warm-up 100": (1.0, {"loss_weighting": "nll", "p_uncond": 0.2,
+                                                            "ema_decay": 0.9999, "ema_warmup": 100.0}),
 }
 #: levers whose model is also conditioned on the cell's standardised log library size (a vector condition); their
 #: cells are generated with the library sizes of random train cells of the type (the empirical depth distribution)
 DEPTH_LEVERS = {"depth-conditioned", "depth + budget x2", "depth + loss weight nll", "depth + Blackout schedule",
                 "depth + p_uncond 0.2", "depth + nll + budget x2", "depth + nll + p_uncond 0.2",
-                "depth + nll + importance times", "depth + importance times"}
+                "depth + nll + importance times", "depth + importance times",
+                "depth + nll + p_uncond 0.2 + EMA warm-up 4", "depth + nll + p_uncond 0.2 + EMA warm-up 2.5",
+                "depth + nll + p_uncond 0.2 + EMA warm-up 20", "depth + nll + p_uncond 0.2 + EMA warm-up 40",
+                "depth + nll + p_uncond 0.2 + EMA warm-up 100"}
 SAMPLERS = [("euler", 50), ("trapezoid", 5), ("trapezoid", 10)]
 METRICS = ["mmd", "swd", "scfid", "rf_auc", "energy_distance", "var_pearson", "label_accuracy", "library_ratio"]
 

@@ -83,6 +83,25 @@ def test_ema_warmup_first_update_moves_far():
         torch.testing.assert_close(p, 0.1 * before[name] + 0.9 * live[name])
 
 
+@pytest.mark.parametrize("warmup", [2.5, 4.0])
+def test_ema_warmup_sets_the_decay_schedule(warmup):
+    m = _module(ema_decay=0.9999, ema_warmup=warmup)
+    first = {n: p.clone() for n, p in m.ema_net.named_parameters()}
+    for k in range(3):  # decay after k updates: (1 + k) / (warmup + k); the live weights move by 1 each time
+        with torch.no_grad():
+            for p in m.net.parameters():
+                p.add_(1.0)
+        before = {n: p.clone() for n, p in m.ema_net.named_parameters()}
+        m.update_ema()
+        d = (1.0 + k) / (warmup + k)
+        live = dict(m.net.named_parameters())
+        for name, p in m.ema_net.named_parameters():
+            torch.testing.assert_close(p, d * before[name] + (1 - d) * live[name])
+    assert not torch.equal(next(iter(first.values())), next(iter(m.ema_net.parameters())))
+    with pytest.raises(ValueError, match="ema_warmup must be greater than 1"):
+        _module(ema_warmup=1.0)
+
+
 @pytest.mark.parametrize("name, cls", [("AdamW", torch.optim.AdamW), ("Adam", torch.optim.Adam)])
 def test_training_plan_builds_the_fused_optimizer(name, cls):
     m = _module()

@@ -66,6 +66,10 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
         Condition-dropout probability of a training cell (classifier-free guidance; see ``uncond_mode``).
     ema_decay
         Decay of the EMA weights used for validation and sampling (0 disables).
+    ema_warmup
+        Warm-up of the EMA: after ``k`` steps the decay is ``min(ema_decay, (1 + k) / (ema_warmup + k))``, so at the
+        default 10 the average covers about the last 11% of the run and a decay above ``1 - 9 / steps`` changes
+        nothing; a smaller value averages over more of the run.
     rate_baseline
         ``"none"`` (default) is the paper's plain ``y_hat = softplus(NN)``; ``"gamma_poisson"`` multiplies it by a
         per-gene empirical-Bayes baseline rate (see :class:`~countsdiff_sc.module.CountsDiffModule`).
@@ -116,6 +120,7 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
         uncond_mode: Literal["joint", "independent"] = "joint",
         loss_normalisation: Literal["cell", "constant"] = "cell",
         time_sampling: Literal["uniform", "importance"] = "uniform",
+        ema_warmup: float = 10.0,
     ):
         super().__init__(adata, registry)
         if isinstance(schedule, PSchedule) and schedule.name != "custom":
@@ -149,6 +154,7 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
             loss_normalisation=loss_normalisation,
             loss_scale=loss_scale,
             time_sampling=time_sampling,
+            ema_warmup=ema_warmup,
         )
         n_params = sum(p.numel() for p in self.module.net.parameters())
         self._model_summary_string = (

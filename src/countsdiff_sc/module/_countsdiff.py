@@ -104,6 +104,9 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         0.2-0.3) when there are three or more conditions.
     ema_decay
         Decay of the EMA copy of the network used for validation and sampling (0 disables it).
+    ema_warmup
+        Warm-up ``w`` of the EMA: the decay after ``k`` updates is ``min(ema_decay, (1 + k) / (w + k))`` (see
+        :class:`~countsdiff_sc.module.EMAMixin`); a smaller ``w`` averages over a longer part of the run.
     rate_baseline
         Preconditioning of the predicted rate. ``"none"`` (default): the paper's plain ``y_hat = softplus(NN)``.
         ``"gamma_poisson"``: ``y_hat = b * softplus(NN)`` with
@@ -150,6 +153,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         loss_normalisation: str = "cell",
         loss_scale: float | None = None,
         time_sampling: str = "uniform",
+        ema_warmup: float = 10.0,
     ):
         super().__init__()
         if backbone not in BACKBONES:
@@ -195,7 +199,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         self.register_buffer("prior_shape", shape)
         # start at y_hat = b (baseline) or at y_hat = mean count (plain softplus)
         self.net.init_output_bias(torch.ones(n_genes) if rate_baseline == "gamma_poisson" else mean)
-        self._init_ema(ema_decay)
+        self._init_ema(ema_decay, ema_warmup)
 
     def baseline(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
         """Gamma-Poisson baseline rate ``b(t, x_t)`` of shape ``x_t.shape`` (None for ``rate_baseline="none"``)."""

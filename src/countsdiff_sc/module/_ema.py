@@ -18,9 +18,13 @@ class EMAMixin:
     optimizer never sees it because its parameters do not require gradients. ``ema_decay = 0`` disables the EMA
     (the live weights are used everywhere).
 
-    The effective decay warms up as ``min(decay, (1 + k) / (10 + k))`` after ``k`` updates, so a short run does not
-    leave a large weight on the random initial weights (with a fixed 0.999, 22% of the average would still sit on
-    them after 1,500 steps). The update counter is a buffer and is saved with the model.
+    The effective decay warms up as ``min(decay, (1 + k) / (w + k))`` after ``k`` updates (``w = ema_warmup``,
+    default 10), so a short run does not leave a large weight on the random initial weights (with a fixed 0.999, 22%
+    of the average would still sit on them after 1,500 steps). Until the cap ``decay`` binds, ``1 - decay_k ~
+    (w - 1) / k``: the average spans about the last ``1 / (w - 1)`` of the run (11% for ``w = 10``), whatever the
+    run's length; a smaller ``w`` averages over more of it (power-function EMA; Karras et al., 2024, "Analyzing and
+    improving the training dynamics of diffusion models", Sec. 3.1). The update counter is a buffer and is saved
+    with the model.
     """
 
     net: nn.Module
@@ -28,10 +32,13 @@ class EMAMixin:
     ema_decay: float
     ema_updates: torch.Tensor
 
-    def _init_ema(self, decay: float) -> None:
+    def _init_ema(self, decay: float, warmup: float = 10.0) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {decay}.")
+        if not float(warmup) > 1.0:
+            raise ValueError(f"ema_warmup must be greater than 1 (at 1 the average never moves), got {warmup}.")
         self.ema_decay = float(decay)
+        self.ema_warmup = float(warmup)
         if self.ema_decay > 0:
             self.ema_net = copy.deepcopy(self.net)
             for p in self.ema_net.parameters():
@@ -46,7 +53,7 @@ class EMAMixin:
         if self.ema_net is None:
             return
         k = float(self.ema_updates)
-        decay = min(self.ema_decay, (1.0 + k) / (10.0 + k))
+        decay = min(self.ema_decay, (1.0 + k) / (getattr(self, "ema_warmup", 10.0) + k))
         self.ema_updates += 1
         live = dict(self.net.named_parameters())
         ema = list(self.ema_net.named_parameters())
