@@ -25,6 +25,7 @@ def trained():
     adata = make_counts(n_obs=96, n_vars=12, seed=3)
     cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", categorical_covariate_keys=["batch"],
                                       condition_obsm_key="cond")
+    torch.manual_seed(0)  # the same network whichever tests ran before in this worker
     model = cds.CountsDiffModel(adata, backbone_kwargs=TINY, ema_decay=0.9)
     model.train(max_steps=20, **FAST)
     return adata, model
@@ -61,7 +62,7 @@ def test_transfer_seed_determinism(trained):
     c = model.transfer(adata, covariates={"batch": "b0"}, seed=8, **QUIET)
     np.testing.assert_array_equal(_counts(a), _counts(b))
     assert not np.array_equal(_counts(a), _counts(c))
-    moved = model.transfer(adata, covariates={"batch": "b0"}, seed=7, guidance=2.0, **QUIET)
+    moved = model.transfer(adata, covariates={"batch": "b0"}, seed=7, guidance=4.0, **QUIET)
     assert not np.array_equal(_counts(a), _counts(moved))
 
 
