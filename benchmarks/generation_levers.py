@@ -10,8 +10,9 @@ Protocol (same split, types and metrics as ``benchmarks/generation.py``):
    conditioning on the cell's depth (the standardised log library size as a vector condition, generated cells
    drawing it from random train cells of their type), and combinations (run with ``--levers``; the default set is
    the single levers): on top of the depth condition, a 2x budget, the ``nll`` loss weight, the Blackout schedule,
-   ``p_uncond`` 0.2, importance-sampled training times (``time_sampling="importance"``) and pairs of these
-   (``generation_levers_depth2`` / ``3`` / ``4``); the training wall time of each is recorded next to scVI's (same thread count, same run);
+   ``p_uncond`` 0.2, importance-sampled training times (``time_sampling="importance"``), the EMA window
+   (``ema_warmup``) and combinations of these (``generation_levers_depth2`` to ``_depth8``, ``_depth_seed1`` / ``2``
+   with ``--seed``); the training wall time of each is recorded next to scVI's (same thread count, same run);
 3. every model generates, for each type, as many cells as held out (capped by ``--max-cells``) with guidance 1 and
    no attrition under three reverse samplers: Euler 50 steps (today's default), trapezoid 5 steps and trapezoid 10
    steps (10 and 20 network evaluations; see ``benchmarks/steps.py``); so each model is also a replicate of the
