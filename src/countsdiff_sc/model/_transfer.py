@@ -93,7 +93,9 @@ class TransferMixin:
         under the target conditions: a gene at level 1 is kept molecule for molecule, a gene at level ``l < 1``
         keeps its molecules and gains those the network expects were lost. The cell's depth follows the target
         (the global part of a batch's depth difference is a thinning like any other). ``t_start`` adds a uniform
-        cap, trading more of the cell for more of the target, as in the uniform mode.
+        cap, trading more of the cell for more of the target, as in the uniform mode. A vector condition is read
+        from the cells' own ``obsm`` in both modes; for a model conditioned on depth
+        (:func:`~countsdiff_sc.pp.library_condition`), write the depth the cells should have into it first.
 
         Parameters
         ----------
