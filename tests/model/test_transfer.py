@@ -239,6 +239,17 @@ def test_retention_series_is_matched_by_name_and_checked(trained):
         model.transfer(no_batch, covariates={"batch": "b0"}, retention="auto", **QUIET)
 
 
+def test_retention_auto_needs_the_training_data(trained, tmp_path):
+    adata, model = trained
+    model.save(tmp_path / "m", overwrite=True)
+    bare = cds.CountsDiffModel.load(tmp_path / "m", adata=None)
+    with pytest.raises(ValueError, match="loaded without"):
+        bare.transfer(adata, covariates={"batch": "b0"}, retention="auto", **QUIET)
+    ones = pd.Series(1.0, index=adata.var_names)  # given ratios need no training data
+    out = bare.transfer(adata, covariates={"batch": "b0"}, retention=ones, seed=0, **QUIET)
+    np.testing.assert_array_equal(_counts(out), adata.X.toarray())
+
+
 @pytest.mark.parametrize("retention", [None, "auto"])
 def test_transfer_n_samples_mean_and_sd(trained, retention):
     adata, model = trained

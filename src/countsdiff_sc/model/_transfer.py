@@ -291,6 +291,10 @@ class TransferMixin:
             elif series is not None:
                 ratios[move] = series
             else:
+                if getattr(self, "adata", None) is None:
+                    raise ValueError("retention='auto' estimates the ratios from the model's training data, which this "
+                                     "model was loaded without: load it with CountsDiffModel.load(path, adata=...), "
+                                     "or pass retention= as a pandas Series of one ratio per gene.")
                 ratios[move], _ = estimate_retention(
                     self.adata, self.registry_["setup_args"].get("layer"), var_names, module.n_genes, strata_keys,
                     source, target, name="the model's training data")
