@@ -64,3 +64,12 @@ def test_bad_inputs():
     frac = ad.AnnData(np.full((3, 2), 0.5, dtype=np.float32))
     with pytest.raises(ValueError, match="integer"):
         cds.pp.library_condition(frac)
+
+
+def test_backed_object_gives_the_same_condition(tmp_path):
+    adata = make_counts(n_obs=50, n_vars=8, seed=5)
+    cds.pp.library_condition(adata)
+    adata.write_h5ad(tmp_path / "b.h5ad")
+    backed = ad.read_h5ad(tmp_path / "b.h5ad", backed="r")
+    cds.pp.library_condition(backed, key="again")
+    np.testing.assert_allclose(backed.obsm["again"], adata.obsm["log_library"], rtol=1e-6)

@@ -16,7 +16,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from .._utils import as_bool_mask, check_counts, get_matrix, record_params
+from .._utils import as_bool_mask, check_counts, get_matrix, iter_row_blocks, record_params
 
 __all__ = ["library_condition"]
 
@@ -78,10 +78,18 @@ def library_condition(
     x = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(x, where)
+    excluded = None
     if exclude_layer is not None:
-        keep = ~as_bool_mask(get_matrix(adata, exclude_layer), adata.shape, f"adata.layers[{exclude_layer!r}]")
-        x = x.multiply(keep) if sp.issparse(x) else np.asarray(x) * keep
-    lib = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+        excluded = get_matrix(adata, exclude_layer)
+        if tuple(excluded.shape) != tuple(adata.shape):
+            raise ValueError(f"adata.layers[{exclude_layer!r}] has shape {tuple(excluded.shape)}, not {adata.shape}.")
+    lib = np.empty(adata.n_obs, dtype=np.float64)
+    for start, block in iter_row_blocks(x):  # bounded memory, backed objects included
+        rows = slice(start, start + block.shape[0])
+        if excluded is not None:
+            keep = ~as_bool_mask(excluded[rows], block.shape, f"adata.layers[{exclude_layer!r}]")
+            block = block.multiply(keep) if sp.issparse(block) else np.asarray(block) * keep
+        lib[rows] = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
     empty = int(np.count_nonzero(lib <= 0))
     if empty:
         raise ValueError(f"{empty} cell(s) have no counts{' outside exclude_layer' if exclude_layer else ''}, so "
