@@ -88,8 +88,12 @@ def counts_in_model_order(
     return x
 
 
+def model_gene_names(var_names: Sequence[str] | None, n_genes: int) -> list[str]:
+    """The model's gene names, or ``gene_0 ... gene_{n-1}`` for a model built without them."""
+    return [str(v) for v in var_names] if var_names is not None else [f"gene_{i}" for i in range(n_genes)]
+
+
 def generated_adata(counts: np.ndarray, obs: pd.DataFrame, var_names: Sequence[str] | None, n_genes: int) -> ad.AnnData:
     """AnnData of generated integer counts (float32 CSR) with the model's genes as ``var_names``."""
-    names = var_names if var_names is not None else [f"gene_{i}" for i in range(n_genes)]
-    var = pd.DataFrame(index=pd.Index(names, dtype=str))
+    var = pd.DataFrame(index=pd.Index(model_gene_names(var_names, n_genes), dtype=str))
     return ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32, copy=False)), obs=obs, var=var)

@@ -19,7 +19,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ._results import counts_in_model_order
+from ._results import counts_in_model_order, model_gene_names
 
 __all__ = ["check_retention_series", "estimate_retention", "pair_name"]
 
@@ -120,7 +120,7 @@ def check_retention_series(retention: Any, var_names: Sequence[str] | None, n_ge
     if retention.index.has_duplicates:
         dup = retention.index[retention.index.duplicated()].unique()[:5].tolist()
         raise ValueError(f"retention has duplicated gene names {dup}: give one ratio per gene.")
-    names = list(var_names) if var_names is not None else [f"gene_{i}" for i in range(n_genes)]
+    names = model_gene_names(var_names, n_genes)
     missing = pd.Index(names).difference(retention.index.astype(str))
     if len(missing):
         raise ValueError(f"retention has no value for {len(missing)} of the model's genes (e.g. "

@@ -36,7 +36,7 @@ from ._generation import (
     own_vector_condition,
     thinned_start,
 )
-from ._results import counts_in_model_order, generated_adata
+from ._results import counts_in_model_order, generated_adata, model_gene_names
 from ._retention import check_retention_series, estimate_retention, pair_name
 
 __all__ = ["TransferMixin"]
@@ -172,11 +172,9 @@ class TransferMixin:
             t_start = check_t_start(0.5 if t_start is None else t_start)
         elif t_start is not None:
             t_start = check_t_start(t_start)
-        if retention is not None and not (isinstance(retention, str) and retention == "auto"):
-            retention_series = check_retention_series(retention, getattr(self, "var_names_", None),
-                                                      self.module.n_genes)
-        elif retention is not None:
-            retention_series = None
+        given = retention is not None and not (isinstance(retention, str) and retention == "auto")
+        retention_series = (check_retention_series(retention, getattr(self, "var_names_", None), self.module.n_genes)
+                            if given else None)
         strengths = space.guidance_strengths(guidance)
         settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed,
                                  time_grid=time_grid, step_rule=step_rule)
@@ -226,12 +224,7 @@ class TransferMixin:
                 record["t_start"] = t0
 
                 def chain(rows: slice, show: bool) -> torch.Tensor:
-                    cat = None if cat_all is None else cat_all[rows]
-                    vec = None if cont_all is None else cont_all[rows]
-
-                    def rate_fn(x, t):
-                        return module.rate(x, t, cat, vec, guidance=strengths)
-
+                    rate_fn = _guided_rate(module, cat_all, cont_all, rows, strengths)
                     return generate(settings.wrap(rate_fn), (rows.stop - rows.start, module.n_genes),
                                     module.schedule, settings.n_steps, **settings.chain_kwargs(), x_start=x_t[rows],
                                     t_start=t0, generator=settings.generator, device=device, progress=show)
@@ -301,21 +294,16 @@ class TransferMixin:
         cap = 1.0 if t_start is None else float(module.schedule.p(torch.tensor(t_start, dtype=torch.float64)))
         r = np.stack([ratios[m] for m in move_of]).astype(np.float32)  # (cells, genes)
         level = np.minimum(np.minimum(r, 1.0), cap).astype(np.float32)
-        keep = np.where(r > 0, level / np.maximum(r, 1e-30), 0.0).astype(np.float32)
+        keep = np.where(r > 0, level / np.maximum(r, 1e-30), 0.0).astype(np.float32)  # <= 1: level <= r
         x = torch.from_numpy(x0).to(device)
-        keep_all = torch.from_numpy(np.minimum(keep, 1.0)).to(device)
+        keep_all = torch.from_numpy(keep).to(device)
         level_all = torch.from_numpy(level).to(device)
 
         def draw() -> np.ndarray:
             y_all = binomial(x, keep_all, settings.generator)  # genes above their level thinned to it
 
             def chain(rows: slice, show: bool) -> torch.Tensor:
-                cat = None if cat_all is None else cat_all[rows]
-                vec = None if cont_all is None else cont_all[rows]
-
-                def rate_fn(x_t, t):
-                    return module.rate(x_t, t, cat, vec, guidance=strengths)
-
+                rate_fn = _guided_rate(module, cat_all, cont_all, rows, strengths)
                 return restore(settings.wrap(rate_fn), y_all[rows], level_all[rows], module.schedule,
                                settings.n_steps, **settings.chain_kwargs(), generator=settings.generator,
                                progress=show)
@@ -323,9 +311,20 @@ class TransferMixin:
             return np.concatenate([c for _, c in run_batches(module, n, batch_size, chain, progress,
                                                              "transferring")])
 
-        names_var = var_names if var_names is not None else [f"gene_{i}" for i in range(module.n_genes)]
-        table = pd.DataFrame({names[m]: ratios[m] for m in distinct}, index=pd.Index(names_var, dtype=str))
+        table = pd.DataFrame({names[m]: ratios[m] for m in distinct},
+                             index=pd.Index(model_gene_names(var_names, module.n_genes), dtype=str))
         return draw, table, [names[m] for m in move_of]
+
+
+def _guided_rate(module, cat_all: torch.Tensor | None, cont_all: torch.Tensor | None, rows: slice, strengths):
+    """The guided rate of the target conditions for the cells ``rows`` (as in ``sample``)."""
+    cat = None if cat_all is None else cat_all[rows]
+    vec = None if cont_all is None else cont_all[rows]
+
+    def rate_fn(x, t):
+        return module.rate(x, t, cat, vec, guidance=strengths)
+
+    return rate_fn
 
 
 def _slots(space) -> list[str]:

@@ -172,8 +172,9 @@ def _step(rate_fn: RateFn, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
     crossing = (level >= p_t) & ~known_s
     y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=device))
     sigma = attrition_rate(attrition_kind, attrition, p_t, p_s, dt=t - s)
-    if step_rule == "trapezoid" and trapezoid_midpoint(schedule, t, s) is not None:
-        m, _ = trapezoid_midpoint(schedule, t, s)
+    mid = trapezoid_midpoint(schedule, t, s) if step_rule == "trapezoid" else None
+    if mid is not None:
+        m, _ = mid
         p_m = _sched(schedule, m, device)
         known_m = level >= p_m
         held: dict[str, torch.Tensor] = {}
