@@ -58,6 +58,11 @@ def _check(n: object) -> int | None:
 class Settings:
     """Settings of countsdiff-sc (the instance is ``countsdiff_sc.settings``).
 
+    Besides the threads, two budgets of the resource guard (:mod:`countsdiff_sc._resources`): ``max_memory``
+    (bytes a call may hold at once; None = 90% of the memory available at the call) and ``max_work`` (entry-
+    evaluations of the network a call may run; default ``2e11``). A request beyond either is refused before it
+    starts, with its estimate and the ways out.
+
     Examples
     --------
     >>> import countsdiff_sc as cds
@@ -68,6 +73,33 @@ class Settings:
     ...     pass
     >>> cds.settings.num_threads = "auto"     # scvi.settings.num_threads if set, else the free cores
     """
+
+    def __init__(self) -> None:
+        self._max_memory: int | None = None
+        self._max_work: float = 2e11
+
+    @property
+    def max_memory(self) -> int | None:
+        """Memory budget of one call in bytes (None: 90% of the memory available when the call starts)."""
+        return self._max_memory
+
+    @max_memory.setter
+    def max_memory(self, value: int | float | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"max_memory must be a positive number of bytes or None, got {value!r}.")
+        self._max_memory = None if value is None else int(value)
+
+    @property
+    def max_work(self) -> float:
+        """Work budget of one call: rows x genes x network evaluations (default 2e11)."""
+        return self._max_work
+
+    @max_work.setter
+    def max_work(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            raise ValueError(f"max_work must be a positive number (entry-evaluations), got {value!r}.")
+        self._max_work = float(value)
 
     @property
     def num_threads(self) -> int:
