@@ -22,18 +22,10 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ._process import attrition_rate, binomial, reverse_step
-from ._sampling import (
-    RateFn,
-    StepCallback,
-    _check_attrition,
-    _check_step_rule,
-    _sched,
-    time_grid,
-    trapezoid_midpoint,
-    trapezoid_step,
-)
+from ._process import binomial
+from ._sampling import RateFn, StepCallback, _check_attrition, chain_times
 from ._schedules import PSchedule
+from ._steps import StepRule, ThinnedKnown, get_step_rule, schedule_p, transitions
 
 __all__ = ["restore", "restore_start"]
 
@@ -48,26 +40,18 @@ def restore_start(schedule: PSchedule, level: torch.Tensor) -> float:
     return min(max(t0, 1e-6), 1.0)
 
 
-def _path(x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, p_from: torch.Tensor, p_to: torch.Tensor,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """Forward path read backwards for known entries: ``x ~ Binomial(y, p_from / level)`` moved to
-    ``Binomial(y, p_to / level)`` by ``x + Binomial(y - x, (p_to - p_from) / (level - p_from))``."""
-    prob = ((p_to - p_from) / (level - p_from).clamp_min(1e-12)).clamp(0.0, 1.0)
-    return x + binomial((y - x).clamp_min(0.0), prob, generator)
-
-
 @torch.inference_mode()
 def restore(
     rate_fn: RateFn,
     y: torch.Tensor,
     level: torch.Tensor,
     schedule: PSchedule,
-    n_steps: int = 50,
+    n_steps: int | torch.Tensor = 50,
     *,
     attrition_kind: str = "none",
     attrition: float = 0.0,
     grid: str = "uniform",
-    step_rule: str = "euler",
+    step_rule: str | StepRule = "euler",
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
@@ -85,9 +69,11 @@ def restore(
       ``p = level``), then a reverse step (Prop. 3.2) from ``level`` to ``p(s)`` with the rate evaluated at ``x_t``
       less the molecules just added, ``max(y_hat - (y - x_t), 0)`` (the estimate of ``x_0 - y``), and birth
       probability ``(p(s) - (1 - sigma) level) / (1 - level)``; none of ``y`` is lost;
-    - *free* when ``level < p(t)``: the reverse step of :func:`generate` (Euler, or the ``"trapezoid"`` rule of
-      :func:`trapezoid_step`, whose intermediate state has its known entries put on their path before the second
-      evaluation).
+    - *free* when ``level < p(t)``: the reverse step of :func:`generate` (Euler, or the ``"trapezoid"`` rule, whose
+      intermediate state has its known and crossing entries settled the same way before the second evaluation).
+
+    The step rules are those of every chain (:mod:`~countsdiff_sc.diffusion.counts._steps`); what is special here is
+    only the hook of the known entries, :class:`~countsdiff_sc.diffusion.ThinnedKnown`.
 
     With an exact denoiser the mean is exact: for a Poisson prior of mean ``lambda`` (rate
     ``lambda (1 - p(t))``) every transition keeps ``E[x_s] = lambda p(s)``, so ``E[x_0 - y] = lambda (1 - level)``
@@ -106,7 +92,8 @@ def restore(
     schedule
         The p-schedule of the trained network.
     n_steps
-        Number of reverse transitions from ``t_0`` to 0.
+        Number of reverse transitions from ``t_0`` to 0, or the chain's times (a strictly decreasing tensor ending
+        at 0; it should start at or above ``t_0``, where every entry is still known).
     attrition_kind, attrition
         Attrition of the free entries' steps, as in :func:`generate` (known entries follow their path).
     grid, step_rule
@@ -128,8 +115,8 @@ def restore(
     ...         generator=torch.Generator().manual_seed(0))
     tensor([[ 4., 10.,  7.]])
     """
-    _check_attrition(attrition_kind, attrition)
-    _check_step_rule(step_rule)
+    _check_attrition(attrition)
+    rule = get_step_rule(step_rule)
     y = y.to(torch.float32)
     if y.dim() != 2:
         raise ValueError(f"y must be a (cells, genes) matrix, got shape {tuple(y.shape)}.")
@@ -144,66 +131,17 @@ def restore(
         raise ValueError("level must hold thinning probabilities in [0, 1] (thin entries seen above their level "
                          "first: Binomial(y, 1 / ratio)).")
     y = torch.where(level > 0, y, torch.zeros_like(y))  # nothing is seen at level 0
-    device, n = y.device, y.shape[0]
-    t0 = restore_start(schedule, level)
-    times = time_grid(n_steps, schedule, t0, grid)
-    p0 = _sched(schedule, float(times[0]), device)
+    device = y.device
+    times = chain_times(n_steps, schedule, restore_start(schedule, level), grid)
+    p0 = schedule_p(schedule, float(times[0]), device)
     x = binomial(y, (p0 / level.clamp_min(1e-12)).clamp(max=1.0), generator)
-    for k in tqdm(range(len(times) - 1), desc="restoring", disable=not progress, leave=False):
-        t, s = float(times[k]), float(times[k + 1])
-        p_t, p_s = _sched(schedule, t, device), _sched(schedule, s, device)
-        known_s = level >= p_s
-        if bool(known_s.all()):
-            x = _path(x, y, level, p_t, p_s, generator)
+    hook = ThinnedKnown(y, level)
+    steps = transitions(times, schedule, device, attrition_kind, attrition)
+    for k, tr in enumerate(tqdm(steps, total=len(times) - 1, desc="restoring", disable=not progress, leave=False)):
+        if hook.all_known(tr.p_s):  # no entry needs the network: every entry moves along its path
+            x = hook.settle(x, x, None, tr, generator)
         else:
-            x = _step(rate_fn, x, y, level, t, s, p_t, p_s, schedule, attrition_kind, attrition, step_rule,
-                      generator, n)
+            x = rule.step(rate_fn, x, tr, schedule, known=hook, generator=generator)
         if callback is not None:
-            callback(k, t, s, x)
+            callback(k, tr.t, tr.s, x)
     return x
-
-
-def _step(rate_fn: RateFn, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, t: float, s: float,
-          p_t: torch.Tensor, p_s: torch.Tensor, schedule: PSchedule, attrition_kind: str, attrition: float,
-          step_rule: str, generator: torch.Generator | None, n: int) -> torch.Tensor:
-    """One transition of :func:`restore` with at least one entry that is not known at ``s``."""
-    device = x.device
-    known_s = level >= p_s
-    crossing = (level >= p_t) & ~known_s
-    y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=device))
-    sigma = attrition_rate(attrition_kind, attrition, p_t, p_s, dt=t - s)
-    mid = trapezoid_midpoint(schedule, t, s) if step_rule == "trapezoid" else None
-    if mid is not None:
-        m, _ = mid
-        p_m = _sched(schedule, m, device)
-        known_m = level >= p_m
-        held: dict[str, torch.Tensor] = {}
-
-        def rate_mid(x_m: torch.Tensor, tm: torch.Tensor) -> torch.Tensor:
-            # the intermediate state's known entries put on their path before the network sees them; written into
-            # x_m itself so that the second stage continues from the corrected state
-            on_path = _path(x, y, level, p_t, p_m, generator)
-            x_m.copy_(torch.where(known_m, on_path, x_m))
-            held["x_m"] = x_m.clone()  # the second stage writes x_s into x_m's buffer
-            return rate_fn(x_m, tm)
-
-        free = trapezoid_step(rate_mid, x, t, s, schedule, y_t=y_hat, attrition_kind=attrition_kind,
-                              attrition=attrition, generator=generator)
-        x_m = held.get("x_m")
-        if x_m is not None:
-            known_path = _path(x_m, y, level, p_m, p_s, generator)
-        else:
-            known_path = _path(x, y, level, p_t, p_s, generator)
-    else:
-        free = reverse_step(x, y_hat, p_t, p_s, sigma, generator)
-        known_path = _path(x, y, level, p_t, p_s, generator)
-    out = torch.where(known_s, known_path, free)
-    if bool(crossing.any()):
-        # the rest of the known path (x_t -> y), then a reverse step from p = level with the remaining estimate
-        rest = (y_hat - (y - x)).clamp_min(0.0)
-        lev = torch.where(crossing, level, p_t.expand_as(level))
-        sig = torch.as_tensor(sigma, dtype=torch.float32, device=device)
-        born = reverse_step(torch.where(crossing, y, x), torch.where(crossing, rest, y_hat), lev, p_s.expand_as(lev),
-                            sig, generator)
-        out = torch.where(crossing, born, out)
-    return out

@@ -10,29 +10,31 @@ the oracle ``y = x_0 - x_t``.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from ._process import attrition_rate, binomial, reverse_step
+from ._process import binomial
 from ._schedules import PSchedule
+from ._steps import (
+    StepRule,
+    get_step_rule,
+    observed_hook,
+    transitions,
+)
 
 __all__ = [
     "GRIDS",
-    "KNOWN_MODES",
     "POWER_RHO",
     "PRECISIONS",
-    "STEP_RULES",
     "RateFn",
     "StepCallback",
+    "chain_times",
     "generate",
     "n_evaluations",
     "repaint",
     "time_grid",
-    "trapezoid_midpoint",
-    "trapezoid_step",
     "with_precision",
 ]
 
@@ -85,12 +87,6 @@ GRIDS = ("uniform", "p", "logit", "power")
 
 #: Default exponent ``rho`` of the ``"power"`` grid ``t_k = t_start (1 - k / K)^rho``.
 POWER_RHO = 2.0
-
-#: Step rules of the reverse chain and the network evaluations each takes per transition.
-STEP_RULES = {"euler": 1, "trapezoid": 2}
-
-#: How RePaint carries the observed entries through the chain (see :func:`repaint`).
-KNOWN_MODES = ("path", "redraw")
 
 
 def time_grid(
@@ -198,11 +194,7 @@ def _inverted_grid(k: int, schedule: PSchedule, t_start: float, grid: str) -> to
     return times
 
 
-def _sched(schedule: PSchedule, t: float, device: torch.device) -> torch.Tensor:
-    return schedule.p(torch.tensor(t, dtype=torch.float64)).to(device=device, dtype=torch.float32)
-
-
-def _check_attrition(attrition_kind: str, attrition: float) -> None:
+def _check_attrition(attrition: float) -> None:
     # the loops' ``attrition`` used to be the kind; a kind passed where the strength goes gets a pointed message
     if isinstance(attrition, str):
         raise TypeError(
@@ -211,67 +203,26 @@ def _check_attrition(attrition_kind: str, attrition: float) -> None:
         )
 
 
-def _check_step_rule(step_rule: str) -> None:
-    if step_rule not in STEP_RULES:
-        raise ValueError(f"Unknown step_rule {step_rule!r}; choose one of {tuple(STEP_RULES)}.")
-
-
-def _check_known(known: str) -> None:
-    if known not in KNOWN_MODES:
-        raise ValueError(f"Unknown known={known!r}; choose one of {KNOWN_MODES}.")
-
-
-def _redraw_known(x: torch.Tensor, x_obs: torch.Tensor, target: torch.Tensor, p: torch.Tensor, final: bool,
-                  generator: torch.Generator | None) -> torch.Tensor:
-    """RePaint's known draw (Lugmayr et al. 2022, Eq. 8): the observed entries of ``x`` replaced by a fresh
-    ``Binomial(x_obs, p)``, independent of the chain so far; at the last time (``final``) by ``x_obs`` itself.
-    ``x_obs`` must be zero at the target entries (their draws are discarded)."""
-    fresh = x_obs if final else binomial(x_obs, p, generator)
-    return torch.where(target, x, fresh)
-
-
-def _p64(schedule: PSchedule, t: float) -> float:
-    return float(schedule.p(torch.tensor(t, dtype=torch.float64)))
-
-
-def trapezoid_midpoint(schedule: PSchedule, t: float, s: float) -> tuple[float, float] | None:
-    """Intermediate time ``m`` of a trapezoid step from ``t`` to ``s`` and its extrapolation coefficient ``c``.
-
-    ``m`` is the time of the midpoint in ``p``, ``p(m) = (p(t) + p(s)) / 2`` (snapped onto a discrete schedule's grid).
-    With the conditional birth probabilities ``b1 = (p_m - p_t) / (1 - p_t)`` and ``b2 = (p_s - p_m) / (1 - p_m)`` of
-    the two stages, ``c = 1 + (sqrt((b1 + b2^2 (1 - b1)) / (b1 (1 - b1))) - 1) / b2``, which is exactly 2 at the
-    midpoint in ``p`` (see :func:`trapezoid_step`) and otherwise the value that keeps the step's variance exact for
-    a Poisson posterior. Returns None when no time lies strictly between ``s`` and ``t`` (a discrete schedule's
-    adjacent grid times); the step is then a plain Euler step.
-
-    Examples
-    --------
-    >>> from countsdiff_sc.diffusion import CosineSchedule
-    >>> m, c = trapezoid_midpoint(CosineSchedule(), 0.5, 0.25)
-    >>> round(m, 4), round(c, 6)
-    (0.385, 2.0)
-    """
-    p_t, p_s = _p64(schedule, t), _p64(schedule, s)
-    m = float(schedule.t_of_p(torch.tensor(0.5 * (p_t + p_s), dtype=torch.float64)))
-    if schedule.discrete:
-        m = float(schedule.snap(torch.tensor(m, dtype=torch.float64)))
-    if not s < m < t:
-        return None
-    p_m = _p64(schedule, m)
-    b1 = (p_m - p_t) / (1.0 - p_t)
-    b2 = (p_s - p_m) / (1.0 - p_m)
-    if not (0.0 < b1 < 1.0 and b2 > 0.0):
-        return None
-    c = 1.0 + (math.sqrt((b1 + b2 * b2 * (1.0 - b1)) / (b1 * (1.0 - b1))) - 1.0) / b2
-    return m, min(max(c, 1.0), 4.0)
+def chain_times(steps: int | torch.Tensor, schedule: PSchedule, t_start: float = 1.0,
+                grid: str = "uniform") -> torch.Tensor:
+    """The times of a chain: ``steps`` transitions of the named grid from ``t_start`` (:func:`time_grid`), or a given
+    decreasing tensor of times (which must end at 0 and lie in ``[0, 1]``)."""
+    if isinstance(steps, torch.Tensor):
+        times = steps.detach().to("cpu", torch.float64).flatten()
+        if times.numel() < 2 or not bool((times[1:] < times[:-1]).all()) or float(times[-1]) != 0.0 \
+                or float(times[0]) > 1.0:
+            raise ValueError("A tensor of times must be strictly decreasing, start at most at 1 and end at 0, got "
+                             f"{times.tolist()[:6]}...")
+        return times
+    return time_grid(steps, schedule, t_start, grid)
 
 
 def n_evaluations(
-    n_steps: int,
+    n_steps: int | torch.Tensor,
     schedule: PSchedule,
     t_start: float = 1.0,
     grid: str = "uniform",
-    step_rule: str = "euler",
+    step_rule: str | StepRule = "euler",
 ) -> int:
     """Number of network evaluations (calls of the rate function) of one reverse chain.
 
@@ -285,143 +236,9 @@ def n_evaluations(
     >>> n_evaluations(10, CosineSchedule(), step_rule="trapezoid")
     20
     """
-    _check_step_rule(step_rule)
-    times = time_grid(n_steps, schedule, t_start, grid).tolist()
-    if step_rule == "euler":
-        return len(times) - 1
-    return sum(1 + (trapezoid_midpoint(schedule, t, s) is not None) for t, s in itertools.pairwise(times))
-
-
-def trapezoid_step(
-    rate_fn: RateFn,
-    x_t: torch.Tensor,
-    t: float,
-    s: float,
-    schedule: PSchedule,
-    *,
-    y_t: torch.Tensor | None = None,
-    attrition_kind: str = "none",
-    attrition: float = 0.0,
-    generator: torch.Generator | None = None,
-    x_obs: torch.Tensor | None = None,
-    target: torch.Tensor | None = None,
-    known: str = "path",
-    final: bool = False,
-) -> torch.Tensor:
-    r"""One second-order reverse transition from ``t`` to ``s < t``: two evaluations of the rate function.
-
-    The rule is the :math:`\theta`-trapezoidal rule of tau-leaping for jump processes (Ren et al., 2025, "Fast
-    solvers for discrete diffusion models"; tau-leaping: Gillespie, 2001) with ``theta = 1/2``, applied to the
-    *posterior mean* ``M(x, t) = x + y(x, t) = E[x_0 | x_t = x]`` that the network estimates, not to the rate, and
-    with both stages drawn by the exact reverse step of CountsDiff (Soatto et al., 2026, Prop. 3.2, Eq. 8):
-
-    1. ``m``: the midpoint in ``p``, ``p(m) = (p(t) + p(s)) / 2`` (:func:`trapezoid_midpoint`).
-    2. Stage 1: ``x_m = reverse_step(x_t, y(x_t, t), p(t), p(m), sigma)``, with the attrition ``sigma`` of the whole
-       step ``t -> s`` (admissible: ``sigma_max(t, m) >= sigma_max(t, s)``), so a step dies as much as an Euler step.
-    3. Stage 2: ``x_s = reverse_step(x_m, n_2, p(m), p(s), 0)`` with the pool
-       ``n_2 = M_t + c (M_m - M_t) - x_m - kappa (dx - E[dx])``, where ``M_t = x_t + y(x_t, t)``,
-       ``M_m = x_m + y(x_m, m)``, ``c = 2``, ``dx = x_m - x_t`` with its stage-1 mean ``E[dx] = b_1 y - sigma x_t``,
-       and ``kappa = f (1 - f) / y`` (``f`` the fractional part of ``y = y(x_t, t)``; 0 where ``y = 0``). Negative
-       pools count as 0.
-
-    **Derivation.** Take one gene (cross moments of several genes follow the same lines) and no attrition. Given
-    ``x_0`` the step of Prop. 3.2 is exact; the only approximation of Algorithm 2 is that the unknown missing count
-    ``n = x_0 - x_t`` is replaced by the randomly rounded estimate ``y = E[n | x_t]``. With
-    ``beta = (p_s - p_t) / (1 - p_t)`` the births ``B = x_s - x_t`` of the exact transition have
-    ``E[B] = beta y`` and ``E[B (B - 1)] = beta^2 E[n (n - 1) | x_t] = beta^2 (y^2 - y + V)``, ``V = Var(x_0 | x_t)``.
-    The Euler step ``Binomial(round(y), beta)`` gets the mean right but has ``E[B (B - 1)] = beta^2 (y^2 - y +
-    f (1 - f))``: a local error ``beta^2 (V - f (1 - f))``, hence weak order 1 (the error of ``K`` steps falls like
-    ``1/K``). The identity ``(x_0 - x) C(x_0, x) = (x + 1) C(x_0, x + 1)`` turns Bayes' rule into
-    ``E[n g(x_0) | x_t = x] = y(x) E[g(x_0) | x_t = x + 1]``, so ``V = y(x) D(x)`` with ``D(x) = M(x + 1) - M(x)``:
-    the posterior variance is how far the posterior mean jumps when one more molecule is seen, which the network
-    reveals only at another state. Stage 1 supplies that state. In ``p``-time the exact reverse chain makes ``M`` a
-    martingale (a birth raises it by ``D``; between births it drifts by ``dM/dp = -y D / (1 - p)``). With
-    ``b_1 = beta / 2`` and ``b_2 = (p_s - p_m) / (1 - p_m) = beta / 2 + O(beta^2)`` and expanding over the stage-1
-    births ``B_1 in {0, 1}`` (``P(B_1 >= 2) = O(beta^2)``):
-
-    - ``E[B] = b_1 y + b_2 E[n_2] = b_1 y + b_2 y (1 - b_1) + O(beta^3) = beta y + O(beta^3)`` for every ``c`` and
-      ``kappa`` (``(1 - b_1) (1 - b_2) = 1 - beta``; the ``kappa`` term has mean zero);
-    - ``E[B (B - 1)] = (b_1^2 + b_2^2) (y^2 - y + f (1 - f)) + 2 b_1 b_2 (y^2 - y + c y D - kappa y) + O(beta^3)``
-      (each stage's random rounding adds ``b^2 f (1 - f)``; ``B_1 = 1`` raises ``M_m - M_t`` by ``D``; the
-      ``kappa`` term lowers ``E[B_1 n_2]`` by ``kappa Var(B_1) = kappa b_1 y + O(beta^2)``)
-      ``= beta^2 (y^2 - y + y D) + (beta^2 / 2) (f (1 - f) - kappa y) + O(beta^3)`` at ``c = 2``, which is the exact
-      ``beta^2 (y^2 - y + V)`` when ``kappa y = f (1 - f)``.
-
-    So ``c = 2`` supplies the posterior variance the Euler step misses and ``kappa`` removes the variance that the two
-    roundings add on top (without it the rounding leaves an ``O(beta^2)`` floor, first order again). The local
-    error is ``O(beta^3)``: weak order 2, at two evaluations per step. Extrapolating ``M`` rather than ``y`` is what
-    keeps the oracle exact: with ``y = x_0 - x_t`` the posterior mean is the constant ``x_0`` and ``kappa = 0``
-    (integer rate), so ``n_2 = x_0 - x_m`` and both stages are exact Prop. 3.2 steps: ``x_s ~ Binomial(x_0, p(s))``
-    for any admissible attrition (RePaint's observed entries take this oracle and stay exact).
-
-    Beyond small steps: when the posterior of ``n`` is Poisson (a Poisson prior; ``D = 1``), the exact transition
-    adds ``Poisson(y beta)`` molecules, and (for an integer ``y``) the rule's variance
-    ``b_2 (1 - b_2) E[n_2] + (1 + b_2 (c - 1))^2 Var(B_1)`` equals ``y beta`` at the midpoint in ``p`` exactly when
-    ``c = 2``, for every ``beta`` including the last step (``beta = 1``).
-
-    Parameters
-    ----------
-    rate_fn
-        ``rate_fn(x_t, t) -> y_hat``.
-    x_t
-        Current counts (float32, not modified).
-    t, s
-        Current and next time, ``s < t``.
-    schedule
-        The p-schedule.
-    y_t
-        ``rate_fn(x_t, t)`` if already evaluated.
-    attrition_kind, attrition
-        Attrition of the step, as in :func:`generate`.
-    generator
-        Torch generator.
-    x_obs, target
-        RePaint: observed counts and the mask of entries to impute (see :func:`reverse_step`); observed entries
-        take the oracle step ``x_obs - x`` in both stages, so they stay ``Binomial(x_obs, p)`` at ``m`` and ``s``.
-    known, final
-        RePaint's observed entries (see :func:`repaint`): ``"path"`` keeps the oracle steps above; ``"redraw"``
-        replaces them by fresh ``Binomial(x_obs, p)`` draws at ``m`` and at ``s`` (``x_obs`` itself at ``s`` when
-        ``final``). With ``"redraw"``, ``x_obs`` must be zero at the target entries.
-
-    Returns
-    -------
-    ``x_s`` (a fresh tensor).
-
-    Examples
-    --------
-    >>> from countsdiff_sc.diffusion import CosineSchedule
-    >>> x0 = torch.tensor([[4.0, 0.0, 9.0]])
-    >>> oracle = lambda x, t: x0 - x
-    >>> trapezoid_step(oracle, torch.zeros(1, 3), 0.1, 0.0, CosineSchedule())
-    tensor([[4., 0., 9.]])
-    """
-    device, n = x_t.device, x_t.shape[0]
-    p_t, p_s = _sched(schedule, t, device), _sched(schedule, s, device)
-    if y_t is None:
-        y_t = rate_fn(x_t, torch.full((n,), t, dtype=torch.float32, device=device))
-    sigma = attrition_rate(attrition_kind, attrition, p_t, p_s, dt=t - s)
-    mid = trapezoid_midpoint(schedule, t, s)
-    redraw = known == "redraw" and x_obs is not None
-    if mid is None:
-        x_s = reverse_step(x_t, y_t, p_t, p_s, sigma, generator, x_obs=x_obs, target=target)
-        return _redraw_known(x_s, x_obs, target, p_s, final, generator) if redraw else x_s
-    m, c = mid
-    p_m = _sched(schedule, m, device)
-    x_m = reverse_step(x_t, y_t, p_t, p_m, sigma, generator, x_obs=x_obs, target=target)
-    if redraw:
-        x_m = _redraw_known(x_m, x_obs, target, p_m, False, generator)
-    y_m = rate_fn(x_m, torch.full((n,), m, dtype=torch.float32, device=device))
-    m_t = x_t + y_t
-    pool = (m_t - x_m).add_((x_m + y_m).sub_(m_t), alpha=c)  # M_t + c (M_m - M_t) - x_m
-    # rounding correction: -kappa (dx - E[dx]), kappa = f (1 - f) / y; zero for integer rates (the oracle)
-    y = y_t.clamp_min(0.0)
-    frac = y - torch.floor(y)
-    kappa = torch.where(y > 0, frac * (1.0 - frac) / y.clamp_min(1e-30), torch.zeros_like(y))
-    b1 = ((p_m - (1.0 - sigma) * p_t) / (1.0 - p_t).clamp_min(1e-12)).clamp(0.0, 1.0)
-    expected = b1 * y - sigma * x_t
-    pool.sub_(kappa.mul_((x_m - x_t).sub_(expected)))
-    x_s = reverse_step(x_m, pool, p_m, p_s, 0.0, generator, out=x_m, x_obs=x_obs, target=target)
-    return _redraw_known(x_s, x_obs, target, p_s, final, generator) if redraw else x_s
+    rule = get_step_rule(step_rule)
+    times = chain_times(n_steps, schedule, t_start, grid).tolist()
+    return sum(rule.evaluations(schedule, t, s) for t, s in itertools.pairwise(times))
 
 
 @torch.inference_mode()
@@ -429,14 +246,14 @@ def generate(
     rate_fn: RateFn,
     shape: tuple[int, int],
     schedule: PSchedule,
-    n_steps: int = 50,
+    n_steps: int | torch.Tensor = 50,
     *,
     attrition_kind: str = "none",
     attrition: float = 0.0,
     x_start: torch.Tensor | None = None,
     t_start: float = 1.0,
     grid: str = "uniform",
-    step_rule: str = "euler",
+    step_rule: str | StepRule = "euler",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     callback: StepCallback | None = None,
@@ -453,7 +270,8 @@ def generate(
     schedule
         The p-schedule the network was trained with.
     n_steps
-        Number of reverse transitions.
+        Number of reverse transitions of the ``grid`` from ``t_start``, or the chain's times themselves: a strictly
+        decreasing tensor ending at 0 (``t_start`` and ``grid`` are then not used).
     attrition_kind
         How each step's attrition follows from the strength: ``"none"``, ``"rescale"``, ``"cap"`` or ``"constant"``
         (see :func:`~countsdiff_sc.diffusion.attrition_rate`).
@@ -468,9 +286,10 @@ def generate(
         Time grid, one of :data:`GRIDS` (see :func:`time_grid`): ``"uniform"`` in ``t`` (default, Algorithm 2),
         ``"p"``, ``"logit"`` or ``"power"``.
     step_rule
-        ``"euler"`` (default): the first-order step of Algorithm 2, one network evaluation per transition.
-        ``"trapezoid"``: the second-order two-stage rule of :func:`trapezoid_step`, two evaluations per transition
-        (see :func:`n_evaluations`).
+        A :class:`~countsdiff_sc.diffusion.StepRule` or its name: ``"euler"`` (default, :class:`Euler`): the
+        first-order step of Algorithm 2, one network evaluation per transition; ``"trapezoid"``
+        (:class:`Trapezoid`): a second-order two-stage rule, two evaluations per transition (see
+        :func:`n_evaluations`).
     generator
         Torch generator; the same seed gives the same draws on the same device.
     device
@@ -493,8 +312,8 @@ def generate(
     ...          generator=torch.Generator().manual_seed(0))
     tensor([[3., 0., 7.]])
     """
-    _check_attrition(attrition_kind, attrition)
-    _check_step_rule(step_rule)
+    _check_attrition(attrition)
+    rule = get_step_rule(step_rule)
     if x_start is None:
         if t_start < 1.0:
             raise ValueError("Starting below t = 1 needs x_start (e.g. thinned real cells).")
@@ -502,23 +321,13 @@ def generate(
     else:
         x = x_start.to(dtype=torch.float32, device=device or x_start.device)
         x = x.clone(memory_format=torch.contiguous_format)  # the chain's own buffer, stepped in place
-    times = time_grid(n_steps, schedule, t_start, grid)
-    n = x.shape[0]
-    for k in tqdm(range(len(times) - 1), desc="sampling", disable=not progress, leave=False):
-        t, s = float(times[k]), float(times[k + 1])
-        if step_rule == "trapezoid":
-            x = trapezoid_step(rate_fn, x, t, s, schedule, attrition_kind=attrition_kind, attrition=attrition,
-                               generator=generator)
-            if callback is not None:
-                callback(k, t, s, x)
-            continue
-        p_t, p_s = _sched(schedule, t, x.device), _sched(schedule, s, x.device)
-        y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=x.device))
-        sigma = attrition_rate(attrition_kind, attrition, p_t, p_s, dt=t - s)
-        # the chain owns x, so the step writes into it unless a callback may keep a reference
-        x = reverse_step(x, y_hat, p_t, p_s, sigma, generator, out=x if callback is None else None)
+    times = chain_times(n_steps, schedule, t_start, grid)
+    steps = transitions(times, schedule, x.device, attrition_kind, attrition)
+    for k, tr in enumerate(tqdm(steps, total=len(times) - 1, desc="sampling", disable=not progress, leave=False)):
+        # the chain owns x, so a step may write into it unless a callback may keep a reference
+        x = rule.step(rate_fn, x, tr, schedule, generator=generator, in_place=callback is None)
         if callback is not None:
-            callback(k, t, s, x)
+            callback(k, tr.t, tr.s, x)
     return x
 
 
@@ -528,14 +337,14 @@ def repaint(
     x_obs: torch.Tensor,
     target: torch.Tensor,
     schedule: PSchedule,
-    n_steps: int = 20,
+    n_steps: int | torch.Tensor = 20,
     *,
     attrition_kind: str = "none",
     attrition: float = 0.0,
     resample_jump: int | None = None,
     resample_iters: int = 1,
     grid: str = "uniform",
-    step_rule: str = "euler",
+    step_rule: str | StepRule = "euler",
     known: str = "path",
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
@@ -583,7 +392,7 @@ def repaint(
     schedule
         The p-schedule of the trained network.
     n_steps
-        Number of reverse transitions.
+        Number of reverse transitions, or the chain's times (a strictly decreasing tensor from 1 to 0).
     attrition_kind, attrition
         Attrition kind and strength, as in :func:`generate`.
     resample_jump
@@ -602,9 +411,8 @@ def repaint(
     -------
     Completed counts: target entries imputed, all others equal to ``x_obs``.
     """
-    _check_attrition(attrition_kind, attrition)
-    _check_step_rule(step_rule)
-    _check_known(known)
+    _check_attrition(attrition)
+    rule = get_step_rule(step_rule)
     if target.shape != x_obs.shape:
         raise ValueError(f"target has shape {tuple(target.shape)} but x_obs has shape {tuple(x_obs.shape)}.")
     if resample_iters < 1:
@@ -614,43 +422,31 @@ def repaint(
         raise ValueError(f"resample_jump must be >= 1, got {resample_jump}.")
     x_obs = x_obs.to(torch.float32).contiguous()
     target = target.to(torch.bool).contiguous()
-    times = time_grid(n_steps, schedule, grid=grid)
-    n_trans = len(times) - 1
-    device, n = x_obs.device, x_obs.shape[0]
+    times = chain_times(n_steps, schedule, grid=grid)
+    hook = observed_hook(known, x_obs, target)  # validates known
+    steps = list(transitions(times, schedule, x_obs.device, attrition_kind, attrition))
+    n_trans = len(steps)
 
     # Start at t = 1: observed entries thinned to p(1) (all zeros for schedules with p(1) = 0), targets empty.
-    x_start = binomial(x_obs, _sched(schedule, float(times[0]), device), generator)
+    x_start = binomial(x_obs, steps[0].p_t, generator)
     x = torch.where(target, torch.zeros_like(x_obs), x_start).contiguous()
-    redraw = known == "redraw"
-    if redraw:
+    if known == "redraw":
         x_obs = torch.where(target, torch.zeros_like(x_obs), x_obs)  # target values are ignored, never drawn from
+        hook = observed_hook(known, x_obs, target)
     window_starts = range(0, n_trans, jump) if resample_iters > 1 else [0]
     bar = tqdm(total=n_trans * resample_iters, desc="repaint", disable=not progress, leave=False)
     for a in window_starts:
         b = n_trans if resample_iters == 1 else min(a + jump, n_trans)
         for r in range(resample_iters):
             for k in range(a, b):
-                t, s = float(times[k]), float(times[k + 1])
-                final = k == n_trans - 1
-                if step_rule == "trapezoid":
-                    x = trapezoid_step(rate_fn, x, t, s, schedule, attrition_kind=attrition_kind,
-                                       attrition=attrition, generator=generator, x_obs=x_obs, target=target,
-                                       known=known, final=final)
-                else:
-                    p_t, p_s = _sched(schedule, t, device), _sched(schedule, s, device)
-                    y_hat = rate_fn(x, torch.full((n,), t, dtype=torch.float32, device=device))
-                    sigma = attrition_rate(attrition_kind, attrition, p_t, p_s, dt=t - s)
-                    # observed entries: the oracle rate x_obs - x_t (an integer, so the fused rounding leaves it alone)
-                    x = reverse_step(x, y_hat, p_t, p_s, sigma, generator, out=x if callback is None else None,
-                                     x_obs=x_obs, target=target)
-                    if redraw:
-                        x = _redraw_known(x, x_obs, target, p_s, final, generator)
+                x = rule.step(rate_fn, x, steps[k], schedule, known=hook, generator=generator,
+                              in_place=callback is None)
                 if callback is not None:
-                    callback(k, t, s, x)
+                    callback(k, steps[k].t, steps[k].s, x)
                 bar.update(1)
             if r < resample_iters - 1:
-                p_a = _sched(schedule, float(times[a]), device)
-                p_b = _sched(schedule, float(times[b]), device)
+                p_a = steps[a].p_t
+                p_b = steps[b - 1].p_s
                 # forward thinning from t_b back to t_a (Eq. 5), for observed entries too: x_b ~ Binomial(x_obs, p_b)
                 # thinned by p_a / p_b is Binomial(x_obs, p_a)
                 x = binomial(x, p_a / p_b.clamp_min(1e-30), generator)
