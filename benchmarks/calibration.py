@@ -14,10 +14,10 @@ whose expected coverage is 19/21 = 90.5%.) The width is that of the empirical qu
 
 Usage::
 
-    python benchmarks/calibration.py --quick     # smoke test (about 2 minutes)
-    python benchmarks/calibration.py             # full run (6,000 training steps, 20 draws)
+    python -m benchmarks.calibration --quick     # smoke test (about 2 minutes)
+    python -m benchmarks.calibration             # full run (6,000 training steps, 20 draws)
 
-Writes ``benchmarks/results/calibration[_quick].md`` and ``.json``.
+Writes ``benchmarks/results[/quick]/calibration.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -27,53 +27,11 @@ import time
 
 import numpy as np
 import pandas as pd
+from benchmarks import _common as common
 from scipy.stats import spearmanr
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.calibration from the repository root
-    from benchmarks import _common as common
 
 LEVELS = (0.5, 0.8, 0.95)
 BINS = [(0, 0), (1, 2), (3, 9), (10, np.inf)]
-
-
-def pit(draws: np.ndarray, truth: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Randomised probability integral transform of each true value among its draws (uniform when calibrated).
-
-    Examples
-    --------
-    >>> float(pit(np.array([[0, 1, 2]]), np.array([5]))[0])
-    1.0
-    """
-    below = (draws < truth[:, None]).sum(axis=1)
-    ties = (draws == truth[:, None]).sum(axis=1)
-    v = np.random.default_rng(seed).random(truth.shape)
-    return (below + v * (ties + 1)) / (draws.shape[1] + 1)
-
-
-def coverage(draws: np.ndarray, truth: np.ndarray, level: float, seed: int = 0) -> tuple[float, float]:
-    """PIT coverage of the central ``level`` interval and mean width of the empirical quantile interval.
-
-    Parameters
-    ----------
-    draws
-        ``(n_entries, n_draws)`` imputations of each held-out entry.
-    truth
-        ``(n_entries,)`` held-out values.
-    level
-        Nominal level in (0, 1).
-    seed
-        Seed of the PIT's randomisation of ties.
-
-    Returns
-    -------
-    ``(coverage, mean width)``.
-    """
-    u = pit(draws, truth, seed)
-    lo = np.quantile(draws, (1 - level) / 2, axis=1, method="lower")
-    hi = np.quantile(draws, (1 + level) / 2, axis=1, method="higher")
-    return float(np.mean((u >= (1 - level) / 2) & (u <= (1 + level) / 2))), float(np.mean(hi - lo))
 
 
 def main() -> None:
@@ -125,7 +83,7 @@ def main() -> None:
         row = {"regime": regime, "entries": int(mask.sum()), "draws": n_samples,
                "spearman(std, abs. error)": float(spearmanr(std, err).statistic)}
         for level in LEVELS:
-            cov, width = coverage(draws, truth, level)
+            cov, width = common.coverage(draws, truth, level)
             row[f"{level:.0%} coverage"], row[f"{level:.0%} width"] = cov, width
         rows.append(row)
         for lo, hi in BINS:
@@ -133,7 +91,8 @@ def main() -> None:
             if sel.any():
                 by_value.append({"regime": regime, "true value": f"{lo}" if lo == hi else f"{lo}-{hi:g}",
                                  "entries": int(sel.sum()),
-                                 **{f"{lv:.0%} coverage": coverage(draws[sel], truth[sel], lv)[0] for lv in LEVELS}})
+                                 **{f"{lv:.0%} coverage": common.coverage(draws[sel], truth[sel], lv)[0]
+                                    for lv in LEVELS}})
         common.log(f"{regime}: " + ", ".join(f"{k}={v:.3g}" for k, v in row.items() if isinstance(v, float)))
     total = time.perf_counter() - t_all
     table, detail = pd.DataFrame(rows).set_index("regime"), pd.DataFrame(by_value)

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python benchmarks/dice.py --quick                      # reduced sizes (about 10-15 minutes on 2 shared cores)
-    python benchmarks/dice.py                              # the paper's sizes where feasible on a CPU
-    python benchmarks/dice.py --parts diagnostics --merge  # one part, merged into the existing results
+    python -m benchmarks.dice --quick                      # reduced sizes (about 10-15 minutes on 2 shared cores)
+    python -m benchmarks.dice                              # the paper's sizes where feasible on a CPU
+    python -m benchmarks.dice --parts diagnostics --merge  # one part, merged into the existing results
 
 Parts: synthetic, confidence, cbmc, cbmc_splits, uncertainty, diagnostics, timing (all by default).
 
@@ -44,8 +44,7 @@ Parts
 The network is the package default (about 0.2 M parameters) in every part but (e); the paper's single-cell network
 has 35 M parameters and trains for 10,000 epochs on a GPU.
 
-Writes ``benchmarks/results/dice.md``, ``dice.json``, ``dice_cbmc_umap.png`` and ``dice_confidence.png``
-(``dice_quick*`` with ``--quick``).
+Writes ``benchmarks/results[/quick]/dice.md``, ``dice.json``, ``dice_cbmc_umap.png`` and ``dice_confidence.png``.
 """
 
 from __future__ import annotations
@@ -60,13 +59,9 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import torch
+from benchmarks import _common as common
 
 from countsdiff_sc import metrics
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.dice from the repository root
-    from benchmarks import _common as common
 
 PAPER_NV = "DICE, noise_var=1 (paper)"  # the paper's unit likelihood variance instead of the PPCA estimate
 PAPER_TABLE1 = {  # setup: (silhouette PCA, DICE, cLISI PCA, DICE)

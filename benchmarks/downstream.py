@@ -81,11 +81,11 @@ The targets of the issue are checked and reported as met / not met; nothing is t
 
 Usage::
 
-    python benchmarks/downstream.py            # full run (about half an hour on 2 uncontended CPU cores)
-    python benchmarks/downstream.py --quick    # smoke test (a few minutes: 300 simulated cells x 200 genes,
+    python -m benchmarks.downstream            # full run (about half an hour on 2 uncontended CPU cores)
+    python -m benchmarks.downstream --quick    # smoke test (a few minutes: 300 simulated cells x 200 genes,
                                                # 1,000 CBMC cells, 200 training steps, 10 reverse steps)
 
-Writes ``benchmarks/results/downstream[_quick].md`` and ``.json``.
+Writes ``benchmarks/results[/quick]/downstream.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -98,11 +98,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.downstream from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 SUSPECT = "suspected_dropout"
 NOT_INSTALLED = "not installed"
@@ -176,7 +172,7 @@ def knn_smooth(
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
-    from countsdiff_sc._utils import log_normalize
+    from countsdiff_sc.pp import log_normalize
 
     x = np.asarray(x, dtype=np.float64)
     ref = x if reference is None else np.asarray(reference, dtype=np.float64)
@@ -331,7 +327,7 @@ def _dense(x: Any) -> np.ndarray:
 
 
 def _lognorm(x: np.ndarray) -> np.ndarray:
-    from countsdiff_sc._utils import log_normalize
+    from countsdiff_sc.pp import log_normalize
 
     return log_normalize(np.clip(x, 0.0, None), 1e4)
 
@@ -518,7 +514,7 @@ def transfer_labels(ref_x: np.ndarray, ref_labels: Any, query_x: np.ndarray, *, 
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
-    from countsdiff_sc._utils import log_normalize
+    from countsdiff_sc.pp import log_normalize
 
     lab = np.asarray(ref_labels).astype(str)
     target = float(np.median(ref_x.sum(axis=1)))

@@ -39,10 +39,10 @@ Protocol (CountsDiff paper Sec. 3.4 / E.5, Tables 11-12; metrics of scDiffusion 
 
 Usage::
 
-    python benchmarks/generation.py            # full run (~20-25 min on 2 CPU cores)
-    python benchmarks/generation.py --quick    # smoke test (~3 min)
+    python -m benchmarks.generation            # full run (~20-25 min on 2 CPU cores)
+    python -m benchmarks.generation --quick    # smoke test (~3 min)
 
-Writes ``benchmarks/results/generation[_quick].md``, ``.json``, ``_umap.png`` and ``_augmentation.png``.
+Writes ``benchmarks/results[/quick]/generation.md``, ``.json``, ``_umap.png`` and ``_augmentation.png``.
 """
 
 from __future__ import annotations
@@ -55,11 +55,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.generation from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
+from benchmarks._generation_common import set_metrics, split_held_out
 
 FULL_GRID = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (1.0, 0.01), (1.0, 0.05), (2.0, 0.02)]
 QUICK_GRID = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (1.0, 0.05)]
@@ -91,51 +88,6 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def split_held_out(adata: Any, label_key: str, seed: int, top: int, max_cells: int) -> tuple[Any, Any, list, dict]:
-    """``(train, held, types, n_gen)``: copies of the 80 / 20 split stratified by ``label_key``
-    (``pp.split_cells``), the ``top`` largest types of the held-out cells, and the cells to generate per type (as
-    many as held out, at most ``max_cells``)."""
-    from countsdiff_sc import pp
-
-    pp.split_cells(adata, train=0.8, validation=0.0, test=0.2, seed=seed, stratify=label_key)
-    train = adata[adata.obs["countsdiff_split"] == "train"].copy()
-    held = adata[adata.obs["countsdiff_split"] == "test"].copy()
-    types = list(held.obs[label_key].value_counts().index[:top])
-    lab_held = held.obs[label_key].astype(str).to_numpy()
-    return train, held, types, {t: int(min(max_cells, np.sum(lab_held == t))) for t in types}
-
-
-def log_library_condition(x: np.ndarray) -> np.ndarray:
-    """The vector condition of the depth-conditioned model: each cell's log library size, standardised over the
-    cells of ``x``, as a float32 column ``(n, 1)``."""
-    lib = np.log(x.sum(1))
-    return ((lib - lib.mean()) / lib.std()).astype(np.float32)[:, None]
-
-
-def library_draws(condition: np.ndarray, labels: np.ndarray, n_gen: dict[str, int], seed: int) -> dict:
-    """Per type, the depth conditions of ``n_gen[type]`` random train cells of that type (with replacement): the
-    library sizes the depth-conditioned model generates at."""
-    rng = np.random.default_rng(seed)
-    return {t: condition[rng.choice(np.flatnonzero(labels == t), n)] for t, n in n_gen.items()}
-
-
-def set_metrics(real: np.ndarray, gen: np.ndarray, embedder: Any, n_estimators: int, seed: int) -> dict[str, float]:
-    """All per-cell-type metrics of one generated set against the held-out cells."""
-    from countsdiff_sc import metrics
-
-    table = metrics.evaluate_generation(
-        real, gen, metrics=["mmd", "swd", "scfid", "classifier_auc", "gene_statistics", "sparsity"],
-        n_bootstrap=0, embedder=embedder, n_estimators=n_estimators, seed=seed,
-    )
-    v = dict(zip(table.metric, table.value, strict=True))
-    return {
-        "mmd": v["mmd"], "swd": v["swd"], "energy_distance": metrics.energy_distance(real, gen),
-        "scfid": v["scfid"], "rf_auc": v["classifier_auc"], "zero_frac_mae": v["gene_zero_frac_mae"],
-        "mean_pearson": v["gene_mean_pearson"], "var_pearson": v["gene_var_pearson"],
-        "sparsity_abs_diff": v["sparsity_abs_diff"],
-    }
-
-
 def rare_types(lab_train: np.ndarray, lab_held: np.ndarray, k: int, min_held: int) -> list[str]:
     """The ``k`` cell types with the fewest train cells among those with ``>= min_held`` held-out cells."""
     n_train = pd.Series(lab_train).value_counts()
@@ -156,7 +108,8 @@ def augmentation(model: Any, scvi_model: Any, scvi_data: Any, pca: Any, x_train:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-    from countsdiff_sc._utils import log_normalize, to_dense
+    from countsdiff_sc._utils import to_dense
+    from countsdiff_sc.pp import log_normalize
 
     n_train = pd.Series(lab_train).value_counts()
     if any(n_train[t] >= min(targets.values()) for t in rare):
@@ -228,7 +181,8 @@ def main() -> None:
 
     import countsdiff_sc as cds
     from countsdiff_sc import metrics
-    from countsdiff_sc._utils import log_normalize, to_dense
+    from countsdiff_sc._utils import to_dense
+    from countsdiff_sc.pp import log_normalize
 
     common.start(args.seed, args.threads)
     grid = FULL_GRID
@@ -418,7 +372,7 @@ def _umap(x_held: np.ndarray, lab_held: np.ndarray, types: list[str], generated:
     import matplotlib.pyplot as plt
     import scanpy as sc
 
-    from countsdiff_sc._utils import log_normalize
+    from countsdiff_sc.pp import log_normalize
 
     shown = ["CountsDiff g=1 eta=0", "Gaussian DDPM", "scVI (train cells)"]
     blocks, source, label = [], [], []

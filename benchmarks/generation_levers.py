@@ -24,32 +24,35 @@ Protocol (same split, types and metrics as ``benchmarks/generation.py``):
    accuracy of a logistic regression on 50 PCs trained on the real train cells; and the library-size ratio
    (median total counts of the generated cells / of the held-out cells of the type).
 
+Every run is one sweep: its results go to ``benchmarks/results/generation_levers[_pbmc68k]<suffix>.json``, and the
+one results page ``benchmarks/results/generation_levers.md`` is then rebuilt from all the sweeps' JSON files, one
+section per sweep (CBMC before pbmc68k, the sweep without a suffix first, then the suffixes in natural order).
+``--assemble`` only rebuilds that page from the JSON files, training nothing.
+
 Usage::
 
-    python benchmarks/generation_levers.py                       # CBMC, all levers (~60 min, one thread)
-    python benchmarks/generation_levers.py --dataset pbmc68k     # the bundled pbmc68k subset
-    python benchmarks/generation_levers.py --quick               # smoke test (~3 min)
-    python benchmarks/generation_levers.py --levers "depth + loss weight nll" "depth + nll + p_uncond 0.2" \
-        --suffix _depth3                                         # chosen levers, results under their own name
-
-Writes ``benchmarks/results/generation_levers[_pbmc68k][_quick].md`` and ``.json``.
+    python -m benchmarks.generation_levers                       # CBMC, all levers (~60 min, one thread)
+    python -m benchmarks.generation_levers --dataset pbmc68k     # the bundled pbmc68k subset
+    python -m benchmarks.generation_levers --quick               # smoke test (~3 min; under benchmarks/results/quick/)
+    python -m benchmarks.generation_levers --levers "depth + loss weight nll" "depth + nll + p_uncond 0.2" \
+        --suffix _depth3                                         # chosen levers, a sweep of its own
+    python -m benchmarks.generation_levers --assemble            # rebuild the page from the committed sweeps
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-    from generation import library_draws, log_library_condition, set_metrics, split_held_out
-except ImportError:  # imported as benchmarks.generation_levers from the repository root
-    from benchmarks import _common as common
-    from benchmarks.generation import library_draws, log_library_condition, set_metrics, split_held_out
+from benchmarks import _common as common
+from benchmarks._generation_common import library_draws, log_library_condition, set_metrics, split_held_out
 
 # name -> (training-step multiplier of --max-steps, CountsDiffModel keyword arguments)
 LEVERS: dict[str, tuple[float, dict[str, Any]]] = {
@@ -94,7 +97,7 @@ SAMPLERS = [("euler", 50), ("trapezoid", 5), ("trapezoid", 10)]
 METRICS = ["mmd", "swd", "scfid", "rf_auc", "energy_distance", "var_pearson", "label_accuracy", "library_ratio"]
 
 
-def _parse() -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small settings for a smoke test")
     p.add_argument("--dataset", choices=["cbmc", "pbmc68k"], default="cbmc")
@@ -107,11 +110,16 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--suffix", default="", help="appended to the results' file names (a second run of other levers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    return p.parse_args()
+    p.add_argument("--assemble", action="store_true",
+                   help="only rebuild the results page from the sweeps' JSON files (with --quick: the quick ones)")
+    return p
 
 
 def main() -> None:
-    args = _parse()
+    args = _parser().parse_args()
+    if args.assemble:
+        assemble(common.result_stem(PAGE, args.quick).parent, quick=args.quick)
+        return
     import scvi
     import torch
     from sklearn.decomposition import PCA
@@ -119,7 +127,8 @@ def main() -> None:
 
     import countsdiff_sc as cds
     from countsdiff_sc import metrics
-    from countsdiff_sc._utils import log_normalize, to_dense
+    from countsdiff_sc._utils import to_dense
+    from countsdiff_sc.pp import log_normalize
 
     common.start(args.seed, args.threads)
     levers = [k for k in LEVERS if "+" not in k] if args.levers is None else args.levers
@@ -223,44 +232,119 @@ def main() -> None:
     _write(pd.DataFrame(rows), real_acc, timings, args, types, n_gen, levers)
 
 
+PAGE = "generation_levers"
+
+
 def _write(table: pd.DataFrame, real_acc: dict[str, float], timings: dict[str, float], args: argparse.Namespace,
            types: list[str], n_gen: dict[str, int], levers: list[str]) -> None:
+    """Write this sweep's JSON file, then rebuild the one page from every sweep in its folder."""
+    stem = common.result_stem(sweep_stem(args.dataset, args.suffix), args.quick)
+    common.write_json(stem.with_suffix(".json"), {
+        "args": {k: v for k, v in vars(args).items() if k != "assemble"}, "machine": common.machine_info(),
+        "levers": {k: LEVERS[k] for k in levers}, "types": types, "n_generated": n_gen,
+        "real_label_accuracy": real_acc, "timings": timings, "rows": table.to_dict(orient="records"),
+    })
+    print(f"wrote {stem}.json", flush=True)
+    assemble(stem.parent, quick=args.quick)
+
+
+def sweep_stem(dataset: str, suffix: str | None) -> str:
+    """File stem of one sweep's JSON: ``generation_levers[_<dataset> unless cbmc]<suffix>``."""
+    return PAGE + ("" if dataset == "cbmc" else f"_{dataset}") + (suffix or "")
+
+
+def sweep_order(stem: str, dataset: str) -> tuple:
+    """Stable order of the sweeps on the page: CBMC first, the sweep without a suffix first, then natural order of
+    the suffixes (``_depth`` < ``_depth2`` < ``_depth10`` < ``_depth_seed1``)."""
+    rest = stem.removeprefix(PAGE).removeprefix("" if dataset == "cbmc" else f"_{dataset}")
+    natural = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", rest) if part)
+    return (dataset != "cbmc", dataset, rest != "", natural)
+
+
+def _command(args: dict[str, Any]) -> str:
+    """The command line that reproduces a sweep: the options whose value differs from the parser's default."""
+    defaults = vars(_parser().parse_args([]))
+    parts = ["python", "-m", "benchmarks.generation_levers"]
+    for key, value in args.items():
+        if key not in defaults or value == defaults[key] or key == "assemble":
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [flag, *(shlex.quote(str(v)) for v in value)]
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def sweep_section(stem: str, payload: dict[str, Any]) -> list[str]:
+    """The page section of one sweep, built from its JSON payload alone."""
+    args, timings = payload["args"], payload["timings"]
+    table = pd.DataFrame(payload["rows"])
     keys = ["method", "lever", "sampler"]
     mean = table.groupby(keys, sort=False)[[*METRICS, "train_s"]].mean().reset_index()
     mean["train_s / scVI"] = mean["train_s"] / timings["scvi_train_s"]
     ref = mean[mean["method"] == "scVI (train cells)"].iloc[0]
     beats = [(mean[m] <= ref[m]) for m in ["mmd", "swd", "scfid", "rf_auc"]]
-    mean["<= scVI on MMD, SWD, scFID, RF AUC"] = np.logical_and.reduce(beats)
+    mean["<= scVI on MMD, SWD, scFID, RF AUC"] = np.logical_and.reduce(beats).astype(object)
     mean.loc[mean["method"].isin(["scVI (train cells)", "real train cells (floor)"]),
-             "<= scVI on MMD, SWD, scFID, RF AUC"] = None
+             "<= scVI on MMD, SWD, scFID, RF AUC"] = np.nan
     per_type_acc = table.pivot_table(index=keys, columns="cell_type", values="label_accuracy", sort=False)
-    real_mean = float(np.mean(list(real_acc.values())))
-    name = "generation_levers" + ("" if args.dataset == "cbmc" else f"_{args.dataset}") + args.suffix
-    flag = "" if args.dataset == "cbmc" else f" --dataset {args.dataset}"
-    header = common.machine_header("generation_levers", args.quick, timings["total_s"]).replace(".py", ".py" + flag, 1)
-    lines = [
-        f"# Generation levers on {args.dataset.upper()}: what limits CountsDiff's cells ("
-        f"{'quick' if args.quick else 'full'} mode)", "", header, "",
-        f"- train / held-out split 80 / 20 stratified by label, seed {args.seed}; types and generated cells: "
-        + ", ".join(f"{t} ({n})" for t, n in n_gen.items()),
+    real_mean = float(np.mean(list(payload["real_label_accuracy"].values())))
+    machine = payload.get("machine", {})
+    where = (f" on {machine['machine']} ({machine['cpus']} CPUs, torch threads: {machine['torch_threads']})"
+             if machine else "")
+    levers = list(payload["levers"])
+    return [
+        f"## {args['dataset'].upper()}, sweep `{stem}`{' (quick mode)' if args.get('quick') else ''}", "",
+        f"Levers: {', '.join(f'`{lv}`' for lv in levers)}. Run as `{_command(args)}`{where}; total "
+        f"{timings['total_s'] / 60:.1f} min. Data: `{stem}.json`.", "",
+        f"- train / held-out split 80 / 20 stratified by label, seed {args['seed']}; types and generated cells: "
+        + ", ".join(f"{t} ({n})" for t, n in payload["n_generated"].items()),
         f"- baseline: the default CountsDiffModel (residual MLP, cosine schedule, EMA 0.999) trained "
-        f"{args.max_steps} steps, batch 256; each lever changes one setting (training steps scaled by its "
-        f"multiplier); scVI: NB, no labels, {args.scvi_epochs} epochs",
-        "- guidance 1, no attrition; samplers: Euler 50 steps (default), trapezoid 5 and 10 steps (10 / 20 network "
+        f"{args['max_steps']} steps, batch 256; each lever changes one setting (training steps scaled by its "
+        f"multiplier); scVI: NB, no labels, {args['scvi_epochs']} epochs",
+        f"- real held-out label accuracy {real_mean:.3f}",
+        "", "### Mean over cell types", "",
+        common.frame_to_markdown(mean, index=False), "",
+        "### Label accuracy per type", "",
+        common.frame_to_markdown(per_type_acc.reset_index(), index=False), "",
+        "### Timings (s)", "",
+        common.frame_to_markdown(pd.Series(timings, name="seconds").to_frame()), "",
+    ]
+
+
+def assemble(folder: Path, quick: bool = False) -> Path:
+    """Rebuild ``<folder>/generation_levers.md`` from every sweep's JSON file in ``folder`` (one section each)."""
+    sweeps = []
+    for path in sorted(Path(folder).glob(f"{PAGE}*.json")):
+        payload = json.loads(path.read_text())
+        sweeps.append((sweep_order(path.stem, payload["args"]["dataset"]), path.stem, payload))
+    if not sweeps:
+        raise SystemExit(f"no {PAGE}*.json in {folder}: run a sweep first")
+    sweeps.sort(key=lambda item: item[0])
+    lines = [
+        f"# Generation levers: what limits CountsDiff's cells{' (quick mode)' if quick else ''}", "",
+        f"Assembled by `python -m benchmarks.generation_levers --assemble{' --quick' if quick else ''}` from the "
+        f"JSON files of {len(sweeps)} sweeps (one section each; the command of each sweep is given in its section). "
+        "Each sweep trains one CountsDiff model per lever on the same split and compares its generated cells with "
+        "the held-out cells of each type, next to scVI posterior-predictive draws and random train cells (the floor).",
+        "",
+        "- guidance 1, no attrition; samplers: Euler 50 steps, trapezoid 5 and 10 steps (10 / 20 network "
         "evaluations)",
         "- metrics: mean over types; lower is better except var_pearson and label_accuracy; library_ratio: median "
-        f"generated / held-out total counts (1 is right); real held-out label accuracy {real_mean:.3f}",
-        "", "## Mean over cell types", "",
-        common.frame_to_markdown(mean, index=False), "",
-        "## Label accuracy per type", "",
-        common.frame_to_markdown(per_type_acc.reset_index(), index=False), "",
-        "## Timings (s)", "",
-        common.frame_to_markdown(pd.Series(timings, name="seconds").to_frame()),
+        "generated / held-out total counts (1 is right)", "",
+        "## Sweeps", "",
+        *(f"- `{stem}`: {payload['args']['dataset']}, seed {payload['args']['seed']}, "
+          f"{len(payload['levers'])} lever(s)" for _, stem, payload in sweeps), "",
     ]
-    common.write_results(common.result_stem(name, args.quick), "\n".join(lines) + "\n", {
-        "args": vars(args), "levers": {k: LEVERS[k] for k in levers}, "types": types, "n_generated": n_gen,
-        "real_label_accuracy": real_acc, "timings": timings, "rows": table.to_dict(orient="records"),
-    })
+    for _, stem, payload in sweeps:
+        lines += sweep_section(stem, payload)
+    page = Path(folder) / f"{PAGE}.md"
+    page.write_text("\n".join(lines))
+    print(f"wrote {page} ({len(sweeps)} sweeps)", flush=True)
+    return page
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of countsdiff-sc: on a machine with a CUDA GPU, train a model on CBMC, then `sample` and `impute` in fp32
-# and bf16 and `benchmarks/perf.py --quick --device cuda`, in under 8 minutes, and write benchmarks/results/gpu_check.md.
+# and bf16 and `python -m benchmarks.perf --quick --device cuda`, in under 8 minutes, and write benchmarks/results/gpu_check.md.
 # Exit code: 0 when every step passed (or when there is no CUDA GPU, or in CI: it then runs nothing), 1 when a step
 # failed, 2 for a setup problem (a venv whose torch cannot see the GPU, a failed install).
 #
@@ -165,7 +165,8 @@ if problems:
     sys.exit(1)
 EOF
 
-[ $REHEARSE = 0 ] && step perf_cuda 300 "$PY" "$ROOT/benchmarks/perf.py" --quick --device cuda --timeout 120
+[ $REHEARSE = 0 ] && step perf_cuda 300 env -C "$ROOT" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+  "$PY" -m benchmarks.perf --quick --device cuda --timeout 120
 
 TOTAL=$(( $(date +%s) - START ))
 [ "$TOTAL" -gt 480 ] && { echo "== the check took $TOTAL s, over its 8-minute budget"; FAILED=1; }
@@ -189,7 +190,7 @@ mkdir -p "$(dirname "$OUT")"
   printf '%s\n' "${ROWS[@]}"
   echo
   [ -f quality.md ] && { echo "## Quality by precision"; echo; cat quality.md; echo; }
-  [ $REHEARSE = 0 ] && echo "Throughput and memory: \`benchmarks/results/perf_quick_cuda_32.md\` (written by the" \
+  [ $REHEARSE = 0 ] && echo "Throughput and memory: \`benchmarks/results/quick/perf_cuda_32.md\` (written by the" \
     "perf_cuda step)."
 } >"$OUT"
 echo "wrote $OUT"

@@ -11,10 +11,10 @@ real) and ``cds.metrics.mmd`` on 50 PCs of log-normalised training cells.
 
 Usage::
 
-    python benchmarks/guidance_cap.py            # about 5 minutes on 2 idle CPU cores
-    python benchmarks/guidance_cap.py --quick    # 1,500 cells, 300 training steps, 10 sampling steps
+    python -m benchmarks.guidance_cap            # about 5 minutes on 2 idle CPU cores
+    python -m benchmarks.guidance_cap --quick    # 1,500 cells, 300 training steps, 10 sampling steps
 
-Writes ``benchmarks/results/guidance_cap[_quick].md`` / ``.json``.
+Writes ``benchmarks/results[/quick]/guidance_cap.md`` / ``.json``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,7 @@ import time
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.guidance_cap from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 
 def main() -> None:
@@ -42,7 +38,8 @@ def main() -> None:
     from sklearn.decomposition import PCA
 
     import countsdiff_sc as cds
-    from countsdiff_sc._utils import log_normalize, to_dense
+    from countsdiff_sc._utils import to_dense
+    from countsdiff_sc.pp import log_normalize
 
     common.quiet()
     scvi.settings.verbosity = 40

@@ -25,10 +25,10 @@ valid entry and the mask would be MCAR in disguise, so the pool here is ``k + n_
 
 Usage::
 
-    python benchmarks/imputation.py            # full run (tens of minutes on 2 CPU cores)
-    python benchmarks/imputation.py --quick    # smoke test (a few minutes)
+    python -m benchmarks.imputation            # full run (tens of minutes on 2 CPU cores)
+    python -m benchmarks.imputation --quick    # smoke test (a few minutes)
 
-Writes ``benchmarks/results/imputation[_quick].md``, ``.json`` and ``.png``.
+Writes ``benchmarks/results[/quick]/imputation.md``, ``.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -39,11 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.imputation from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 
 def _parse() -> argparse.Namespace:

@@ -29,10 +29,10 @@ Measurements per setting and option:
 
 Usage::
 
-    python benchmarks/loss_normalisation.py --quick   # ~3 min on 1 CPU thread: 1500 cells, 400 steps, 1 seed
-    python benchmarks/loss_normalisation.py           # 3000 cells, 1500 steps, 2 seeds
+    python -m benchmarks.loss_normalisation --quick   # ~3 min on 1 CPU thread: 1500 cells, 400 steps, 1 seed
+    python -m benchmarks.loss_normalisation           # 3000 cells, 1500 steps, 2 seeds
 
-Writes ``benchmarks/results/loss_normalisation[_quick].md`` / ``.json``.
+Writes ``benchmarks/results[/quick]/loss_normalisation.md`` / ``.json``.
 """
 
 from __future__ import annotations
@@ -43,11 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.loss_normalisation from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 OPTIONS = ("cell", "constant")
 
@@ -62,7 +58,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--out", default=None, help="output stem (default benchmarks/results/loss_normalisation[_quick])")
+    p.add_argument("--out", default=None, help="output stem (default benchmarks/results[/quick]/loss_normalisation)")
     args = p.parse_args()
     args.n_cells = args.n_cells or (1500 if args.quick else 3000)
     args.max_steps = args.max_steps or (400 if args.quick else 1500)

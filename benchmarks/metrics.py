@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/metrics.py --quick            # 2k and 10k cells x 1000 genes (a few minutes on 2 cores)
-    python benchmarks/metrics.py                    # 10k and 50k cells x 1000 genes
+    python -m benchmarks.metrics --quick            # 2k and 10k cells x 1000 genes (a few minutes on 2 cores)
+    python -m benchmarks.metrics                    # 10k and 50k cells x 1000 genes
 
 Data: ``n_cells x n_genes`` negative-binomial counts (gene means log-normal around 1, dispersion 2, cell size factors
 log-normal) with 5 labels that scale 50 marker genes each. "Imputed" = truth with 50% of the entries (MCAR) replaced
@@ -17,8 +17,7 @@ Memory, two measures per call:
   watcher thread from ``/proc/self/statm`` (covers torch / jax / BLAS; freed-and-reused memory is not counted, so it is
   a lower bound). ``ru_maxrss`` of the whole process is reported at the end.
 
-Writes ``benchmarks/results/metrics.md`` (the markdown table) and ``benchmarks/results/metrics.json``
-(``metrics_quick.md`` / ``metrics_quick.json`` with ``--quick``).
+Writes ``benchmarks/results[/quick]/metrics.md`` (the markdown table) and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -34,11 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.metrics from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -119,8 +114,8 @@ def benchmark_size(n_cells: int, n_genes: int, args: argparse.Namespace, embedde
     import scipy.sparse as sp
 
     from countsdiff_sc import metrics as M
-    from countsdiff_sc._utils import log_normalize
     from countsdiff_sc.metrics._generation import pca_features
+    from countsdiff_sc.pp import log_normalize
 
     d = make_data(n_cells, n_genes, args.seed)
     t, p, m, g = d["truth"], d["imputed"], d["mask"], d["generated"]

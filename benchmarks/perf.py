@@ -25,11 +25,11 @@ the resident set size at that moment. The numbers are:
 
 Headline numbers are ratios to scVI. Usage::
 
-    python benchmarks/perf.py --quick      # about 2 minutes
-    python benchmarks/perf.py              # full run (about 12 minutes on 2 CPU cores)
-    python benchmarks/perf.py --device cuda --precision bf16   # on a GPU (writes perf_cuda_bf16.md)
+    python -m benchmarks.perf --quick      # about 2 minutes
+    python -m benchmarks.perf              # full run (about 12 minutes on 2 CPU cores)
+    python -m benchmarks.perf --device cuda --precision bf16   # on a GPU (writes perf_cuda_bf16.md)
 
-Writes ``benchmarks/results/perf[_quick].md`` and ``.json``.
+Writes ``benchmarks/results[/quick]/perf.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -37,62 +37,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.perf from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 BATCH = 256
 
 
 # ---------------------------------------------------------------------------------------------- worker side
-def _status_kb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return float(line.split()[1])
-    return float("nan")
-
-
-class _PeakMemory:
-    """Peak RSS growth (MiB) of the enclosed block: VmHWM is reset on entry (Linux >= 4.0)."""
-
-    def __init__(self, device: str = "cpu"):
-        self.cuda = device == "cuda"
-
-    def __enter__(self) -> _PeakMemory:
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.gpu0 = torch.cuda.memory_allocated()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.exact = True
-        except OSError:  # no reset possible: the peak may then predate the block
-            self.exact = False
-        self.rss0 = _status_kb("VmRSS")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.delta_mib = max(0.0, _status_kb("VmHWM") - self.rss0) / 1024
-        self.gpu_mib = float("nan")
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-            self.gpu_mib = (torch.cuda.max_memory_allocated() - self.gpu0) / 2**20
-
-
 def _data(n_cells: int, n_genes: int, seed: int = 0):
     """CBMC cells resampled with replacement to ``n_cells``; genes resampled with replacement beyond 500."""
     import anndata as ad
@@ -144,15 +100,15 @@ def _train_task(spec: dict) -> dict:
     adata = _data(spec["n_cells"], spec["n_genes"])
     timer = StepTimer()
     accelerator = "gpu" if spec.get("device") == "cuda" else "cpu"
-    common = {"max_steps": warmup + steps, "batch_size": BATCH, "train_size": 1.0, "accelerator": accelerator,
-              "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "callbacks": [timer],
-              "logger": False, "enable_checkpointing": False}
+    train_kwargs = {"max_steps": warmup + steps, "batch_size": BATCH, "train_size": 1.0, "accelerator": accelerator,
+                    "devices": 1, "enable_progress_bar": False, "enable_model_summary": False, "callbacks": [timer],
+                    "logger": False, "enable_checkpointing": False}
     model = _scvi(adata) if spec["model"] == "scvi" else _countsdiff(adata, spec["model"])
-    with _PeakMemory(spec.get("device", "cpu")) as mem:
+    with common.PeakMemory(spec.get("device", "cpu")) as mem:
         if spec["model"] == "scvi":
-            model.train(max_epochs=10**6, early_stopping=False, **common)
+            model.train(max_epochs=10**6, early_stopping=False, **train_kwargs)
         else:
-            model.train(**common)
+            model.train(**train_kwargs)
     s_per_step = (timer.t1 - timer.t0) / steps
     return {"s_per_step": s_per_step, "cells_per_s": BATCH / s_per_step,
             "epoch_s": int(np.ceil(adata.n_obs / BATCH)) * s_per_step, "peak_mib": mem.delta_mib,
@@ -215,7 +171,7 @@ def _impute_task(spec: dict) -> dict:
     rate = model.module.rate = _Clock(model.module.rate, device)  # instance attribute shadows the method
     loop = impute_mod.repaint = _Clock(impute_mod.repaint, device)
     t0 = time.perf_counter()
-    with _PeakMemory(device) as mem:
+    with common.PeakMemory(device) as mem:
         model.impute(adata, mask_layer="countsdiff_mask",
                      n_samples=spec["n_samples"], n_steps=spec["n_steps"], store_samples=spec["store_samples"],
                      batch_size=spec.get("batch_size", 2048), seed=0, precision=spec.get("precision", "32"),
@@ -244,7 +200,7 @@ def _sample_task(spec: dict) -> dict:
     loop = generation_mod.generate = _Clock(generation_mod.generate, device)
     labels = list(np.random.default_rng(0).choice(adata.obs["cell_type"].astype(str), spec["n_cells"]))
     t0 = time.perf_counter()
-    with _PeakMemory(device) as mem:
+    with common.PeakMemory(device) as mem:
         fake = model.sample(labels=labels, n_steps=spec["n_steps"], guidance=1.0, seed=0,
                             precision=spec.get("precision", "32"), progress=False)
     total = time.perf_counter() - t0
@@ -261,7 +217,7 @@ def _scvi_ppc_task(spec: dict) -> dict:
     model.is_trained_ = True  # cost does not depend on the weights
     model.to_device(spec.get("device", "cpu"))
     t0 = time.perf_counter()
-    with _PeakMemory(spec.get("device", "cpu")) as mem:
+    with common.PeakMemory(spec.get("device", "cpu")) as mem:
         model.posterior_predictive_sample(adata, n_samples=1, batch_size=BATCH)
     total = time.perf_counter() - t0
     return {"total_s": total, "cells_per_s": adata.n_obs / total, "peak_mib": mem.delta_mib,
@@ -293,24 +249,9 @@ def _worker(spec: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- driver side
-def _run(spec: dict, timeout: float, script: str = __file__) -> dict:
-    """Run one measurement in a fresh ``script --worker`` subprocess; returns the spec with the worker's results."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        common.log(f"timed out after {timeout:.0f} s: {spec}")
-        return {**spec, "error": "timeout"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        common.log(f"failed: {spec}\n{proc.stderr[-2000:]}")
-        return {**spec, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    out = {**spec, **json.loads(lines[-1][7:]), "wall_s": time.perf_counter() - t0}
-    common.log(f"{spec['task']:8s} {spec.get('model', ''):11s} cells={spec['n_cells']:>6} genes={spec['n_genes']:>5} "
-               + " ".join(f"{k}={v:.3g}" for k, v in out.items() if k not in spec and isinstance(v, float)))
-    return out
+def _run(spec: dict, timeout: float) -> dict:
+    """One measurement in a fresh ``python -m benchmarks.perf --worker`` subprocess (:func:`_common.run_worker`)."""
+    return common.run_worker("benchmarks.perf", spec, timeout)
 
 
 def _plan(quick: bool, pretrain_steps: int = 0, weights_root: str | None = None) -> list[dict]:

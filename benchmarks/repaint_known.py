@@ -22,15 +22,15 @@ again. This script measures both:
 With ``--budget`` (issues 22 item 2 and 24) the CBMC part instead spends the network evaluations of the default
 (Euler, 50 steps) in other ways: the trapezoid step rule of ``benchmarks/steps.py`` at 5 / 10 / 25 steps, each with
 and without resampling, to choose the defaults of ``impute`` (the toy part is skipped; results in
-``repaint_budget[_quick]``).
+``repaint_budget``).
 
 Usage::
 
-    python benchmarks/repaint_known.py --budget  # sampler budget on CBMC (~15 min)
-    python benchmarks/repaint_known.py --quick   # 3000 cells, 1000 training steps, n_steps 20: about 3-4 min
-    python benchmarks/repaint_known.py           # all cells, 3000 training steps, n_steps 50 (~20-30 min)
+    python -m benchmarks.repaint_known --budget  # sampler budget on CBMC (~15 min)
+    python -m benchmarks.repaint_known --quick   # 3000 cells, 1000 training steps, n_steps 20: about 3-4 min
+    python -m benchmarks.repaint_known           # all cells, 3000 training steps, n_steps 50 (~20-30 min)
 
-Defaults are not changed by this script. Writes ``benchmarks/results/repaint_known[_quick].md`` and ``.json``.
+Defaults are not changed by this script. Writes ``benchmarks/results[/quick]/repaint_known.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -42,13 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-    from calibration import coverage
-except ImportError:  # imported as benchmarks.repaint_known from the repository root
-    from benchmarks import _common as common
-    from benchmarks.calibration import coverage
+from benchmarks import _common as common
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_STEPS = (5, 10, 20, 50)
@@ -138,8 +132,8 @@ def main() -> None:
         row = {"setting": label, "known": known, "attrition": eta, "n_steps": steps, "resample_iters": iters,
                "step_rule": rule, "evaluations": steps * iters * (2 if rule == "trapezoid" else 1),
                **{m: float(value[m]) for m in ("rmse", "energy_distance", "mmd", "swd")},
-               "cov80": coverage(draws, truth[mask], 0.8, args.seed)[0],
-               "cov95": coverage(draws, truth[mask], 0.95, args.seed)[0], "impute_s": wall, "impute_cpu_s": cpu}
+               "cov80": common.coverage(draws, truth[mask], 0.8, args.seed)[0],
+               "cov95": common.coverage(draws, truth[mask], 0.95, args.seed)[0], "impute_s": wall, "impute_cpu_s": cpu}
         rows.append(row)
         del test.obsm[f"{key}_samples"]
         common.log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))

@@ -17,10 +17,10 @@ peak memory is its own (Linux ``VmHWM`` growth during the timed call; ``perf._Pe
 
 Usage::
 
-    python benchmarks/scale.py --quick                # about 2 minutes
-    python benchmarks/scale.py --n-steps 20           # the sizes of the issue (about an hour on 2 CPU cores)
+    python -m benchmarks.scale --quick                # about 2 minutes
+    python -m benchmarks.scale --n-steps 20           # the sizes of the issue (about an hour on 2 CPU cores)
 
-Writes ``benchmarks/results/scale[_quick].md`` and ``.json``.
+Writes ``benchmarks/results[/quick]/scale.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -33,15 +33,7 @@ import time
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-    from perf import _PeakMemory
-    from perf import _run as perf_run
-except ImportError:  # imported as benchmarks.scale from the repository root
-    from benchmarks import _common as common
-    from benchmarks.perf import _PeakMemory
-    from benchmarks.perf import _run as perf_run
+from benchmarks import _common as common
 
 
 def _data(n_cells: int, n_genes: int, seed: int = 0):
@@ -95,7 +87,7 @@ def _impute_task(spec: dict) -> dict:
     adata, mark_s = _prepared(spec["n_cells"], spec["n_genes"])
     model = cds.CountsDiffModel.load(spec["weights"], adata=None, accelerator="cpu")
     t0, c0 = time.perf_counter(), time.process_time()
-    with _PeakMemory() as mem:
+    with common.PeakMemory() as mem:
         model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], seed=0, progress=False,
                      batch_size=spec.get("batch_size", 2048), store_samples=spec.get("store_samples", "auto"),
                      **common.EULER_SAMPLER)
@@ -116,7 +108,7 @@ def _expression_task(spec: dict) -> dict:
     adata, _ = _prepared(spec["n_cells"], spec["n_genes"])
     model = cds.CountsDiffModel.load(spec["weights"], adata=None, accelerator="cpu")
     t0, c0 = time.perf_counter(), time.process_time()
-    with _PeakMemory() as mem:
+    with common.PeakMemory() as mem:
         out = model.get_normalized_expression(adata, n_samples=spec["n_samples"], return_numpy=True, seed=0)
     return {"total_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "peak_mib": mem.delta_mib,
             "outputs_mib": out.nbytes / 2**20}
@@ -130,7 +122,7 @@ def _scvi_task(spec: dict) -> dict:
     model = scvi.model.SCVI(adata)
     model.is_trained_ = True  # its cost does not depend on the weights
     t0, c0 = time.perf_counter(), time.process_time()
-    with _PeakMemory() as mem:
+    with common.PeakMemory() as mem:
         out = model.get_normalized_expression(adata, n_samples=spec["n_samples"], return_numpy=True)
     total = time.perf_counter() - t0
     return {"total_s": total, "cpu_s": time.process_time() - c0, "peak_mib": mem.delta_mib,
@@ -152,7 +144,8 @@ def _worker(spec: dict) -> None:
 
 
 def _run(spec: dict, timeout: float) -> dict:
-    return perf_run(spec, timeout, script=__file__)
+    """One measurement in a fresh ``python -m benchmarks.scale --worker`` subprocess (:func:`_common.run_worker`)."""
+    return common.run_worker("benchmarks.scale", spec, timeout)
 
 
 def main() -> None:
@@ -163,7 +156,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-only", action="store_true",
-                        help="only the memory-against-cells part (writes scale_memory[_quick].md)")
+                        help="only the memory-against-cells part (writes scale_memory.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

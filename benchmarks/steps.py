@@ -18,19 +18,19 @@ and reports the network evaluations (``countsdiff_sc.diffusion.n_evaluations``; 
 of every evaluation alike) and the wall time of each. The reference is the uniform / Euler chain at the largest
 ``n_steps`` (rerun with a second seed to show the sampling noise); for each grid and rule the table lists the fewest
 network evaluations whose score is within 5% of it. A plot of quality against network evaluations is written to
-``benchmarks/results/steps[_quick].png``. Defaults are not changed by this script.
+``benchmarks/results[/quick]/steps.png``. Defaults are not changed by this script.
 
 Usage::
 
-    python benchmarks/steps.py --quick     # 3000 cells, n_steps 5, 10, 20, all grids and rules: about 2-3 min
-    python benchmarks/steps.py             # n_steps 5, 10, 20, 50, 100, 200, all grids and rules (48 settings)
+    python -m benchmarks.steps --quick     # 3000 cells, n_steps 5, 10, 20, all grids and rules: about 2-3 min
+    python -m benchmarks.steps             # n_steps 5, 10, 20, 50, 100, 200, all grids and rules (48 settings)
 
 The full run is expected to take about 30-40 minutes on 2 idle CPU cores (one thread): training 3000 steps (~3 min),
 4,620 network evaluations per verb over the 49 chains of 860 held-out cells (the quick run measures ~0.06 s per
 evaluation of 300 cells for sample plus impute, so ~15 min), and the metrics of each setting (the 300-tree random
 forest dominates, ~10 s each). Twice that on a loaded machine.
 
-Writes ``benchmarks/results/steps[_quick].md``, ``.json`` and ``.png``.
+Writes ``benchmarks/results[/quick]/steps.md``, ``.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -41,11 +41,7 @@ import time
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.steps from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 STEPS = (5, 10, 20, 50, 100, 200)
 GRIDS = ("uniform", "p", "logit", "power")
@@ -159,8 +155,8 @@ def main() -> None:
     import scvi
 
     import countsdiff_sc as cds
-    from countsdiff_sc._utils import log_normalize
     from countsdiff_sc.diffusion import n_evaluations
+    from countsdiff_sc.pp import log_normalize
 
     common.quiet()
     scvi.settings.verbosity = 40

@@ -24,10 +24,10 @@ the training cells (scvi-tools needs a non-empty validation split), the Gaussian
 
 Usage::
 
-    python benchmarks/toy_nb.py            # full run (~5 min on 1 CPU thread)
-    python benchmarks/toy_nb.py --quick    # smoke test (~1 min: 1000 steps, 2000 cells)
+    python -m benchmarks.toy_nb            # full run (~5 min on 1 CPU thread)
+    python -m benchmarks.toy_nb --quick    # smoke test (~1 min: 1000 steps, 2000 cells)
 
-Writes ``benchmarks/results/toy_nb[_quick].md`` / ``.json``.
+Writes ``benchmarks/results[/quick]/toy_nb.md`` / ``.json``.
 """
 
 from __future__ import annotations
@@ -38,11 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.toy_nb from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 SETTINGS = {"stated": (0.05, 0.5), "matched": (0.2, 2.0)}
 

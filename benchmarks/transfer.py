@@ -30,10 +30,10 @@ Protocol:
 
 Usage::
 
-    python benchmarks/transfer.py            # full run (~25 min on 2 CPU cores)
-    python benchmarks/transfer.py --quick    # smoke test (~3 min)
+    python -m benchmarks.transfer            # full run (~25 min on 2 CPU cores)
+    python -m benchmarks.transfer --quick    # smoke test (~3 min)
 
-Writes ``benchmarks/results/transfer[_quick].md``, ``.json`` and ``.png``.
+Writes ``benchmarks/results[/quick]/transfer.md``, ``.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -45,11 +45,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-try:
-    import _common as common
-except ImportError:  # imported as benchmarks.transfer from the repository root
-    from benchmarks import _common as common
+from benchmarks import _common as common
 
 FULL_GRID = [0.2, 0.3, 0.4, 0.5, 0.6, 0.8]
 QUICK_GRID = [0.2, 0.4, 0.6]
@@ -85,7 +81,7 @@ def batch_effect(x: np.ndarray, keep: np.ndarray, boosted: np.ndarray, boost_rat
 
 def per_cell_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of each row of ``a`` with the same row of ``b`` (log-normalised profiles)."""
-    from countsdiff_sc._utils import log_normalize
+    from countsdiff_sc.pp import log_normalize
 
     la, lb = log_normalize(a), log_normalize(b)
     la -= la.mean(axis=1, keepdims=True)
@@ -101,8 +97,8 @@ def mixing_and_conservation(x: np.ndarray, batch: np.ndarray, labels: np.ndarray
     from sklearn.neighbors import NearestNeighbors
 
     from countsdiff_sc import metrics
-    from countsdiff_sc._utils import log_normalize
     from countsdiff_sc.metrics._embedding import lisi_per_cell
+    from countsdiff_sc.pp import log_normalize
 
     emb = PCA(50, random_state=seed).fit_transform(log_normalize(x))
     dist, idx = NearestNeighbors(n_neighbors=90).fit(emb).kneighbors(emb)
@@ -124,8 +120,9 @@ def main() -> None:
 
     import countsdiff_sc as cds
     from countsdiff_sc import metrics, pp
-    from countsdiff_sc._utils import log_normalize, to_dense
+    from countsdiff_sc._utils import to_dense
     from countsdiff_sc.metrics._embedding import DEFAULT_RESOLUTIONS
+    from countsdiff_sc.pp import log_normalize
 
     common.start(args.seed, args.threads)
     grid, resolutions, r_grid = FULL_GRID, DEFAULT_RESOLUTIONS, FULL_RETENTION_GRID

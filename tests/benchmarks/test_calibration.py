@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from benchmarks.calibration import coverage, pit
+from benchmarks._common import coverage, pit
 
 
 @pytest.fixture
