@@ -45,9 +45,30 @@ def test_embeddings_are_posterior_means(pbmc, pbmc_embedder):
 def test_gene_mismatch_is_explained(pbmc, pbmc_embedder):
     with pytest.raises(ValueError, match="load_query_data"):
         scfid(pbmc, pbmc[:, :100], embedder=pbmc_embedder)
-    reordered = pbmc[:, ::-1]
+    renamed = pbmc[:50].copy()
+    renamed.var_names = [f"other_{g}" for g in renamed.var_names]
     with pytest.raises(ValueError, match="differ"):
-        scfid(pbmc, reordered, embedder=pbmc_embedder)
+        scfid(pbmc, renamed, embedder=pbmc_embedder)
+
+
+def test_genes_in_another_order_are_matched_by_name(pbmc, pbmc_embedder):
+    reordered = pbmc[:, ::-1]
+    assert float(scfid(pbmc, reordered, embedder=pbmc_embedder)) == pytest.approx(
+        float(scfid(pbmc, pbmc, embedder=pbmc_embedder)), abs=1e-6)
+    np.testing.assert_allclose(embed_cells(pbmc_embedder, reordered[:30]), embed_cells(pbmc_embedder, pbmc[:30]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_embedder_cache_is_bounded(monkeypatch):
+    from countsdiff_sc.metrics import _scfid
+
+    monkeypatch.setattr(_scfid, "_EMBEDDER_CACHE", type(_scfid._EMBEDDER_CACHE)())
+    for i in range(_scfid.SCFID_CACHE_SIZE + 2):
+        _scfid._cache_put(f"k{i}", object())
+    assert list(_scfid._EMBEDDER_CACHE) == [f"k{i}" for i in range(2, _scfid.SCFID_CACHE_SIZE + 2)]
+    assert _scfid._cache_get("k2") is not None  # used: now the most recent, the next eviction takes k3
+    _scfid._cache_put("new", object())
+    assert "k3" not in _scfid._EMBEDDER_CACHE and "k2" in _scfid._EMBEDDER_CACHE
 
 
 def test_user_supplied_embedder_is_named(pbmc, pbmc_embedder):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +12,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from .._genes import align_genes
 from .._utils import as_bool_mask, get_matrix, stored_values, to_dense
 
 #: Rows processed at once by the row-chunked metrics (bounds the dense working memory).
@@ -31,6 +35,28 @@ def as_matrix(x: Any, name: str, layer: str | None = None) -> np.ndarray | sp.cs
     if out.dtype.kind not in "biuf":
         raise ValueError(f"{name} has dtype {out.dtype}; expected a numeric matrix.")
     return out
+
+
+def check_int(value: Any, name: str, minimum: int, maximum: float = math.inf) -> int:
+    """``value`` as an int, refusing booleans, non-integers and values outside ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer():
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    if not minimum <= value <= maximum:
+        bound = f"between {minimum} and {int(maximum)}" if math.isfinite(maximum) else f">= {minimum}"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}.")
+    return int(value)
+
+
+def check_key(key: Any, name: str = "key_added") -> str:
+    """A non-empty string key (an empty or non-string key makes the AnnData unsavable)."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{name} must be a non-empty string, got {key!r}.")
+    return key
+
+
+def warn_nan(name: str, reason: str, stacklevel: int = 3) -> None:
+    """The RuntimeWarning that goes with a documented NaN result: which value and why."""
+    warnings.warn(f"{name} is NaN: {reason}", RuntimeWarning, stacklevel=stacklevel)
 
 
 def check_same_shape(**arrays: Any) -> tuple[int, int]:
@@ -133,7 +159,8 @@ def dense_float(x: Any, name: str) -> np.ndarray:
 
 
 def check_two_samples(x: Any, y: Any, min_rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Dense floating-point views of two samples with the same number of features."""
+    """Dense floating-point views of two samples with the same features (two AnnData objects matched by gene name)."""
+    y = align_genes(x, y, "x", "y")
     a = dense_float(x, "x")
     b = dense_float(y, "y")
     if a.shape[1] != b.shape[1]:
@@ -141,7 +168,16 @@ def check_two_samples(x: Any, y: Any, min_rows: int = 1) -> tuple[np.ndarray, np
             f"x has {a.shape[1]} features (genes) but y has {b.shape[1]}; both samples must share the same features "
             "in the same order."
         )
+    if a.shape[1] == 0:
+        raise ValueError("x and y have 0 features (genes); there is nothing to compare.")
     for name, arr in (("x", a), ("y", b)):
         if arr.shape[0] < min_rows:
             raise ValueError(f"{name} has {arr.shape[0]} rows (cells); at least {min_rows} are needed.")
     return a, b
+
+
+def common_scale(*arrays: np.ndarray) -> float:
+    """The largest absolute value of the arrays (1.0 when all are zero): dividing by it keeps every value in
+    ``[-1, 1]``, so float32 distances neither overflow (values of 1e20) nor underflow (values of 1e-20)."""
+    top = max((float(np.max(np.abs(a))) if a.size else 0.0) for a in arrays)
+    return top if top > 0 and math.isfinite(top) else 1.0

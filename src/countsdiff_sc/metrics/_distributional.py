@@ -15,13 +15,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._genes import align_genes
 from .._utils import to_dense
 from ._bootstrap import weights_to_indices
-from ._checks import as_matrix, check_finite, check_same_shape, check_two_samples, masked_values
+from ._checks import (
+    as_matrix,
+    check_finite,
+    check_int,
+    check_same_shape,
+    check_two_samples,
+    common_scale,
+    masked_values,
+    warn_nan,
+)
+from ._docs import fill_doc
 
 DEFAULT_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -42,11 +54,14 @@ def _torch_dtype(dtype: str) -> torch.dtype:
 def energy_distance(x: Any, y: Any, mask: Any = None) -> float:
     """Energy distance between two pools of 1-D values (CountsDiff paper, App. D.3.4).
 
-    With a ``mask``, ``x`` and ``y`` are matrices of the same shape (e.g. true and imputed counts) and the pools are
-    their values at the held-out entries; without one, each matrix is flattened (the two may differ in size). The
+    With a ``mask``, ``x`` and ``y`` are matrices of the same shape (e.g. true and imputed counts; two AnnData objects
+    are matched by gene name) and the pools are their values at the held-out entries; without one, each matrix is
+    flattened (the two may differ in size). The
     value is ``sqrt(2 E|X - Y| - E|X - X'| - E|Y - Y'|) = sqrt(2 integral (F - G)^2)``, the definition of
     :func:`scipy.stats.energy_distance` (equal to it up to round-off; computed with one sort of the merged values and
-    in-place cumulative sums, which needs about half of scipy's memory).
+    in-place cumulative sums, which needs about half of scipy's memory). The values are divided by their largest
+    magnitude first and the result multiplied back by its square root (``ED(a u, a v) = sqrt(a) ED(u, v)``), so
+    values of any finite scale give a finite result.
 
     Parameters
     ----------
@@ -66,25 +81,37 @@ def energy_distance(x: Any, y: Any, mask: Any = None) -> float:
     0.0
     """
     if mask is not None:
+        y = align_genes(x, y, "x", "y")
         a = as_matrix(x, "x")
         b = as_matrix(y, "y")
         check_same_shape(x=a, y=b, mask=mask)
         u, _ = masked_values(a, mask, "x")
         v, _ = masked_values(b, mask, "y")
     else:
-        # dense input is pooled in float64; sparse input keeps its dtype (as it always has)
-        u = to_dense(x, None if sp.issparse(x) else np.float64).ravel()
-        v = to_dense(y, None if sp.issparse(y) else np.float64).ravel()
-        check_finite(u, "x")
-        check_finite(v, "y")
+        u, v = _pool(x, "x"), _pool(y, "y")
     if u.size == 0 or v.size == 0:
         raise ValueError("energy_distance needs at least one value in each pool; the mask or inputs are empty.")
+    scale = common_scale(u, v)
     one_cell = np.zeros(1, dtype=np.int64)
     return float(
-        energy_distance_resamples(
-            u, v, np.broadcast_to(one_cell, u.shape), np.broadcast_to(one_cell, v.shape), np.ones((1, 1))
+        np.sqrt(scale)
+        * energy_distance_resamples(
+            u / scale, v / scale, np.broadcast_to(one_cell, u.shape), np.broadcast_to(one_cell, v.shape),
+            np.ones((1, 1)),
         )[0]
     )
+
+
+def _pool(x: Any, name: str) -> np.ndarray:
+    """The values of a matrix or array as one flat pool (dense input in float64; sparse input keeps its dtype)."""
+    if isinstance(x, ad.AnnData):
+        x = x.X
+    values = to_dense(x) if sp.issparse(x) else np.asarray(x)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{name} has dtype {values.dtype}; expected numbers.")
+    out = values.ravel() if sp.issparse(x) else values.astype(np.float64, copy=False).ravel()
+    check_finite(out, name)
+    return out
 
 
 def energy_distance_resamples(
@@ -122,6 +149,7 @@ def energy_distance_resamples(
 # --------------------------------------------------------------------------------------------------------------------
 # MMD
 # --------------------------------------------------------------------------------------------------------------------
+@fill_doc
 def median_heuristic_bandwidth(x: Any, y: Any, n_max: int = 1000, seed: int = 0) -> float:
     """Median-heuristic RBF bandwidth: the median Euclidean distance between points of the pooled sample.
 
@@ -133,10 +161,9 @@ def median_heuristic_bandwidth(x: Any, y: Any, n_max: int = 1000, seed: int = 0)
 
     Parameters
     ----------
-    x, y
-        Samples of shape ``(n_x, d)`` and ``(n_y, d)``.
+    %(two_samples)s
     n_max
-        Maximum number of pooled rows used.
+        Maximum number of pooled rows used (at least 2).
     seed
         Seed of the subsampling.
 
@@ -151,7 +178,7 @@ def median_heuristic_bandwidth(x: Any, y: Any, n_max: int = 1000, seed: int = 0)
     2.0
     """
     a, b = check_two_samples(x, y)
-    return _median_heuristic_two(a, b, n_max, seed)
+    return _median_heuristic_two(a, b, check_int(n_max, "n_max", 2), seed)
 
 
 def _median_heuristic_two(x: np.ndarray, y: np.ndarray, n_max: int, seed: int) -> float:
@@ -163,10 +190,12 @@ def _median_heuristic_two(x: np.ndarray, y: np.ndarray, n_max: int, seed: int) -
     in_y = rows[rows >= x.shape[0]] - x.shape[0]
     pooled = np.vstack([x[in_x], y[in_y]]).astype(np.float64)
     pooled = pooled - pooled.mean(axis=0)
+    scale = common_scale(pooled)  # distances of values near 1e200 or 1e-200 neither overflow nor underflow
+    pooled /= scale
     sq = (pooled * pooled).sum(axis=1)
     d2 = sq[:, None] + sq[None, :] - 2.0 * pooled @ pooled.T
     iu = np.triu_indices(pooled.shape[0], k=1)
-    dist = np.sqrt(np.clip(d2[iu], 0.0, None))
+    dist = scale * np.sqrt(np.clip(d2[iu], 0.0, None))
     if dist.size == 0:
         return 1.0
     med = float(np.median(dist))
@@ -231,21 +260,29 @@ def mmd_weighted(
     A column of multiplicities ``c`` stands for the sample in which row i appears ``c_i`` times; the U-statistic then
     excludes only pairs of the same *position*: ``sum_{a != b} k(x_a, x_b) = c^T K c - sum_i c_i`` (``k(x, x) = 1``).
     Columns of ones give the usual estimator. Returns the values and the bandwidth ``sigma`` used.
+
+    The kernel depends on the data only through ``||a - b|| / sigma``, so the centred data are divided by ``sigma``
+    (in float64) before the float32 kernel blocks: the result is the same, and values of any scale (1e20 or 1e-20)
+    neither overflow nor underflow.
     """
-    if not multipliers or any(m <= 0 for m in multipliers):
+    try:
+        multipliers = [float(m) for m in multipliers]
+    except (TypeError, ValueError):
+        raise ValueError(f"multipliers must be a sequence of positive numbers, got {multipliers!r}.") from None
+    if not multipliers or not all(np.isfinite(m) and m > 0 for m in multipliers):
         raise ValueError(f"multipliers must be a non-empty sequence of positive numbers, got {multipliers!r}.")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}.")
+    block_size = check_int(block_size, "block_size", 1)
     tdtype = _torch_dtype(dtype)
     if bandwidth is None:
-        bandwidth = _median_heuristic_two(x, y, n_median, seed)
-    if not bandwidth > 0:
-        raise ValueError(f"bandwidth must be positive, got {bandwidth}.")
-    gammas = [1.0 / (2.0 * (m * bandwidth) ** 2) for m in multipliers]
+        bandwidth = _median_heuristic_two(x, y, check_int(n_median, "n_median", 2), seed)
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float, np.number)) or not (
+        np.isfinite(bandwidth) and bandwidth > 0
+    ):
+        raise ValueError(f"bandwidth must be a positive finite number or None (median heuristic), got {bandwidth!r}.")
+    gammas = [1.0 / (2.0 * m**2) for m in multipliers]  # on the data divided by the bandwidth
     center = (x.sum(axis=0, dtype=np.float64) + y.sum(axis=0, dtype=np.float64)) / (x.shape[0] + y.shape[0])
-    tcenter = torch.as_tensor(center).to(tdtype)
-    tx = torch.as_tensor(x).to(tdtype) - tcenter
-    ty = torch.as_tensor(y).to(tdtype) - tcenter
+    tx = torch.as_tensor((x - center) / bandwidth).to(tdtype)
+    ty = torch.as_tensor((y - center) / bandwidth).to(tdtype)
     twx = torch.as_tensor(wx, dtype=torch.float64)
     twy = torch.as_tensor(wy, dtype=torch.float64)
     with torch.no_grad():
@@ -258,6 +295,7 @@ def mmd_weighted(
     return value, float(bandwidth)
 
 
+@fill_doc
 def mmd(
     x: Any,
     y: Any,
@@ -282,8 +320,8 @@ def mmd(
 
     Parameters
     ----------
-    x, y
-        Samples ``(n_x, d)`` and ``(n_y, d)`` (dense, sparse or AnnData ``X``), each with at least 2 rows.
+    %(two_samples)s
+        Each sample needs at least 2 rows.
     bandwidth
         Base bandwidth ``sigma``; None uses the median heuristic.
     multipliers
@@ -293,14 +331,14 @@ def mmd(
     block_size
         Rows per kernel block.
     dtype
-        Precision of the distance and kernel computations ("float32" is faster, see
-        ``benchmarks/results/metrics.md``; "float64" for exactness).
+        Precision of the distance and kernel computations ("float32" is faster; "float64" for exactness).
     seed
         Seed of the median-heuristic subsample.
 
     Returns
     -------
-    The unbiased estimate of MMD^2 (squared MMD, in ``[-2, 2]``; ~0 for equal distributions).
+    The unbiased estimate of MMD^2 (squared MMD, in ``[-2, 2]``; ~0 for equal distributions). Finite for every
+    finite input: the data are rescaled by the bandwidth before the kernel (see :func:`mmd_weighted`).
 
     Examples
     --------
@@ -323,7 +361,11 @@ def mmd(
         dtype=dtype,
         seed=seed,
     )
-    return float(value[0])
+    out = float(value[0])
+    if not np.isfinite(out):  # not expected for finite input; say so rather than return a silent NaN
+        warn_nan("mmd", "the kernel sums were not finite (please report the input that gives this)")
+        out = float("nan")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -345,8 +387,7 @@ def _quantile_grid(m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def random_directions(d: int, n_projections: int, seed: int = 0) -> np.ndarray:
     """``n_projections`` directions drawn uniformly on the unit sphere of R^d (normalised Gaussians), shape (d, P)."""
-    if n_projections < 1:
-        raise ValueError(f"n_projections must be >= 1, got {n_projections}.")
+    n_projections = check_int(n_projections, "n_projections", 1)
     theta = np.random.default_rng(seed).standard_normal((d, n_projections))
     return theta / np.linalg.norm(theta, axis=0, keepdims=True)
 
@@ -364,10 +405,16 @@ def swd_weighted(
 ) -> np.ndarray:
     """Sliced W2 for every column of the multiplicity matrices ``wx`` (n_x, B) and ``wy`` (n_y, B).
 
-    The projections are computed once per chunk of directions; each resample only re-indexes and sorts them.
+    The projections are computed once per chunk of directions; each resample only re-indexes and sorts them. The
+    data are divided by their largest magnitude first and the distances multiplied back (the distance is
+    homogeneous of degree 1), so values of any finite scale fit the float32 projections.
     """
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
     theta = random_directions(x.shape[1], n_projections, seed)
     np_dtype = np.float32 if _torch_dtype(dtype) == torch.float32 else np.float64
+    scale = common_scale(x, y)
+    if scale != 1.0:
+        x, y = x / scale, y / scale
     xs, ys = x.astype(np_dtype, copy=False), y.astype(np_dtype, copy=False)
     idx_x = [weights_to_indices(wx[:, k]) for k in range(wx.shape[1])]
     idx_y = [weights_to_indices(wy[:, k]) for k in range(wy.shape[1])]
@@ -388,9 +435,10 @@ def swd_weighted(
                 grids[key] = _quantile_grid(*key)
             gx, gy, gw = grids[key]
             total[k] += (gw[:, None] * (sx[gx] - sy[gy]) ** 2).sum()
-    return np.sqrt(total / n_projections)
+    return scale * np.sqrt(total / n_projections)
 
 
+@fill_doc
 def swd(
     x: Any,
     y: Any,
@@ -411,8 +459,7 @@ def swd(
 
     Parameters
     ----------
-    x, y
-        Samples ``(n_x, d)`` and ``(n_y, d)`` (dense, sparse or AnnData ``X``).
+    %(two_samples)s
     n_projections
         Number of random directions.
     seed

@@ -16,6 +16,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ._checks import check_int, warn_nan
+from ._docs import fill_doc
+
 #: Leiden resolutions of the default sweep: 0.01 to 2.0 as in the DICE paper (App. C).
 DEFAULT_RESOLUTIONS: tuple[float, ...] = (0.01, 0.05, *[round(0.1 * i, 1) for i in range(1, 21)])
 
@@ -34,17 +37,23 @@ def _embedding_and_labels(x: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return emb, lab.astype(str)
 
 
-def _knn(x: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Euclidean kNN (the cell itself included): ``(distances, indices)`` of shape (n_cells, k)."""
+def _knn(x: np.ndarray, n_neighbors: int, minimum: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Euclidean kNN (the cell itself included): ``(distances, indices)`` of shape (n_cells, k).
+
+    ``n_neighbors`` (at least ``minimum``) is checked first and capped at ``n_cells - 1``; too few cells for
+    ``minimum`` neighbours is its own error.
+    """
     from sklearn.neighbors import NearestNeighbors
 
+    n_neighbors = check_int(n_neighbors, "n_neighbors (neighbours per cell, the cell itself included)", minimum)
     k = int(min(n_neighbors, x.shape[0] - 1))
-    if k < 2:
-        raise ValueError(f"At least 3 cells are needed for a kNN graph, got {x.shape[0]}.")
+    if k < minimum:
+        raise ValueError(f"A {minimum}-NN graph needs at least {minimum + 1} cells, got {x.shape[0]}.")
     dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
     return dist, idx
 
 
+@fill_doc
 def leiden_nmi_ari(
     x: Any,
     labels: Any,
@@ -69,16 +78,13 @@ def leiden_nmi_ari(
 
     Parameters
     ----------
-    x
-        Embedding ``(n_cells, n_dims)``.
-    labels
-        Labels ``(n_cells,)``.
+    %(embedding_labels)s
     resolutions
         Leiden resolutions to sweep (default: 0.01, 0.05, 0.1, 0.2, ..., 2.0).
     rule
         Resolution selection rule (see above).
     n_neighbors
-        Neighbours of the kNN graph.
+        Neighbours of the kNN graph (at least 2; capped at ``n_cells - 1``).
     seed
         Seed of the Leiden runs.
 
@@ -101,8 +107,11 @@ def leiden_nmi_ari(
     emb, lab = _embedding_and_labels(x, labels)
     if rule not in ("max_ari", "max_nmi", "separate"):
         raise ValueError(f"rule must be 'max_ari', 'max_nmi' or 'separate', got {rule!r}.")
-    res = [float(r) for r in resolutions]
-    if not res or any(r <= 0 for r in res):
+    try:
+        res = [float(r) for r in resolutions]
+    except (TypeError, ValueError):
+        raise ValueError(f"resolutions must be a sequence of positive numbers, got {resolutions!r}.") from None
+    if not res or not all(np.isfinite(r) and r > 0 for r in res):
         raise ValueError(f"resolutions must be a non-empty sequence of positive numbers, got {resolutions!r}.")
     dist, idx = _knn(emb, n_neighbors)
     nn = NeighborsResults(indices=idx, distances=dist)
@@ -125,6 +134,7 @@ def leiden_nmi_ari(
     }
 
 
+@fill_doc
 def silhouette_cosine(x: Any, labels: Any, *, rescale: bool = True) -> float:
     """Average silhouette width of the labels with cosine distance (DICE paper, App. D item 1).
 
@@ -137,10 +147,7 @@ def silhouette_cosine(x: Any, labels: Any, *, rescale: bool = True) -> float:
 
     Parameters
     ----------
-    x
-        Embedding ``(n_cells, n_dims)``.
-    labels
-        Labels ``(n_cells,)``.
+    %(embedding_labels)s
     rescale
         Map to ``[0, 1]``.
 
@@ -208,9 +215,10 @@ def lisi_per_cell(
     target = np.log(perplexity)
 
     def entropy(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w = np.where(keep, np.exp(-d * beta[:, None]), 0.0)
+        with np.errstate(over="ignore", under="ignore"):  # beta -> 0 or inf for degenerate neighbourhoods
+            w = np.where(keep, np.exp(-d * beta[:, None]), 0.0)
         total = w.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             h = np.log(total) + beta * (d * w).sum(axis=1) / total
             return h, w / total[:, None]
 
@@ -241,6 +249,7 @@ def lisi_per_cell(
         return np.where(np.isfinite(h) & (simpson > 0), 1.0 / simpson, np.nan)
 
 
+@fill_doc
 def clisi(x: Any, labels: Any, *, n_neighbors: int = 90, perplexity: float | None = None, scale: bool = False) -> float:
     """Cell-type local inverse Simpson index (Korsunsky et al., 2019; DICE paper, App. D item 3).
 
@@ -253,20 +262,18 @@ def clisi(x: Any, labels: Any, *, n_neighbors: int = 90, perplexity: float | Non
 
     Parameters
     ----------
-    x
-        Embedding ``(n_cells, n_dims)``.
-    labels
-        Labels ``(n_cells,)``.
+    %(embedding_labels)s
     n_neighbors
-        Neighbours per cell (capped at ``n_cells - 1``).
+        Neighbours per cell, the cell itself included (at least 3; capped at ``n_cells - 1``).
     perplexity
-        Effective neighbourhood size; None uses ``n_neighbors // 3``.
+        Effective neighbourhood size, a positive number; None uses ``n_neighbors // 3``.
     scale
         Return scib's scaled median instead of the raw mean.
 
     Returns
     -------
-    The cLISI value.
+    The cLISI value. Cells whose neighbourhood weights all underflow have no LISI and are left out of the mean;
+    if no cell has one the result is NaN, with a RuntimeWarning.
 
     Examples
     --------
@@ -277,9 +284,16 @@ def clisi(x: Any, labels: Any, *, n_neighbors: int = 90, perplexity: float | Non
     1.0
     """
     emb, lab = _embedding_and_labels(x, labels)
-    dist, idx = _knn(emb, n_neighbors)
+    if perplexity is not None and (isinstance(perplexity, bool) or not isinstance(perplexity, (int, float))
+                                   or not (np.isfinite(perplexity) and perplexity > 0)):
+        raise ValueError(f"perplexity must be a positive number or None (n_neighbors // 3), got {perplexity!r}.")
+    dist, idx = _knn(emb, n_neighbors, minimum=3)
     perp = float(np.floor(idx.shape[1] / 3)) if perplexity is None else float(perplexity)
     lisi = lisi_per_cell(dist, idx, lab, perp)
+    if not np.isfinite(lisi).any():
+        warn_nan("clisi", "every cell's neighbourhood weights underflowed (duplicated points or an extreme "
+                 "perplexity), so no cell has a LISI value")
+        return float("nan")
     if scale:
         n_labels = len(np.unique(lab))
         return float((n_labels - np.nanmedian(lisi)) / (n_labels - 1))

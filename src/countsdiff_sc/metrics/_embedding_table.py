@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils import check_obs_key, to_dense
+from ._checks import check_int, check_key
 from ._embedding import DEFAULT_RESOLUTIONS, clisi, leiden_nmi_ari, silhouette_cosine
 from ._tables import MetricSpec, compute_metrics, registry, resolve_metrics, store_table
 
@@ -153,6 +154,9 @@ def evaluate_embedding(
     [0.97]
     """
     chosen = resolve_metrics(metrics, EMBEDDING_REGISTRY)
+    n_neighbors = check_int(n_neighbors, "n_neighbors (of the Leiden kNN graph)", 2)
+    lisi_neighbors = check_int(lisi_neighbors, "lisi_neighbors (of the cLISI kNN graph)", 3)
+    check_key(key_added)
     keys = [embedding_keys] if isinstance(embedding_keys, str) else list(embedding_keys)
     if not keys:
         raise ValueError("embedding_keys is empty; pass obsm keys such as ['X_pca', 'X_dice'].")

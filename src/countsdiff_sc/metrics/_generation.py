@@ -5,8 +5,10 @@
 * :func:`sparsity_fidelity` - overall and per-cell sparsity of real vs generated cells.
 * :func:`marker_gene_preservation` - overlap of the top marker genes found with real and with generated cells.
 
-All functions accept AnnData (with an optional layer) or cells x genes matrices (dense or sparse) with the same genes
-in the same order. "log-normalised" means ``log1p(1e4 * x / total counts of the cell)``.
+All functions accept AnnData (with an optional layer) or cells x genes matrices (dense or sparse). Two AnnData
+objects are matched by gene name (another order is reordered, different gene sets are an error); matrices must hold
+the same genes in the same order. "log-normalised" means ``log1p(1e4 * x / total counts of the cell)``; an all-zero
+cell stays all zero.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import rankdata, wasserstein_distance
 
+from .._genes import align_genes
 from .._utils import log_normalize, to_dense
-from ._checks import as_matrix, check_nonnegative, labels_array
+from ._checks import as_matrix, check_int, check_nonnegative, labels_array, warn_nan
+from ._docs import fill_doc
 
 GENE_STAT_METRICS = tuple(
     f"gene_{stat}_{kind}" for stat in ("mean", "var", "zero_frac") for kind in ("pearson", "spearman", "mae")
@@ -27,7 +31,10 @@ GENE_STAT_METRICS = tuple(
 SPARSITY_METRICS = ("sparsity_real", "sparsity_generated", "sparsity_abs_diff", "sparsity_w1")
 
 
-def _pair(real: Any, generated: Any, layer: str | None, generated_layer: str | None) -> tuple[Any, Any]:
+def count_pair(real: Any, generated: Any, layer: str | None, generated_layer: str | None) -> tuple[Any, Any]:
+    """The count matrices of real and generated cells, genes matched by name, checked (>= 2 cells, >= 1 gene,
+    finite non-negative values)."""
+    generated = align_genes(real, generated, "real", "generated")
     r = as_matrix(real, "real", layer)
     g = as_matrix(generated, "generated", generated_layer)
     if r.shape[1] != g.shape[1]:
@@ -35,6 +42,8 @@ def _pair(real: Any, generated: Any, layer: str | None, generated_layer: str | N
             f"real has {r.shape[1]} genes but generated has {g.shape[1]}; both must have the same genes in the same "
             "order (subset with adata[:, genes])."
         )
+    if r.shape[1] == 0:
+        raise ValueError("real and generated have 0 genes; there is nothing to compare.")
     for name, mat in (("real", r), ("generated", g)):
         if mat.shape[0] < 2:
             raise ValueError(f"{name} has {mat.shape[0]} cells; at least 2 are needed.")
@@ -67,6 +76,7 @@ def pca_features(real: np.ndarray, generated: np.ndarray, n_pcs: int) -> tuple[n
     return real @ components - shift, generated @ components - shift
 
 
+@fill_doc
 def classifier_auc(
     real: Any,
     generated: Any,
@@ -93,10 +103,7 @@ def classifier_auc(
 
     Parameters
     ----------
-    real, generated
-        AnnData (``layer`` / ``generated_layer`` or ``X``) or count matrices with the same genes.
-    layer, generated_layer
-        Layers holding the counts (AnnData only).
+    %(real_generated)s
     features
         "pca" (default) or "log1p" (all log-normalised genes).
     n_pcs
@@ -126,9 +133,18 @@ def classifier_auc(
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import train_test_split
 
-    r, g = _pair(real, generated, layer, generated_layer)
-    if not 0 < test_size < 1:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size}.")
+    r, g = count_pair(real, generated, layer, generated_layer)
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}.")
+    n_pcs = check_int(n_pcs, "n_pcs", 1)
+    n_estimators = check_int(n_estimators, "n_estimators", 1)
+    if max_depth is not None:
+        max_depth = check_int(max_depth, "max_depth", 1)
+    n_test = int(np.ceil(test_size * (r.shape[0] + g.shape[0])))
+    if n_test < 2 or r.shape[0] + g.shape[0] - n_test < 2:
+        raise ValueError(f"test_size={test_size} splits {r.shape[0] + g.shape[0]} cells into {n_test} held-out and "
+                         f"{r.shape[0] + g.shape[0] - n_test} training cells; each side needs at least 2 (one real, "
+                         "one generated). Use more cells or another test_size.")
     fr, fg = log_normalize(r), log_normalize(g)
     if features == "pca":
         fr, fg = pca_features(fr, fg, n_pcs)
@@ -140,6 +156,16 @@ def classifier_auc(
     forest = RandomForestClassifier(n_estimators=n_estimators, max_depth=max_depth, random_state=seed, n_jobs=n_jobs)
     forest.fit(x_tr, y_tr)
     return float(roc_auc_score(y_te, forest.predict_proba(x_te)[:, 1]))
+
+
+_STAT_NAMES = {"mean": "mean", "var": "variance", "zero_frac": "zero fraction"}
+
+
+def constant_stat_reason(row: str) -> str:
+    """Why the gene-statistics row ``gene_<stat>_<pearson|spearman>`` is NaN."""
+    stat = _STAT_NAMES[row.removeprefix("gene_").rsplit("_", 1)[0]]
+    return (f"the per-gene {stat} is the same for every gene in the real or in the generated cells (e.g. all-zero "
+            "generated cells), so its correlation across genes is undefined")
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -181,6 +207,7 @@ def gene_statistics_weighted(
     return out
 
 
+@fill_doc
 def gene_statistics_agreement(
     real: Any,
     generated: Any,
@@ -194,14 +221,12 @@ def gene_statistics_agreement(
     For every gene, the mean and the variance (population variance) are computed on log-normalised expression when
     ``normalize`` (scDiffusion compares log-normalised means, Sec. 2.4) or on raw counts otherwise, and the fraction
     of cells with a zero count on raw counts. Each statistic is then compared across genes by Pearson and Spearman
-    correlation (NaN if the statistic is constant across genes) and by the mean absolute difference.
+    correlation and by the mean absolute difference. A correlation is NaN, with a RuntimeWarning, when the
+    statistic is the same for every gene on one side (e.g. all-zero generated cells): it is undefined there.
 
     Parameters
     ----------
-    real, generated
-        AnnData (``layer`` / ``generated_layer`` or ``X``) or count matrices with the same genes.
-    layer, generated_layer
-        Layers holding the counts (AnnData only).
+    %(real_generated)s
     normalize
         Compare means and variances of log-normalised expression (default) instead of raw counts.
 
@@ -216,10 +241,14 @@ def gene_statistics_agreement(
     >>> gene_statistics_agreement(x, x)["gene_mean_mae"]
     0.0
     """
-    r, g = _pair(real, generated, layer, generated_layer)
+    r, g = count_pair(real, generated, layer, generated_layer)
     r, g = to_dense(r), to_dense(g)
     values = gene_statistics_weighted(r, g, np.ones((r.shape[0], 1)), np.ones((g.shape[0], 1)), normalize)
-    return {k: float(v[0]) for k, v in values.items()}
+    out = {k: float(v[0]) for k, v in values.items()}
+    for name, value in out.items():
+        if np.isnan(value):
+            warn_nan(name, constant_stat_reason(name))
+    return out
 
 
 def zero_fraction_per_cell(x: np.ndarray | sp.spmatrix) -> np.ndarray:
@@ -238,6 +267,7 @@ def sparsity_weighted(zr: np.ndarray, zg: np.ndarray, wr: np.ndarray, wg: np.nda
     return {"sparsity_real": s_r, "sparsity_generated": s_g, "sparsity_abs_diff": np.abs(s_r - s_g), "sparsity_w1": w1}
 
 
+@fill_doc
 def sparsity_fidelity(
     real: Any, generated: Any, *, layer: str | None = None, generated_layer: str | None = None
 ) -> dict[str, float]:
@@ -249,10 +279,7 @@ def sparsity_fidelity(
 
     Parameters
     ----------
-    real, generated
-        AnnData (``layer`` / ``generated_layer`` or ``X``) or count matrices with the same genes.
-    layer, generated_layer
-        Layers holding the counts (AnnData only).
+    %(real_generated)s
 
     Returns
     -------
@@ -264,7 +291,7 @@ def sparsity_fidelity(
     >>> sparsity_fidelity(np.array([[0, 1], [0, 0]]), np.array([[1, 1], [0, 1]]))["sparsity_abs_diff"]
     0.5
     """
-    r, g = _pair(real, generated, layer, generated_layer)
+    r, g = count_pair(real, generated, layer, generated_layer)
     zr, zg = zero_fraction_per_cell(r), zero_fraction_per_cell(g)
     values = sparsity_weighted(zr, zg, np.ones((zr.size, 1)), np.ones((zg.size, 1)))
     return {k: float(v[0]) for k, v in values.items()}
@@ -283,6 +310,7 @@ def _top_markers(target: np.ndarray, reference: np.ndarray, var_names: pd.Index,
     return {str(name) for name in tmp.uns["rank_genes_groups"]["names"]["target"]}
 
 
+@fill_doc
 def marker_gene_preservation(
     real: Any,
     generated: Any,
@@ -306,14 +334,11 @@ def marker_gene_preservation(
 
     Parameters
     ----------
-    real, generated
-        AnnData (``layer`` / ``generated_layer`` or ``X``) or count matrices with the same genes.
+    %(real_generated)s
     labels
         Labels of the real cells: an obs column name (AnnData input) or an array.
     generated_labels
         Labels of the generated cells (obs column name or array); None uses ``labels`` if it is a column name.
-    layer, generated_layer
-        Layers holding the counts (AnnData only).
     n_top
         Number of markers per label.
     method
@@ -333,7 +358,10 @@ def marker_gene_preservation(
     >>> bool((df["jaccard"] == 1).all())  # doctest: +SKIP
     True
     """
-    r, g = _pair(real, generated, layer, generated_layer)
+    r, g = count_pair(real, generated, layer, generated_layer)
+    min_cells = check_int(min_cells, "min_cells", 1)
+    if method not in ("t-test", "t-test_overestim_var", "wilcoxon", "logreg"):
+        raise ValueError(f"method must be 't-test', 't-test_overestim_var', 'wilcoxon' or 'logreg', got {method!r}.")
     lab_r = labels_array(real, labels, r.shape[0], "real")
     if generated_labels is None:
         if not isinstance(labels, str):
@@ -345,8 +373,7 @@ def marker_gene_preservation(
         if hasattr(real, "var_names")
         else pd.Index([f"gene_{j}" for j in range(r.shape[1])])
     )
-    if n_top < 1 or n_top > r.shape[1]:
-        raise ValueError(f"n_top must be between 1 and the number of genes ({r.shape[1]}), got {n_top}.")
+    n_top = check_int(n_top, "n_top (markers per label, at most the number of genes)", 1, r.shape[1])
     xr, xg = log_normalize(r), log_normalize(g)
     rows = []
     for label in sorted(set(lab_r) & set(lab_g)):

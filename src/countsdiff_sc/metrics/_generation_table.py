@@ -12,15 +12,19 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._genes import align_genes
 from .._utils import log_normalize, to_dense
 from ._bootstrap import bootstrap_weights
-from ._checks import as_matrix, labels_array
+from ._checks import check_int, check_key, labels_array
 from ._distributional import mmd_weighted, swd_weighted
+from ._docs import fill_doc
 from ._frechet import frechet_weighted
 from ._generation import (
     GENE_STAT_METRICS,
     SPARSITY_METRICS,
     classifier_auc,
+    constant_stat_reason,
+    count_pair,
     gene_statistics_weighted,
     marker_gene_preservation,
     pca_features,
@@ -28,7 +32,15 @@ from ._generation import (
     zero_fraction_per_cell,
 )
 from ._scfid import describe_embedder, embed_cells, fit_scfid_embedder
-from ._tables import MetricSpec, compute_metrics, registry, resolve_metrics, rows_from_values, store_table
+from ._tables import (
+    MetricSpec,
+    compute_metrics,
+    registry,
+    resolve_metrics,
+    rows_from_values,
+    store_table,
+    warn_nan_rows,
+)
 
 if TYPE_CHECKING:
     from scvi.model import SCVI
@@ -158,6 +170,7 @@ GENERATION_REGISTRY: dict[str, MetricSpec] = registry(
 # --------------------------------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------------------------------
+@fill_doc
 def evaluate_generation(
     real: ad.AnnData | Any,
     generated: ad.AnnData | Any,
@@ -199,20 +212,24 @@ def evaluate_generation(
     for mmd, swd, scfid, gene_statistics and sparsity; classifier_auc and marker_genes have no standard error (NaN)
     because each resample would refit a forest / rerun the tests.
 
+    Genes are matched by name: two AnnData objects with the same genes in another order are compared gene by gene
+    (``generated`` is reordered to ``real``'s genes); different gene sets are an error that names the missing
+    genes. Matrices carry no names and must hold the same genes in the same order.
+
+    A value that is undefined for the input is NaN, with a RuntimeWarning naming it and saying why (e.g. the
+    correlation of per-gene means when every generated cell is all zero).
+
     The table is stored in ``generated.uns["countsdiff_metrics"][key_added]`` when ``generated`` is an AnnData (not
     a view; for a view a warning is emitted instead). ``real`` is never modified (it is often a view such as
     ``adata[adata.obs.cell_type == "B"]``).
 
     Parameters
     ----------
-    real, generated
-        AnnData (``layer`` / ``generated_layer`` or ``X``) or count matrices with the same genes in the same order.
+    %(real_generated)s
     labels_key
         obs column of the labels of ``real`` (enables ``marker_genes``).
     generated_labels_key
         obs column of the labels of ``generated``; None uses ``labels_key``.
-    layer, generated_layer
-        Layers holding the counts (AnnData only).
     metrics
         Subset of the metric groups above; None = all that apply.
     space
@@ -254,13 +271,14 @@ def evaluate_generation(
             raise ValueError(f"The {name} metric needs labels_key (an obs column of real with the cell labels).")
     if space not in ("pca", "log1p", "counts"):
         raise ValueError(f"space must be 'pca', 'log1p' or 'counts', got {space!r}.")
-    r = as_matrix(real, "real", layer)
-    g = as_matrix(generated, "generated", generated_layer)
-    if r.shape[1] != g.shape[1]:
-        raise ValueError(
-            f"real has {r.shape[1]} genes but generated has {g.shape[1]}; both must have the same genes in the same "
-            "order (subset with adata[:, genes])."
-        )
+    n_pcs = check_int(n_pcs, "n_pcs", 1)
+    n_bootstrap = check_int(n_bootstrap, "n_bootstrap", 0)
+    n_estimators = check_int(n_estimators, "n_estimators", 1)
+    n_top_markers = check_int(n_top_markers, "n_top_markers", 1)
+    check_key(key_added)
+    stored_in = generated
+    generated = align_genes(real, generated, "real", "generated")  # genes by name: a view in real's gene order
+    r, g = count_pair(real, generated, layer, generated_layer)
     dense_r, dense_g = to_dense(r), to_dense(g)
     rng = np.random.default_rng(seed)
     wr = bootstrap_weights(dense_r.shape[0], n_bootstrap, rng)
@@ -290,9 +308,10 @@ def evaluate_generation(
     df = pd.DataFrame(
         rows_from_values(results, {"n_real": int(dense_r.shape[0]), "n_generated": int(dense_g.shape[0])})
     )
-    if isinstance(generated, ad.AnnData):
+    warn_nan_rows(df, {name: constant_stat_reason(name) for name in GENE_STAT_METRICS if "_mae" not in name})
+    if isinstance(stored_in, ad.AnnData):
         store_table(
-            generated,
+            stored_in,
             key_added,
             df,
             {

@@ -13,14 +13,23 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._utils import as_bool_mask, get_matrix, to_dense
+from .._keys import IMPUTED, MASK
+from .._utils import as_bool_mask, get_matrix, stored_values, to_dense
 from ._bootstrap import bootstrap_weights
-from ._checks import as_matrix, check_same_shape, masked_values
+from ._checks import as_matrix, check_int, check_key, check_same_shape, masked_values
 from ._distributional import energy_distance_resamples, mmd_weighted, swd_weighted
 from ._frechet import frechet_weighted
-from ._pointwise import POINTWISE_METRICS, PointwiseStats, pointwise_stats
+from ._pointwise import NAN_REASONS, POINTWISE_METRICS, PointwiseStats, pointwise_stats
 from ._scfid import describe_embedder, embed_cells, fit_scfid_embedder
-from ._tables import MetricSpec, compute_metrics, registry, resolve_metrics, rows_from_values, store_table
+from ._tables import (
+    MetricSpec,
+    compute_metrics,
+    registry,
+    resolve_metrics,
+    rows_from_values,
+    store_table,
+    warn_nan_rows,
+)
 
 if TYPE_CHECKING:
     from scvi.model import SCVI
@@ -105,7 +114,16 @@ def _energy_distance(d: _ImputationInputs) -> dict[str, tuple[np.ndarray, str]]:
     return {"energy_distance": (values, "pooled held-out values (scipy.stats.energy_distance)")}
 
 
+#: Why a row of the imputation table is NaN.
+IMPUTATION_NAN_REASONS = {
+    **NAN_REASONS,
+    "mmd": "the mask holds entries of a single cell, and the unbiased MMD needs at least 2 cells on each side",
+}
+
+
 def _mmd(d: _ImputationInputs) -> dict[str, tuple[np.ndarray, str]]:
+    if d.n_cells < 2:
+        return {"mmd": (np.full(d.weights.shape[1], np.nan), "undefined: a single evaluated cell")}
     space_t, space_c = d.spaces
     rows = np.arange(d.n_cells)
     if d.mmd_max_cells is not None and d.n_cells > d.mmd_max_cells:
@@ -156,8 +174,8 @@ IMPUTATION_REGISTRY: dict[str, MetricSpec] = registry(
 def evaluate_imputation(
     adata: ad.AnnData,
     truth_layer: str | None = None,
-    imputed_layer: str = "countsdiff_imputed",
-    mask_layer: str = "countsdiff_mask",
+    imputed_layer: str = IMPUTED,
+    mask_layer: str = MASK,
     *,
     valid_layer: str | None = None,
     n_bootstrap: int = 10,
@@ -191,6 +209,10 @@ def evaluate_imputation(
     Standard errors come from ``n_bootstrap`` bootstrap resamples of the evaluated cells (with replacement, the same
     cells for truth and imputation); the reported value is the estimate on the original cells. The MMD bandwidth,
     the SWD directions and the scFID embedder are held fixed across resamples.
+
+    A value that is undefined for the input is NaN, with a RuntimeWarning naming it and saying why: ``r2`` when the
+    true held-out values are all equal (e.g. a single held-out entry), ``spearman`` / ``pearson`` when no cell has 2
+    held-out entries with non-constant values, ``mmd`` when a single cell is evaluated.
 
     Parameters
     ----------
@@ -243,14 +265,28 @@ def evaluate_imputation(
     >>> df["value"].tolist()
     [0.0, 0.0]
     """
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}; for matrices use "
+                        "countsdiff_sc.metrics.pointwise_metrics / mmd / swd.")
     chosen = resolve_metrics(metrics, IMPUTATION_REGISTRY, {"embedder"} if scfid or embedder is not None else ())
     if transform not in ("none", "log1p"):
         raise ValueError(f"transform must be 'none' or 'log1p', got {transform!r}.")
+    n_bootstrap = check_int(n_bootstrap, "n_bootstrap", 0)
+    n_projections = check_int(n_projections, "n_projections", 1)
+    if mmd_max_cells is not None:
+        mmd_max_cells = check_int(mmd_max_cells, "mmd_max_cells (None for all cells)", 2)
+    check_key(key_added)
     truth_where = "adata.X" if truth_layer is None else f"adata.layers[{truth_layer!r}]"
     imputed_where = f"adata.layers[{imputed_layer!r}]"
     truth = as_matrix(get_matrix(adata, truth_layer), truth_where)
     imputed = as_matrix(get_matrix(adata, imputed_layer), imputed_where)
     check_same_shape(**{truth_where: truth, imputed_where: imputed})
+    if transform == "log1p":
+        for where, mat in ((truth_where, truth), (imputed_where, imputed)):
+            n_bad = int(np.count_nonzero(stored_values(mat) <= -1))
+            if n_bad:
+                raise ValueError(f"{where} holds {n_bad} values <= -1, where log1p is undefined; transform='log1p' "
+                                 "needs count-scale values (or use transform='none').")
     mask = as_bool_mask(get_matrix(adata, mask_layer), adata.shape, f"adata.layers[{mask_layer!r}]")
     if valid_layer is not None:
         mask &= as_bool_mask(get_matrix(adata, valid_layer), adata.shape, f"adata.layers[{valid_layer!r}]")
@@ -283,6 +319,7 @@ def evaluate_imputation(
     results = compute_metrics(IMPUTATION_REGISTRY, chosen, inputs)
     extra = {"n_cells": inputs.n_cells, "n_entries": int(inputs.mask.sum())}
     df = pd.DataFrame(rows_from_values({name: results[name] for name in chosen}, extra))
+    warn_nan_rows(df, IMPUTATION_NAN_REASONS)
     store_table(
         adata,
         key_added,

@@ -8,7 +8,8 @@ Definitions (``e = imputed - true`` over the held-out entries, pooled over cells
 
 * ``rmse = sqrt(mean(e^2))``, ``mae = mean(|e|)``, ``bias = mean(e)``,
 * ``r2 = 1 - sum(e^2) / sum((true - mean(true))^2)`` (the pooled coefficient of determination, as
-  :func:`sklearn.metrics.r2_score` on the flattened held-out values),
+  :func:`sklearn.metrics.r2_score` on the flattened held-out values); NaN with a ``RuntimeWarning`` when the true
+  held-out values are all equal (a single held-out entry included), since R^2 is then undefined,
 * ``spearman`` / ``pearson``: the correlation between a cell's true and imputed held-out values, computed per cell and
   averaged over cells (the paper's "computed individually for each sample and averaged"). Spearman uses average ranks
   for ties, so it equals :func:`scipy.stats.spearmanr` on each cell. Cells with fewer than 2 held-out entries, or whose
@@ -18,14 +19,15 @@ Definitions (``e = imputed - true`` over the held-out entries, pooled over cells
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 
-from ._checks import as_matrix, check_finite, check_same_shape, dense_rows, resolve_mask, row_chunks
+from .._genes import align_genes
+from ._checks import as_matrix, check_finite, check_same_shape, dense_rows, resolve_mask, row_chunks, warn_nan
+from ._docs import fill_doc
 
 POINTWISE_METRICS = ("rmse", "mae", "bias", "r2", "spearman", "pearson")
 
@@ -91,12 +93,16 @@ def pointwise_stats(
 ) -> PointwiseStats:
     """Per-cell sums of the held-out errors and the per-cell correlations named in ``correlations``.
 
-    Correlations not requested are left NaN. Raises a ValueError for mismatched shapes, an empty mask, or non-finite
-    held-out values.
+    Correlations not requested are left NaN. Raises a ValueError for mismatched shapes (two AnnData objects are
+    matched by gene name first), an empty matrix or mask, or non-finite held-out values.
     """
+    imputed = align_genes(true, imputed, "true", "imputed")
     t = as_matrix(true, "true")
     p = as_matrix(imputed, "imputed")
     shape = check_same_shape(true=t, imputed=p, mask=mask)
+    if 0 in shape:
+        what = "cells" if shape[0] == 0 else "genes"
+        raise ValueError(f"true and imputed have shape {shape}: there are no {what} to evaluate.")
     m_all = resolve_mask(mask, shape)
     if not m_all.any():
         raise ValueError("The mask selects no entries; there is nothing to evaluate (is the mask layer empty?).")
@@ -138,29 +144,32 @@ def pointwise_stats(
     )
 
 
+#: Why a pointwise metric is NaN (the only metrics that can be: the others are finite for finite input).
+NAN_REASONS = {
+    "r2": "the true held-out values are all equal (or there is only one), so their variance, the denominator of "
+    "R^2, is 0 and R^2 is undefined",
+    "spearman": "no cell has >= 2 held-out entries with non-constant true and imputed values, so the per-cell "
+    "correlation is undefined for every cell",
+    "pearson": "no cell has >= 2 held-out entries with non-constant true and imputed values, so the per-cell "
+    "correlation is undefined for every cell",
+}
+
+
 def _single(true: Any, imputed: Any, mask: Any, name: str) -> float:
-    stats = pointwise_stats(true, imputed, mask, correlations=(name,))
+    stats = pointwise_stats(true, imputed, mask, correlations=(name,) if name in ("spearman", "pearson") else ())
     value = float(stats.reduce(np.ones((stats.n_entries.shape[0], 1)))[name][0])
-    if np.isnan(value) and name in ("spearman", "pearson"):
-        warnings.warn(
-            f"No cell has >= 2 non-constant held-out entries; the per-cell {name} correlation is undefined (NaN).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    if np.isnan(value):
+        warn_nan(name, NAN_REASONS[name], stacklevel=4)
     return value
 
 
+@fill_doc
 def rmse(true: Any, imputed: Any, mask: Any = None) -> float:
     """Root mean squared error over the held-out entries, pooled over cells.
 
     Parameters
     ----------
-    true
-        Ground-truth matrix ``(n_cells, n_genes)``, dense or sparse.
-    imputed
-        Imputed matrix of the same shape.
-    mask
-        Boolean matrix of the same shape, True at held-out entries; ``None`` evaluates every entry.
+    %(true_imputed_mask)s
 
     Returns
     -------
@@ -175,17 +184,13 @@ def rmse(true: Any, imputed: Any, mask: Any = None) -> float:
     return _single(true, imputed, mask, "rmse")
 
 
+@fill_doc
 def mae(true: Any, imputed: Any, mask: Any = None) -> float:
     """Mean absolute error over the held-out entries, pooled over cells.
 
     Parameters
     ----------
-    true
-        Ground-truth matrix ``(n_cells, n_genes)``, dense or sparse.
-    imputed
-        Imputed matrix of the same shape.
-    mask
-        Boolean matrix of the same shape, True at held-out entries; ``None`` evaluates every entry.
+    %(true_imputed_mask)s
 
     Returns
     -------
@@ -200,6 +205,7 @@ def mae(true: Any, imputed: Any, mask: Any = None) -> float:
     return _single(true, imputed, mask, "mae")
 
 
+@fill_doc
 def bias(true: Any, imputed: Any, mask: Any = None) -> float:
     """Mean signed error ``mean(imputed - true)`` over the held-out entries (CountsDiff paper, App. D.3.3).
 
@@ -207,12 +213,7 @@ def bias(true: Any, imputed: Any, mask: Any = None) -> float:
 
     Parameters
     ----------
-    true
-        Ground-truth matrix ``(n_cells, n_genes)``, dense or sparse.
-    imputed
-        Imputed matrix of the same shape.
-    mask
-        Boolean matrix of the same shape, True at held-out entries; ``None`` evaluates every entry.
+    %(true_imputed_mask)s
 
     Returns
     -------
@@ -227,20 +228,17 @@ def bias(true: Any, imputed: Any, mask: Any = None) -> float:
     return _single(true, imputed, mask, "bias")
 
 
+@fill_doc
 def r2(true: Any, imputed: Any, mask: Any = None) -> float:
     """Coefficient of determination of the held-out values, pooled over cells.
 
     ``1 - sum(e^2) / sum((true - mean(true))^2)`` over the held-out entries (equal to
-    :func:`sklearn.metrics.r2_score` on the flattened held-out values); NaN if the true held-out values are constant.
+    :func:`sklearn.metrics.r2_score` on the flattened held-out values); NaN with a RuntimeWarning if the true
+    held-out values are constant (e.g. a single held-out entry).
 
     Parameters
     ----------
-    true
-        Ground-truth matrix ``(n_cells, n_genes)``, dense or sparse.
-    imputed
-        Imputed matrix of the same shape.
-    mask
-        Boolean matrix of the same shape, True at held-out entries; ``None`` evaluates every entry.
+    %(true_imputed_mask)s
 
     Returns
     -------
@@ -255,6 +253,7 @@ def r2(true: Any, imputed: Any, mask: Any = None) -> float:
     return _single(true, imputed, mask, "r2")
 
 
+@fill_doc
 def spearman(true: Any, imputed: Any, mask: Any = None) -> float:
     """Per-cell Spearman rank correlation of held-out values, averaged over cells (CountsDiff paper, Sec. 4.3).
 
@@ -264,16 +263,11 @@ def spearman(true: Any, imputed: Any, mask: Any = None) -> float:
 
     Parameters
     ----------
-    true
-        Ground-truth matrix ``(n_cells, n_genes)``, dense or sparse.
-    imputed
-        Imputed matrix of the same shape.
-    mask
-        Boolean matrix of the same shape, True at held-out entries; ``None`` evaluates every entry.
+    %(true_imputed_mask)s
 
     Returns
     -------
-    The mean per-cell Spearman correlation, NaN (with a RuntimeWarning) if no cell qualifies.
+    The mean per-cell Spearman correlation; NaN with a RuntimeWarning if no cell qualifies.
 
     Examples
     --------
@@ -284,6 +278,7 @@ def spearman(true: Any, imputed: Any, mask: Any = None) -> float:
     return _single(true, imputed, mask, "spearman")
 
 
+@fill_doc
 def pearson(true: Any, imputed: Any, mask: Any = None) -> float:
     """Per-cell Pearson correlation of held-out values, averaged over cells.
 
@@ -291,12 +286,7 @@ def pearson(true: Any, imputed: Any, mask: Any = None) -> float:
 
     Parameters
     ----------
-    true
-        Ground-truth matrix ``(n_cells, n_genes)``, dense or sparse.
-    imputed
-        Imputed matrix of the same shape.
-    mask
-        Boolean matrix of the same shape, True at held-out entries; ``None`` evaluates every entry.
+    %(true_imputed_mask)s
 
     Returns
     -------
@@ -311,21 +301,18 @@ def pearson(true: Any, imputed: Any, mask: Any = None) -> float:
     return _single(true, imputed, mask, "pearson")
 
 
+@fill_doc
 def pointwise_metrics(true: Any, imputed: Any, mask: Any = None) -> dict[str, float]:
     """All pointwise metrics (rmse, mae, bias, r2, spearman, pearson) in one pass over the data.
 
     Parameters
     ----------
-    true
-        Ground-truth matrix ``(n_cells, n_genes)``, dense or sparse.
-    imputed
-        Imputed matrix of the same shape.
-    mask
-        Boolean matrix of the same shape, True at held-out entries; ``None`` evaluates every entry.
+    %(true_imputed_mask)s
 
     Returns
     -------
-    Dictionary metric name -> value (see the individual functions for the definitions).
+    Dictionary metric name -> value (see the individual functions for the definitions). ``r2``, ``spearman`` and
+    ``pearson`` may be NaN, each with a RuntimeWarning that says why.
 
     Examples
     --------
@@ -336,4 +323,8 @@ def pointwise_metrics(true: Any, imputed: Any, mask: Any = None) -> dict[str, fl
     """
     stats = pointwise_stats(true, imputed, mask)
     values = stats.reduce(np.ones((stats.n_entries.shape[0], 1)))
-    return {name: float(values[name][0]) for name in POINTWISE_METRICS}
+    out = {name: float(values[name][0]) for name in POINTWISE_METRICS}
+    for name, value in out.items():
+        if np.isnan(value):
+            warn_nan(name, NAN_REASONS[name])
+    return out

@@ -6,6 +6,10 @@ replaced by the imputations (Rizvi et al., 2025; Heusel et al., 2017). That mode
 :func:`scfid` accepts any trained :class:`scvi.model.SCVI` and otherwise trains a small SCVI on the real data
 (:func:`fit_scfid_embedder`), cached per dataset. Values obtained with different embedders are not comparable: every
 result says which embedder produced it (:class:`ScFIDResult`).
+
+The in-memory cache of default embedders is bounded: it keeps the :data:`SCFID_CACHE_SIZE` most recently used models
+(each an SCVI of a few MB that also holds its training AnnData) and forgets the least recently used one beyond.
+Models saved in a ``cache_dir`` stay on disk.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import logging
 import random
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,14 +33,32 @@ import scipy.sparse as sp
 import torch
 
 from .._utils import check_counts
-from ._checks import as_matrix, check_nonnegative
+from ._checks import as_matrix, check_int, check_nonnegative
 from ._frechet import frechet_distance_from_embeddings
 
 if TYPE_CHECKING:
     from scvi.model import SCVI
 
-#: In-memory cache of default embedders, keyed by a hash of the reference counts, gene names and training settings.
-_EMBEDDER_CACHE: dict[str, SCVI] = {}
+#: Most default embedders kept in memory at once (least recently used ones are forgotten first).
+SCFID_CACHE_SIZE = 4
+
+#: In-memory LRU cache of default embedders, keyed by a hash of the reference counts, gene names and training
+#: settings; most recently used last.
+_EMBEDDER_CACHE: OrderedDict[str, SCVI] = OrderedDict()
+
+
+def _cache_get(key: str) -> SCVI | None:
+    model = _EMBEDDER_CACHE.get(key)
+    if model is not None:
+        _EMBEDDER_CACHE.move_to_end(key)
+    return model
+
+
+def _cache_put(key: str, model: SCVI) -> None:
+    _EMBEDDER_CACHE[key] = model
+    _EMBEDDER_CACHE.move_to_end(key)
+    while len(_EMBEDDER_CACHE) > SCFID_CACHE_SIZE:
+        _EMBEDDER_CACHE.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -146,8 +169,9 @@ def fit_scfid_embedder(
     The model is trained on all cells of ``real`` (raw counts, no batch key, gene likelihood ZINB, scvi-tools
     defaults otherwise) with ``train_size=1.0`` and scvi-tools' seed set to ``seed`` (global random states are
     restored afterwards), so the same data and settings give the same model on the same device. Models are cached
-    in memory per dataset (a SHA-256 hash of the counts, gene names and these settings) and, with ``cache_dir``,
-    also saved there and reloaded by later sessions.
+    in memory per dataset (a SHA-256 hash of the counts, gene names and these settings; the
+    :data:`SCFID_CACHE_SIZE` most recently used ones) and, with ``cache_dir``, also saved there and reloaded by
+    later sessions.
 
     Parameters
     ----------
@@ -184,9 +208,16 @@ def fit_scfid_embedder(
 
     counts, var_names, _ = _counts_and_names(real, layer, "real")
     check_counts(counts, "real" if layer is None else f"real.layers[{layer!r}]")
-    if counts.shape[0] < 2:
-        raise ValueError(f"The scFID embedder needs at least 2 reference cells, got {counts.shape[0]}.")
-    epochs = _default_max_epochs(counts.shape[0]) if max_epochs is None else int(max_epochs)
+    if counts.shape[0] < 2 or counts.shape[1] < 1:
+        raise ValueError(f"The scFID embedder needs at least 2 reference cells and 1 gene, got {counts.shape}.")
+    if not var_names.is_unique:
+        raise ValueError("real has duplicated gene names; genes are matched by name, so make them unique first "
+                         "(adata.var_names_make_unique()).")
+    n_latent = check_int(n_latent, "n_latent", 1)
+    n_hidden = check_int(n_hidden, "n_hidden", 1)
+    n_layers = check_int(n_layers, "n_layers", 1)
+    batch_size = check_int(batch_size, "batch_size", 2)
+    epochs = _default_max_epochs(counts.shape[0]) if max_epochs is None else check_int(max_epochs, "max_epochs", 1)
     settings = {
         "n_latent": n_latent,
         "n_hidden": n_hidden,
@@ -196,8 +227,9 @@ def fit_scfid_embedder(
         "seed": seed,
     }
     key = _dataset_key(counts, var_names, settings)
-    if key in _EMBEDDER_CACHE:
-        return _EMBEDDER_CACHE[key]
+    cached = _cache_get(key)
+    if cached is not None:
+        return cached
     train_adata = ad.AnnData(X=counts, var=pd.DataFrame(index=var_names))
     save_dir = Path(cache_dir) / f"scfid_scvi_{key[:16]}" if cache_dir is not None else None
     with _seeded(seed):
@@ -218,7 +250,7 @@ def fit_scfid_embedder(
                 model.save(str(save_dir), overwrite=True, save_anndata=False)
     settings_text = ", ".join(f"{k}={v}" for k, v in settings.items())
     model.scfid_description_ = f"SCVI({settings_text}) trained on the reference data [dataset {key[:12]}]"
-    _EMBEDDER_CACHE[key] = model
+    _cache_put(key, model)
     return model
 
 
@@ -248,9 +280,10 @@ def embed_cells(
 ) -> np.ndarray:
     """Posterior-mean latent representation (``get_latent_representation``) of cells under an SCVI embedder.
 
-    The counts may be non-integer (e.g. averaged imputations): the encoder only sees ``log1p(x)``. Genes must match
-    the model's genes in number and (for AnnData input) names and order; for a pre-trained model on other genes map
-    the data first (``SCVI.prepare_query_anndata`` / ``SCVI.load_query_data``).
+    The counts may be non-integer (e.g. averaged imputations): the encoder only sees ``log1p(x)``. An AnnData is
+    matched to the model's genes by name (another order is reordered; missing or extra genes are an error); a matrix
+    must hold the model's genes in its order. For a pre-trained model on other genes map the data first
+    (``SCVI.prepare_query_anndata`` / ``SCVI.load_query_data``).
 
     Parameters
     ----------
@@ -269,9 +302,13 @@ def embed_cells(
     -------
     Array ``(n_cells, n_latent)``.
     """
+    model_vars = _model_var_names(model)
+    if isinstance(data, ad.AnnData):
+        data_vars = pd.Index(data.var_names.astype(str))
+        if data_vars.is_unique and not data_vars.equals(model_vars) and set(data_vars) == set(model_vars):
+            data = data[:, np.asarray(model_vars)]  # the same genes in another order: matched by name
     counts, var_names, obs = _counts_and_names(data, layer, name)
     check_nonnegative(counts, name)
-    model_vars = _model_var_names(model)
     if counts.shape[1] != len(model_vars):
         raise ValueError(
             f"{name} has {counts.shape[1]} genes but the scFID embedder was trained on {len(model_vars)}. Map the data "
@@ -280,10 +317,11 @@ def embed_cells(
         )
     if isinstance(data, ad.AnnData) and not var_names.equals(model_vars):
         n_diff = int((var_names != model_vars).sum())
+        missing = model_vars.difference(var_names, sort=False)
         raise ValueError(
-            f"{n_diff} of the {len(model_vars)} gene names of {name} differ from the embedder's (or are in another "
-            "order). Reorder / subset the data to the embedder's var_names, or map it with "
-            "scvi.model.SCVI.prepare_query_anndata / SCVI.load_query_data."
+            f"{n_diff} of the {len(model_vars)} gene names of {name} differ from the embedder's ({len(missing)} of the "
+            f"embedder's genes are missing, e.g. {list(missing[:5])}). Subset the data to the embedder's var_names, "
+            "or map it with scvi.model.SCVI.prepare_query_anndata / SCVI.load_query_data."
         )
     setup_args = model.registry.get("setup_args", {})
     tmp = ad.AnnData(

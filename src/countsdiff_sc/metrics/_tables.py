@@ -82,11 +82,21 @@ def resolve_metrics(
     whose needs are ``available``."""
     if metrics is None:
         return [name for name, spec in specs.items() if spec.needs <= set(available)]
-    chosen = [metrics] if isinstance(metrics, str) else list(metrics)
-    unknown = [m for m in chosen if m not in specs]
+    if isinstance(metrics, str):
+        chosen = [metrics]
+    else:
+        try:
+            chosen = list(metrics)
+        except TypeError:
+            raise ValueError(f"metrics must be a metric name or a list of names from {list(specs)}, got "
+                             f"{metrics!r}.") from None
+    if not chosen:
+        raise ValueError(f"metrics=[] selects no metric; name at least one of {list(specs)}, or pass None for the "
+                         "default selection.")
+    unknown = [m for m in chosen if not isinstance(m, str) or m not in specs]
     if unknown:
         raise ValueError(f"Unknown metric(s) {unknown}; choose from {list(specs)}.")
-    return chosen
+    return list(dict.fromkeys(chosen))
 
 
 def compute_metrics(specs: Mapping[str, MetricSpec], chosen: Collection[str], inputs: Any) -> dict[str, tuple]:
@@ -113,6 +123,14 @@ def rows_from_values(results: Mapping[str, tuple[np.ndarray, str]], extra: dict[
             }
         )
     return rows
+
+
+def warn_nan_rows(df: pd.DataFrame, reasons: Mapping[str, str], stacklevel: int = 3) -> None:
+    """One RuntimeWarning per NaN value of a table, with the reason ``reasons[metric]`` (or a generic one)."""
+    for _, row in df[df["value"].isna()].iterrows():
+        where = f" of {row['embedding']!r}" if "embedding" in row else ""
+        reason = reasons.get(str(row["metric"]), "it is undefined for this input (see the metric's documentation)")
+        warnings.warn(f"{row['metric']}{where} is NaN: {reason}", RuntimeWarning, stacklevel=stacklevel)
 
 
 def store_table(adata: ad.AnnData, key_added: str, df: pd.DataFrame, params: dict[str, Any]) -> None:
