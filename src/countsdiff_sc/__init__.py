@@ -19,11 +19,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 _SUBPACKAGES = ("baselines", "datasets", "diffusion", "metrics", "model", "module", "nn", "pl", "pp")
 _LAZY_NAMES = {"CountsDiffModel": "countsdiff_sc.model", "DICEModel": "countsdiff_sc.model",
+               "Sampler": "countsdiff_sc.model",
                "settings": "countsdiff_sc._settings", "set_num_threads": "countsdiff_sc._settings"}
 
 __all__ = [
     "CountsDiffModel",
     "DICEModel",
+    "Sampler",
     "__version__",
     "baselines",
     "datasets",
@@ -41,7 +43,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from . import baselines, datasets, diffusion, metrics, model, module, nn, pl, pp
     from ._settings import set_num_threads, settings
-    from .model import CountsDiffModel, DICEModel
+    from .model import CountsDiffModel, DICEModel, Sampler
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,10 @@
-"""User-facing scvi-tools models."""
+"""User-facing scvi-tools models and the sampler settings of their verbs."""
 
 from __future__ import annotations
 
 from ._countsdiff import CountsDiffModel
 from ._dice import DICEModel
+from ._presets import PRESETS
+from ._sampler import MAX_STEPS, SAMPLER_DEFAULTS, Sampler, defaults_table
 
-__all__ = ["CountsDiffModel", "DICEModel"]
+__all__ = ["MAX_STEPS", "PRESETS", "SAMPLER_DEFAULTS", "CountsDiffModel", "DICEModel", "Sampler", "defaults_table"]

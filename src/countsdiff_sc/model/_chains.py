@@ -10,82 +10,78 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from countsdiff_sc.diffusion import ATTRITION_KINDS, GRIDS, STEP_RULES, RateFn, with_precision
+from countsdiff_sc.diffusion import PSchedule, RateFn, get_step_rule, n_evaluations, time_grid, with_precision
 
-__all__ = ["ChainSettings", "check_chain_settings", "make_generator", "positive_int", "run_batches"]
+from ._sampler import Sampler
 
-Precision = Literal["32", "bf16", "16"]
-
+__all__ = ["ChainSettings", "make_generator", "positive_int", "run_batches"]
 
 class ChainSettings:
-    """Settings shared by every reverse chain of a verb call: steps, attrition, time grid, step rule, precision, device,
-    random state.
+    """One call's resolved :class:`~countsdiff_sc.model._sampler.Sampler` bound to a device: the step rule object, the
+    time grid as a tensor, the random state and the network's precision.
 
     Parameters
     ----------
-    n_steps
-        Number of reverse transitions.
-    attrition_kind, attrition
-        Attrition kind and strength (see :func:`~countsdiff_sc.diffusion.attrition_rate`).
-    precision
-        Network precision under ``torch.autocast`` (``"32"``, ``"bf16"``, ``"16"``).
+    sampler
+        A resolved sampler (every setting given, see :func:`~countsdiff_sc.model._sampler.sampler_for`).
     device
         Device of the module.
-    seed
-        Random seed (None draws one; the seed used is recorded in :attr:`seed`).
-    time_grid
-        Time grid of the chain (see :func:`~countsdiff_sc.diffusion.time_grid`).
-    step_rule
-        ``"euler"`` or ``"trapezoid"`` (see :func:`~countsdiff_sc.diffusion.generate`).
+
+    Examples
+    --------
+    >>> from countsdiff_sc.model._sampler import sampler_for
+    >>> run = ChainSettings(sampler_for("sample", "default", None), "cpu")
+    >>> run.rule, run.n_steps
+    (Euler(), 50)
     """
 
-    def __init__(
-        self,
-        n_steps: int,
-        attrition_kind: str,
-        attrition: float,
-        precision: Precision,
-        device: torch.device,
-        seed: int | None,
-        *,
-        time_grid: str = "uniform",
-        step_rule: str = "euler",
-    ):
-        check_chain_settings(n_steps, attrition_kind, attrition)
-        if time_grid not in GRIDS:
-            raise ValueError(f"Unknown time_grid {time_grid!r}; choose one of {GRIDS} (see "
-                             "countsdiff_sc.diffusion.time_grid).")
-        if step_rule not in STEP_RULES:
-            raise ValueError(f"Unknown step_rule {step_rule!r}; choose one of {tuple(STEP_RULES)} (see "
-                             "countsdiff_sc.diffusion.generate).")
-        self.time_grid = time_grid
-        self.step_rule = step_rule
-        self.n_steps = int(n_steps)
-        self.attrition_kind = attrition_kind
-        self.attrition = attrition
-        self.precision = precision
-        self.device = device
-        self.generator, self.rng, self.seed = make_generator(seed, device)
+    def __init__(self, sampler: Sampler, device: torch.device | str):
+        self.sampler = sampler
+        self.rule = get_step_rule(sampler.step_rule)
+        grid = sampler.time_grid
+        self.n_steps = int(sampler.n_steps) if not isinstance(grid, torch.Tensor) else grid.numel() - 1
+        self.attrition_kind, self.attrition = sampler.attrition_kind, float(sampler.attrition)
+        self.precision, self.device = sampler.precision, device
+        self.batch_size = int(sampler.batch_size)
+        self.generator, self.rng, self.seed = make_generator(sampler.seed, device)
+
+    def times(self, schedule: PSchedule, t_start: float = 1.0) -> torch.Tensor:
+        """The chain's times from ``t_start`` to 0: the named grid, or ``t_start`` times the given fractions."""
+        grid = self.sampler.time_grid
+        if isinstance(grid, torch.Tensor):
+            times = float(t_start) * grid
+            if schedule.discrete:
+                times = torch.unique(schedule.snap(times)).flip(0)
+            return times
+        return time_grid(self.n_steps, schedule, t_start, grid)
+
+    def evaluations(self, schedule: PSchedule, t_start: float = 1.0) -> int:
+        """Network evaluations of one chain from ``t_start`` (resampling included)."""
+        n = n_evaluations(self.times(schedule, t_start), schedule, step_rule=self.rule)
+        return n * int(self.sampler.resample_iters)
+
+    def progress(self, work: float) -> bool:
+        """Whether to show a progress bar: the sampler's choice, or (None) when the call does more than about 5e8
+        entry-evaluations of the network (a few seconds on a CPU core)."""
+        return bool(self.sampler.progress) if self.sampler.progress is not None else work > 5e8
 
     def wrap(self, rate_fn: RateFn) -> RateFn:
         """The rate function run in the requested precision."""
         return with_precision(rate_fn, self.precision, self.device)
 
     def record(self) -> dict:
-        """The settings as recorded in ``uns["countsdiff"]``."""
-        return {"n_steps": self.n_steps, "attrition": self.attrition, "attrition_kind": self.attrition_kind,
-                "time_grid": self.time_grid, "step_rule": self.step_rule, "seed": self.seed}
+        """The settings as recorded in ``uns["countsdiff"]`` (the seed actually used included)."""
+        return {**self.sampler.record(), "seed": self.seed}
 
     def chain_kwargs(self) -> dict:
-        """Keyword arguments of :func:`~countsdiff_sc.diffusion.generate` / ``repaint`` these settings fix."""
-        return {"attrition_kind": self.attrition_kind, "attrition": self.attrition, "grid": self.time_grid,
-                "step_rule": self.step_rule}
+        """Keyword arguments of :func:`~countsdiff_sc.diffusion.generate` / ``repaint`` / ``restore`` these settings
+        fix (their times are given separately)."""
+        return {"attrition_kind": self.attrition_kind, "attrition": self.attrition, "step_rule": self.rule}
 
 
 def positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -111,24 +107,6 @@ def make_generator(seed: int | None, device: torch.device | str) -> tuple[torch.
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     gen = torch.Generator(device=device).manual_seed(int(seed))
     return gen, np.random.default_rng(int(seed)), int(seed)
-
-
-def check_chain_settings(n_steps: int, attrition_kind: str, attrition: float) -> None:
-    """Validate the reverse-process settings with messages that say what to pass instead."""
-    positive_int(n_steps, "n_steps")
-    if not isinstance(attrition_kind, str) or attrition_kind not in ATTRITION_KINDS:
-        raise ValueError(
-            f"Unknown attrition_kind {attrition_kind!r}; choose one of {ATTRITION_KINDS} (see "
-            "countsdiff_sc.diffusion.attrition_rate)."
-        )
-    if not math.isfinite(float(attrition)) or attrition < 0:
-        raise ValueError(f"attrition (the attrition strength eta) must be a non-negative number, got {attrition}.")
-    if attrition_kind == "rescale" and attrition > 1:
-        raise ValueError(
-            f"attrition must lie in [0, 1] for attrition_kind='rescale' (sigma = attrition * sigma_max), got "
-            f"{attrition}. For a per-step death probability use attrition_kind='cap', for a death rate per unit "
-            "time attrition_kind='constant'."
-        )
 
 
 def run_batches(

@@ -2,7 +2,8 @@
 
 A model is conditioned on up to three kinds of *condition slots*, in this order everywhere (network inputs, guidance
 strengths, code matrices): the label (``labels_key``), each categorical covariate (``categorical_covariate_keys``)
-and one vector condition (``condition_obsm_key``). :class:`ConditionSpace` holds their names and categories and turns
+and one vector slot: the vector condition (``condition_obsm_key``) and / or, for a depth-conditioned model, the
+cell's depth (named ``"depth"``). :class:`ConditionSpace` holds their names and categories and turns
 what a user passes (label names, covariate values, guidance dicts, condition arrays) into what the module takes
 (integer codes, per-slot strengths, float tensors). It needs the registry alone, so it is testable without training.
 """
@@ -41,6 +42,8 @@ class ConditionSpace:
         obsm key of the vector condition, or None.
     n_continuous
         Dimension of the vector condition (0 without one).
+    depth
+        Whether the model is conditioned on depth (part of the vector slot, after the obsm condition).
     independent
         Whether the model learned the single-condition rates (``uncond_mode="independent"``), which unequal
         per-condition guidance strengths need; with False a guidance dict that resolves to unequal strengths is
@@ -61,11 +64,13 @@ class ConditionSpace:
     obsm_key: str | None = None
     n_continuous: int = 0
     independent: bool = True
+    depth: bool = False
 
     @classmethod
-    def from_registry(cls, registry: Mapping[str, Any], independent: bool = True) -> ConditionSpace:
-        """Build the space from a model's ``registry_`` (the setup arguments and the field registries) and whether
-        its module learned single-condition rates (``independent``)."""
+    def from_registry(cls, registry: Mapping[str, Any], independent: bool = True, depth: bool = False
+                      ) -> ConditionSpace:
+        """Build the space from a model's ``registry_`` (the setup arguments and the field registries), whether
+        its module learned single-condition rates (``independent``) and whether it is conditioned on depth."""
         setup_args = registry["setup_args"]
         fields = registry["field_registries"]
         labels_key = setup_args.get("labels_key")
@@ -79,7 +84,8 @@ class ConditionSpace:
         n_continuous = 0
         if CONDITION_KEY in fields:
             n_continuous = int(fields[CONDITION_KEY]["summary_stats"][f"n_{CONDITION_KEY}"])
-        return cls(labels_key, labels, covariates, setup_args.get("condition_obsm_key"), n_continuous, independent)
+        return cls(labels_key, labels, covariates, setup_args.get("condition_obsm_key"), n_continuous, independent,
+                   depth)
 
     # ------------------------------------------------------------------ description
     @property
@@ -93,20 +99,29 @@ class ConditionSpace:
         n = [len(self.label_categories)] if self.use_labels else []
         return n + [len(c) for c in self.covariate_categories.values()]
 
+    @property
+    def has_vector(self) -> bool:
+        """Whether the model has a vector slot (an obsm condition and / or depth)."""
+        return self.n_continuous > 0 or self.depth
+
     def names(self) -> list[str]:
-        """Display names of the slots (the vector condition as ``obsm['key']``)."""
+        """Display names of the slots (the vector condition as ``obsm['key']``, depth as ``depth``)."""
         names = [self.labels_key] if self.use_labels else []
         names += list(self.covariate_categories)
-        if self.obsm_key:
-            names.append(f"obsm[{self.obsm_key!r}]")
+        vector = ([f"obsm[{self.obsm_key!r}]"] if self.obsm_key and self.n_continuous else []) + (
+            ["depth"] if self.depth else [])
+        if vector:
+            names.append(" + ".join(vector))
         return names
 
     def slot_names(self) -> list[tuple[str, ...]]:
-        """Names by which each slot can be addressed (the vector condition by its key or ``obsm['key']``)."""
+        """Names by which each slot can be addressed (the vector slot by its obsm key, ``obsm['key']`` or
+        ``"depth"``)."""
         slots: list[tuple[str, ...]] = [(self.labels_key,)] if self.use_labels else []
         slots += [(k,) for k in self.covariate_categories]
-        if self.n_continuous > 0:
-            slots.append((self.obsm_key, f"obsm[{self.obsm_key!r}]"))
+        if self.has_vector:
+            names = (self.obsm_key, f"obsm[{self.obsm_key!r}]") if self.n_continuous > 0 else ()
+            slots.append((*names, "depth") if self.depth else names)
         return slots
 
     # ------------------------------------------------------------------ registered data -> codes
@@ -126,6 +141,33 @@ class ConditionSpace:
             return np.zeros((0, 1), dtype=np.int64)
         uniq, counts = np.unique(codes, axis=0, return_counts=True)
         return np.concatenate([uniq, counts[:, None]], axis=1).astype(np.int64)
+
+    def check_trained(self, codes: np.ndarray | None, table: np.ndarray | None,
+                      columns: Sequence[int] | None = None) -> None:
+        """Refuse categories no training cell had (an unused category at setup has an untrained embedding).
+
+        Parameters
+        ----------
+        codes
+            Codes ``(n, n_cat)`` about to be used (or None).
+        table
+            The training combinations (:meth:`table`); None or empty skips the check (a model saved without it).
+        columns
+            The slots ``codes`` holds, in the order of its columns (default: all slots).
+        """
+        if codes is None or table is None or len(table) == 0:
+            return
+        slots = list(range(codes.shape[1])) if columns is None else list(columns)
+        names = ([self.labels_key] if self.use_labels else []) + list(self.covariate_categories)
+        cats = ([self.label_categories] if self.use_labels else []) + list(self.covariate_categories.values())
+        for j, slot in enumerate(slots):
+            seen = set(np.asarray(table)[:, slot].tolist())
+            unseen = sorted({int(c) for c in np.unique(codes[:, j])} - seen)
+            if unseen:
+                bad = [cats[slot][c] for c in unseen]
+                raise ValueError(f"{names[slot]} value(s) {bad} have no training cell (a category of the setup "
+                                 "column without cells): the model never learned them. Use a value seen in training: "
+                                 f"{[cats[slot][c] for c in sorted(seen)]}.")
 
     # ------------------------------------------------------------------ user arguments -> codes
     def resolve(

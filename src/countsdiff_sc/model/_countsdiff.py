@@ -1,7 +1,8 @@
 """CountsDiffModel: the user-facing scvi-tools model of count diffusion.
 
 The class is thin: it builds the module from the registry and composes focused parts, each in its own file:
-registration (:mod:`._setup`), the condition space (:mod:`._conditions`), training (:mod:`._training`), generation
+registration (:mod:`._setup`), the condition space (:mod:`._conditions`), the presets of the defaults
+(:mod:`._presets`), the sampler settings (:mod:`._sampler`), training (:mod:`._training`), generation
 (:mod:`._generation`), counterfactual transfer of real cells (:mod:`._transfer`), imputation (:mod:`._imputation`),
 scvi-tools' expression API (:mod:`._expression`), all running their reverse chains through one batched runner
 (:mod:`._chains`). See docs/architecture.md.
@@ -9,8 +10,12 @@ scvi-tools' expression API (:mod:`._expression`), all running their reverse chai
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -26,21 +31,44 @@ from ._conditions import ConditionSpace
 from ._expression import DEPTH_QUANTILE, ExpressionMixin
 from ._generation import GenerationMixin
 from ._imputation import ImputationMixin
-from ._setup import SetupMixin, check_training_data, gene_stats, library_quantile, mean_trusted_per_cell
-from ._training import train_method
+from ._presets import MODULE_OPTIONS, PRESETS, check_backbone_kwargs, check_preset
+from ._setup import (
+    SetupMixin,
+    check_training_data,
+    distrusted_share,
+    gene_stats,
+    mean_trusted_per_cell,
+    training_depths,
+)
+from ._training import Budget, TrainingMixin, scaled_epochs
 from ._transfer import TransferMixin
 
 __all__ = ["CountsDiffModel"]
 
 
-class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixin, ExpressionMixin, BaseModelClass):
+#: The preset a model saved before presets existed (0.1) is rebuilt with when loaded: its settings are the paper's.
+_LOADING_PRESET: contextvars.ContextVar[str | None] = contextvars.ContextVar("countsdiff_loading_preset",
+                                                                            default=None)
+
+
+@contextlib.contextmanager
+def _loading_preset(preset: str | None) -> Iterator[None]:
+    token = _LOADING_PRESET.set(preset)
+    try:
+        yield
+    finally:
+        _LOADING_PRESET.reset(token)
+
+
+class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin, ImputationMixin, ExpressionMixin,
+                      BaseModelClass):
     """Diffusion on the natural numbers for single-cell UMI counts (CountsDiff).
 
     The forward process thins counts binomially with a p-schedule, ``x_t ~ Binomial(x_0, p(t))``; a network
     predicts the number of thinned molecules ``y = x_0 - x_t`` and is trained with the weighted Poisson-type loss of
-    Eq. 6 on valid entries. Sampling runs the reverse birth-death process with attrition (Prop. 3.2), random
-    rounding (Sec. 3.5) and classifier-free guidance (Sec. 3.4). Imputation uses RePaint (Sec. 3.6). ``transfer``
-    thins real cells to a time ``t_start`` (Eq. 4) and runs the reverse chain from there under other conditions.
+    Eq. 6 on trusted entries. Sampling runs the reverse birth-death process with attrition (Prop. 3.2), random
+    rounding (Sec. 3.5) and classifier-free guidance (Sec. 3.4). Imputation uses RePaint (Sec. 3.6); denoising enters
+    the reverse chain at each cell's own depth (Eq. 4).
 
     Parameters
     ----------
@@ -49,47 +77,29 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
         May be None when the model is built from a saved registry (``load(path, adata=None)``).
     registry
         Registry of a saved model (used by :meth:`load`; users leave it None).
+    preset
+        ``"default"``: the settings chosen by the package's measurements (the docs' table of defaults): the network is
+        also conditioned on each cell's depth (read from its trusted entries, so held-out values never enter it),
+        the loss weight ``w = -p'(t) / (1 - p(t))`` (``"nll"``), condition dropout 0.2 and an EMA over about the last
+        2.5% of the run; training scaled to the number of cells with early stopping; the verbs' sampler defaults of
+        ``SAMPLER_DEFAULTS["default"]``. ``"paper"``: the settings of the CountsDiff paper's scRNA-seq protocol
+        (no depth condition, ``w = -p'(t)``, dropout 0.1, EMA 0.999, 6,000 training steps, RePaint with 19 Euler
+        steps, attrition 0.02 and guidance 0.5), with which the benchmark tables reproduce; the paper's per-gene
+        transformer is ``backbone="transformer"`` (for GPUs).
     backbone
-        ``"mlp"`` (residual MLP, fast on CPU; default) or ``"transformer"`` (the paper's per-gene transformer).
+        ``"mlp"`` (residual MLP, fast on CPU; default) or ``"transformer"`` (the paper's per-gene transformer); the
+        registry is :data:`countsdiff_sc.module.BACKBONES`.
     backbone_kwargs
         Keyword arguments of the backbone: ``n_hidden``, ``n_layers``, ``dim_emb``, ``dropout`` for the MLP;
         ``d_model``, ``n_heads``, ``n_layers``, ``dim_feedforward``, ``dropout`` for the transformer.
     schedule
         p-schedule: ``"cosine"`` (default), ``"blackout"``, ``"blackout_discrete"``, a config dict or a
         :class:`~countsdiff_sc.diffusion.PSchedule` (a ``CustomSchedule`` cannot be saved).
-    loss_weighting
-        ``"auto"`` (default): ``"neg_dp"`` (``w = -p'(t)``, the paper's) for the cosine schedule and ``"nll"``
-        (``w = -p'(t) / (1 - p(t))``) for the Blackout schedules, whose ``-p'(t)`` leaves the network untrained
-        near ``t = 0``, where the sampler still adds molecules (see :func:`~countsdiff_sc.diffusion.loss_weight`);
-        or ``"neg_dp"``, ``"nll"``, ``"constant"``.
-    p_uncond
-        Condition-dropout probability of a training cell (classifier-free guidance; see ``uncond_mode``).
-    ema_decay
-        Decay of the EMA weights used for validation and sampling (0 disables).
-    ema_warmup
-        Warm-up of the EMA: after ``k`` steps the decay is ``min(ema_decay, (1 + k) / (ema_warmup + k))``, so at the
-        default 10 the average covers about the last 11% of the run and a decay above ``1 - 9 / steps`` changes
-        nothing; a smaller value averages over more of the run.
-    rate_baseline
-        ``"none"`` (default) is the paper's plain ``y_hat = softplus(NN)``; ``"gamma_poisson"`` multiplies it by a
-        per-gene empirical-Bayes baseline rate (see :class:`~countsdiff_sc.module.CountsDiffModule`).
-    uncond_mode
-        ``"joint"`` (default, the paper's scheme): a training cell loses all its conditions together with
-        probability ``p_uncond``. ``"independent"``: each condition (labels, every categorical covariate, the
-        vector condition) is dropped independently with probability ``p_uncond``, and all of them together with
-        probability ``p_uncond``; needed for per-covariate guidance with unequal strengths
-        (``sample(guidance={...})``, see :meth:`sample`).
-    loss_normalisation
-        ``"cell"`` (default): each cell's loss is averaged over its trusted entries (valid, not held out), so with a
-        validity layer or mask an entry of a cell with few trusted genes weighs more. ``"constant"``: each cell's
-        sum over trusted entries is divided by the mean number of trusted entries per training cell (computed here
-        from the registered data and saved with the model), so every entry weighs the same, as in Eq. 6 of the
-        paper. Identical when every entry is trusted. Measured in ``benchmarks/loss_normalisation.py``.
-    time_sampling
-        ``"uniform"`` (default): training times ``t ~ U(0, 1)``, each cell's loss weighted by ``w(t)``.
-        ``"importance"``: times drawn with density proportional to ``w(t)`` and equal weights, the same objective
-        with less gradient noise when ``w`` is peaked (the ``"nll"`` weight); continuous schedules only (see
-        :class:`~countsdiff_sc.diffusion.ImportanceTimes`). Measured in ``benchmarks/generation_levers.py``.
+    **module_kwargs
+        Research options of :class:`~countsdiff_sc.module.CountsDiffModule`, over the preset's values:
+        ``loss_weighting``, ``p_uncond``, ``ema_decay``, ``ema_warmup``, ``depth_condition``, ``uncond_mode``
+        (``"independent"`` for per-condition guidance strengths), ``rate_baseline``, ``loss_normalisation``,
+        ``time_sampling``. Options other than the preset's measured no better than its values.
 
     Examples
     --------
@@ -97,7 +107,7 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
     >>> adata = cds.datasets.cbmc()
     >>> cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type")
     >>> model = cds.CountsDiffModel(adata)
-    >>> model.train(max_epochs=5)
+    >>> model.train()
     >>> gen = model.sample(labels=["B"] * 100)
     """
 
@@ -105,38 +115,52 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
     _training_plan_cls = DiffusionTrainingPlan
     _data_splitter_cls = DataSplitter
     _train_runner_cls = TrainRunner
+    _train_check = staticmethod(check_training_data)
 
     def __init__(
         self,
         adata: ad.AnnData | None = None,
         registry: dict | None = None,
+        *,
+        preset: Literal["default", "paper"] | None = None,
         backbone: Literal["mlp", "transformer"] = "mlp",
         backbone_kwargs: dict | None = None,
         schedule: str | dict | PSchedule = "cosine",
-        loss_weighting: Literal["auto", "neg_dp", "nll", "constant"] = "auto",
-        p_uncond: float = 0.1,
-        ema_decay: float = 0.999,
-        rate_baseline: Literal["none", "gamma_poisson"] = "none",
-        uncond_mode: Literal["joint", "independent"] = "joint",
-        loss_normalisation: Literal["cell", "constant"] = "cell",
-        time_sampling: Literal["uniform", "importance"] = "uniform",
-        ema_warmup: float = 10.0,
+        **module_kwargs: Any,
     ):
+        preset = check_preset(preset if preset is not None else (_LOADING_PRESET.get() or "default"))
+        unknown = sorted(k for k in module_kwargs if k not in MODULE_OPTIONS)
+        if unknown:
+            raise TypeError(f"CountsDiffModel() got unknown option(s) {unknown}; the module options are "
+                            f"{list(MODULE_OPTIONS)} (see countsdiff_sc.module.CountsDiffModule).")
+        check_backbone_kwargs(backbone, backbone_kwargs)
         super().__init__(adata, registry)
+        options = {**PRESETS[preset], **module_kwargs}
         if isinstance(schedule, PSchedule) and schedule.name != "custom":
             schedule = schedule.config()
         space = ConditionSpace.from_registry(self.registry_)
-        stats, loss_scale = None, None
+        stats, loss_scale, depth_stats = None, None, None
         if adata is not None:
             stats = gene_stats(self.adata_manager)
-            if loss_normalisation == "constant":
+            if options.get("loss_normalisation") == "constant":
                 loss_scale = mean_trusted_per_cell(self.adata_manager)
             counts_obj = adata
             if hasattr(adata, "mod"):  # MuData: the genes are those of the RNA modality
                 counts_obj = adata.mod[self.registry_["setup_args"]["modalities"]["rna_layer"]]
             self.var_names_ = np.asarray(counts_obj.var_names).astype(str)
             self.condition_table_ = space.table(self.adata_manager)
-            self.depth_ = library_quantile(self.adata_manager, DEPTH_QUANTILE)
+            depths = training_depths(self.adata_manager, stats[0])
+            self.distrusted_share_ = distrusted_share(self.adata_manager)
+            self.depth_ = float(np.quantile(depths, DEPTH_QUANTILE)) if depths.size else 0.0
+            if options["depth_condition"]:
+                log_depth = np.log(np.maximum(depths, 1.0))
+                depth_stats = (float(log_depth.mean()), float(max(log_depth.std(), 1e-3)))
+                self.train_depths_ = depths.astype(np.float32)
+                codes = space.codes(self.adata_manager)
+                self.train_codes_ = None if codes is None else codes.astype(np.int32)
+        elif options["depth_condition"]:
+            depth_stats = (0.0, 1.0)  # placeholders: the saved buffers replace them when the weights are loaded
+        self.preset_ = preset
         self.module = self._module_cls(
             n_genes=self.summary_stats.n_vars,
             n_cats_per_cov=space.n_cats_per_cov,
@@ -145,24 +169,19 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
             backbone=backbone,
             backbone_kwargs=backbone_kwargs,
             schedule=schedule,
-            loss_weighting=loss_weighting,
-            p_uncond=p_uncond,
-            ema_decay=ema_decay,
-            rate_baseline=rate_baseline,
             gene_stats=stats,
-            uncond_mode=uncond_mode,
-            loss_normalisation=loss_normalisation,
             loss_scale=loss_scale,
-            time_sampling=time_sampling,
-            ema_warmup=ema_warmup,
+            depth_stats=depth_stats,
+            **options,
         )
         n_params = sum(p.numel() for p in self.module.net.parameters())
+        module = self.module
         self._model_summary_string = (
-            f"CountsDiffModel: backbone={backbone}, schedule={self.module.schedule!r}, "
-            f"loss_weighting={self.module.loss_weighting}, loss_normalisation={loss_normalisation}, "
-            f"time_sampling={time_sampling}, "
-            f"conditions={space.names()} ({uncond_mode} dropout), "
-            f"{self.summary_stats.n_vars} genes, {n_params:,} network parameters, ema_decay={ema_decay}."
+            f"CountsDiffModel (preset={preset!r}): backbone={backbone}, schedule={module.schedule!r}, "
+            f"loss_weighting={module.loss_weighting}, p_uncond={module.p_uncond}, "
+            f"conditions={self.condition_space.names()} ({module.uncond_mode} dropout), "
+            f"{self.summary_stats.n_vars} genes, {n_params:,} network parameters, ema_decay={module.ema_decay} "
+            f"(warm-up {module.ema_warmup:g})."
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -172,39 +191,67 @@ class CountsDiffModel(SetupMixin, GenerationMixin, TransferMixin, ImputationMixi
 
         A given ``adata`` becomes the model's training data, so its genes must be the model's genes in the model's
         order (training reads them by position): a reordered or different gene set is refused with the fix,
-        ``adata[:, model_genes].copy()``. Inference verbs (``impute``, ...) match genes by name on any object.
+        ``adata[:, model_genes].copy()``. Inference verbs (``impute``, ...) match genes by name on any object. A
+        model saved by countsdiff-sc 0.1 (before presets) loads with ``preset="paper"``, its settings then.
 
         Raises
         ------
         FileNotFoundError
             No saved model in ``dir_path``.
         ValueError
-            ``adata`` does not have the model's genes in the model's order.
+            ``adata`` does not have the model's genes in the model's order, the file is not a saved CountsDiffModel
+            (e.g. a DICEModel's directory) or cannot be read.
         """
         path = Path(dir_path)
+        if path.is_file():
+            raise ValueError(f"{path} is a file; pass the directory given to model.save(...).")
         file = path / (f"{kwargs['prefix']}model.pt" if kwargs.get("prefix") else "model.pt")
         if not file.is_file() and kwargs.get("backup_url") is None:
             raise FileNotFoundError(f"No saved model at {file}: pass the directory given to model.save(...).")
-        if adata is not None and file.is_file() and not hasattr(adata, "mod"):  # (MuData: scvi-tools' own check)
-            saved = np.asarray(torch.load(file, map_location="cpu", weights_only=False).get("var_names", []), str)
+        saved: dict = {}
+        if file.is_file():
+            try:
+                saved = torch.load(file, map_location="cpu", weights_only=False)
+            except Exception as err:  # a truncated or foreign file: say which, not torch's unpickling error
+                raise ValueError(f"{file} is not a readable saved model ({type(err).__name__}: {err}).") from err
+            attrs = saved.get("attr_dict", {}) if isinstance(saved, dict) else {}
+            kind = attrs.get("registry_", {}).get("model_name")
+            if kind is not None and kind != cls.__name__:
+                raise ValueError(f"{path} holds a saved {kind}, not a {cls.__name__}: load it with "
+                                 f"countsdiff_sc.{kind}.load(...).")
+        if adata is not None and saved and not hasattr(adata, "mod"):  # (MuData: scvi-tools' own check)
+            names = np.asarray(saved.get("var_names", []), str)
             given = np.asarray(adata.var_names).astype(str)
-            if saved.size and not np.array_equal(saved, given):
-                same_set = saved.size == given.size and set(saved) == set(given)
+            if names.size and not np.array_equal(names, given):
+                same_set = names.size == given.size and set(names) == set(given)
                 raise ValueError(
                     f"The genes of adata {'are in another order than' if same_set else 'differ from'} the model's "
-                    f"({given.size} vs {saved.size} genes). The training data must have the model's genes in its "
+                    f"({given.size} vs {names.size} genes). The training data must have the model's genes in its "
                     "order: pass adata[:, genes].copy() with genes = the saved model's var_names (impute and the "
                     "other verbs match genes by name on any AnnData)."
                 )
-        return super().load(str(dir_path), adata=adata, **kwargs)
+        init = saved.get("attr_dict", {}).get("init_params_", {}) if isinstance(saved, dict) else {}
+        flat = {**init.get("non_kwargs", {}), **init.get("kwargs", {})} if isinstance(init, dict) else {}
+        legacy = "paper" if init and "preset" not in flat else None  # saved by 0.1, before presets
+        with _loading_preset(legacy):
+            return super().load(str(dir_path), adata=adata, **kwargs)
 
     @property
     def condition_space(self) -> ConditionSpace:
-        """What the model is conditioned on (labels, categorical covariates, vector condition), from its registry."""
-        return ConditionSpace.from_registry(self.registry_, independent=self.module.uncond_mode == "independent")
+        """What the model is conditioned on (labels, categorical covariates, vector condition, depth)."""
+        return ConditionSpace.from_registry(self.registry_, independent=self.module.uncond_mode == "independent",
+                                            depth=self.module.depth_condition)
 
-    train = train_method(
-        "Train the denoiser with Lightning (CountsDiff Algorithm 1; the loss of Eq. 6 on valid entries).",
-        default_steps=6000, max_default_epochs=400, weight_decay=0.0, early_stopping_patience=20,
-        check=check_training_data,
-    )
+    @property
+    def preset(self) -> str:
+        """The preset the model was built with (``"default"`` or ``"paper"``)."""
+        return getattr(self, "preset_", "paper")
+
+    def _budget(self, n_obs: int, train_size: float, batch_size: int, has_validation: bool) -> Budget:
+        """Default training budget: scaled to the cells with early stopping, or the paper's 6,000 steps."""
+        steps = max(1, math.ceil(int(n_obs * train_size) / batch_size))
+        if self.preset == "paper":
+            return Budget(int(np.clip(math.ceil(6000 / steps), 20, 400)), False, 20, "paper: 6,000 steps")
+        epochs = scaled_epochs(n_obs)
+        patience = int(max(20, math.ceil(500 / steps)))  # at least 20 epochs and 500 optimizer steps
+        return Budget(epochs, True, patience, "scaled: min(400, 20000 / n_cells * 400) epochs, early stopping")

@@ -1,22 +1,25 @@
-"""Imputation verb of CountsDiffModel: RePaint over the entries a user asks to fill.
+"""Imputation verb of CountsDiffModel: the expected counts of a user's cells, or RePaint over held-out entries.
 
-Two jobs share one sampler (CountsDiff Sec. 3.6, RePaint):
+Three jobs share the verb (``target=``):
 
-* ``target="dropouts"`` (the user's own data): fill every suspected dropout, i.e. every entry the registered
-  validity layer distrusts (scIDPMs Algorithm 1, :func:`countsdiff_sc.pp.mark_dropouts`), conditioned on the trusted
-  entries of the cell;
-* ``target="mask"`` (the benchmark protocol): fill the entries of a boolean mask of held-out values (register it with
-  ``setup_anndata(mask_layer=)`` so those values never train).
+* ``"denoise"`` (a user's own data, the default without a mask): every entry's expected count at the depth the cell
+  was sequenced at, ``f * E[x_D | x]`` (depth restoration, :mod:`._denoise`): observed entries shrink towards the
+  profile the cell's other genes imply, zeros rise to what the cell's depth explains, and the library is kept; the
+  spread is that of a new measurement of the cell at its depth (the posterior predictive). Nothing is invented that
+  the cell's own counts do not support;
+* ``"mask"`` (the benchmark protocol, CountsDiff Sec. 3.6): RePaint fills the entries of a boolean mask of held-out
+  values (register it with ``setup_anndata(mask_layer=)`` so those values never train);
+* ``"dropouts"``: RePaint fills every entry the registered validity layer distrusts (scIDPMs Algorithm 1 marks,
+  :func:`countsdiff_sc.pp.mark_dropouts`), the behaviour of 0.1.
 
-The data are read in blocks of cells (dense, sparse or backed), so memory beyond the outputs is bounded by
-``batch_size``; the only dense output of size ``n_obs x n_vars`` is the float32 point estimate.
+The data are read in blocks of cells (dense, sparse or backed), so memory beyond the outputs is bounded by the
+sampler's ``batch_size``.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import anndata as ad
@@ -24,7 +27,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS
+from tqdm.auto import tqdm
 
+from countsdiff_sc import _keys
+from countsdiff_sc._resources import check_memory, check_work
 from countsdiff_sc._utils import (
     as_bool_mask,
     check_counts,
@@ -34,233 +40,330 @@ from countsdiff_sc._utils import (
     rows_per_block,
     to_dense,
 )
-from countsdiff_sc.diffusion import KNOWN_MODES, repaint
+from countsdiff_sc.diffusion import binomial, repaint
 from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
 
-from ._chains import ChainSettings, positive_int, run_batches
-from ._docs import fill_doc
+from ._chains import ChainSettings, positive_int
+from ._denoise import restore_blocks, restored_depths
 from ._query import Query, prepare_query
+from ._sampler import Sampler, sampler_for
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SAMPLES_AUTO_LIMIT", "ImputationMixin"]
 
-#: ``store_samples="auto"`` stores the draws when they hold at most this many entries (512 MiB of int32).
-SAMPLES_AUTO_LIMIT = 2**27
+#: ``store_samples="auto"`` stores the draws when they hold at most this many entries (4 MiB of int32), so a default
+#: call never makes an h5ad much larger than its input.
+SAMPLES_AUTO_LIMIT = 2**20
 
-Target = Literal["auto", "mask", "dropouts"]
+Target = Literal["auto", "denoise", "mask", "dropouts"]
+#: Largest count a float32 layer holds exactly (2^24): observed counts above it are stored in float64.
+FLOAT32_EXACT = 2**24
 
 
 class ImputationMixin:
     """``impute`` of CountsDiffModel (needs ``module``, ``condition_space``, ``device`` and the scvi-tools base)."""
 
-    @torch.inference_mode()
     def impute(
         self,
         adata: ad.AnnData | None = None,
         mask_layer: str | None = None,
+        *,
         n_samples: int = 5,
         target: Target = "auto",
-        n_steps: int = 10,
-        guidance: float | Mapping[str, float] = 0.5,
-        attrition: float = 0.02,
-        attrition_kind: Literal["rescale", "cap", "constant", "none"] = "rescale",
-        resample_jump: int | None = None,
-        resample_iters: int = 2,
+        sampler: Sampler | None = None,
         point_estimate: Literal["mean", "median"] = "mean",
-        batch_size: int = 2048,
-        seed: int | None = None,
-        key_added: str = "countsdiff_imputed",
+        key_added: str = _keys.IMPUTED,
         std_key: str | None = "auto",
-        samples_key: str = "countsdiff_samples",
+        samples_key: str = _keys.SAMPLES,
         store_samples: bool | Literal["auto"] = "auto",
-        precision: Literal["32", "bf16", "16"] = "32",
-        progress: bool = True,
-        *,
-        time_grid: Literal["uniform", "p", "logit", "power"] = "uniform",
-        step_rule: Literal["euler", "trapezoid"] = "trapezoid",
-        known: Literal["path", "redraw"] = "path",
+        **legacy: Any,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Fill suspected dropouts or held-out entries with RePaint (CountsDiff Sec. 3.6), ``n_samples`` draws each.
+        """Impute a user's cells: each entry's expected count at the cell's depth, or RePaint over held-out entries.
 
-        The entries to fill follow the reverse process driven by the network; every other entry is
-        ``Binomial(x_obs, p(s))`` (the observed value thinned to time ``s``) at every step, along one path or
-        redrawn at each step (``known=``), and ``x_obs`` at the end: observed entries are never changed.
-        Only cells with at least one entry to fill are processed.
+        Which entries are imputed (``target``, recorded in ``uns["countsdiff"][key_added]["target"]``):
 
-        Which entries are filled (``target``, recorded in ``uns["countsdiff"][key_added]["target"]``):
-
-        * ``"dropouts"``: every entry the registered ``valid_layer`` marks False (suspected dropouts, scIDPMs
-          Algorithm 1). This is the job on a user's own data: ``model.impute(adata)``.
-        * ``"mask"``: the entries of ``mask_layer`` (or of the mask registered with ``setup_anndata(mask_layer=)``),
-          less those the validity layer distrusts (a warning says how many). The benchmark protocol: hide entries
-          on purpose, fill them, score them with :func:`countsdiff_sc.metrics.evaluate_imputation`.
-        * ``"auto"`` (default): ``"mask"`` when a mask is passed or registered, else ``"dropouts"`` when a validity
-          layer is registered. A model with neither knows no entry to fill: it raises a ValueError naming the
-          options (to denoise every entry, use :meth:`get_normalized_expression`).
+        * ``"denoise"``: every entry, by depth restoration: the cell of ``L`` counts is read as a binomial thinning,
+          at ``f = L / D``, of a deeper profile ``x_D`` (CountsDiff's forward process, Eq. 4), and the point estimate
+          is ``f * E[x_D | x]``, the network's posterior mean at the cell's entry time brought back to the cell's own
+          depth (one network pass; SAVER-like). Observed counts shrink towards what the cell's other genes imply
+          (a stray molecule of an off-type marker fades), zeros rise to what the cell's depth explains, and the
+          cell's library is kept (what a zero gains, the noise of the observed entries gives back). The spread is
+          that of a new measurement of the cell at its own depth, ``Binomial(x_D, f)`` over draws ``x_D`` of the
+          restored profile, so the intervals of the draws cover a held-out measurement at their nominal rate.
+        * ``"mask"``: RePaint (CountsDiff Sec. 3.6) over the entries of ``mask_layer`` (or of the mask registered
+          with ``setup_anndata(mask_layer=)``), less those the validity layer distrusts (a warning says how many);
+          every other entry keeps its observed value. The benchmark protocol: hide entries, fill them, score them
+          with :func:`countsdiff_sc.metrics.evaluate_imputation`.
+        * ``"dropouts"``: RePaint over every entry the registered ``valid_layer`` marks False (suspected dropouts).
+        * ``"auto"`` (default): ``"mask"`` when a mask is passed or registered, else ``"denoise"``.
 
         Parameters
         ----------
         adata
             AnnData with the model's genes, matched by name (any order; genes the model does not know are ignored
-            and keep their counts in the outputs); the training data when None. The registered counts layer and
-            condition columns must be present. A backed AnnData (``anndata.read_h5ad(path, backed="r")``) works: its
-            counts are read in blocks, and the results go to in-memory ``layers`` / ``obsm`` of the object.
+            and keep their counts in the outputs); the training data when None. A backed AnnData works (its counts
+            are read in blocks; the results go to in-memory ``layers`` / ``obsm``).
         mask_layer
             Boolean layer, True where a value is held out (see :func:`countsdiff_sc.pp.mask_mcar`); implies
             ``target="mask"``. None: the mask registered at setup, if any.
         n_samples
-            Number of RePaint draws per cell (the paper averages 5).
+            Draws per cell: RePaint completions (``"mask"`` / ``"dropouts"``, averaged for the point estimate), or
+            draws of the restored profile (``"denoise"``, for the spread).
         target
-            ``"auto"``, ``"dropouts"`` or ``"mask"`` (see above).
-        n_steps
-            Number of reverse transitions (the paper uses 20 Euler steps). The default, 10 trapezoid steps with
-            each step run twice (``resample_iters=2``), costs 40 network evaluations per chain, 0.8x the 50 Euler
-            steps of 0.1.0, and imputes better: on CBMC (50% MCAR, 10 draws) RMSE 7.08 against 7.62, MMD 0.0011
-            against 0.0015, interval coverage unchanged (0.79 / 0.95 at 80% / 95%);
-            ``benchmarks/results/repaint_budget.md``. ``n_steps=50, step_rule="euler", resample_iters=1`` gives the
-            draws of 0.1.0.
-        guidance
-            Guidance strength (paper's best scRNA setting: 0.5), or per-condition strengths as a dict (see
-            :meth:`sample`); ignored for an unconditional model.
-        %(attrition)s
-            The paper's best scRNA setting is ReMDM-rescale ``eta = 0.02``.
-        resample_jump, resample_iters
-            RePaint resampling: windows of ``resample_jump`` transitions (default 1 when ``resample_iters > 1``)
-            run ``resample_iters`` times, re-noising by thinning back to the window start in between (not a
-            restart; see :func:`~countsdiff_sc.diffusion.repaint`). Default 2: at equal cost, resampling improves
-            imputation more than a finer grid (CBMC: Euler 50 x 2 reaches RMSE 7.07, Euler 100 x 1 7.49).
+            ``"auto"``, ``"denoise"``, ``"mask"`` or ``"dropouts"`` (see above).
+        sampler
+            Chain settings (:class:`~countsdiff_sc.Sampler`); the defaults per target and preset are in
+            ``SAMPLER_DEFAULTS`` (RePaint: 10 trapezoid steps run twice; denoising: 10 trapezoid steps). Guidance 1
+            (default) imputes towards each cell's own label; pass ``cds.Sampler(guidance=0.0)`` when the output is
+            used to find or confirm groups.
         point_estimate
-            ``"mean"`` or ``"median"`` of the draws on filled entries.
-        batch_size
-            Rows processed at once (cells times draws).
-        %(seed)s
+            ``"mean"`` (the posterior mean for ``"denoise"``, the mean of the draws otherwise) or ``"median"`` of the
+            draws.
         key_added
-            Layer receiving the point estimate (float32; observed entries copied unchanged).
+            Layer receiving the point estimate (float32; float64 when an observed count it copies exceeds 2^24).
+            Never the model's counts, validity or mask layer, nor a layer the user owns.
         std_key
-            Layer receiving the spread of the draws (standard deviation, float32 CSR holding the filled entries;
-            absent entries are 0): the per-entry uncertainty. ``"auto"``: ``key_added + "_std"``; None: not stored.
+            Layer receiving the spread (standard deviation, float32): dense for ``"denoise"``, a CSR matrix of the
+            filled entries otherwise. ``"auto"``: ``key_added + "_std"``; None: not stored (an earlier spread of the
+            same imputation is removed).
         samples_key
-            obsm key receiving the draws (int32, ``n_obs x n_samples x n_vars``; observed entries repeated).
+            obsm key receiving the draws (integer counts, ``n_obs x n_samples x n_vars``; new measurements at the
+            cell's depth for ``"denoise"``, completions otherwise).
         store_samples
             Store the draws: True, False, or ``"auto"`` (default), which stores them when they hold at most
-            ``SAMPLES_AUTO_LIMIT`` = 2^27 entries (512 MiB) and says so in the log otherwise. Without them, memory
-            beyond the inputs is the float32 output (4 bytes per entry), the spread (8 bytes per filled entry) and a
-            working set bounded by ``batch_size``.
-        %(precision)s
-        %(progress)s
-        time_grid
-            Time grid of the reverse chain (see :func:`~countsdiff_sc.diffusion.time_grid`); default uniform in t.
-        step_rule
-            ``"trapezoid"`` (default for imputation): the second-order two-stage step of
-            :func:`~countsdiff_sc.diffusion.trapezoid_step` (two network evaluations per step); ``"euler"``: the
-            paper's first-order step (one evaluation).
-        known
-            How RePaint carries the observed entries through the chain (see
-            :func:`~countsdiff_sc.diffusion.repaint`): ``"path"`` (default), one forward path read backwards, driven
-            by the known missing count ``x_obs - x_t``; ``"redraw"``, a fresh ``Binomial(x_obs, p(s))`` at every step
-            (the paper's and Lugmayr et al.'s rule; one more binomial draw per step). Measured in
-            ``benchmarks/results/repaint_known.md``.
+            ``SAMPLES_AUTO_LIMIT`` = 2^20 entries (4 MiB; so a saved h5ad does not balloon). A re-run that does not
+            store them removes the draws of the earlier run.
+        **legacy
+            The chain keywords of 0.1 (``n_steps=``, ``guidance=``, ...): accepted for one release with a
+            FutureWarning; pass them in ``sampler=`` instead.
 
         Returns
         -------
-        ``(imputed, samples)``: the float32 matrix written to ``layers[key_added]`` and the int32 draws (or None),
-        both in the gene order of ``adata``. The settings are recorded in ``uns["countsdiff"][key_added]``.
+        ``(imputed, samples)``: the matrix written to ``layers[key_added]`` and the draws (or None), both in the
+        gene order of ``adata``. The settings are recorded in ``uns["countsdiff"][key_added]``.
 
         Raises
         ------
         KeyError
             A mask layer that does not exist.
         ValueError
-            No entry to fill is defined (see ``target``), a mask of the wrong shape or not boolean, genes missing
-            from ``adata``, values that are not counts, unknown labels, bad settings, or a ``key_added`` /
-            ``std_key`` / ``samples_key`` that names a layer / obsm entry the user owns (never overwritten).
+            A mask of the wrong shape or not boolean, genes missing from ``adata``, values that are not counts, labels
+            the model was not trained on, bad settings, output keys that collide or name data the package must not
+            overwrite, or a request beyond the resource guard (with its estimate and the ways out).
 
         Warns
         -----
         UserWarning
-            Masked entries that are invalid in the validity layer (they keep their observed value; use
-            ``target="dropouts"`` to fill suspected dropouts), or cells without any trusted entry (their imputation
-            rests on their conditions alone).
+            Masked entries that are invalid in the validity layer (they keep their observed value), or cells without
+            any trusted entry (their imputation rests on their conditions alone).
 
         Examples
         --------
-        >>> model.impute(adata)                                   # suspected dropouts of the registered valid layer
-        >>> model.impute(bench, mask_layer="countsdiff_mask")     # benchmark: held-out entries
+        >>> model.impute(adata, n_samples=5)                      # expected counts at each cell's depth + spread
+        >>> model.impute(bench, mask_layer="countsdiff_mask")     # benchmark: held-out entries (RePaint)
         >>> adata.layers["countsdiff_imputed"], adata.layers["countsdiff_imputed_std"]
         """
-        strengths = self.condition_space.guidance_strengths(guidance)
-        settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed,
-                                 time_grid=time_grid, step_rule=step_rule)
         n_draws = positive_int(n_samples, "n_samples")
-        batch_size = positive_int(batch_size, "batch_size")
-        resample_iters = positive_int(resample_iters, "resample_iters")
-        resample_jump = None if resample_jump is None else positive_int(resample_jump, "resample_jump")
-        if known not in KNOWN_MODES:
-            raise ValueError(f"known must be one of {KNOWN_MODES}, got {known!r}.")
+        if target not in ("auto", "denoise", "mask", "dropouts"):
+            raise ValueError(f"target must be 'auto', 'denoise', 'mask' or 'dropouts', got {target!r}.")
         if point_estimate not in ("mean", "median"):
             raise ValueError(f"point_estimate must be 'mean' or 'median', got {point_estimate!r}.")
+        if not isinstance(store_samples, (bool, np.bool_)) and store_samples != "auto":
+            raise TypeError(f"store_samples must be True, False or 'auto', got {store_samples!r}.")
         query = prepare_query(self, adata, carry_layers=(mask_layer,) if mask_layer else ())
         manager = self.get_anndata_manager(query.data, required=True)
-        targets = _Targets.build(target, mask_layer, query, manager)
-        std_key = f"{key_added}_std" if std_key == "auto" else std_key
-        for key, where in ((key_added, "layers"), (std_key, "layers"), (samples_key, "obsm")):
-            if key is not None and (where != "obsm" or store_samples is not False):
-                check_writable(query.target, key, where)
+        setup_args = self.registry_["setup_args"]
+        registered = setup_args.get("mask_layer")
+        has_mask = mask_layer is not None or (registered is not None and registered in query.target.layers)
+        kind = target if target != "auto" else ("mask" if has_mask else "denoise")
+        verb = "denoise" if kind == "denoise" else "impute"
+        run = ChainSettings(sampler_for(verb, self.preset, sampler, legacy, stacklevel=3), self.device)
+        std_key = _keys.std_key(key_added) if std_key == "auto" else std_key
+        _check_output_keys(query.target, key_added, std_key, samples_key, setup_args, mask_layer)
+        shape = (query.target.n_obs, len(query.genes))
+        keep_draws = _store_draws(store_samples, shape, n_draws, kind)
+        if kind == "denoise":
+            if mask_layer is not None:
+                raise ValueError("target='denoise' imputes every entry; a mask_layer means target='mask'.")
+            imputed, samples, spread, n_cells, n_entries = self._denoise(query, manager, n_draws, run, keep_draws,
+                                                                        point_estimate)
+        else:
+            targets = _Targets.build(kind, mask_layer, query, manager)
+            imputed, samples, spread, n_cells, n_entries = self._repaint(targets, manager, n_draws, run, keep_draws,
+                                                                         point_estimate)
+        imputed, samples = _write(query, imputed, samples, spread, key_added, std_key, samples_key, setup_args)
+        record_params(query.target, key_added, {
+            "operation": "impute", "target": kind, "mask_layer": None if kind == "denoise" else (
+                mask_layer or registered), "key_added": key_added, "std_key": std_key,
+            "samples_key": samples_key if samples is not None else None, "n_samples": n_draws,
+            "point_estimate": point_estimate, "n_cells_imputed": n_cells, "n_entries_imputed": n_entries,
+            "preset": self.preset, **run.record(),
+        })
+        return imputed, samples
+
+    def _repaint(self, targets: _Targets, manager: Any, n_draws: int, run: ChainSettings, keep_draws: bool,
+                 point_estimate: str):
+        """RePaint over the entries of a mask or the suspected dropouts (targets ``"mask"`` / ``"dropouts"``)."""
+        strengths = self.condition_space.guidance_strengths(run.sampler.guidance)
         x_all = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         codes = self.condition_space.codes(manager)
         cont_all = None
         if CONDITION_KEY in manager.data_registry:
             cont_all = np.asarray(to_dense(manager.get_from_registry(CONDITION_KEY)), dtype=np.float32)
         cells, n_entries = targets.scan()
-        imputed = _observed_counts(x_all, targets.shape)
-        keep_draws = _store_draws(store_samples, targets.shape, n_draws)
+        shape = targets.shape
+        work = len(cells) * n_draws * shape[1] * run.evaluations(self.module.schedule)
+        what = f"impute(target={targets.kind!r}, n_samples={n_draws}) of {len(cells)} cells x {shape[1]} genes"
+        check_work(what, work, "fewer n_samples, fewer steps (sampler=cds.Sampler(n_steps=...)) or fewer cells")
+        check_memory(what, _output_bytes(shape, n_draws if keep_draws else 0) + 8.0 * n_entries,
+                     "store_samples=False, fewer n_samples, or fewer cells per call")
+        imputed, big = _observed_counts(x_all, shape)
         samples = None
         if keep_draws:
-            samples = np.empty((*targets.shape[:1], n_draws, targets.shape[1]), dtype=np.int32)
+            samples = np.empty((shape[0], n_draws, shape[1]), dtype=np.int64 if big else np.int32)
             samples[:] = imputed[:, None, :]
+        module = self.module
+        progress = run.progress(work)
+        spread = _Spread(shape, n_entries)
+        per_batch = max(1, run.batch_size // n_draws)
+        module.eval()
+        bar = tqdm(total=len(cells), desc="imputing", disable=not progress, leave=False)
+        for start in range(0, len(cells), per_batch):
+            idx = cells[start:start + per_batch]
+            fill, valid = targets.rows(idx)
+            draws = self._repaint_block(imputed[idx], fill, valid, None if codes is None else codes[idx],
+                                        None if cont_all is None else cont_all[idx], n_draws, run, strengths,
+                                        progress and len(cells) <= per_batch)
+            draws = draws.reshape(len(idx), n_draws, -1)
+            est = draws.mean(axis=1) if point_estimate == "mean" else np.median(draws, axis=1)
+            imputed[idx] = np.where(fill, est, imputed[idx])
+            spread.add(idx, fill, draws)
+            if samples is not None:
+                samples[idx] = draws.astype(samples.dtype)
+            bar.update(len(idx))
+        bar.close()
+        return imputed, samples, spread.matrix(), len(cells), n_entries
+
+    @torch.inference_mode()
+    def _repaint_block(self, x_b: np.ndarray, fill: np.ndarray, valid: np.ndarray | None, codes: np.ndarray | None,
+                       cont: np.ndarray | None, n_draws: int, run: ChainSettings, strengths, show: bool) -> np.ndarray:
+        """``n_draws`` RePaint completions of a block of cells (rows: cell-major, draws within)."""
         module, device = self.module, self.device
 
         def rows(array: np.ndarray | None) -> torch.Tensor | None:
             return None if array is None else torch.from_numpy(np.repeat(array, n_draws, axis=0)).to(device)
 
-        batch_fill: dict[str, np.ndarray] = {}  # the batch's entries to fill, read once for its chain and its writing
+        depth = None
+        if module.depth_condition:  # the depth the cell's trusted entries imply (held-out values are never read)
+            trusted = ~fill if valid is None else valid & ~fill
+            depth = module.estimate_depth(torch.from_numpy(x_b), torch.from_numpy(trusted))
+            depth = depth.repeat_interleave(n_draws).to(device)
+        cat_b, valid_b = rows(codes), rows(valid)
+        vec = module.vector_condition(rows(cont), depth)
 
-        def chain(sl: slice, show: bool) -> torch.Tensor:
-            idx = cells[sl]
-            fill, valid = targets.rows(idx)
-            batch_fill["fill"] = fill
-            cat_b, cont_b, valid_b = rows(None if codes is None else codes[idx]), rows(
-                None if cont_all is None else cont_all[idx]), rows(valid)
+        def rate_fn(x, t):
+            return module.rate(x, t, cat_b, vec, valid=valid_b, guidance=strengths)
 
-            def rate_fn(x, t):
-                return module.rate(x, t, cat_b, cont_b, valid=valid_b, guidance=strengths)
+        out = repaint(run.wrap(rate_fn), rows(x_b.astype(np.float32)), rows(fill), module.schedule,
+                      run.times(module.schedule), **run.chain_kwargs(), resample_jump=run.sampler.resample_jump,
+                      resample_iters=run.sampler.resample_iters, known=run.sampler.known, generator=run.generator,
+                      progress=show)
+        return out.cpu().numpy()
 
-            return repaint(settings.wrap(rate_fn), rows(imputed[idx]), rows(fill), module.schedule, settings.n_steps,
-                           **settings.chain_kwargs(), resample_jump=resample_jump, resample_iters=resample_iters,
-                           known=known, generator=settings.generator, progress=show)
-
-        spread = _Spread(targets.shape, n_entries)
-        for sl, draws in run_batches(module, len(cells), max(1, batch_size // n_draws), chain, progress, "imputing"):
-            idx = cells[sl]
-            draws = draws.reshape(len(idx), n_draws, -1)
-            fill = batch_fill.pop("fill")
-            est = draws.mean(axis=1) if point_estimate == "mean" else np.median(draws, axis=1)
-            imputed[idx] = np.where(fill, est, imputed[idx])
-            spread.add(idx, fill, draws)
+    def _denoise(self, query: Query, manager: Any, n_draws: int, run: ChainSettings, keep_draws: bool,
+                 point_estimate: str):
+        """Every entry's expected count at the cell's own depth, and the spread of a new measurement there."""
+        strengths = self.condition_space.guidance_strengths(run.sampler.guidance)
+        x_all = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        shape = (query.target.n_obs, len(query.genes))
+        work = shape[0] * shape[1] * (1 + n_draws * run.evaluations(self.module.schedule))
+        what = f"impute(target='denoise', n_samples={n_draws}) of {shape[0]} cells x {shape[1]} genes"
+        check_work(what, work, "fewer n_samples, fewer steps (sampler=cds.Sampler(n_steps=...)) or fewer cells")
+        check_memory(what, _output_bytes(shape, n_draws if keep_draws else 0) + 4.0 * shape[0] * shape[1],
+                     "store_samples=False, fewer n_samples, or fewer cells per call")
+        x_obs, _ = _observed_counts(x_all, shape)
+        codes = self.condition_space.codes(manager)
+        cont = None
+        if CONDITION_KEY in manager.data_registry:
+            cont = np.asarray(to_dense(manager.get_from_registry(CONDITION_KEY)), dtype=np.float32)
+        valid = None
+        if VALID_KEY in manager.data_registry:
+            valid = np.concatenate([to_dense(b).astype(bool) for b in _blocks(manager.get_from_registry(VALID_KEY),
+                                                                               shape)]) if shape[0] else None
+        depths = restored_depths(x_obs.sum(axis=1), self._restored_depth("auto"))
+        imputed = np.empty(shape, dtype=np.float32)
+        spread = np.zeros(shape, dtype=np.float32) if n_draws > 1 else None
+        samples = np.empty((shape[0], n_draws, shape[1]), dtype=np.int32) if keep_draws else None
+        blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths), depths, run, n_draws,
+                                run.progress(work), "imputing")
+        for block in blocks:
+            f = block.fraction[:, None]
+            if n_draws:
+                reps = binomial(torch.from_numpy(block.draws), torch.from_numpy(
+                    np.repeat(block.fraction, n_draws).reshape(-1, n_draws, 1).astype(np.float32)),
+                    run.generator).numpy()
+            if point_estimate == "mean":
+                imputed[block.cells] = f * block.mean
+            else:
+                imputed[block.cells] = np.median(reps, axis=1)
+            if spread is not None:  # Var of Binomial(x_D, f) over the posterior of x_D
+                d = block.draws.astype(np.float64)
+                var = (f * (1 - f)) * d.mean(axis=1) + (f ** 2) * d.var(axis=1, ddof=1)
+                spread[block.cells] = np.sqrt(np.maximum(var, 0.0))
             if samples is not None:
-                samples[idx] = draws.astype(np.int32)
-        imputed, samples = _write(query, imputed, samples, spread.matrix(), key_added, std_key, samples_key,
-                                  self.registry_["setup_args"])
-        record_params(query.target, key_added, {
-            "target": targets.kind, "mask_layer": targets.mask_name, "key_added": key_added, "std_key": std_key,
-            "samples_key": samples_key if samples is not None else None, "n_samples": n_draws, **settings.record(),
-            "guidance": guidance, "resample_jump": resample_jump, "resample_iters": resample_iters, "known": known,
-            "point_estimate": point_estimate, "n_cells_imputed": len(cells), "n_entries_imputed": n_entries,
-        })
-        return imputed, samples
+                samples[block.cells] = reps.astype(np.int32)
+        return imputed, samples, spread, shape[0], shape[0] * shape[1]
 
-    impute = fill_doc(impute)
+
+def _blocks(x: Any, shape: tuple[int, int]):
+    step = rows_per_block(shape[1])
+    for start in range(0, shape[0], step):
+        yield x[start:start + step]
+
+
+def _output_bytes(shape: tuple[int, int], n_draws: int) -> float:
+    """Bytes of impute's dense outputs: the point estimate (float32) and, when stored, the draws (int32)."""
+    return 4.0 * shape[0] * shape[1] * (1 + n_draws)
+
+
+def _check_output_keys(target: ad.AnnData, key_added: Any, std_key: Any, samples_key: Any, setup_args: dict,
+                       mask_layer: str | None) -> None:
+    """Output keys: non-empty strings, distinct, never an input of the model, never a key the user owns."""
+    for name, key, optional in (("key_added", key_added, False), ("std_key", std_key, True),
+                                ("samples_key", samples_key, False)):
+        if key is None and optional:
+            continue
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f"{name} must be a non-empty string, got {key!r}.")
+    if std_key is not None and std_key == key_added:
+        raise ValueError(f"std_key and key_added are both {key_added!r}: the spread would overwrite the imputation; "
+                         "give them different names (std_key='auto' adds '_std').")
+    inputs = {setup_args.get("layer"), setup_args.get("valid_layer"), setup_args.get("mask_layer"), mask_layer}
+    records = target.uns.get(_keys.PARAMS, {})
+    for op in ("mark_dropouts", "mask_mcar", "mask_mnar", "library_condition"):
+        rec = records.get(op)
+        if isinstance(rec, dict) and rec.get("key_added"):
+            inputs.add(str(rec["key_added"]))
+    inputs.discard(None)
+    for name, key in (("key_added", key_added), ("std_key", std_key)):
+        if key in inputs:
+            raise ValueError(f"{name}={key!r} names an input of the model (its counts, validity or mask layer, or the "
+                             "output of another countsdiff-sc step); choose another name.")
+    for key, where in ((key_added, "layers"), (std_key, "layers"), (samples_key, "obsm")):
+        if key is not None:
+            check_writable(target, key, where)
+
+
+def _store_draws(store_samples: bool | str, shape: tuple[int, int], n_draws: int, kind: str) -> bool:
+    if store_samples == "auto":
+        size = shape[0] * shape[1] * n_draws
+        if size > SAMPLES_AUTO_LIMIT:
+            logger.info("Not storing the %d x %d x %d draws (store_samples='auto' stores at most %d entries); pass "
+                        "store_samples=True to keep them.", shape[0], n_draws, shape[1], SAMPLES_AUTO_LIMIT)
+            return False
+        return True
+    return bool(store_samples)
 
 
 class _Targets:
@@ -394,44 +497,51 @@ class _Spread:
         return sp.csr_matrix((self.values, self.cols, indptr), shape=self.shape, copy=False)
 
 
-def _store_draws(store_samples: bool | str, shape: tuple[int, int], n_draws: int) -> bool:
-    if store_samples == "auto":
-        size = shape[0] * shape[1] * n_draws
-        if size > SAMPLES_AUTO_LIMIT:
-            logger.info("Not storing the %d x %d x %d draws (%.1f GiB; store_samples='auto' stores up to %d entries); "
-                        "pass store_samples=True to keep them.", shape[0], n_draws, shape[1], size * 4 / 2**30,
-                        SAMPLES_AUTO_LIMIT)
-            return False
-        return True
-    if not isinstance(store_samples, (bool, np.bool_)):
-        raise TypeError(f"store_samples must be True, False or 'auto', got {store_samples!r}.")
-    return bool(store_samples)
-
-
-def _observed_counts(x: Any, shape: tuple[int, int]) -> np.ndarray:
-    """The registered counts as a float32 array, read (backed matrices too) and checked in blocks of rows."""
+def _observed_counts(x: Any, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    """The registered counts as a float32 array (float64 when a count exceeds 2^24, which float32 would round), read
+    (backed matrices too) and checked in blocks of rows; and whether any count exceeds the int32 range."""
     out = np.empty(shape, dtype=np.float32)
     step = rows_per_block(shape[1])
+    largest = 0.0
     for start in range(0, shape[0], step):
-        block = to_dense(x[start : start + step], np.float32)
+        block = to_dense(x[start : start + step], np.float64)
         check_counts(block, where="the counts of the cells to impute")
+        largest = max(largest, float(block.max(initial=0.0)))
+        if largest > FLOAT32_EXACT and out.dtype == np.float32:
+            out = out.astype(np.float64)
         out[start : start + block.shape[0]] = block
-    return out
+    return out, largest > np.iinfo(np.int32).max // 4
 
 
-def _write(query: Query, imputed: np.ndarray, samples: np.ndarray | None, spread: sp.csr_matrix, key_added: str,
+def _write(query: Query, imputed: np.ndarray, samples: np.ndarray | None, spread: Any, key_added: str,
            std_key: str | None, samples_key: str, setup_args: dict) -> tuple[np.ndarray, np.ndarray | None]:
-    """Write the results into the user's object, in its gene order (genes the model does not know keep their counts)."""
+    """Write the results into the user's object, in its gene order (genes the model does not know keep their counts),
+    and remove what an earlier run with the same ``key_added`` left that this run does not write (its spread, its
+    draws), so no stale output survives a re-run."""
+    target = query.target
     if not query.aligned:
-        observed = to_dense(get_matrix(query.target, setup_args.get("layer")), np.float32)
-        imputed = query.to_target(imputed, observed)
-        samples = None if samples is None else query.to_target(samples, observed[:, None, :].astype(np.int32))
-        cols = query.genes[spread.indices]
-        spread = sp.csr_matrix((spread.data, cols, spread.indptr), shape=query.target.shape)
-        spread.sort_indices()
-    query.target.layers[key_added] = imputed
+        observed = to_dense(get_matrix(target, setup_args.get("layer")), np.float64)
+        imputed = query.to_target(imputed, observed.astype(imputed.dtype))
+        samples = None if samples is None else query.to_target(samples, observed[:, None, :].astype(samples.dtype))
+        if sp.issparse(spread):
+            cols = query.genes[spread.indices]
+            spread = sp.csr_matrix((spread.data, cols, spread.indptr), shape=target.shape)
+            spread.sort_indices()
+        elif spread is not None:
+            spread = query.to_target(spread, np.float32(0.0))
+    previous = target.uns.get(_keys.PARAMS, {}).get(key_added)
+    if isinstance(previous, dict):
+        old_std, old_samples = previous.get("std_key"), previous.get("samples_key")
+        if old_std not in (None, "None", std_key) and old_std in target.layers and old_std != key_added:
+            del target.layers[old_std]
+        if old_samples not in (None, "None") and old_samples in target.obsm and (
+                samples is None or old_samples != samples_key):
+            del target.obsm[old_samples]
+    target.layers[key_added] = imputed
     if std_key is not None:
-        query.target.layers[std_key] = spread
+        if spread is None:  # one draw: no spread to report
+            spread = sp.csr_matrix(target.shape, dtype=np.float32)
+        target.layers[std_key] = spread
     if samples is not None:
-        query.target.obsm[samples_key] = samples
+        target.obsm[samples_key] = samples
     return imputed, samples

@@ -21,11 +21,11 @@ from scvi.data.fields import (
 )
 
 from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block, stored_values, to_dense
-from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
+from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY, cell_depth
 
 from ._results import check_gene_names
 
-__all__ = ["SetupMixin", "check_training_data", "gene_stats", "library_quantile"]
+__all__ = ["SetupMixin", "check_training_data", "distrusted_share", "gene_stats", "training_depths"]
 
 
 def check_bool_layer(x: Any, where: str, meaning: str) -> np.ndarray:
@@ -159,11 +159,41 @@ def check_training_data(model: Any) -> None:
                          "trusted; mask: True = held out).")
 
 
-def library_quantile(adata_manager: AnnDataManager, q: float) -> float:
-    """The ``q`` quantile of the registered cells' library sizes (counts per cell), read in blocks."""
+def distrusted_share(adata_manager: AnnDataManager) -> float:
+    """Share of the registered entries the validity layer distrusts (0 without one), read in blocks."""
+    registry = adata_manager.data_registry
+    if VALID_KEY not in registry:
+        return 0.0
+    valid = adata_manager.get_from_registry(VALID_KEY)
+    n_obs, n_vars = valid.shape
+    bad, step = 0, rows_per_block(n_vars)
+    for start in range(0, n_obs, step):
+        bad += int(np.count_nonzero(~to_dense(valid[start:start + step]).astype(bool)))
+    return bad / max(1, n_obs * n_vars)
+
+
+def training_depths(adata_manager: AnnDataManager, gene_means: torch.Tensor) -> np.ndarray:
+    """Each registered cell's depth over its trusted entries (valid, not held out), read in blocks.
+
+    The depth is :func:`~countsdiff_sc.module.cell_depth` with the genes' mean counts as profile (the module's
+    ``prior_mean``): held-out values never enter it, so neither the restored depth of ``get_normalized_expression``
+    nor the depth condition's standardisation depends on them.
+    """
     x = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-    totals = [np.asarray(block.sum(axis=1)).ravel() for _, block in iter_row_blocks(x, rows_per_block(x.shape[1]))]
-    return float(np.quantile(np.concatenate(totals), q)) if totals else 0.0
+    registry = adata_manager.data_registry
+    valid = adata_manager.get_from_registry(VALID_KEY) if VALID_KEY in registry else None
+    heldout = adata_manager.get_from_registry(MASK_KEY) if MASK_KEY in registry else None
+    profile = torch.as_tensor(gene_means, dtype=torch.float32).clamp_min(1e-3)
+    out = []
+    for start, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
+        rows = slice(start, start + block.shape[0])
+        keep = None if valid is None else to_dense(valid[rows]).astype(bool)
+        if heldout is not None:
+            held = to_dense(heldout[rows]).astype(bool)
+            keep = ~held if keep is None else keep & ~held
+        xb = torch.from_numpy(to_dense(block, np.float32))
+        out.append(cell_depth(xb, None if keep is None else torch.from_numpy(keep), profile).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 class SetupMixin:

@@ -21,23 +21,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from countsdiff_sc._resources import check_memory, check_work
 from countsdiff_sc._utils import record_params
-from countsdiff_sc.diffusion import binomial, generate, restore
+from countsdiff_sc.diffusion import binomial, generate, restore, restore_start
 
 from ._chains import ChainSettings, positive_int, run_batches
-from ._docs import fill_doc
-from ._expression import _cells
-from ._generation import (
-    AttritionKind,
-    GridKind,
-    StepRule,
-    _warn_valid_layer,
-    check_t_start,
-    own_vector_condition,
-    thinned_start,
-)
+from ._expression import select_cells
+from ._generation import check_t_start, own_vector_condition, thinned_start
 from ._results import counts_in_model_order, generated_adata, model_gene_names
 from ._retention import check_retention_series, estimate_retention, pair_name
+from ._sampler import Sampler, sampler_for
 
 __all__ = ["TransferMixin"]
 
@@ -53,22 +46,14 @@ class TransferMixin:
         self,
         adata: ad.AnnData,
         labels: str | Sequence[str] | None = None,
+        *,
         covariates: Mapping[str, str | Sequence[str]] | None = None,
         t_start: float | None = None,
-        n_steps: int = 50,
-        guidance: float | Mapping[str, float] = 1.0,
-        attrition: float = 0.0,
-        attrition_kind: AttritionKind = "rescale",
-        indices: Sequence[int] | np.ndarray | None = None,
-        seed: int | None = None,
-        batch_size: int = 1024,
-        precision: Literal["32", "bf16", "16"] = "32",
-        progress: bool = True,
-        *,
-        time_grid: GridKind = "uniform",
-        step_rule: StepRule = "euler",
         retention: Literal["auto"] | pd.Series | None = None,
+        indices: Sequence[int] | np.ndarray | slice | None = None,
         n_samples: int = 1,
+        sampler: Sampler | None = None,
+        **legacy: Any,
     ) -> ad.AnnData:
         """Move real cells to other conditions in count space (a counterfactual: "this cell, as if from batch b2").
 
@@ -79,8 +64,7 @@ class TransferMixin:
         unconditional rate with strength ``g`` (Sec. 3.4) as in :meth:`sample`. The molecules the thinning keeps are
         the part of the cell that stays; the chain rewrites the rest. ``t_start`` sets the trade-off: small values
         keep more of the cell (and of its batch effect), large ones move it further (``t_start = 1`` forgets the
-        cell and samples a new one under the target conditions). Measured on CBMC with a synthetic batch effect in
-        ``benchmarks/results/transfer.md``.
+        cell and samples a new one under the target conditions).
 
         **Per-gene retention** (``retention="auto"`` or a Series; the choice for batch and other technical effects).
         A technical effect in count space is a thinning of each gene's molecules: the source condition keeps a
@@ -94,8 +78,9 @@ class TransferMixin:
         keeps its molecules and gains those the network expects were lost. The cell's depth follows the target
         (the global part of a batch's depth difference is a thinning like any other). ``t_start`` adds a uniform
         cap, trading more of the cell for more of the target, as in the uniform mode. A vector condition is read
-        from the cells' own ``obsm`` in both modes; for a model conditioned on depth
-        (:func:`~countsdiff_sc.pp.library_condition`), write the depth the cells should have into it first.
+        from the cells' own ``obsm`` in both modes; a depth-conditioned model (the default preset) is given each
+        cell's own depth in the uniform mode and the depth its retention implies, ``sum_g x_g / r_g``, with
+        ``retention``.
 
         Parameters
         ----------
@@ -113,18 +98,11 @@ class TransferMixin:
             Time in (0, 1] the cells are thinned to; with the cosine schedule a cell keeps a fraction ``p(t_start)``
             of its molecules (0.85 at 0.3, 0.5 at 0.5, 0.35 at 0.6). None: 0.5 in the uniform mode, no cap with
             ``retention``.
-        n_steps
-            Number of reverse transitions from ``t_start`` (with ``retention``: from the lowest level) to 0.
-        %(guidance_dict)s
-        %(attrition)s
         indices
-            Cells of ``adata`` to transfer (positions or a boolean mask; all cells when None).
-        %(seed)s
-        batch_size
-            Cells moved at once.
-        %(precision)s
-        %(progress)s
-        %(sampler)s
+            Cells of ``adata`` to transfer (positions, a boolean mask or a slice; all cells when None).
+        sampler
+            Chain settings (:class:`~countsdiff_sc.Sampler`); default 50 Euler steps over the whole time grid (a
+            chain from ``t_start``, or from the lowest retention level, runs the steps of its interval), guidance 1.
         retention
             None (default): uniform thinning to ``t_start``. ``"auto"``: per-gene retention estimated from the
             model's training data for each move (the cells' own values of the target conditions must be obs columns
@@ -167,6 +145,7 @@ class TransferMixin:
         space = self.condition_space
         if hasattr(adata, "mod"):
             raise ValueError("Pass the AnnData of the RNA modality (mdata.mod[...]) to transfer, not a MuData.")
+        run = ChainSettings(sampler_for("transfer", self.preset, sampler, legacy, stacklevel=4), self.device)
         targets = _targets(space, labels, covariates)
         if retention is None:
             t_start = check_t_start(0.5 if t_start is None else t_start)
@@ -175,14 +154,17 @@ class TransferMixin:
         given = retention is not None and not (isinstance(retention, str) and retention == "auto")
         retention_series = (check_retention_series(retention, getattr(self, "var_names_", None), self.module.n_genes)
                             if given else None)
-        strengths = space.guidance_strengths(guidance)
-        settings = ChainSettings(n_steps, attrition_kind, attrition, precision, self.device, seed,
-                                 time_grid=time_grid, step_rule=step_rule)
-        batch_size = positive_int(batch_size, "batch_size")
+        strengths = space.guidance_strengths(run.sampler.guidance)
+        settings = run
+        batch_size = run.batch_size
         n_samples = positive_int(n_samples, "n_samples")
-        cells = _cells(indices, adata.n_obs)
+        cells = select_cells(indices, adata.n_obs)
         n = cells.size
-        _warn_valid_layer(self.registry_["setup_args"].get("valid_layer"))
+        check_work(f"transfer(n_samples={n_samples}) of {n} cells", n * n_samples * self.module.n_genes *
+                   run.evaluations(self.module.schedule), "fewer n_samples, fewer cells (indices=) or fewer steps")
+        check_memory(f"transfer(n_samples={n_samples}) of {n} cells", 16.0 * n * self.module.n_genes * (
+            3 if n_samples > 1 else 1), "fewer cells per call (indices=)")
+        self._warn_distrusted()
 
         # conditions: the targets where given, every other slot from the cell's own obs
         values = {key: _per_cell(key, value, n) for key, value in targets.items()}
@@ -200,6 +182,7 @@ class TransferMixin:
         label_values = values.get(space.labels_key) if space.use_labels else None
         codes, _ = space.resolve(n, label_values, {k: values[k] for k in space.covariate_categories}, settings.rng,
                                  None)
+        space.check_trained(codes, getattr(self, "condition_table_", None))
         cont = own_vector_condition(space, adata, cells, "adata")
         x0 = counts_in_model_order(adata, self.registry_["setup_args"].get("layer"), cells,
                                    getattr(self, "var_names_", None), self.module.n_genes, "adata",
@@ -207,27 +190,31 @@ class TransferMixin:
 
         module, device = self.module, self.device
         cat_all = None if codes is None else torch.from_numpy(codes).to(device)
-        cont_all = None if cont is None else cont.to(device)
         obs = _transfer_obs(adata, cells, space, values, targets)
         record: dict[str, Any] = {"targets": {k: _summary(v) for k, v in targets.items()}}
+        progress = run.progress(n * n_samples * module.n_genes * run.evaluations(module.schedule))
         if retention is not None:
             draw, table, moves = self._retention_chains(
                 adata, cells, x0, values, targets, retention_series, t_start, settings, strengths, cat_all,
-                cont_all, batch_size, progress)
+                cont, batch_size, progress)
             obs["transfer_move"] = pd.Categorical(moves)
             record.update({"t_start": t_start, "retention": "auto" if retention_series is None else "given"})
         else:
             table = None
+            own = None if not module.depth_condition else torch.from_numpy(x0.sum(axis=1).astype(np.float32))
+            vec = module.vector_condition(cont, own)
+            cont_all = None if vec is None else vec.to(device)
 
             def draw() -> np.ndarray:
                 t0, x_t = thinned_start(module, x0, settings, t_start)
                 record["t_start"] = t0
+                times = settings.times(module.schedule, t0)
 
                 def chain(rows: slice, show: bool) -> torch.Tensor:
                     rate_fn = _guided_rate(module, cat_all, cont_all, rows, strengths)
                     return generate(settings.wrap(rate_fn), (rows.stop - rows.start, module.n_genes),
-                                    module.schedule, settings.n_steps, **settings.chain_kwargs(), x_start=x_t[rows],
-                                    t_start=t0, generator=settings.generator, device=device, progress=show)
+                                    module.schedule, times, **settings.chain_kwargs(), x_start=x_t[rows],
+                                    generator=settings.generator, device=device, progress=show)
 
                 return np.concatenate([x for _, x in run_batches(module, n, batch_size, chain, progress,
                                                                  "transferring")])
@@ -247,16 +234,11 @@ class TransferMixin:
                                                    * n_samples / (n_samples - 1)).astype(np.float32)
         if table is not None:
             result.uns["transfer_retention"] = table
-        record_params(result, "transfer", {
-            **record, **settings.record(), "guidance": guidance, "n_cells": n, "n_samples": n_samples,
-            "batch_size": batch_size,
-        })
+        record_params(result, "transfer", {**record, **settings.record(), "n_cells": n, "n_samples": n_samples})
         return result
 
-    transfer = fill_doc(transfer)
-
     def _retention_chains(self, adata, cells, x0, values, targets, series, t_start, settings, strengths,
-                          cat_all, cont_all, batch_size, progress):
+                          cat_all, cont, batch_size, progress):
         """Per-gene retention transfer: levels per cell, thinning of inflated genes, :func:`restore` chains.
 
         Returns a function that makes one draw of all cells, the table of ratios (genes x moves) and each cell's
@@ -298,15 +280,21 @@ class TransferMixin:
         x = torch.from_numpy(x0).to(device)
         keep_all = torch.from_numpy(keep).to(device)
         level_all = torch.from_numpy(level).to(device)
+        depth = None
+        if module.depth_condition:  # the depth the move restores: each gene's molecules over its retention
+            depth = torch.from_numpy(np.where(r > 0, x0 / np.maximum(r, 1e-3), 0.0).sum(axis=1).astype(np.float32))
+        vec = module.vector_condition(cont, depth)
+        cont_all = None if vec is None else vec.to(device)
 
         def draw() -> np.ndarray:
             y_all = binomial(x, keep_all, settings.generator)  # genes above their level thinned to it
 
             def chain(rows: slice, show: bool) -> torch.Tensor:
                 rate_fn = _guided_rate(module, cat_all, cont_all, rows, strengths)
-                return restore(settings.wrap(rate_fn), y_all[rows], level_all[rows], module.schedule,
-                               settings.n_steps, **settings.chain_kwargs(), generator=settings.generator,
-                               progress=show)
+                level = level_all[rows]
+                return restore(settings.wrap(rate_fn), y_all[rows], level, module.schedule,
+                               settings.times(module.schedule, restore_start(module.schedule, level)),
+                               **settings.chain_kwargs(), generator=settings.generator, progress=show)
 
             return np.concatenate([c for _, c in run_batches(module, n, batch_size, chain, progress,
                                                              "transferring")])

@@ -12,6 +12,7 @@ from ._countsdiff import (
     VALID_KEY,
     ConditionVariant,
     CountsDiffModule,
+    cell_depth,
     gene_prior,
 )
 from ._ema import EMAMixin
@@ -33,6 +34,7 @@ __all__ = [
     "DiffusionTrainingPlan",
     "EMAMixin",
     "GuidanceTerm",
+    "cell_depth",
     "check_guidance_cap",
     "check_strengths",
     "gene_prior",

@@ -34,6 +34,7 @@ __all__ = [
     "VALID_KEY",
     "ConditionVariant",
     "CountsDiffModule",
+    "cell_depth",
     "gene_prior",
 ]
 
@@ -41,13 +42,50 @@ VALID_KEY = "valid"
 #: Registry key of held-out entries (True = held out): they never train, neither as input nor in the loss.
 MASK_KEY = "heldout"
 CONDITION_KEY = "condition"
-BACKBONES = ("mlp", "transformer")
+#: The denoiser backbones by name (``CountsDiffModel(backbone=...)``); register a new one by adding its class.
+BACKBONES: dict[str, type[RateDenoiser]] = {"mlp": ResidualMLPDenoiser, "transformer": GeneTransformerDenoiser}
 RATE_BASELINES = ("gamma_poisson", "none")
 UNCOND_MODES = ("joint", "independent")
 LOSS_NORMALISATIONS = ("cell", "constant")
 
 #: ``(cat, cont, drop)`` of one network pass: category codes, vector condition and the drop mask of its cells.
 ConditionVariant = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]
+
+
+def cell_depth(x: torch.Tensor, trusted: torch.Tensor | None, profile: torch.Tensor) -> torch.Tensor:
+    """Each cell's depth read from its trusted entries: ``sum_trusted x / share``.
+
+    ``share`` is the part of the mean ``profile`` (the genes' mean counts) that falls on the cell's trusted entries,
+    so a cell whose entries are partly held out (a mask) or distrusted (suspected dropouts) gets the depth its trusted
+    entries imply, not a smaller one; untrusted values are never read. Without ``trusted`` it is the total count.
+
+    Parameters
+    ----------
+    x
+        Counts ``(n, n_genes)``.
+    trusted
+        Boolean ``(n, n_genes)``, True where an entry may be read (None: every entry).
+    profile
+        Mean count of every gene ``(n_genes,)`` (positive).
+
+    Returns
+    -------
+    Depths ``(n,)`` in counts (float32).
+
+    Examples
+    --------
+    >>> x = torch.tensor([[4.0, 6.0, 10.0]])
+    >>> cell_depth(x, torch.tensor([[True, True, False]]), torch.tensor([1.0, 1.0, 2.0]))
+    tensor([20.])
+    """
+    x = x.to(torch.float32)
+    if trusted is None:
+        return x.sum(dim=1)
+    keep = trusted.to(torch.bool)
+    observed = torch.where(keep, x, torch.zeros_like(x)).sum(dim=1)
+    profile = profile.to(device=x.device, dtype=torch.float32)
+    share = (keep.to(torch.float32) @ profile) / profile.sum()
+    return observed / share.clamp_min(0.05)
 
 
 def gene_prior(mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +171,15 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         The constant of ``loss_normalisation="constant"`` (the model passes the mean number of trusted entries per
         training cell, which keeps the loss on the scale of ``"cell"``); stored as a buffer, so it is saved with
         the model. Defaults to ``n_genes``. Ignored for ``"cell"``.
+    depth_condition
+        Condition on each cell's depth: the standardised log of :meth:`estimate_depth` becomes one more dimension of
+        the vector condition (after the user's vector condition, if any), dropped with it for guidance. Training
+        cells read their own depth; generation draws it (the model takes the training cells' depths); imputation
+        and denoising give the depth of the profile being drawn. Without it the network must also learn the spread
+        of depths within a label, and generated cells come out too uniform in depth.
+    depth_stats
+        ``(mean, sd)`` of the log depth over the training cells, the standardisation of the depth feature (buffers,
+        saved with the model). Required with ``depth_condition``; the model computes it over trusted entries.
     """
 
     def __init__(
@@ -154,17 +201,21 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         loss_scale: float | None = None,
         time_sampling: str = "uniform",
         ema_warmup: float = 10.0,
+        depth_condition: bool = False,
+        depth_stats: tuple[float, float] | None = None,
     ):
         super().__init__()
         if backbone not in BACKBONES:
-            raise ValueError(f"Unknown backbone {backbone!r}; choose one of {BACKBONES}.")
+            raise ValueError(f"Unknown backbone {backbone!r}; choose one of {tuple(BACKBONES)}.")
         if not 0.0 <= p_uncond <= 1.0:
             raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond}.")
         if uncond_mode not in UNCOND_MODES:
             raise ValueError(f"Unknown uncond_mode {uncond_mode!r}; choose one of {UNCOND_MODES}.")
         self.n_genes = n_genes
         self.n_cats_per_cov = [int(n) for n in n_cats_per_cov]
-        self.n_continuous = int(n_continuous)
+        self.depth_condition = bool(depth_condition)
+        self.n_vector_user = int(n_continuous)
+        self.n_continuous = self.n_vector_user + int(self.depth_condition)  # the vector slot's input dimension
         self.use_labels = bool(use_labels)
         self.n_conditions = len(self.n_cats_per_cov) + int(self.n_continuous > 0)
         self.schedule = get_schedule(schedule)
@@ -175,8 +226,7 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         self._times = ImportanceTimes(self.schedule, self.loss_weighting) if time_sampling == "importance" else None
         self.p_uncond = float(p_uncond)
         self.uncond_mode = uncond_mode
-        cls = ResidualMLPDenoiser if backbone == "mlp" else GeneTransformerDenoiser
-        self.net: RateDenoiser = cls(
+        self.net: RateDenoiser = BACKBONES[backbone](
             n_genes, n_cats_per_cov=self.n_cats_per_cov, n_continuous=self.n_continuous, **(backbone_kwargs or {})
         )
         if rate_baseline not in RATE_BASELINES:
@@ -197,6 +247,14 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         mean, shape = gene_prior(torch.as_tensor(gene_stats[0]), torch.as_tensor(gene_stats[1]))
         self.register_buffer("prior_mean", mean)
         self.register_buffer("prior_shape", shape)
+        if self.depth_condition:  # buffers only here: state dicts of modules without the condition stay as they were
+            if depth_stats is None:
+                raise ValueError("depth_condition=True needs depth_stats=(mean, sd) of the training cells' log depth.")
+            loc, scale = (float(v) for v in depth_stats)
+            if not (np.isfinite(loc) and np.isfinite(scale) and scale > 0):
+                raise ValueError(f"depth_stats must be finite with a positive sd, got {depth_stats}.")
+            self.register_buffer("depth_loc", torch.tensor(loc, dtype=torch.float32))
+            self.register_buffer("depth_scale", torch.tensor(scale, dtype=torch.float32))
         # start at y_hat = b (baseline) or at y_hat = mean count (plain softplus)
         self.net.init_output_bias(torch.ones(n_genes) if rate_baseline == "gamma_poisson" else mean)
         self._init_ema(ema_decay, ema_warmup)
@@ -239,8 +297,42 @@ class CountsDiffModule(EMAMixin, BaseModuleClass):
         if REGISTRY_KEYS.CAT_COVS_KEY in tensors and tensors[REGISTRY_KEYS.CAT_COVS_KEY] is not None:
             cats.append(tensors[REGISTRY_KEYS.CAT_COVS_KEY].long())
         cat = torch.cat(cats, dim=1) if cats else None
-        cont = tensors.get(CONDITION_KEY) if self.n_continuous > 0 else None
-        return {"cat": cat, "cont": cont}
+        cont = tensors.get(CONDITION_KEY) if self.n_vector_user > 0 else None
+        depth = None
+        if self.depth_condition:
+            depth = self.estimate_depth(tensors[REGISTRY_KEYS.X_KEY].to(torch.float32), self._trusted(tensors))
+        return {"cat": cat, "cont": self.vector_condition(cont, depth)}
+
+    # ------------------------------------------------------------------ depth
+    def estimate_depth(self, x: torch.Tensor, trusted: torch.Tensor | None = None) -> torch.Tensor:
+        """Each cell's depth from its trusted entries (:func:`cell_depth` with the genes' mean counts)."""
+        return cell_depth(x, trusted, self.prior_mean)
+
+    def depth_feature(self, depth: torch.Tensor) -> torch.Tensor:
+        """The standardised log depth ``(log max(depth, 1) - mean) / sd``, shape ``(n, 1)``."""
+        depth = torch.as_tensor(depth, dtype=torch.float32, device=self.depth_loc.device)
+        return ((torch.log(depth.clamp_min(1.0)) - self.depth_loc) / self.depth_scale).reshape(-1, 1)
+
+    def vector_condition(self, cont: torch.Tensor | None, depth: torch.Tensor | None) -> torch.Tensor | None:
+        """The input of the vector slot: the user's vector condition and, for a depth-conditioned module, the depth
+        feature of ``depth`` (counts per cell) after it. None leaves the slot to its null token.
+
+        Raises
+        ------
+        ValueError
+            A depth-conditioned module given a user vector condition without depths (or the reverse).
+        """
+        if not self.depth_condition:
+            return cont
+        if depth is None:
+            if cont is not None:
+                raise ValueError("This model is conditioned on depth: give each cell's depth with its vector "
+                                 "condition.")
+            return None
+        if self.n_vector_user > 0 and cont is None:
+            raise ValueError("This model has a vector condition (condition_obsm_key): give it with the depths.")
+        feature = self.depth_feature(depth)
+        return feature if cont is None else torch.cat([cont.to(feature), feature], dim=1)
 
     @auto_move_data
     def inference(self, x: torch.Tensor, conditions: dict, heldout: torch.Tensor | None = None) -> dict:

@@ -8,7 +8,10 @@ import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
-__all__ = ["DiffusionTrainingPlan"]
+__all__ = ["VALIDATION_SEED", "DiffusionTrainingPlan"]
+
+#: Seed of the validation draws (plus the batch index): the same draws every epoch.
+VALIDATION_SEED = 20_260_101
 
 
 class DiffusionTrainingPlan(TrainingPlan):
@@ -19,7 +22,10 @@ class DiffusionTrainingPlan(TrainingPlan):
     - the history holds ``train_loss`` and ``validation_loss`` (epoch means) and nothing ELBO-shaped;
     - a linear learning-rate warm-up over ``warmup_steps`` optimizer steps;
     - after every optimizer step the module's EMA weights are updated (``module.update_ema()``), and validation
-      runs with the EMA weights (``generative_kwargs={"use_ema": True}``), as sampling does.
+      runs with the EMA weights (``generative_kwargs={"use_ema": True}``), as sampling does;
+    - validation draws the same random times, thinnings and condition drops every epoch (common random numbers: a
+      fixed seed per validation batch, the global random state restored afterwards), so the validation loss changes
+      only with the weights and early stopping reads a curve, not sampling noise.
 
     Gradient clipping is the Trainer's job (``gradient_clip_val``, set by the model's ``train``).
 
@@ -78,7 +84,10 @@ class DiffusionTrainingPlan(TrainingPlan):
         self.module.update_ema()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        _, _, loss_output = self.module(batch, generative_kwargs={"use_ema": True})
+        x = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+        with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []):
+            torch.manual_seed(VALIDATION_SEED + batch_idx)
+            _, _, loss_output = self.module(batch, generative_kwargs={"use_ema": True})
         self.log(
             "validation_loss", loss_output.loss, on_step=False, on_epoch=True, prog_bar=True,
             batch_size=loss_output.n_obs_minibatch, sync_dist=self.use_sync_dist,
