@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .._utils import get_matrix, to_dense
+from .._genes import align_genes
+from .._utils import get_matrix, stored_values, to_dense
 
 _FILE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 
@@ -70,20 +71,55 @@ def finish(
     return axes[0] if len(axes) == 1 else axes
 
 
-def counts_of(adata: ad.AnnData, layer: str | None, name: str) -> np.ndarray:
-    """Dense float64 counts of ``adata`` (``layer`` or ``X``), with an error naming the argument."""
+def check_values(x: Any, where: str, *, nonnegative: bool = True) -> None:
+    """Refuse a matrix that is not numeric, holds NaN / infinite values, or (``nonnegative``) negative values."""
+    values = stored_values(x)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{where} has dtype {values.dtype}; expected numbers.")
+    n_bad = int(np.count_nonzero(~np.isfinite(values))) if values.dtype.kind == "f" else 0
+    if n_bad:
+        raise ValueError(f"{where} holds {n_bad} NaN or infinite values; fill or drop them before plotting.")
+    n_neg = int(np.count_nonzero(values < 0)) if nonnegative else 0
+    if n_neg:
+        raise ValueError(f"{where} holds {n_neg} negative values; expected counts (or count-scale values).")
+
+
+def counts_of(adata: ad.AnnData, layer: str | None, name: str, *, min_cells: int = 1) -> np.ndarray:
+    """Dense float64 counts of ``adata`` (``layer`` or ``X``): finite, non-negative numbers of at least ``min_cells``
+    cells and one gene, with errors naming the argument."""
     if not isinstance(adata, ad.AnnData):
         raise TypeError(f"{name} must be an AnnData, got {type(adata).__name__}.")
-    return to_dense(get_matrix(adata, layer)).astype(np.float64)
+    where = f"{name}.X" if layer is None else f"{name}.layers[{layer!r}]"
+    x = get_matrix(adata, layer)
+    if adata.n_obs < min_cells or adata.n_vars < 1:
+        raise ValueError(f"{name} has {adata.n_obs} cells and {adata.n_vars} genes; at least {min_cells} cell"
+                         f"{'s' if min_cells > 1 else ''} and 1 gene are needed.")
+    check_values(x, where)
+    return to_dense(x).astype(np.float64)
 
 
-def check_same_genes(a: ad.AnnData, b: ad.AnnData, name_a: str, name_b: str) -> None:
-    """Raise a ValueError unless both objects hold the same genes in the same order."""
-    if a.n_vars != b.n_vars or not np.array_equal(a.var_names.to_numpy(), b.var_names.to_numpy()):
-        raise ValueError(
-            f"{name_a} ({a.n_vars} genes) and {name_b} ({b.n_vars} genes) must have the same genes in the same order; "
-            f"subset one with {name_b}[:, {name_a}.var_names]."
-        )
+def same_genes(a: ad.AnnData, b: ad.AnnData, name_a: str, name_b: str) -> ad.AnnData:
+    """``b`` with its genes in ``a``'s order (genes are matched by name; different gene sets are an error)."""
+    for name, obj in ((name_a, a), (name_b, b)):
+        if not isinstance(obj, ad.AnnData):
+            raise TypeError(f"{name} must be an AnnData, got {type(obj).__name__}.")
+    return align_genes(a, b, name_a, name_b)
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int of at least ``minimum`` (booleans and fractions refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or not float(value).is_integer() \
+            or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_positive(value: Any, name: str) -> float:
+    """``value`` as a positive finite float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
+            np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
 
 
 def identity_line(ax: Axes, lo: float, hi: float) -> None:

@@ -11,9 +11,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._utils import check_obs_key, to_dense
-from ._common import category_order, finish, new_axes, palette
+from ._common import category_order, check_positive, check_positive_int, check_values, finish, new_axes, palette
+from ._docs import fill_doc
 
 
+@fill_doc
 def dice_uncertainty(
     adata: ad.AnnData,
     basis: str = "X_umap",
@@ -46,19 +48,14 @@ def dice_uncertainty(
     labels_key
         obs column; the histogram is split by its values. None draws one histogram.
     bins
-        Number of histogram bins.
+        Number of histogram bins (at least 1).
     cmap
         Colour map of the uncertainty.
     size
-        Marker size; None picks one from the number of cells.
+        Marker size (positive); None picks one from the number of cells.
     ax
         Two Axes to draw into (embedding, histogram); None creates a figure.
-    show
-        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
-    save
-        File to write the figure to (True: ``dice_uncertainty.png``).
-    return_fig
-        Return the Figure instead of the Axes.
+    %(show_save)s
 
     Returns
     -------
@@ -71,6 +68,11 @@ def dice_uncertainty(
     >>> sc.pp.neighbors(adata, use_rep="X_dice"); sc.tl.umap(adata)  # doctest: +SKIP
     >>> cds.pl.dice_uncertainty(adata, labels_key="cell_type")  # doctest: +SKIP
     """
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+    bins = check_positive_int(bins, "bins")
+    if size is not None:
+        size = check_positive(size, "size")
     std_key = f"{key}_std"
     if std_key not in adata.obsm:
         raise KeyError(
@@ -87,7 +89,12 @@ def dice_uncertainty(
     coords = to_dense(adata.obsm[basis])
     if coords.ndim != 2 or coords.shape[1] < 2:
         raise ValueError(f"obsm[{basis!r}] must have at least 2 columns, got shape {coords.shape}.")
-    std = to_dense(adata.obsm[std_key], np.float64)
+    check_values(coords, f"obsm[{basis!r}]", nonnegative=False)
+    std = to_dense(adata.obsm[std_key])
+    check_values(std, f"obsm[{std_key!r}] (a spread: finite and >= 0)")
+    std = std.astype(np.float64)
+    if adata.n_obs == 0:
+        raise ValueError("adata has no cells to plot.")
     uncertainty = np.linalg.norm(std.reshape(adata.n_obs, -1), axis=1)
 
     fig, axs = new_axes(ax, 2, panel_size=(4.8, 4.0))

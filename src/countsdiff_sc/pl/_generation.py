@@ -13,9 +13,20 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._utils import check_obs_key, log_normalize
-from ._common import categorical_scatter, category_order, check_same_genes, counts_of, finish, new_axes
+from ._common import (
+    categorical_scatter,
+    category_order,
+    check_positive,
+    check_positive_int,
+    counts_of,
+    finish,
+    new_axes,
+    same_genes,
+)
+from ._docs import fill_doc
 
 
+@fill_doc
 def real_vs_generated_umap(
     adata_real: ad.AnnData,
     adata_generated: ad.AnnData,
@@ -44,7 +55,8 @@ def real_vs_generated_umap(
     adata_real
         Real cells (counts in ``layer`` or ``X``).
     adata_generated
-        Generated cells with the same genes (e.g. from ``CountsDiffModel.sample``).
+        Generated cells with the same genes (e.g. from ``CountsDiffModel.sample``); genes are matched by name
+        (another order is reordered, different gene sets are an error).
     color
         obs column present in both objects (e.g. the labels key); None draws only the source panel.
     layer, generated_layer
@@ -52,19 +64,14 @@ def real_vs_generated_umap(
     n_pcs
         Number of principal components (capped by the data size).
     n_neighbors
-        Neighbours of the kNN graph behind the UMAP.
+        Neighbours of the kNN graph behind the UMAP (at least 2; capped by the data size).
     size
-        Marker size; None picks one from the number of cells.
+        Marker size (positive); None picks one from the number of cells.
     seed
         Seed of the PCA and the UMAP.
     ax
         Axes to draw into: one per panel (two with ``color``); None creates a figure.
-    show
-        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
-    save
-        File to write the figure to (True: ``real_vs_generated_umap.png``).
-    return_fig
-        Return the Figure instead of the Axes.
+    %(show_save)s
 
     Returns
     -------
@@ -78,7 +85,11 @@ def real_vs_generated_umap(
     """
     import scanpy as sc
 
-    check_same_genes(adata_real, adata_generated, "adata_real", "adata_generated")
+    adata_generated = same_genes(adata_real, adata_generated, "adata_real", "adata_generated")
+    n_pcs = check_positive_int(n_pcs, "n_pcs")
+    n_neighbors = check_positive_int(n_neighbors, "n_neighbors", 2)
+    if size is not None:
+        size = check_positive(size, "size")
     real = counts_of(adata_real, layer, "adata_real")
     gen = counts_of(adata_generated, generated_layer, "adata_generated")
     source = np.repeat(["real", "generated"], [real.shape[0], gen.shape[0]])
@@ -124,6 +135,7 @@ def _pca_fit(x: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:k].T
 
 
+@fill_doc
 def interpolation_trajectory(
     adata_interp: ad.AnnData,
     reference: ad.AnnData,
@@ -157,7 +169,8 @@ def interpolation_trajectory(
     adata_interp
         Interpolated cells (counts in ``layer`` or ``X``) with ``obs[weight_key]``.
     reference
-        Real cells with ``obs[labels_key]`` and the same genes, on which the PCA and the centroids are computed.
+        Real cells with ``obs[labels_key]`` and the same genes (matched by name), on which the PCA and the
+        centroids are computed.
     labels_key
         obs column of ``reference`` with the labels.
     source_label, target_label
@@ -172,14 +185,8 @@ def interpolation_trajectory(
         Number of principal components.
     band
         "sd" (mean +- one standard deviation) or "iqr" (25%-75% quantiles).
-    ax
-        Axes to draw into; None creates a figure.
-    show
-        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
-    save
-        File to write the figure to (True: ``interpolation_trajectory.png``).
-    return_fig
-        Return the Figure instead of the Axes.
+    %(ax)s
+    %(show_save)s
 
     Returns
     -------
@@ -193,9 +200,10 @@ def interpolation_trajectory(
     """
     if band not in ("sd", "iqr"):
         raise ValueError(f"band must be 'sd' or 'iqr', got {band!r}.")
+    n_pcs = check_positive_int(n_pcs, "n_pcs")
+    adata_interp = same_genes(reference, adata_interp, "reference", "adata_interp")
     check_obs_key(adata_interp, weight_key)
     check_obs_key(reference, labels_key)
-    check_same_genes(reference, adata_interp, "reference", "adata_interp")
     obs = adata_interp.obs
     keep = np.ones(adata_interp.n_obs, dtype=bool)
     pair = {}
@@ -226,8 +234,8 @@ def interpolation_trajectory(
     z_ref = (ref - mean) @ comps
     z = (log_normalize(counts_of(adata_interp, layer, "adata_interp")[keep]) - mean) @ comps
     weights = pd.to_numeric(obs[weight_key], errors="coerce").to_numpy(dtype=float)[keep]
-    if np.isnan(weights).any():
-        raise ValueError(f"adata_interp.obs[{weight_key!r}] holds non-numeric or missing weights.")
+    if not np.isfinite(weights).all():
+        raise ValueError(f"adata_interp.obs[{weight_key!r}] holds non-numeric, missing or infinite weights.")
     grid = np.unique(weights)
 
     fig, (a,) = new_axes(ax, panel_size=(5.2, 4.0))

@@ -11,8 +11,19 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._keys import IMPUTED, MASK
 from .._utils import as_bool_mask, get_matrix, to_dense
-from ._common import check_same_genes, counts_of, finish, identity_line, new_axes
+from ._common import (
+    check_positive,
+    check_positive_int,
+    check_values,
+    counts_of,
+    finish,
+    identity_line,
+    new_axes,
+    same_genes,
+)
+from ._docs import fill_doc
 
 _IMPUTED_HINT = "Run CountsDiffModel.impute (or a baseline from countsdiff_sc.baselines) first, or pass layer=."
 _MASK_HINT = "Create it with countsdiff_sc.pp.mask_mcar / mask_mnar, or pass mask_layer=."
@@ -27,10 +38,11 @@ def _layer(adata: ad.AnnData, layer: str, what: str, hint: str) -> np.ndarray:
     return adata.layers[layer]
 
 
+@fill_doc
 def imputed_vs_true(
     adata: ad.AnnData,
-    layer: str = "countsdiff_imputed",
-    mask_layer: str = "countsdiff_mask",
+    layer: str = IMPUTED,
+    mask_layer: str = MASK,
     true_layer: str | None = None,
     *,
     log1p: bool = True,
@@ -63,14 +75,8 @@ def imputed_vs_true(
         Number of hexagons along the x axis.
     cmap
         Colour map of the density.
-    ax
-        Axes to draw into; None creates a figure.
-    show
-        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
-    save
-        File to write the figure to (True: ``imputed_vs_true.png``).
-    return_fig
-        Return the Figure instead of the Axes.
+    %(ax)s
+    %(show_save)s
 
     Returns
     -------
@@ -84,14 +90,24 @@ def imputed_vs_true(
     """
     from ..metrics import rmse, spearman  # metrics loads torch: import on use, so that pl itself stays light
 
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+    gridsize = check_positive_int(gridsize, "gridsize")
     imputed = _layer(adata, layer, "Imputed", _IMPUTED_HINT)
     mask = as_bool_mask(_layer(adata, mask_layer, "Mask", _MASK_HINT), adata.shape, f"adata.layers[{mask_layer!r}]")
     n = int(mask.sum())
     if n == 0:
         raise ValueError(f"adata.layers[{mask_layer!r}] holds no True entry: there is nothing to compare.")
     truth = get_matrix(adata, true_layer)
-    t = to_dense(truth)[mask].astype(np.float64)
-    y = to_dense(imputed)[mask].astype(np.float64)
+    t = to_dense(truth)[mask]
+    y = to_dense(imputed)[mask]
+    true_where = "adata.X" if true_layer is None else f"adata.layers[{true_layer!r}]"
+    check_values(t, f"{true_where} (at the held-out entries)", nonnegative=False)
+    check_values(y, f"adata.layers[{layer!r}] (at the held-out entries)", nonnegative=False)
+    t, y = t.astype(np.float64), y.astype(np.float64)
+    if log1p and min(t.min(), y.min()) <= -1:
+        raise ValueError("log1p=True needs values > -1 (count-scale values); the held-out entries hold values down "
+                         f"to {min(t.min(), y.min()):.4g}. Pass log1p=False to plot them as they are.")
     err = rmse(truth, imputed, mask)
     with warnings.catch_warnings():  # undefined per-cell correlations are reported as NaN in the title
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -122,6 +138,7 @@ def _gene_stat(x: np.ndarray, stat: str) -> np.ndarray:
     return x.var(axis=0, ddof=1) if x.shape[0] > 1 else np.zeros(x.shape[1])
 
 
+@fill_doc
 def gene_calibration(
     adata_real: ad.AnnData,
     adata_pred: ad.AnnData | None = None,
@@ -148,8 +165,9 @@ def gene_calibration(
     adata_real
         Real cells (counts in ``layer`` or ``X``).
     adata_pred
-        Generated cells with the same genes (values in ``pred_layer`` or ``X``); None compares with the layer
-        ``pred_layer`` (default ``"countsdiff_imputed"``) of ``adata_real``.
+        Generated cells with the same genes (values in ``pred_layer`` or ``X``; genes are matched by name, another
+        order is reordered); None compares with the layer ``pred_layer`` (default ``"countsdiff_imputed"``) of
+        ``adata_real``.
     stat
         "zero_fraction" (fraction of cells with a zero), "mean" or "variance" (unbiased) over cells.
     layer
@@ -162,14 +180,8 @@ def gene_calibration(
         Axis label of the predicted values; None gives "generated" or "imputed".
     size
         Marker size.
-    ax
-        Axes to draw into; None creates a figure.
-    show
-        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
-    save
-        File to write the figure to (True: ``gene_calibration.png``).
-    return_fig
-        Return the Figure instead of the Axes.
+    %(ax)s
+    %(show_save)s
 
     Returns
     -------
@@ -183,13 +195,16 @@ def gene_calibration(
     """
     if stat not in _STATS:
         raise ValueError(f"stat must be one of {list(_STATS)}, got {stat!r}.")
+    size = check_positive(size, "size")
     real = counts_of(adata_real, layer, "adata_real")
     if adata_pred is None:
-        pred_layer = pred_layer or "countsdiff_imputed"
-        pred = to_dense(_layer(adata_real, pred_layer, "Predicted", _IMPUTED_HINT)).astype(np.float64)
+        pred_layer = pred_layer or IMPUTED
+        pred = _layer(adata_real, pred_layer, "Predicted", _IMPUTED_HINT)
+        check_values(pred, f"adata_real.layers[{pred_layer!r}]")
+        pred = to_dense(pred).astype(np.float64)
         default_name = "imputed"
     else:
-        check_same_genes(adata_real, adata_pred, "adata_real", "adata_pred")
+        adata_pred = same_genes(adata_real, adata_pred, "adata_real", "adata_pred")
         pred = counts_of(adata_pred, pred_layer, "adata_pred")
         default_name = "generated"
     xs, ys = _gene_stat(real, stat), _gene_stat(pred, stat)
@@ -198,6 +213,10 @@ def gene_calibration(
         xs, ys = np.log1p(xs), np.log1p(ys)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = float(np.corrcoef(xs, ys)[0, 1]) if len(xs) > 1 else float("nan")
+    if np.isnan(r):
+        warnings.warn(f"The correlation in the title is NaN: the per-gene {stat.replace('_', ' ')} is the same for "
+                      "every gene on one side (or there is a single gene), so it is undefined.", RuntimeWarning,
+                      stacklevel=2)
 
     fig, (a,) = new_axes(ax, panel_size=(4.3, 4.3))
     a.scatter(xs, ys, s=size, alpha=0.7, linewidths=0, color="tab:blue")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ._common import finish, new_axes, palette
+from ._docs import fill_doc
 
 _GROUP_COLUMNS = ("method", "embedding")
 
@@ -76,6 +78,7 @@ def _combine(tables: Any, names: Sequence[str] | None) -> tuple[pd.DataFrame, st
     return pd.concat(frames, ignore_index=True), "method"
 
 
+@fill_doc
 def metric_bars(
     tables: Any,
     metrics: str | Sequence[str] | None = None,
@@ -93,7 +96,7 @@ def metric_bars(
     ``evaluate_embedding`` (DataFrames, or the dicts of columns stored in ``adata.uns["countsdiff_metrics"]``), and
     concatenations of them with a ``method`` column. The bars of one metric are the values of the ``method``
     column (else of the ``embedding`` column of an embedding table, else one bar per table). Rows with a NaN
-    ``std_error`` get no error bar.
+    ``std_error`` get no error bar; a NaN or infinite ``value`` gets no bar, with a RuntimeWarning naming it.
 
     Metrics live on very different scales (an RMSE of 7 next to an MMD of 0.0006), so by default each metric gets
     its own panel; ``panels=False`` (or a single ``ax``) draws all of them as groups of bars on one axes.
@@ -111,12 +114,7 @@ def metric_bars(
         One panel per metric; None = True unless a single ``ax`` is given.
     ax
         Axes to draw into: one Axes (``panels=False``) or one per metric; None creates a figure.
-    show
-        Call ``plt.show()``; None shows only with an interactive backend and when ``ax`` is None.
-    save
-        File to write the figure to (True: ``metric_bars.png``).
-    return_fig
-        Return the Figure instead of the Axes.
+    %(show_save)s
 
     Returns
     -------
@@ -139,6 +137,14 @@ def metric_bars(
             raise ValueError(f"Metric(s) {unknown} not in the table(s); available: {available}.")
     df = df[df["metric"].astype(str).isin(chosen)]
     df = df.assign(metric=df["metric"].astype(str), **{group: df[group].astype(str)})
+    numeric = pd.to_numeric(df["value"], errors="coerce")
+    if numeric.isna().any() and df["value"][numeric.isna()].notna().any():
+        raise ValueError(f"The value column holds non-numbers (e.g. {df['value'][numeric.isna()].iloc[0]!r}).")
+    df = df.assign(value=numeric.astype(float))
+    missing = df[~np.isfinite(df["value"].to_numpy())]
+    for _, row in missing.iterrows():
+        warnings.warn(f"{row['metric']} of {row[group] or 'the table'} is {row['value']}; its bar is left out.",
+                      RuntimeWarning, stacklevel=2)
     dup = df.duplicated(["metric", group], keep=False)
     if dup.any():
         others = [c for c in df.columns if c not in ("metric", "value", "std_error", group)]
