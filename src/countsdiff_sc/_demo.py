@@ -10,17 +10,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import _keys
 from ._utils import to_dense
 
 __all__ = ["run_demo"]
 
 #: What the full demo gives (README.md, "What the demo prints": ``countsdiff-sc demo``, 3,000 training steps per model
-#: on all 8,617 cells, 2 CPU cores); printed by ``--quick``, whose own numbers are not meaningful.
+#: on all 8,617 cells, 2 CPU cores); printed by ``--quick``, whose own numbers are not meaningful. A test keeps these
+#: figures equal to the README's.
 FULL_RUN = (
     "The full demo (`countsdiff-sc demo`: 3,000 training steps per model on all 8,617 CBMC cells, about 3 minutes on "
     "2 CPU cores) gives held-out RMSE 7.641 for CountsDiff against 19.82 for mean and 12.17 for conditional-mean "
-    "imputation, and generated cells with 0.90-1.00x the real counts per cell (README.md, 'What the demo prints'); the "
-    "6,000-step benchmark with more baselines is benchmarks/results/imputation.md."
+    "imputation, and generated cells with 0.90-1.00x the real counts per cell (README.md, 'What the demo prints')."
 )
 SMOKE_TEST = (
     "This was --quick, a smoke test: {steps} training steps on {cells:,} cells check that training, imputation and "
@@ -112,7 +113,7 @@ def _run_demo(out, max_steps, n_samples, n_steps, mask_rate, n_generate, seed, q
     import torch
 
     from countsdiff_sc import baselines, datasets, metrics, pp
-    from countsdiff_sc.model import CountsDiffModel
+    from countsdiff_sc.model import CountsDiffModel, Sampler
 
     def say(msg: str) -> None:
         if progress:
@@ -133,15 +134,15 @@ def _run_demo(out, max_steps, n_samples, n_steps, mask_rate, n_generate, seed, q
         f"{torch.get_num_threads()} CPU thread(s) (--threads)")
     pp.mark_dropouts(adata, groupby="cell_type")
     pp.split_cells(adata, train=0.8, validation=0.1, test=0.1, seed=seed, stratify="cell_type")
-    split = adata.obs["countsdiff_split"]
+    split = adata.obs[_keys.SPLIT]
     train = adata[split != "test"].copy()
     test = adata[split == "test"].copy()
     pp.mask_mcar(test, rate=mask_rate, seed=seed)
-    say(f"      valid entries {adata.layers['countsdiff_valid'].mean():.1%}; test cells {test.n_obs}, "
-        f"held-out entries {int(test.layers['countsdiff_mask'].sum())}")
+    say(f"      valid entries {adata.layers[_keys.VALID].mean():.1%}; test cells {test.n_obs}, "
+        f"held-out entries {int(test.layers[_keys.MASK].sum())}")
 
     say(f"[2/5] training CountsDiff (MLP) for {max_steps} steps on {train.n_obs} cells")
-    CountsDiffModel.setup_anndata(train, labels_key="cell_type", valid_layer="countsdiff_valid")
+    CountsDiffModel.setup_anndata(train, labels_key="cell_type", valid_layer=_keys.VALID)
     model = CountsDiffModel(train)
     t0 = time.perf_counter()
     model.train(max_steps=max_steps, accelerator="cpu", enable_progress_bar=False,
@@ -154,14 +155,15 @@ def _run_demo(out, max_steps, n_samples, n_steps, mask_rate, n_generate, seed, q
     say(f"[3/5] RePaint imputation of the test cells ({n_samples} draws x {n_steps} trapezoid steps, resampled "
         "twice) and baselines")
     t0 = time.perf_counter()
-    model.impute(test, mask_layer="countsdiff_mask", n_samples=n_samples, n_steps=n_steps, seed=seed, progress=progress)
+    model.impute(test, mask_layer=_keys.MASK, n_samples=n_samples,
+                 sampler=Sampler(n_steps=n_steps, seed=seed, progress=progress))
     t_impute = time.perf_counter() - t0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        baselines.impute_mean(test, reference=train, valid_layer="countsdiff_valid")
-        baselines.impute_conditional_mean(test, "cell_type", reference=train, valid_layer="countsdiff_valid")
+        baselines.impute_mean(test, reference=train, valid_layer=_keys.VALID)
+        baselines.impute_conditional_mean(test, "cell_type", reference=train, valid_layer=_keys.VALID)
     rows = []
-    for name, layer in [("CountsDiff", "countsdiff_imputed"), ("Mean", "mean_imputed"),
+    for name, layer in [("CountsDiff", _keys.IMPUTED), ("Mean", "mean_imputed"),
                         ("Conditional mean", "conditional_mean_imputed")]:
         df = metrics.evaluate_imputation(
             test, imputed_layer=layer, n_bootstrap=10, seed=seed, key_added=f"imputation_{layer}",
@@ -184,8 +186,8 @@ def _run_demo(out, max_steps, n_samples, n_steps, mask_rate, n_generate, seed, q
     top = test.obs["cell_type"].value_counts().index[:3].tolist()
     gens, gen_rows = [], []
     for i, label in enumerate(top):
-        gen = gen_model.sample(labels=[label] * n_generate, n_steps=50, guidance=1.0, seed=seed + i,
-                               progress=False)
+        gen = gen_model.sample(labels=[label] * n_generate,
+                               sampler=Sampler(n_steps=50, guidance=1.0, seed=seed + i, progress=False))
         real = test[test.obs["cell_type"] == label]
         stats = _generation_stats(to_dense(real.X), to_dense(gen.X))
         gen_rows.append({"cell_type": label, "n_real": real.n_obs, **stats})
@@ -195,7 +197,7 @@ def _run_demo(out, max_steps, n_samples, n_steps, mask_rate, n_generate, seed, q
     say("[5/5] writing results")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    test.uns["countsdiff_demo"] = {"train_seconds": t_train, "impute_seconds": t_impute,
+    test.uns[_keys.DEMO_PREFIX] = {"train_seconds": t_train, "impute_seconds": t_impute,
                                    "train_generative_seconds": t_train_gen, "max_steps": max_steps}
     test.write_h5ad(out, compression="gzip")
     import anndata as ad
