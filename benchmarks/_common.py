@@ -282,3 +282,42 @@ def run_worker(module: str, spec: dict, timeout: float) -> dict:
         f"genes={spec.get('n_genes', '-'):>5} "
         + " ".join(f"{k}={v:.3g}" for k, v in out.items() if k not in spec and isinstance(v, float)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- a known batch effect
+def batch_effect(x: np.ndarray, keep: np.ndarray, boosted: np.ndarray, boost_rate: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Counts of the affected batch: every gene thinned to ``keep`` (binomial), ``boosted`` genes plus
+    Poisson(``boost_rate``)."""
+    out = rng.binomial(x.astype(np.int64), keep[None, :]).astype(np.float64)
+    out[:, boosted] += rng.poisson(boost_rate[None, :], size=(x.shape[0], boosted.size))
+    return out
+
+
+def synthetic_batch_effect(original: np.ndarray, rng: np.random.Generator, n_boosted: int = 20) -> dict[str, Any]:
+    """The count-space batch effect of the transfer and batch benchmarks, with its truth.
+
+    Half of the cells (``in_b``, each with probability 1/2) become batch ``"b"``: every gene keeps a fraction
+    ``keep_g = 0.3 + 0.7 B``, ``B ~ Beta(2, 2)``, of its molecules (binomial thinning) and ``n_boosted`` random genes
+    get extra ``Poisson(3 x gene mean)`` counts (:func:`batch_effect`); the other cells stay untouched. Returns the
+    observed counts (float64) and ``in_b``, ``keep``, ``boosted``, ``boost_rate``; ``original`` is the truth.
+    """
+    in_b = rng.random(original.shape[0]) < 0.5
+    keep = 0.3 + 0.7 * rng.beta(2.0, 2.0, original.shape[1])
+    boosted = np.sort(rng.choice(original.shape[1], n_boosted, replace=False))
+    boost_rate = 3.0 * original[:, boosted].mean(axis=0)
+    observed = np.array(original, dtype=np.float64, copy=True)
+    observed[in_b] = batch_effect(original[in_b], keep, boosted, boost_rate, rng)
+    return {"observed": observed, "in_b": in_b, "keep": keep, "boosted": boosted, "boost_rate": boost_rate}
+
+
+def per_cell_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (log-normalised profiles; 0 for a row
+    without variance)."""
+    from countsdiff_sc.pp import log_normalize
+
+    la, lb = log_normalize(np.clip(a, 0.0, None)), log_normalize(np.clip(b, 0.0, None))
+    la -= la.mean(axis=1, keepdims=True)
+    lb -= lb.mean(axis=1, keepdims=True)
+    den = np.sqrt((la**2).sum(axis=1) * (lb**2).sum(axis=1))
+    return np.divide((la * lb).sum(axis=1), den, out=np.zeros(len(la)), where=den > 0)

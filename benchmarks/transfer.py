@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 
 FULL_GRID = [0.2, 0.3, 0.4, 0.5, 0.6, 0.8]
@@ -69,25 +70,6 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     return p.parse_args()
-
-
-def batch_effect(x: np.ndarray, keep: np.ndarray, boosted: np.ndarray, boost_rate: np.ndarray,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Counts of batch b: every gene thinned to ``keep`` (binomial), ``boosted`` genes plus Poisson(``boost_rate``)."""
-    out = rng.binomial(x.astype(np.int64), keep[None, :]).astype(np.float64)
-    out[:, boosted] += rng.poisson(boost_rate[None, :], size=(x.shape[0], boosted.size))
-    return out
-
-
-def per_cell_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (log-normalised profiles)."""
-    from countsdiff_sc.pp import log_normalize
-
-    la, lb = log_normalize(a), log_normalize(b)
-    la -= la.mean(axis=1, keepdims=True)
-    lb -= lb.mean(axis=1, keepdims=True)
-    den = np.sqrt((la**2).sum(axis=1) * (lb**2).sum(axis=1))
-    return np.divide((la * lb).sum(axis=1), den, out=np.zeros(len(la)), where=den > 0)
 
 
 def mixing_and_conservation(x: np.ndarray, batch: np.ndarray, labels: np.ndarray, resolutions: Any,
@@ -135,14 +117,10 @@ def main() -> None:
     # ---------------------------------------------------------------- data and the synthetic batch effect
     adata = common.cbmc()
     pp.split_cells(adata, train=0.8, validation=0.0, test=0.2, seed=args.seed, stratify="cell_type")
-    rng = np.random.default_rng(args.seed)
     original = to_dense(adata.X, np.float64)
-    in_b = rng.random(adata.n_obs) < 0.5
-    keep = 0.3 + 0.7 * rng.beta(2.0, 2.0, adata.n_vars)
-    boosted = np.sort(rng.choice(adata.n_vars, N_BOOSTED, replace=False))
-    boost_rate = 3.0 * original[:, boosted].mean(axis=0)
-    observed = original.copy()
-    observed[in_b] = batch_effect(original[in_b], keep, boosted, boost_rate, rng)
+    effect = common.synthetic_batch_effect(original, np.random.default_rng(args.seed), N_BOOSTED)
+    observed, in_b, keep = effect["observed"], effect["in_b"], effect["keep"]
+    boosted, boost_rate = effect["boosted"], effect["boost_rate"]
     adata.X = sp.csr_matrix(observed.astype(np.float32))
     adata.obs["batch"] = pd.Categorical(np.where(in_b, "b", "a"), categories=["a", "b"])
     is_train = (adata.obs["countsdiff_split"] == "train").to_numpy()
@@ -269,7 +247,7 @@ def main() -> None:
         mmds = {t: metrics.mmd(z[lab_b == t], z_a[lab_a == t], seed=args.seed) for t in types}
         mix = mixing_and_conservation(np.vstack([x, x_a]), np.r_[["b"] * len(x), ["a"] * len(x_a)],
                                       np.r_[lab_b, lab_a], resolutions, args.seed)
-        rows.append({"method": name, "per_cell_pearson": float(per_cell_pearson(x, x_b_true).mean()),
+        rows.append({"method": name, "per_cell_pearson": float(common.per_cell_pearson(x, x_b_true).mean()),
                      "mmd_same_type": float(np.mean(list(mmds.values()))), **mix,
                      "library_ratio": float(x.sum(1).mean() / x_b_true.sum(1).mean()),
                      **{f"mmd[{t}]": v for t, v in mmds.items()}})

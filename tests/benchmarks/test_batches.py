@@ -1,0 +1,74 @@
+"""Pure helpers of the batch benchmark: the marker annotation rule, the reference choice, the marker log-fold
+changes and the count-fidelity scores, against values computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from benchmarks import _common as common
+from benchmarks import _data
+from benchmarks.batches import fidelity, marker_lfc, marker_preservation, reference_batch
+
+
+def test_clusters_take_the_type_of_their_highest_mean_marker_score():
+    genes = ["CD3D", "CD3E", "MS4A1", "CD79A", "LYZ"]
+    markers = {"T cells": ["CD3D", "CD3E", "NOT_A_GENE"], "B cells": ["MS4A1", "CD79A"], "Myeloid": ["LYZ"],
+               "Absent": ["NOPE"]}
+    logx = np.array([[3.0, 2.0, 0, 0, 0], [2.0, 3.0, 0, 0, 0], [0, 0, 2.0, 2.0, 0], [0, 0, 0, 0, 4.0],
+                     [0, 0, 1.0, 0, 0]])
+    scores = _data.marker_scores(logx, genes, markers)
+    assert list(scores.columns) == ["T cells", "B cells", "Myeloid"]  # a type without markers in the data is left out
+    # by hand: z of CD3D over cells = (x - 1) / sd
+    z = (logx[:, :2] - logx[:, :2].mean(0)) / logx[:, :2].std(0)
+    np.testing.assert_allclose(scores["T cells"], z.mean(1))
+    names = _data.name_clusters(scores, ["a", "a", "b", "c", "b"])
+    assert names == {"a": "T cells", "b": "B cells", "c": "Myeloid"}
+
+
+def test_reference_is_the_batch_with_the_largest_median_library():
+    x = np.array([[1, 1], [2, 2], [10, 0], [4, 4], [5, 5]])
+    assert reference_batch(x, np.array(["a", "a", "b", "c", "c"])) == "b"  # medians: a 3, b 10, c 9
+
+
+def test_marker_lfc_by_hand():
+    logx = np.array([[2.0, 0.0, 1.0], [4.0, 0.0, 1.0], [0.0, 3.0, 1.0], [0.0, 1.0, 1.0]])
+    labels = np.array(["t1", "t1", "t2", "t2"])
+    top = marker_lfc(logx, labels, np.arange(4), n_top=1, min_cells=2)
+    assert top["t1"].index.tolist() == [0] and top["t1"].iloc[0] == pytest.approx(3.0)  # (2 + 4) / 2 - 0
+    assert top["t2"].index.tolist() == [1] and top["t2"].iloc[0] == pytest.approx(2.0)
+    at = marker_lfc(logx, labels, np.arange(4), genes={"t1": np.array([1, 2])}, min_cells=2)
+    assert list(at) == ["t1"]
+    np.testing.assert_allclose(at["t1"].to_numpy(), [-2.0, 0.0])
+    assert marker_lfc(logx, labels, np.arange(4), min_cells=3) == {}  # too few cells of each type
+
+
+def test_fidelity_scores():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["t1", "t2"], 40)
+    batch = np.tile(["ref", "other"], 40)
+    mean = np.where(labels[:, None] == "t1", np.r_[20.0, 1, 5, 5, 5, 5], np.r_[1.0, 20, 5, 5, 5, 5])
+    x = rng.poisson(mean).astype(float)
+    same = fidelity(x, x, labels, batch, "ref", truth=x)
+    assert same["integer"] and same["non-negative"]
+    assert same["library ratio median"] == 1.0 and same["marker LFC r"] == pytest.approx(1.0)
+    assert same["per-cell r with truth"] == pytest.approx(1.0)
+    doubled = fidelity(x, 2 * x, labels, batch, "ref", truth=x)  # a per-gene scale keeps log-fold changes
+    assert doubled["library ratio median"] == 2.0 and doubled["library / true library"] == 2.0
+    assert doubled["marker LFC r"] > 0.99
+    real = fidelity(x, x + 0.5, labels, batch, "ref", truth=None)
+    assert not real["integer"] and "per-cell r with truth" not in real
+    flat = x.copy()
+    flat[batch == "other"] = rng.poisson(8.0, ((batch == "other").sum(), 6))  # types erased in the other batch
+    assert marker_preservation(x, flat, labels, batch, ["other"])["other"] < 0.5
+
+
+def test_synthetic_effect_keeps_integers_and_its_truth():
+    rng = np.random.default_rng(1)
+    original = rng.poisson(3.0, (200, 30)).astype(float)
+    effect = common.synthetic_batch_effect(original, np.random.default_rng(2), n_boosted=3)
+    obs, in_b = effect["observed"], effect["in_b"]
+    assert np.array_equal(obs[~in_b], original[~in_b])  # batch a untouched
+    assert np.all(obs == np.round(obs)) and obs.min() >= 0
+    plain = np.setdiff1d(np.arange(30), effect["boosted"])
+    assert np.all(obs[in_b][:, plain] <= original[in_b][:, plain])  # thinning only removes molecules
+    assert np.all((effect["keep"] >= 0.3) & (effect["keep"] <= 1.0))
