@@ -289,3 +289,88 @@ def test_model_saved_without_residual_var_loads_and_falls_back(trained, pbmc, tm
     with pytest.warns(UserWarning, match="noise_var=1.0"):
         fallback, _ = old.embed(query, seed=2, **EMBED)
     np.testing.assert_array_equal(fallback, model.embed(query, seed=2, noise_var=1.0, key_added="X_one", **EMBED)[0])
+
+
+# ---------------------------------------------------------------------- issue 32: settings, loading, the resource guard
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"n_latent": 2.5}, ValueError, "n_latent must be a whole number"),
+    ({"n_latent": True}, TypeError, "n_latent must be an integer"),
+    ({"n_latent": 0}, ValueError, "n_latent must be >= 1"),
+    ({"n_hidden": 0}, ValueError, "n_hidden"),
+    ({"dropout": 1.0}, ValueError, "dropout"),
+    ({"beta_start": 0.1, "beta_end": 0.01}, ValueError, "beta_start must be below beta_end"),
+    ({"target_sum": float("nan")}, ValueError, "target_sum"),
+    ({"ema_decay": -0.1}, ValueError, "ema_decay"),
+])
+def test_model_settings_are_checked_not_truncated(pbmc, kwargs, error, match):
+    adata = pbmc[:60].copy()
+    DICEModel.setup_anndata(adata)
+    with pytest.raises(error, match=match):
+        DICEModel(adata, **{"n_latent": 3, **kwargs})
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"n_iter": 2.5}, ValueError, "n_iter must be a whole number"),
+    ({"n_chains": 2.5}, ValueError, "n_chains must be a whole number"),
+    ({"n_chains": True}, TypeError, "n_chains must be an integer"),
+    ({"n_chains": "3"}, TypeError, "n_chains must be an integer"),
+    ({"n_chains": 0}, ValueError, "n_chains must be >= 1"),
+    ({"batch_size": 0.5}, ValueError, "batch_size"),
+    ({"n_prior_steps": 0}, ValueError, "n_prior_steps"),
+    ({"seed": -1}, ValueError, "seed"),
+    ({"key_added": ""}, ValueError, "key_added"),
+])
+def test_embed_settings_are_checked_not_truncated(trained, pbmc, kwargs, error, match):
+    model, _ = trained
+    query = pbmc[:20].copy()
+    with pytest.raises(error, match=match):
+        model.embed(query, **{**EMBED, **kwargs})
+    assert "X_dice" not in query.obsm
+
+
+@pytest.mark.parametrize("n_chains", [10**6, 10**7])
+def test_huge_chain_counts_are_refused_before_allocating(trained, pbmc, n_chains):
+    from countsdiff_sc._resources import ResourceError
+
+    model, _ = trained
+    query = pbmc[:30].copy()
+    with pytest.raises(ResourceError, match=r"embed\(n_chains=.*GiB of memory") as info:
+        model.embed(query, **{**EMBED, "n_chains": n_chains})
+    assert "fewer chains" in str(info.value)
+    with pytest.raises(ResourceError, match="entry-evaluations"):  # small batches fit the memory, not the work
+        model.embed(query, **{**EMBED, "n_chains": n_chains, "batch_size": 1, "n_iter": 100})
+    assert "X_dice" not in query.obsm
+
+
+def test_guard_counts_samples_and_lets_ordinary_calls_through(trained, pbmc, monkeypatch):
+    from countsdiff_sc import settings
+    from countsdiff_sc._resources import ResourceError
+
+    model, _ = trained
+    monkeypatch.setattr(settings, "max_memory", 1_000_000)
+    model.embed(pbmc[:30].copy(), **EMBED)  # 30 cells x 3 chains: far below the budget
+    query = pbmc[:300].copy()
+    rhos = np.linspace(5.0, 0.5, EMBED["n_iter"])
+    model._check_resources(300, query.n_vars, rhos, 200, 1, 10, store_samples=False)  # fits: batches of 200 rows
+    with pytest.raises(ResourceError, match="store_samples=False"):  # 300 x 200 x k stored states do not
+        model.embed(query, **{**EMBED, "n_chains": 200, "batch_size": 1, "store_samples": True})
+    assert "X_dice" not in query.obsm
+
+
+def test_loading_another_model_or_a_corrupt_file_is_explained(trained, tmp_path):
+    from countsdiff_sc.model import CountsDiffModel
+    from tests.conftest import make_counts
+
+    adata = make_counts(n_obs=30, n_vars=8)
+    CountsDiffModel.setup_anndata(adata)
+    CountsDiffModel(adata).save(tmp_path / "countsdiff", overwrite=True)
+    with pytest.raises(ValueError, match="holds a saved CountsDiffModel, not a DICEModel"):
+        DICEModel.load(tmp_path / "countsdiff", adata=None)
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "model.pt").write_bytes(b"\x80\x04truncated")
+    with pytest.raises(ValueError, match="not a readable saved model"):
+        DICEModel.load(tmp_path / "corrupt", adata=None)
+    with pytest.raises(FileNotFoundError, match="No saved model"):
+        DICEModel.load(tmp_path / "nothing", adata=None)
+    with pytest.raises(ValueError, match="is a file"):
+        DICEModel.load(tmp_path / "corrupt" / "model.pt", adata=None)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
+from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
+import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
@@ -17,12 +21,54 @@ from countsdiff_sc._utils import check_counts, check_obs_key, get_matrix, stored
 from countsdiff_sc.module import DICEModule, DiffusionTrainingPlan
 from countsdiff_sc.module.dice import fit_projection
 
+from ._chains import positive_int
 from ._dice_embedding import DICEEmbeddingMixin
 from ._training import train_method
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DICEModel"]
+
+
+def _fraction(value: Any, name: str, *, upper_open: bool = True, lower_open: bool = False) -> float:
+    """``value`` as a float in ``[0, 1)`` (bounds per the flags), refusing booleans, strings and NaN."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
+    low_ok = value > 0 if lower_open else value >= 0
+    high_ok = value < 1 if upper_open else value <= 1
+    if not (math.isfinite(value) and low_ok and high_ok):
+        interval = f"{'(' if lower_open else '['}0, 1{')' if upper_open else ']'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}.")
+    return float(value)
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+def read_saved(cls_name: str, dir_path: str | Path, prefix: str | None = None) -> None:
+    """Refuse, with the fix, a directory that holds no saved model, an unreadable ``model.pt`` or another class's
+    model (scvi-tools would raise an unpickling error or "a model from a different class")."""
+    path = Path(dir_path)
+    if path.is_file():
+        raise ValueError(f"{path} is a file; pass the directory given to model.save(...).")
+    file = path / f"{prefix or ''}model.pt"
+    if not file.is_file():
+        raise FileNotFoundError(f"No saved model at {file}: pass the directory given to model.save(...).")
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated or foreign file: say which, not torch's unpickling error
+        raise ValueError(f"{file} is not a readable saved model ({type(err).__name__}: {err}); it may be corrupt "
+                         "or not written by model.save(...).") from err
+    attrs = saved.get("attr_dict", {}) if isinstance(saved, dict) else {}
+    kind = attrs.get("registry_", {}).get("model_name") if isinstance(attrs, dict) else None
+    if kind is None:
+        raise ValueError(f"{file} is not a saved scvi-tools model (no registry in it).")
+    if kind != cls_name:
+        raise ValueError(f"{path} holds a saved {kind}, not a {cls_name}: load it with countsdiff_sc.{kind}.load(...).")
 
 
 class DICEModel(DICEEmbeddingMixin, BaseModelClass):
@@ -127,6 +173,26 @@ class DICEModel(DICEEmbeddingMixin, BaseModelClass):
         mixup_size: int = 5,
         ema_decay: float = 0.999,
     ):
+        if n_latent is not None:
+            n_latent = positive_int(n_latent, "n_latent")
+        max_components = positive_int(max_components, "max_components")
+        if n_top_genes is not None:
+            n_top_genes = positive_int(n_top_genes, "n_top_genes")
+        target_sum = _positive(target_sum, "target_sum")
+        if max_value is not None:
+            max_value = _positive(max_value, "max_value (None for no clip)")
+        n_hidden, n_blocks = positive_int(n_hidden, "n_hidden"), positive_int(n_blocks, "n_blocks", 0)
+        expansion, dim_time = positive_int(expansion, "expansion"), positive_int(dim_time, "dim_time")
+        dropout = _fraction(dropout, "dropout")
+        n_timesteps = positive_int(n_timesteps, "n_timesteps", 2)
+        beta_start = _fraction(beta_start, "beta_start", lower_open=True)
+        beta_end = _fraction(beta_end, "beta_end", lower_open=True)
+        if not beta_start < beta_end:
+            raise ValueError(f"beta_start must be below beta_end (a rising noise schedule), got {beta_start} and "
+                             f"{beta_end}.")
+        mixup_prob = _fraction(mixup_prob, "mixup_prob", upper_open=False)
+        mixup_size = positive_int(mixup_size, "mixup_size", 2)
+        ema_decay = _fraction(ema_decay, "ema_decay")
         super().__init__(adata, registry)
         setup_args = self.registry_["setup_args"]
         log_normalize = bool(setup_args.get("is_counts", True))
@@ -242,6 +308,27 @@ class DICEModel(DICEEmbeddingMixin, BaseModelClass):
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
+
+    @classmethod
+    def load(cls, dir_path: str, adata: ad.AnnData | None = None, **kwargs) -> DICEModel:
+        """Load a model saved with :meth:`save` (scvi-tools' ``load``; ``accelerator``, ``device``, ``prefix``, ...
+        pass through).
+
+        Raises
+        ------
+        FileNotFoundError
+            No saved model in ``dir_path``.
+        ValueError
+            ``dir_path`` is a file, its ``model.pt`` cannot be read (corrupt or foreign), or it holds another class's
+            model (e.g. a CountsDiffModel's directory).
+
+        Examples
+        --------
+        >>> dice = cds.DICEModel.load("dice_model", adata=None)  # doctest: +SKIP
+        """
+        if kwargs.get("backup_url") is None:
+            read_saved(cls.__name__, dir_path, kwargs.get("prefix"))
+        return super().load(dir_path, adata=adata, **kwargs)
 
     # ------------------------------------------------------------------ properties
     @property

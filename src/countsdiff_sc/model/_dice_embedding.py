@@ -14,10 +14,11 @@ import anndata as ad
 import numpy as np
 import torch
 
+from countsdiff_sc._resources import check_memory, check_work, format_bytes
 from countsdiff_sc._utils import check_counts, check_writable, get_matrix, record_params, to_dense
 from countsdiff_sc.module.dice import rho_schedule as make_rho_schedule
 
-from ._chains import make_generator
+from ._chains import make_generator, positive_int
 from ._docs import fill_doc
 from ._results import check_gene_names, gene_positions
 
@@ -91,6 +92,9 @@ class DICEEmbeddingMixin:
         >>> pcs = model.project(query)  # query.obsm["X_pca"]
         """
         self.module.check_fitted()
+        batch_size = positive_int(batch_size, "batch_size")
+        if key_added is not None and (not isinstance(key_added, str) or not key_added):
+            raise ValueError(f"key_added must be a non-empty string or None, got {key_added!r}.")
         adata, x = self._query_matrix(adata)
         if key_added is not None:
             check_writable(adata, key_added, "obsm")
@@ -156,6 +160,7 @@ class DICEEmbeddingMixin:
         noise_var: float | str,
         variance: str,
         obsm_keys: Sequence[str] = (),
+        store_samples: bool = False,
     ) -> tuple[ad.AnnData, Any, np.ndarray, float, torch.Generator, int]:
         """Validate the settings and the cells of :meth:`embed` / :meth:`get_latent_representation`.
 
@@ -164,25 +169,64 @@ class DICEEmbeddingMixin:
         """
         self.module.check_fitted()
         noise_var = self._check_embed_args(n_iter, n_chains, batch_size, noise_var, n_prior_steps, variance)
+        if seed is not None:
+            seed = positive_int(seed, "seed (a non-negative integer, or None to draw one)", 0)
+        for key in obsm_keys:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"key_added must be a non-empty string, got {key!r}.")
         self._check_if_trained(warn=True)
         rhos = make_rho_schedule(rho, n_iter, rho_schedule)
         adata, x = self._query_matrix(adata)
+        if adata.n_obs == 0:
+            raise ValueError("adata has no cells to embed.")
         for key in obsm_keys:
             check_writable(adata, key, "obsm")
+        self._check_resources(adata.n_obs, int(x.shape[1]), rhos, int(n_chains), int(batch_size), n_prior_steps,
+                              store_samples)
         generator, seed = self._generator(seed)
         return adata, x, rhos, noise_var, generator, seed
 
+    def _check_resources(self, n_obs: int, n_genes: int, rhos: np.ndarray, n_chains: int, batch_size: int,
+                         n_prior_steps: int | None, store_samples: bool) -> None:
+        """The resource guard of :meth:`embed`: refuse, before anything is allocated, chains the memory or the work
+        budget cannot hold (``countsdiff_sc.settings.max_memory`` / ``max_work``).
+
+        Memory: the outputs (chain mean and spread, ``n_obs x k`` each, and the ``n_obs x n_chains x k`` chain states
+        with ``store_samples``) and the working arrays of one batch: its ``batch_size x n_chains`` rows each hold
+        about ten ``k``-vectors (state, likelihood draw, noise, network input and output) and the network's
+        activations (its width), plus the batch's dense counts and their normalised copies. Work: rows (cells x
+        chains) x network evaluations per row (the prior steps of every iteration) x the network's width, the cost of
+        one evaluation of one row.
+        """
+        k = self.n_latent
+        width = max((int(p.shape[0]) for p in self.module.net.parameters() if p.ndim == 2), default=k)
+        diffusion, scale = self.module.diffusion, float(self.module.latent_scale)
+        evals = 0
+        for r in rhos:
+            t0 = diffusion.select_t0(float(r) / scale)
+            evals += t0 if n_prior_steps is None else min(int(n_prior_steps), t0)
+        rows_per_batch = min(batch_size, n_obs) * n_chains
+        out_bytes = 4.0 * n_obs * k * (2 + (n_chains if store_samples else 0))
+        work_bytes = 4.0 * rows_per_batch * (10 * k + 4 * width) + 16.0 * min(batch_size, n_obs) * n_genes
+        what = (f"embed(n_chains={n_chains}, n_iter={rhos.size}, batch_size={batch_size}) of {n_obs:,} cells "
+                f"(k = {k})")
+        check_memory(what, out_bytes + work_bytes,
+                     f"fewer chains (n_chains), a smaller batch_size (each batch moves batch_size x n_chains = "
+                     f"{rows_per_batch:,} rows, about {format_bytes(work_bytes)})"
+                     + (", or store_samples=False" if store_samples else ""))
+        check_work(what + f", {evals} network evaluations per chain", float(n_obs) * n_chains * evals * width,
+                   "fewer chains (n_chains), fewer iterations (n_iter) or prior steps (n_prior_steps), or fewer cells "
+                   "per call")
+
     def _check_embed_args(self, n_iter: int, n_chains: int, batch_size: int, noise_var: float | str,
                           n_prior_steps: int | None, variance: str) -> float:
-        """Validate the sampler settings; returns the likelihood variance with ``"auto"`` resolved."""
-        if int(n_iter) < 1:
-            raise ValueError(f"n_iter must be >= 1, got {n_iter}.")
-        if int(n_chains) < 1:
-            raise ValueError(f"n_chains must be >= 1, got {n_chains}.")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if n_prior_steps is not None and int(n_prior_steps) < 1:
-            raise ValueError(f"n_prior_steps must be >= 1 or None (every step), got {n_prior_steps}.")
+        """Validate the sampler settings (whole numbers: ``n_iter=2.5`` is refused, not truncated); returns the
+        likelihood variance with ``"auto"`` resolved."""
+        positive_int(n_iter, "n_iter")
+        positive_int(n_chains, "n_chains")
+        positive_int(batch_size, "batch_size")
+        if n_prior_steps is not None:
+            positive_int(n_prior_steps, "n_prior_steps (or None for every step)")
         if variance not in ("beta", "posterior"):
             raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}.")
         if isinstance(noise_var, str):
@@ -257,17 +301,16 @@ class DICEEmbeddingMixin:
         n_prior_steps
             Network evaluations of every prior step: ``min(n_prior_steps, t0)`` evenly spaced ancestral steps from
             the start ``t0`` of ``rho`` (respaced DDPM). 20 (default) keeps the posterior variance, hence
-            ``X_dice_std``, within 1% of its exact value for an exact Gaussian prior at ``rho`` 0.5-1 (10 steps: 1-2%
-            too small); in 0.1.0 the default ran ``ceil(20 t0 / T)`` steps, ~5 at ``rho = 0.5``, which shrank it by
-            3-10%. None runs every step ``t0, ..., 1`` of Eq. 7 as the paper does (100-400 network calls per Gibbs
-            iteration for ``rho`` between 0.5 and 5; slow on a CPU).
+            ``X_dice_std``, close to its exact value for an exact Gaussian prior (fewer steps shrink it). None runs
+            every step ``t0, ..., 1`` of Eq. 7 as the paper does (hundreds of network calls per Gibbs iteration at
+            large ``rho``; slow on a CPU).
         noise_var
             Variance ``sigma^2`` of the Gaussian likelihood in the scaled gene space. ``"auto"`` (default) uses the
             reference's probabilistic-PCA noise variance :attr:`residual_var` (the variance per gene that the ``k``
             axes do not explain); the paper uses 1, which on scaled single-cell data overstates the noise and pulls
             cells further towards the prior. Keep ``"auto"`` for queries shallower than the reference too: their
             normalised profiles are shifted rather than noisier, and a variance matched to their larger residual
-            pulls cells towards the wrong populations (measurements in ``benchmarks/results/dice.md``, part (e)).
+            pulls cells towards the wrong populations (the DICE benchmark page of the docs has the measurements).
         variance
             Reverse-step variance: ``"beta"`` (Eq. 7) or ``"posterior"``.
         use_ema
@@ -281,9 +324,9 @@ class DICEEmbeddingMixin:
         ``(mean, std)``: float32 arrays ``(n_obs, k)`` as written to ``obsm[key_added]`` and
         ``obsm[key_added + "_std"]``. The settings (and the seed used) go to ``uns["countsdiff"][key_added]``.
         The spread is the width of the sampled posterior of the cell state, not a per-cell confidence of a label:
-        the likelihood step's covariance is the same for every cell, and on CBMC the mean spread did not predict
-        which query cells a 15-NN label transfer gets wrong (AUROC 0.48; the neighbours' disagreement: 0.84;
-        ``benchmarks/results/dice.md``, part (f)).
+        the likelihood step's covariance is the same for every cell, so the spread hardly differs between cells and
+        does not tell which cells a label transfer gets wrong (the neighbours' disagreement does; the DICE benchmark
+        page of the docs has the measurement).
 
         Raises
         ------
@@ -301,7 +344,8 @@ class DICEEmbeddingMixin:
         noise_var_setting = noise_var
         keys = (key_added, f"{key_added}_std") + ((f"{key_added}_samples",) if store_samples else ())
         adata, x, rhos, noise_var, generator, seed = self._prepare_chains(
-            adata, n_iter, rho, rho_schedule, n_chains, seed, batch_size, n_prior_steps, noise_var, variance, keys
+            adata, n_iter, rho, rho_schedule, n_chains, seed, batch_size, n_prior_steps, noise_var, variance, keys,
+            bool(store_samples),
         )
         start_time = time.perf_counter()
         mean, std, samples = self._sample_chains(
