@@ -73,3 +73,21 @@ def test_backed_object_gives_the_same_condition(tmp_path):
     backed = ad.read_h5ad(tmp_path / "b.h5ad", backed="r")
     cds.pp.library_condition(backed, key="again")
     np.testing.assert_allclose(backed.obsm["again"], adata.obsm["log_library"], rtol=1e-6)
+
+
+def test_a_users_obsm_entry_is_never_replaced():
+    adata = make_counts(n_obs=40, n_vars=6, seed=5)
+    mine = np.arange(40, dtype=np.float64)[:, None]
+    adata.obsm["log_library"] = mine.copy()
+    with pytest.raises(ValueError, match="was not written by library_condition"):
+        cds.pp.library_condition(adata)
+    np.testing.assert_array_equal(adata.obsm["log_library"], mine)  # untouched
+    cds.pp.library_condition(adata, key="depth")
+    first = adata.obsm["depth"].copy()
+    cds.pp.library_condition(adata, key="depth", layer="counts")  # its own entry: a re-run replaces it
+    np.testing.assert_allclose(adata.obsm["depth"], first)
+    cds.pp.library_condition(adata, overwrite=True)  # on purpose
+    assert adata.obsm["log_library"].dtype == np.float32
+    for key in ("", None):
+        with pytest.raises(ValueError, match="non-empty string"):
+            cds.pp.library_condition(adata, key=key)

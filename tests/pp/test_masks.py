@@ -242,3 +242,30 @@ def test_user_layers_are_never_overwritten(marked):
     mask_mcar(marked, 0.3, seed=0)
     assert marked.uns["countsdiff"]["countsdiff_mask"]["rate"] == 0.3
     mark_dropouts(marked, groupby="bulk_labels")
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"seed": -1}, "seed"),
+    ({"seed": 2.5}, "seed"),
+    ({"seed": True}, "seed"),
+    ({"key_added": ""}, "key_added"),
+    ({"key_added": None}, "key_added"),
+    ({"rate": float("nan")}, "rate"),
+])
+@pytest.mark.parametrize("fn", ["mask_mcar", "mask_mnar"])
+def test_bad_mask_settings_are_refused(pbmc, fn, kwargs, match):
+    adata = pbmc[:50].copy()
+    with pytest.raises(ValueError, match=match):
+        {"mask_mcar": mask_mcar, "mask_mnar": mask_mnar}[fn](adata, **{"rate": 0.2, "valid_layer": None, **kwargs})
+    assert "countsdiff_mask" not in adata.layers
+
+
+def test_empty_objects_and_layers_without_valid_entries_are_refused(pbmc):
+    with pytest.raises(ValueError, match="no entries"):
+        mask_mcar(pbmc[:0].copy(), rate=0.2, valid_layer=None)
+    adata = pbmc[:30].copy()
+    adata.layers["valid"] = np.zeros(adata.shape, dtype=bool)
+    with pytest.raises(ValueError, match="marks no entry"):
+        mask_mcar(adata, rate=0.2, valid_layer="valid")
+    with pytest.raises(TypeError, match="AnnData"):
+        mask_mnar(adata.X, rate=0.2)

@@ -89,3 +89,24 @@ def test_user_obs_column_is_never_overwritten(pbmc):
     split_cells(pbmc, seed=0)
     split_cells(pbmc, seed=1)  # its own column: replaced
     assert pbmc.uns["countsdiff"]["countsdiff_split"]["seed"] == 1
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"seed": -1}, ValueError, "seed"),
+    ({"seed": 1.5}, ValueError, "seed"),
+    ({"key_added": ""}, ValueError, "key_added"),
+    ({"train": float("nan")}, ValueError, "train"),
+    ({"train": True}, ValueError, "train"),
+])
+def test_bad_split_settings_are_refused(pbmc, kwargs, error, match):
+    adata = pbmc[:40].copy()
+    with pytest.raises(error, match=match):
+        split_cells(adata, **kwargs)
+    assert "countsdiff_split" not in adata.obs
+
+
+def test_split_of_nothing_is_refused(pbmc):
+    with pytest.raises(ValueError, match="no cells"):
+        split_cells(pbmc[:0].copy())
+    with pytest.raises(TypeError, match="AnnData"):
+        split_cells(np.zeros((3, 3)))

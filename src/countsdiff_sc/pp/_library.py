@@ -1,8 +1,8 @@
 """Each cell's depth as a vector condition: the standardised log library size (``library_condition``).
 
-Conditioning CountsDiff on the depth of each training cell is the one change that brought its generated CBMC cells
-closest to real ones (``benchmarks/results/generation_levers.md``): without it the network must also learn the
-spread of library sizes within a type, and its samples come out too uniform in depth. The condition is
+Conditioning CountsDiff on the depth of each training cell brings its generated cells closer to real ones: without it
+the network must also learn the spread of library sizes within a type, and its samples come out too uniform in
+depth. The condition is
 ``(log L - mean) / sd`` with ``L`` the cell's total count; new data must be standardised with the training data's
 ``mean`` and ``sd`` (``reference=``) or the model reads a different depth.
 """
@@ -16,12 +16,10 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from .._keys import LIBRARY_CONDITION_UNS as UNS_KEY
 from .._utils import as_bool_mask, check_counts, get_matrix, iter_row_blocks, record_params
 
 __all__ = ["library_condition"]
-
-#: ``adata.uns`` entry holding, per obsm key, the standardisation of :func:`library_condition`.
-UNS_KEY = "countsdiff_library_condition"
 
 
 def library_condition(
@@ -31,6 +29,7 @@ def library_condition(
     layer: str | None = None,
     exclude_layer: str | None = None,
     reference: ad.AnnData | Mapping[str, float] | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Write each cell's standardised log library size to ``adata.obsm[key]``, a vector condition for
     ``CountsDiffModel.setup_anndata(..., condition_obsm_key=key)``.
@@ -48,7 +47,8 @@ def library_condition(
     adata
         AnnData of raw counts; ``X`` and the layers are not modified.
     key
-        obsm key to write (replaced if it exists).
+        obsm key to write. An existing entry is replaced only when this function wrote it (its record is in
+        ``uns["countsdiff_library_condition"]``) or with ``overwrite=True``; a user's own ``obsm[key]`` is refused.
     layer
         Layer holding the counts (``X`` when None).
     exclude_layer
@@ -57,12 +57,15 @@ def library_condition(
     reference
         AnnData processed by this function (its record for ``key`` is used) or ``{"mean": m, "sd": s}``; None
         standardises over ``adata`` itself.
+    overwrite
+        Replace an existing ``obsm[key]`` that this function did not write.
 
     Raises
     ------
     ValueError
         Counts that are not non-negative integers, cells with no counts (the log of 0: remove empty cells), a
-        constant library size without a reference, or a reference without a record for ``key``.
+        constant library size without a reference, a reference without a record for ``key``, an empty ``key``, or
+        an existing ``obsm[key]`` of the user's (without ``overwrite=True``).
     KeyError
         A missing layer.
 
@@ -75,6 +78,15 @@ def library_condition(
     >>> query = cds.datasets.cbmc()[:100].copy()
     >>> cds.pp.library_condition(query, reference=adata)  # the training data's scale
     """
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key must be a non-empty string (the obsm key to write), got {key!r}.")
+    if key in adata.obsm and not overwrite and key not in adata.uns.get(UNS_KEY, {}):
+        raise ValueError(f"adata.obsm[{key!r}] already exists and was not written by library_condition; refusing to "
+                         f"replace it. Pass another key, overwrite=True, or delete it first (del adata.obsm[{key!r}]).")
+    if adata.n_obs == 0:
+        raise ValueError("adata has no cells.")
     x = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(x, where)

@@ -11,10 +11,11 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from .._keys import MASK, VALID
 from .._utils import as_bool_mask, check_counts, check_writable, get_matrix, is_backed_matrix, record_params
 from ._subset import ObsSelection, describe_selection, resolve_obs_selection
 
-DEFAULT_VALID_LAYER = "countsdiff_valid"
+DEFAULT_VALID_LAYER = VALID
 
 
 def mask_mcar(
@@ -23,7 +24,7 @@ def mask_mcar(
     *,
     seed: int = 0,
     valid_layer: str | None = DEFAULT_VALID_LAYER,
-    key_added: str = "countsdiff_mask",
+    key_added: str = MASK,
     subset: ObsSelection | None = None,
 ) -> None:
     """Hold out valid entries completely at random (MCAR).
@@ -75,6 +76,7 @@ def mask_mcar(
     False
     """
     rate = _check_rate(rate)
+    seed = _check_seed(seed)
     rows, valid, valid_desc = _mask_inputs(adata, valid_layer, key_added, subset)
     rng = np.random.default_rng(seed)
     mask = np.zeros(adata.shape, dtype=bool)
@@ -96,7 +98,7 @@ def mask_mnar(
     seed: int = 0,
     layer: str | None = None,
     valid_layer: str | None = DEFAULT_VALID_LAYER,
-    key_added: str = "countsdiff_mask",
+    key_added: str = MASK,
     pool_extra: int = 5000,
     subset: ObsSelection | None = None,
 ) -> None:
@@ -158,10 +160,13 @@ def mask_mnar(
     True
     """
     rate = _check_rate(rate)
+    seed = _check_seed(seed)
     if bias not in ("low", "high"):
         raise ValueError(f"bias must be 'low' or 'high'; got {bias!r}.")
     if isinstance(pool_extra, bool) or not isinstance(pool_extra, numbers.Integral) or pool_extra < 0:
         raise ValueError(f"pool_extra must be a non-negative integer; got {pool_extra!r}.")
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
     if layer is not None and key_added == layer:
         raise ValueError(f"key_added={key_added!r} equals layer=; choose another name so the counts are not replaced.")
     x = get_matrix(adata, layer)
@@ -202,6 +207,12 @@ def mask_mnar(
     _finish(adata, mask, valid, rows, key_added, params, valid_desc, subset)
 
 
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    return int(seed)
+
+
 def _check_rate(rate: Any) -> float:
     if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (0.0 <= float(rate) < 1.0):
         raise ValueError(
@@ -215,6 +226,12 @@ def _mask_inputs(
     adata: ad.AnnData, valid_layer: str | None, key_added: str, subset: ObsSelection | None
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Resolve the cell selection and the validity layer shared by both mask functions."""
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string (the layer to write); got {key_added!r}.")
+    if 0 in adata.shape:
+        raise ValueError(f"adata has shape {adata.shape}: there are no entries to hold out.")
     if valid_layer is not None and key_added == valid_layer:
         raise ValueError(
             f"key_added={key_added!r} equals valid_layer=; choose another name so the validity layer is not replaced."
@@ -233,6 +250,9 @@ def _mask_inputs(
         )
         return rows, np.ones(adata.shape, dtype=bool), "None (default layer missing: all entries valid)"
     valid = as_bool_mask(get_matrix(adata, valid_layer), adata.shape, f"adata.layers[{valid_layer!r}]")
+    if not valid[rows].any():
+        raise ValueError(f"adata.layers[{valid_layer!r}] marks no entry of the selected cells as valid, so nothing can "
+                         "be held out. Check the layer (True = trusted entry), or pass valid_layer=None.")
     return rows, valid, valid_layer
 
 

@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._keys import SPLIT
 from .._utils import check_obs_key, check_writable, record_params
 
 SPLITS = ("train", "validation", "test")
@@ -22,7 +23,7 @@ def split_cells(
     *,
     seed: int = 0,
     stratify: str | None = None,
-    key_added: str = "countsdiff_split",
+    key_added: str = SPLIT,
 ) -> None:
     """Assign every cell to ``"train"``, ``"validation"`` or ``"test"``.
 
@@ -64,6 +65,14 @@ def split_cells(
     >>> adata.obs["countsdiff_split"].value_counts().to_dict()  # doctest: +SKIP
     {'train': 560, 'validation': 70, 'test': 70}
     """
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+    if adata.n_obs == 0:
+        raise ValueError("adata has no cells to split.")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string (the obs column to write); got {key_added!r}.")
     fractions = np.array([_check_fraction(name, f) for name, f in zip(SPLITS, (train, validation, test), strict=True)])
     if abs(fractions.sum() - 1.0) > 1e-6:
         raise ValueError(
@@ -122,7 +131,7 @@ def split_cells(
 
 
 def _check_fraction(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= float(value) <= 1.0):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not (0.0 <= float(value) <= 1.0):
         raise ValueError(f"{name} must be a fraction in [0, 1]; got {value!r}.")
     return float(value)
 
