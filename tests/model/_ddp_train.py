@@ -31,7 +31,7 @@ def main(out: str, n_devices: int) -> None:
     obs = pd.DataFrame({"cell_type": pd.Categorical([f"t{i}" for i in labels])}, index=[f"c{i}" for i in range(512)])
     adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs)
     cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type")
-    model = cds.CountsDiffModel(adata, backbone_kwargs={"n_hidden": 32, "n_layers": 1, "dim_emb": 16})
+    model = cds.CountsDiffModel(adata, preset="paper", backbone_kwargs={"n_hidden": 32, "n_layers": 1, "dim_emb": 16})
     kwargs = {"strategy": "ddp"} if n_devices > 1 else {}
     model.train(max_epochs=8, batch_size=32, warmup_steps=5, accelerator="cpu", devices=n_devices,
                 enable_progress_bar=False, enable_model_summary=False, **kwargs)

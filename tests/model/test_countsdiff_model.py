@@ -78,7 +78,7 @@ def test_sample_errors(trained):
         model.sample(labels=["not_a_type"], progress=False)
     with pytest.raises(KeyError, match="Unknown covariates"):
         model.sample(n_samples=2, covariates={"donor": "d1"}, progress=False)
-    with pytest.raises(ValueError, match="n_samples"):
+    with pytest.raises(ValueError, match="n_cells"):
         model.sample(progress=False)
     with pytest.raises(ValueError, match="3 values for 2"):
         model.sample(n_samples=2, labels=["type_0"] * 3, progress=False)

@@ -56,7 +56,7 @@ def test_train_conditions_come_from_cells_with_the_same_label_and_covariates(dep
 
 def test_train_conditions_errors(depth_model, tmp_path):
     _, model = depth_model
-    with pytest.raises(ValueError, match="an array or 'train'"):
+    with pytest.raises(ValueError, match="an array, 'train'"):
         model.sample(labels=["type_0"] * 2, conditions="random", n_steps=2, progress=False)
     model.save(tmp_path / "m", overwrite=True)
     bare = cds.CountsDiffModel.load(tmp_path / "m", adata=None)

@@ -1,5 +1,5 @@
-"""Imputation of a user's own data: suspected dropouts by default, held-out entries that never train, the spread of
-the draws, and draws that are not stored when they would be large."""
+"""Imputation of a user's own data: every entry's expected count by default (denoise), suspected dropouts on request,
+held-out entries that never train, the spread of the draws, and draws that are not stored when they would be large."""
 
 from __future__ import annotations
 
@@ -35,10 +35,27 @@ def dropout_model():
     return adata, model
 
 
-def test_default_job_fills_every_suspected_dropout(dropout_model):
+def test_default_job_is_every_entrys_expected_count(dropout_model):
     adata, model = dropout_model
     data = adata.copy()
     imputed, samples = model.impute(data, **QUICK)
+    rec = data.uns["countsdiff"]["countsdiff_imputed"]
+    assert rec["target"] == "denoise" and rec["n_entries_imputed"] == data.n_obs * data.n_vars
+    assert imputed.dtype == np.float32 and np.isfinite(imputed).all() and (imputed >= 0).all()
+    std = data.layers["countsdiff_imputed_std"]
+    assert isinstance(std, np.ndarray) and std.shape == data.shape and (std >= 0).all()
+    assert samples.shape == (data.n_obs, 3, data.n_vars) and np.array_equal(samples, np.round(samples))
+    again, _ = model.impute(data.copy(), **{**QUICK, "seed": 5})
+    np.testing.assert_array_equal(again, imputed)  # the point estimate is the posterior mean: no randomness
+    # the expected counts at the cell's depth: f * E[x_D | x], the posterior mean scaled back
+    rho = model.get_normalized_expression(data, library_size=1.0, return_numpy=True)
+    np.testing.assert_allclose(imputed / imputed.sum(axis=1, keepdims=True), rho, rtol=1e-4, atol=1e-6)
+
+
+def test_dropouts_target_fills_every_suspected_dropout(dropout_model):
+    adata, model = dropout_model
+    data = adata.copy()
+    imputed, samples = model.impute(data, target="dropouts", **QUICK)
     valid = data.layers["valid"]
     x = data.X.toarray()
     np.testing.assert_array_equal(imputed[valid], x[valid])  # observed entries untouched
@@ -54,15 +71,17 @@ def test_default_job_fills_every_suspected_dropout(dropout_model):
 def test_spread_layer_is_the_std_of_the_draws_on_filled_entries(dropout_model):
     adata, model = dropout_model
     data = adata.copy()
-    _, samples = model.impute(data, **QUICK)
+    _, samples = model.impute(data, target="dropouts", **QUICK)
     std = data.layers["countsdiff_imputed_std"]
     assert sp.issparse(std) and std.dtype == np.float32
     expected = np.where(~data.layers["valid"], samples.std(axis=1), 0.0)
     np.testing.assert_allclose(std.toarray(), expected, rtol=1e-6, atol=1e-6)
     assert data.uns["countsdiff"]["countsdiff_imputed"]["std_key"] == "countsdiff_imputed_std"
     other = adata.copy()
-    model.impute(other, std_key=None, **QUICK)
+    model.impute(other, std_key=None, target="dropouts", **QUICK)
     assert "countsdiff_imputed_std" not in other.layers
+    model.impute(data, std_key=None, store_samples=False, target="dropouts", **QUICK)  # a re-run leaves nothing stale
+    assert "countsdiff_imputed_std" not in data.layers and "countsdiff_samples" not in data.obsm
 
 
 def test_targets_are_explicit(dropout_model):
@@ -85,8 +104,8 @@ def test_model_without_validity_layer_says_what_it_can_fill():
     adata = make_counts(n_obs=40, n_vars=8)
     cds.CountsDiffModel.setup_anndata(adata)
     model = cds.CountsDiffModel(adata, backbone_kwargs=TINY)
-    with pytest.raises(ValueError, match=r"does not know which zeros are suspected dropouts.*get_normalized"):
-        model.impute(adata, **QUICK)
+    with pytest.raises(ValueError, match=r"does not know which zeros are suspected dropouts"):
+        model.impute(adata, target="dropouts", **QUICK)
 
 
 def _train_weights(masked_values: str) -> dict[str, torch.Tensor]:
@@ -122,9 +141,9 @@ def test_registered_mask_is_the_default_target_on_the_training_data():
     rec = adata.uns["countsdiff"]["countsdiff_imputed"]
     assert rec["target"] == "mask" and rec["mask_layer"] == "heldout"
     assert rec["n_entries_imputed"] == int((adata.layers["heldout"] & adata.layers["valid"]).sum())
-    new = with_dropouts(n_obs=20, n_vars=10, seed=4)  # new cells without that layer: their dropouts
+    new = with_dropouts(n_obs=20, n_vars=10, seed=4)  # new cells without that layer: their expected counts
     model.impute(new, **QUICK)
-    assert new.uns["countsdiff"]["countsdiff_imputed"]["target"] == "dropouts"
+    assert new.uns["countsdiff"]["countsdiff_imputed"]["target"] == "denoise"
     assert "heldout" not in new.layers
 
 
@@ -163,12 +182,12 @@ def test_new_cells_without_the_validity_layer(dropout_model):
     new = adata.copy()
     del new.layers["valid"]
     with pytest.raises(ValueError, match=r"no suspected dropout is marked on these cells.*mark_dropouts"):
-        model.impute(new, **QUICK)
+        model.impute(new, target="dropouts", **QUICK)
     new.layers["countsdiff_mask"] = np.random.default_rng(0).random(new.shape) < 0.2
     model.impute(new, mask_layer="countsdiff_mask", **QUICK)  # a mask still works: all entries trusted
     assert new.uns["countsdiff"]["countsdiff_imputed"]["n_entries_imputed"] == int(new.layers["countsdiff_mask"].sum())
     assert "valid" not in new.layers
-    df = model.get_normalized_expression(new, n_steps=3, seed=0)
+    df = model.get_normalized_expression(new, sampler=cds.Sampler(n_steps=3, seed=0))
     assert df.shape == new.shape
 
 

@@ -12,12 +12,11 @@ import torch
 from scvi.model.base import RNASeqMixin
 
 import countsdiff_sc as cds
-from countsdiff_sc.diffusion import CosineSchedule, time_grid
-from countsdiff_sc.model._expression import depth_start
+from countsdiff_sc.model._denoise import F_MAX, restored_depths
 from tests.conftest import make_counts
 
 TINY = {"n_hidden": 16, "n_layers": 1, "dim_emb": 8}
-QUICK = {"n_steps": 4, "seed": 0}
+QUICK = {"sampler": cds.Sampler(n_steps=4, seed=0)}
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +68,15 @@ def test_seeds_and_methods(model_and_data):
     a = model.get_normalized_expression(adata, **QUICK)
     b = model.get_normalized_expression(adata, **QUICK)
     pd.testing.assert_frame_equal(a, b)
-    for method in ("posterior_mean", "depth", "sdedit", "dropouts"):
+    for method in ("posterior_mean", "depth"):
         df = model.get_normalized_expression(adata, method=method, **QUICK)
         assert np.isfinite(df.to_numpy()).all()
     with pytest.raises(ValueError, match="method must be"):
         model.get_normalized_expression(adata, method="magic", **QUICK)
-    with pytest.raises(ValueError, match="draws counts"):
+    for removed in ("sdedit", "dropouts"):  # measured worse than depth restoration: removed in 0.2
+        with pytest.raises(ValueError, match="removed"):
+            model.get_normalized_expression(adata, method=removed, **QUICK)
+    with pytest.raises(ValueError, match="depth restoration"):
         model.posterior_predictive_sample(adata, method="posterior_mean", **QUICK)
     with pytest.raises(ValueError, match="depth must be"):
         model.get_normalized_expression(adata, depth=-3, **QUICK)
@@ -87,31 +89,31 @@ def test_cells_at_the_restored_depth_are_unchanged(model_and_data):
 
 
 def test_posterior_mean_is_the_networks_estimate(model_and_data):
-    """method='posterior_mean' is x_t + y_hat(x_t, t) at each cell's entry time (checked by hand on one cell)."""
+    """method='posterior_mean' is x + y_hat(x, t_f) at the cell's exact entry time p(t_f) = L / D (by hand)."""
     adata, model = model_and_data
-    got = model.get_normalized_expression(adata, indices=[0], method="posterior_mean", depth=1e6,
+    depth = 500.0
+    got = model.get_normalized_expression(adata, indices=[0], method="posterior_mean", depth=depth,
                                           library_size="latent", return_numpy=True, **QUICK)
-    # depth 1e6: f = L / 1e6 is below p(t_1) of a 4-step cosine grid, so the cell enters at t = 1 thinned to zero
-    grid = time_grid(4, model.module.schedule)
-    assert float(model.module.schedule.p(grid[:2])[1]) > adata.X[0].sum() / 1e6
+    x = torch.from_numpy(adata.X[:1].toarray().astype(np.float32))
+    library = float(x.sum())
+    t = model.module.schedule.t_of_p(torch.tensor([library / depth], dtype=torch.float64)).float()
     cat = torch.tensor([[model.condition_space.label_categories.index(adata.obs["cell_type"].iloc[0]),
                          model.condition_space.covariate_categories["batch"].index(adata.obs["batch"].iloc[0])]])
     valid = torch.from_numpy(adata.layers["valid"][:1])
+    vec = model.module.vector_condition(None, torch.tensor([depth]))
     with torch.inference_mode():
-        y = model.module.rate(torch.zeros(1, adata.n_vars), torch.ones(1), cat, valid=valid, guidance=1.0).numpy()
-    expected = y / y.sum() * adata.X[0].sum()
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
+        restored = (x + model.module.rate(x, t, cat, vec, valid=valid, guidance=1.0)).numpy()
+    np.testing.assert_allclose(got, restored / restored.sum() * library, rtol=1e-5)
+    again = model.get_normalized_expression(adata, indices=[0], method="posterior_mean", depth=depth,
+                                            library_size="latent", return_numpy=True,
+                                            sampler=cds.Sampler(n_steps=4, seed=123))
+    np.testing.assert_array_equal(got, again)  # one network pass: no randomness at all
 
 
-def test_depth_start_matches_the_grid():
-    grid = time_grid(10, CosineSchedule())
-    grid_p = CosineSchedule().p(grid).double().numpy()
-    library = np.array([10.0, 55.0, 100.0, 250.0])
-    k, q = depth_start(library, 100.0, grid_p)
-    f = np.minimum(1.0, library / 100.0)
-    assert (grid_p[k] <= f + 1e-12).all() and ((k == len(grid_p) - 1) | (grid_p[np.minimum(k + 1, 10)] > f)).all()
-    np.testing.assert_allclose(q * f, grid_p[k])  # thinned to exactly p(t_k)
-    assert k[-1] == k[-2] == len(grid_p) - 1
+def test_restored_depths_floor_deep_cells():
+    depths = restored_depths(np.array([10.0, 80.0, 200.0]), 100.0)
+    np.testing.assert_allclose(depths, [100.0, 80.0 / F_MAX, 200.0 / F_MAX])  # every cell restored at f <= F_MAX
+    np.testing.assert_allclose(restored_depths(np.array([10.0, 200.0]), 100.0, floor=False), [100.0, 200.0])
 
 
 def test_transform_batch_is_a_counterfactual(model_and_data):

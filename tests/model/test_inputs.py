@@ -158,8 +158,8 @@ def test_n_samples_is_never_truncated(trained, value, error):
     adata, model = trained
     with pytest.raises(error, match="n_samples"):
         model.impute(adata.copy(), mask_layer="mask", n_samples=value, n_steps=2, progress=False)
-    with pytest.raises(error, match="n_samples"):
-        model.sample(n_samples=value, n_steps=2, progress=False)
+    with pytest.raises(error, match="n_cells"):
+        model.sample(n_cells=value, sampler=cds.Sampler(n_steps=2, progress=False))
 
 
 def test_batch_size_zero_is_refused_everywhere(trained):

@@ -61,16 +61,32 @@ def test_impute_passes_grid_and_rule_down_and_keeps_observed_entries(models, mon
     assert params["time_grid"] == "p" and params["step_rule"] == "trapezoid"
 
 
-def test_impute_defaults_are_ten_trapezoid_steps_run_twice(models, monkeypatch):
-    # issue 24: chosen from benchmarks/results/repaint_budget.md (40 evaluations per chain instead of 50)
+def test_impute_defaults_follow_the_preset(models, monkeypatch):
+    # default preset: RePaint with 10 trapezoid steps run twice (40 evaluations per chain, measured in
+    # repaint_budget.md); a model of 0.1 loads with preset="paper": the paper's 19 Euler steps
+    import countsdiff_sc as cds
+    from tests.conftest import make_counts
+
     a, _ = models
+    assert a.preset == "paper"
     adata = golden_adata()
     calls = _count_rate_calls(a, monkeypatch)
-    a.impute(adata, mask_layer="mask", n_samples=2, seed=0, batch_size=10_000, progress=False)
+    a.impute(adata, mask_layer="mask", n_samples=2, sampler=cds.Sampler(seed=0, progress=False))
     params = adata.uns["countsdiff"]["countsdiff_imputed"]
+    assert (params["n_steps"], params["step_rule"], params["resample_iters"], params["guidance"]) == (
+        19, "euler", 1, 0.5)
+    assert len(calls) == 19
+    data = make_counts(n_obs=30, n_vars=6)
+    data.layers["mask"] = np.random.default_rng(0).random(data.shape) < 0.2
+    cds.CountsDiffModel.setup_anndata(data, labels_key="cell_type")
+    fresh = cds.CountsDiffModel(data, backbone_kwargs={"n_hidden": 8, "n_layers": 1, "dim_emb": 4})
+    calls = _count_rate_calls(fresh, monkeypatch)
+    fresh.impute(data, mask_layer="mask", n_samples=2, sampler=cds.Sampler(seed=0, progress=False))
+    params = data.uns["countsdiff"]["countsdiff_imputed"]
     assert (params["n_steps"], params["step_rule"], params["resample_iters"]) == (10, "trapezoid", 2)
     assert params["time_grid"] == "uniform"
-    assert len(calls) == 2 * n_evaluations(10, a.module.schedule, step_rule="trapezoid") == 40
+    assert len(calls) == 2 * n_evaluations(10, fresh.module.schedule, step_rule="trapezoid") == 40
+
 
 
 def test_interpolate_takes_the_options(models):

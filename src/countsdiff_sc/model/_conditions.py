@@ -266,6 +266,9 @@ class ConditionSpace:
             if not math.isfinite(g) or g < 0:
                 raise ValueError(f"guidance[{name!r}] must be a non-negative number, got {g}.")
             strengths[lookup[name]] = g
+        if self.depth and self.n_continuous == 0 and not any(n in guidance for n in slots[-1]) and len(slots) > 1:
+            # the depth slot is not a condition a user names: it follows the strength of the first categorical slot
+            strengths[-1] = strengths[0]
         if not self.independent:
             self._check_joint(guidance, strengths, slots)
         return strengths

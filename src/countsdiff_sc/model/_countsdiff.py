@@ -181,7 +181,9 @@ class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin,
             f"loss_weighting={module.loss_weighting}, p_uncond={module.p_uncond}, "
             f"conditions={self.condition_space.names()} ({module.uncond_mode} dropout), "
             f"{self.summary_stats.n_vars} genes, {n_params:,} network parameters, ema_decay={module.ema_decay} "
-            f"(warm-up {module.ema_warmup:g})."
+            f"(warm-up {module.ema_warmup:g})"
+            + ("; beyond the preset: " + ", ".join(f"{k}={v}" for k, v in sorted(module_kwargs.items()))
+               if module_kwargs else "") + "."
         )
         self.init_params_ = self._get_init_params(locals())
 

@@ -37,7 +37,7 @@ class GenerationMixin:
         *,
         covariates: Mapping[str, str | Sequence[str]] | None = None,
         conditions: np.ndarray | Literal["train"] | None = None,
-        depth: float | np.ndarray | Literal["train"] = "train",
+        depth: float | np.ndarray | Literal["train"] | None = "train",
         sampler: Sampler | None = None,
         **legacy: Any,
     ) -> ad.AnnData:
@@ -65,7 +65,9 @@ class GenerationMixin:
             For a depth-conditioned model (the default preset): ``"train"`` (default) gives each generated cell the
             depth of a random training cell with the same labels and covariates (the same cell as its vector
             condition with ``conditions="train"``), so generated libraries follow the training cells'; a number or
-            one number per cell asks for those depths (counts per cell).
+            one number per cell asks for those depths (counts per cell); None leaves the vector slot to its null token
+            (truly unconditional cells). For a model with an obsm condition the depth goes with it: without
+            ``conditions`` the whole vector slot is left to its null token.
         sampler
             Chain settings (:class:`~countsdiff_sc.Sampler`); default 50 Euler steps, guidance 1 (guidance 0 loses
             the cell type, 2-3 overshoot), no attrition.
@@ -88,7 +90,7 @@ class GenerationMixin:
         -----
         UserWarning
             When the model was trained without a large share of its entries (a validity layer distrusting more than
-            5% of them: Algorithm 1's marks), which makes generated cells too dense.
+            5% of them: Algorithm 1's marks): the cells it generates have too few zeros.
 
         Examples
         --------
@@ -131,6 +133,10 @@ class GenerationMixin:
             raise ValueError("With a vector condition, also give the categorical conditions (labels / covariates).")
         if isinstance(run.sampler.guidance, Mapping) and codes is None and cont is None and depths is None:
             raise ValueError("Per-covariate guidance needs conditions: give labels, covariates or conditions.")
+        if depths is None and cont is not None and self.module.depth_condition:
+            raise ValueError("A depth-conditioned model reads the depth with the vector condition: give depth= too.")
+        if cont is None and space.n_continuous > 0:
+            depths = None  # the obsm condition is not given: the whole vector slot (depth included) takes its null token
         vec = self.module.vector_condition(cont, None if depths is None else torch.from_numpy(depths))
         counts = self._generate(codes, vec, n, run, strengths, cap)
         result = generated_adata(counts, obs, getattr(self, "var_names_", None), self.module.n_genes)
@@ -221,6 +227,8 @@ class GenerationMixin:
 
     def _depths_of(self, depth: Any, picked: np.ndarray | None, n: int) -> np.ndarray | None:
         """The depth of each generated cell for a depth-conditioned model (None otherwise)."""
+        if depth is None:
+            return None
         if not self.module.depth_condition:
             if not (isinstance(depth, str) and depth == "train"):
                 raise ValueError("depth= needs a depth-conditioned model (preset='default'); this one is not.")

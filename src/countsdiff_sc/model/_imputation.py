@@ -176,6 +176,11 @@ class ImputationMixin:
         setup_args = self.registry_["setup_args"]
         registered = setup_args.get("mask_layer")
         has_mask = mask_layer is not None or (registered is not None and registered in query.target.layers)
+        if target == "auto" and not has_mask and _keys.MASK in query.target.layers:
+            raise ValueError(
+                f"adata has a {_keys.MASK!r} layer, but no mask was passed or registered: say which job you mean, "
+                f"target='denoise' (every entry's expected count) or mask_layer={_keys.MASK!r} (fill the held-out "
+                "entries; register it with setup_anndata(mask_layer=) so they never train).")
         kind = target if target != "auto" else ("mask" if has_mask else "denoise")
         verb = "denoise" if kind == "denoise" else "impute"
         run = ChainSettings(sampler_for(verb, self.preset, sampler, legacy, stacklevel=3), self.device)

@@ -45,7 +45,8 @@ def _check_int(value: Any, name: str, minimum: int = 1, maximum: int | None = No
 def _check_number(value: Any, name: str, minimum: float = 0.0) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}.")
+        kind = "non-negative number" if minimum == 0 else f"number >= {minimum:g}"
+        raise ValueError(f"{name} must be a finite {kind}, got {value!r}.")
     return float(value)
 
 
@@ -160,7 +161,8 @@ class Sampler:
         if self.guidance_cap is not None:
             cap = _check_number(self.guidance_cap, "guidance_cap")
             if cap < 1.0:
-                raise ValueError(f"guidance_cap must be at least 1 (a multiple of the conditional rate), got {cap}.")
+                raise ValueError(f"guidance_cap must be None or a finite number >= 1 (a multiple of the conditional "
+                                 f"rate), got {cap}.")
             set_(self, "guidance_cap", cap)
         if self.attrition is not None:
             set_(self, "attrition", _check_number(self.attrition, "attrition"))

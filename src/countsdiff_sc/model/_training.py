@@ -189,8 +189,8 @@ class TrainingMixin:
             Cell split, as in scvi-tools' :class:`~scvi.dataloaders.DataSplitter`.
         early_stopping
             Stop when ``validation_loss`` has not improved for ``early_stopping_patience`` epochs. ``"auto"``
-            (default): on when the model's budget uses it and there is a validation set; True needs a validation set
-            (``train_size < 1``).
+            (default): on with the model's default budget (no ``max_epochs`` / ``max_steps`` given) when the model's
+            budget uses it and there is a validation set; True needs a validation set (``train_size < 1``).
         early_stopping_patience
             Epochs without improvement before stopping (None: the model's default, recorded in
             ``model.train_budget_``).
@@ -265,9 +265,12 @@ def _fit(model: Any, budget_fn: Callable[..., Budget], check: Callable[[Any], No
         raise ValueError("early_stopping=True needs a validation set, and train_size=1.0 leaves none: pass "
                          "train_size=0.9 (or validation_size=...), or early_stopping=False.")
     budget = budget_fn(n_obs, train_size, batch_size, has_validation)
+    default_budget = max_epochs is None and max_steps is None
     if max_epochs is None:
         max_epochs = budget.max_epochs if max_steps is None else 10**6
-    stop = budget.early_stopping and has_validation if early_stopping == "auto" else bool(early_stopping)
+    # "auto": the model's default budget comes with its early stopping; a budget the user gives is run as given
+    stop = (budget.early_stopping and has_validation and default_budget) if early_stopping == "auto" \
+        else bool(early_stopping)
     patience = budget.patience if early_stopping_patience is None else positive_int(
         early_stopping_patience, "early_stopping_patience")
     if max_steps is not None:
