@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import countsdiff_sc as cds
 from countsdiff_sc.pp import mark_dropouts
 
 
@@ -31,7 +32,7 @@ def _toy() -> ad.AnnData:
 
 def test_toy_example_by_hand():
     adata = _toy()
-    mark_dropouts(adata, groupby="g")
+    mark_dropouts(adata, groupby="g", preset="paper")
     expected = np.array([[0, 1, 1], [1, 0, 1], [1, 0, 1], [1, 1, 1]], dtype=bool)
     np.testing.assert_array_equal(adata.layers["countsdiff_valid"], expected)
     rec = adata.uns["countsdiff"]["mark_dropouts"]
@@ -42,7 +43,7 @@ def test_toy_example_by_hand():
 
 def test_matches_brute_force_on_real_data(pbmc):
     x_before = pbmc.X.copy()
-    mark_dropouts(pbmc, groupby="bulk_labels")
+    mark_dropouts(pbmc, groupby="bulk_labels", preset="paper")
     valid = pbmc.layers["countsdiff_valid"]
     assert isinstance(valid, np.ndarray) and valid.dtype == bool and valid.shape == pbmc.shape
     expected = brute_force_valid(pbmc.X.toarray(), pbmc.obs["bulk_labels"].to_numpy())
@@ -58,7 +59,7 @@ def test_matches_brute_force_on_real_data(pbmc):
 @pytest.mark.parametrize("fmt", ["dense", "csr", "csc", "int_dense"])
 def test_formats_and_layer_give_same_result(pbmc, fmt):
     ref = pbmc.copy()
-    mark_dropouts(ref, groupby="bulk_labels")
+    mark_dropouts(ref, groupby="bulk_labels", preset="paper")
     dense = pbmc.X.toarray()
     converted = {
         "dense": dense.copy(),
@@ -67,7 +68,7 @@ def test_formats_and_layer_give_same_result(pbmc, fmt):
         "int_dense": dense.astype(np.int64),
     }[fmt]
     adata = ad.AnnData(X=np.zeros_like(dense), obs=pbmc.obs.copy(), layers={"counts": converted})
-    mark_dropouts(adata, groupby="bulk_labels", layer="counts", key_added="v")
+    mark_dropouts(adata, groupby="bulk_labels", layer="counts", key_added="v", preset="paper")
     np.testing.assert_array_equal(adata.layers["v"], ref.layers["countsdiff_valid"])
     after = adata.layers["counts"]
     assert type(after) is type(converted)
@@ -79,7 +80,7 @@ def test_explicit_zeros_in_sparse_are_zeros():
     x = sp.csr_matrix((np.array([1.0, 0.0]), np.array([0, 1]), np.array([0, 2, 2])), shape=(2, 2))
     assert x.nnz == 2  # an explicitly stored zero at (0, 1)
     adata = ad.AnnData(X=x, obs=pd.DataFrame({"g": ["a", "a"]}, index=["c0", "c1"]))
-    mark_dropouts(adata, groupby="g")
+    mark_dropouts(adata, groupby="g", preset="paper")
     np.testing.assert_array_equal(adata.layers["countsdiff_valid"], [[True, True], [False, True]])
 
 
@@ -93,7 +94,7 @@ def test_copy_returns_new_object(pbmc):
 def test_single_cell_group_has_no_dropouts():
     adata = _toy()
     adata.obs["g"] = ["A", "B", "C", "D"]
-    mark_dropouts(adata, groupby="g")
+    mark_dropouts(adata, groupby="g", preset="paper")
     assert adata.layers["countsdiff_valid"].all()
 
 
@@ -101,7 +102,7 @@ def test_groupby_none_clusters_and_warns(pbmc):
     sub = pbmc[:300].copy()
     x_before = sub.X.toarray()
     with pytest.warns(UserWarning, match="clustered"):
-        mark_dropouts(sub, resolution=0.5, seed=1, cluster_key_added="clusters")
+        mark_dropouts(sub, resolution=0.5, seed=1, cluster_key_added="clusters", preset="paper")
     labels = sub.obs["clusters"]
     assert isinstance(labels.dtype, pd.CategoricalDtype)
     assert 1 < labels.nunique() < 300
@@ -112,7 +113,7 @@ def test_groupby_none_clusters_and_warns(pbmc):
     # same seed -> same clusters
     again = pbmc[:300].copy()
     with pytest.warns(UserWarning):
-        mark_dropouts(again, resolution=0.5, seed=1, cluster_key_added="clusters")
+        mark_dropouts(again, resolution=0.5, seed=1, cluster_key_added="clusters", preset="paper")
     np.testing.assert_array_equal(again.obs["clusters"].to_numpy(), labels.to_numpy())
 
 
@@ -166,7 +167,7 @@ def test_min_expected_toy_by_hand():
     expected = np.array([[0, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1]], dtype=bool)
     np.testing.assert_array_equal(adata.layers["countsdiff_valid"], expected)
     assert adata.uns["countsdiff"]["mark_dropouts"]["min_expected"] == 3.0
-    mark_dropouts(adata, groupby="g")
+    mark_dropouts(adata, groupby="g", preset="paper")
     assert adata.uns["countsdiff"]["mark_dropouts"]["min_expected"] == "None"  # record_params: h5ad-safe None
     assert (~adata.layers["countsdiff_valid"]).sum() == 4
 
@@ -192,3 +193,21 @@ def test_min_expected_matches_brute_force_and_is_a_subset_of_algorithm_1(pbmc, m
 def test_min_expected_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="min_expected"):
         mark_dropouts(_toy(), groupby="g", min_expected=bad)
+
+
+def test_default_rule_is_the_expected_count_test_and_the_paper_preset_is_algorithm_1():
+    pbmc = cds.datasets.pbmc68k_reduced_counts()
+    default = mark_dropouts(pbmc, groupby="bulk_labels", copy=True)
+    paper = mark_dropouts(pbmc, groupby="bulk_labels", preset="paper", copy=True)
+    explicit = mark_dropouts(pbmc, groupby="bulk_labels", min_expected=3, copy=True)
+    np.testing.assert_array_equal(default.layers["countsdiff_valid"], explicit.layers["countsdiff_valid"])
+    algorithm1 = mark_dropouts(pbmc, groupby="bulk_labels", min_expected=None, copy=True)
+    np.testing.assert_array_equal(paper.layers["countsdiff_valid"], algorithm1.layers["countsdiff_valid"])
+    zeros = pbmc.X.toarray() == 0
+    assert (~default.layers["countsdiff_valid"]).sum() < 0.01 * zeros.sum()  # few zeros suspected
+    assert (~paper.layers["countsdiff_valid"]).sum() > 0.8 * zeros.sum()  # Algorithm 1: most of them
+    assert default.uns["countsdiff"]["mark_dropouts"]["preset"] == "default"
+    with pytest.raises(ValueError, match="preset"):
+        mark_dropouts(pbmc, groupby="bulk_labels", preset="fast", copy=True)
+    with pytest.raises(ValueError, match="n_pcs"):
+        mark_dropouts(pbmc, n_pcs=0, copy=True)
