@@ -139,6 +139,17 @@ def test_real_vs_generated_umap(tmp_path):
         cds.pl.real_vs_generated_umap(real, gen, color="nope", show=False)
     with pytest.raises(ValueError, match="same genes"):
         cds.pl.real_vs_generated_umap(real, gen[:, :4], show=False)
+    # genes are matched by name: the same genes in another order give the same picture
+    same = cds.pl.real_vs_generated_umap(real, gen, n_pcs=5, show=False, return_fig=True)
+    again = cds.pl.real_vs_generated_umap(real, gen[:, list(gen.var_names[::-1])].copy(), n_pcs=5, show=False,
+                                          return_fig=True)
+    np.testing.assert_allclose(again.axes[0].collections[0].get_offsets(),
+                               same.axes[0].collections[0].get_offsets(), rtol=1e-4, atol=1e-4)
+    negative = gen.copy()
+    negative.X = negative.X.toarray() if hasattr(negative.X, "toarray") else negative.X.copy()
+    negative.X[0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        cds.pl.real_vs_generated_umap(real, negative, show=False)
 
 
 # ------------------------------------------------------------------------------------------------ interpolation
