@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from .._keys import MASK
 from .._utils import log_normalize
 from ..pp import ObsSelection, resolve_obs_selection
 from ._common import load_inputs, load_reference, write_output
@@ -18,7 +19,7 @@ def impute_knn(
     adata: ad.AnnData,
     reference: ad.AnnData | ObsSelection | None = None,
     *,
-    mask_layer: str = "countsdiff_mask",
+    mask_layer: str = MASK,
     key_added: str = "knn_imputed",
     layer: str | None = None,
     valid_layer: str | None = None,
@@ -49,10 +50,9 @@ def impute_knn(
          the ordinary PCA transform); distances are Euclidean in that space.
        - ``"zero_filled"``: the former default: held-out genes of a query cell enter a PCA embedding (``n_pcs``;
          ``None``: the ``log1p`` profiles themselves) as zeros and the library is not corrected. It is leakage-free
-         but pulls query cells towards low-expression neighbours. On the CBMC split of ``benchmarks/imputation.py``
-         (``n_neighbors=15``, ``valid_layer="countsdiff_valid"``) the held-out RMSE at 50% MCAR is 16.5 with it,
-         9.0 with ``"observed"`` and 30 PCs and 8.8 with ``"observed"`` without PCA; at 25% MNAR-low 1.56, 1.49
-         and 1.86. Kept for reproducing old results.
+         but pulls query cells towards low-expression neighbours, which made its held-out error much larger than
+         ``"observed"``'s under MCAR masks (the imputation benchmark page of the docs has the figures). Kept for
+         reproducing old results.
 
        The ``n_neighbors`` nearest reference cells are taken (exact brute-force search: deterministic); a cell is
        never its own neighbour, and reference cells without observed counts are not candidates.

@@ -8,6 +8,7 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 
+from .._keys import MASK
 from ._common import load_inputs, write_output
 
 _INSTALL_HINT = (
@@ -21,7 +22,7 @@ _INSTALL_HINT = (
 def impute_magic(
     adata: ad.AnnData,
     *,
-    mask_layer: str = "countsdiff_mask",
+    mask_layer: str = MASK,
     key_added: str = "magic_imputed",
     layer: str | None = None,
     valid_layer: str | None = None,

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._keys import MASK
 from .._utils import check_writable
 from ..pp import ObsSelection
 from ._common import load_inputs, load_reference, query_labels, reference_labels, write_output
@@ -37,7 +38,7 @@ def impute_scvi(
     *,
     labels_key: str | None = None,
     layer: str | None = None,
-    mask_layer: str = "countsdiff_mask",
+    mask_layer: str = MASK,
     valid_layer: str | None = None,
     key_added: str = "scvi_imputed",
     sample_key_added: str = "scvi_sample",

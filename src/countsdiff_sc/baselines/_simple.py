@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._keys import MASK
 from ..pp import ObsSelection
 from ._common import load_inputs, load_reference, query_labels, reference_labels, write_output
 
@@ -16,7 +17,7 @@ from ._common import load_inputs, load_reference, query_labels, reference_labels
 def impute_zero(
     adata: ad.AnnData,
     *,
-    mask_layer: str = "countsdiff_mask",
+    mask_layer: str = MASK,
     key_added: str = "zero_imputed",
     layer: str | None = None,
     valid_layer: str | None = None,
@@ -59,7 +60,7 @@ def impute_mean(
     adata: ad.AnnData,
     reference: ad.AnnData | ObsSelection | None = None,
     *,
-    mask_layer: str = "countsdiff_mask",
+    mask_layer: str = MASK,
     key_added: str = "mean_imputed",
     layer: str | None = None,
     valid_layer: str | None = None,
@@ -127,7 +128,7 @@ def impute_conditional_mean(
     labels_key: str,
     reference: ad.AnnData | ObsSelection | None = None,
     *,
-    mask_layer: str = "countsdiff_mask",
+    mask_layer: str = MASK,
     key_added: str = "conditional_mean_imputed",
     layer: str | None = None,
     valid_layer: str | None = None,
