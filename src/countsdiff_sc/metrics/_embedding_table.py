@@ -153,6 +153,8 @@ def evaluate_embedding(
     >>> evaluate_embedding(adata, "X_emb", "ct", metrics=["silhouette_cosine"])["value"].round(2).tolist()
     [0.97]
     """
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
     chosen = resolve_metrics(metrics, EMBEDDING_REGISTRY)
     n_neighbors = check_int(n_neighbors, "n_neighbors (of the Leiden kNN graph)", 2)
     lisi_neighbors = check_int(lisi_neighbors, "lisi_neighbors (of the cLISI kNN graph)", 3)

@@ -177,6 +177,8 @@ def metrics_table(adata: ad.AnnData, key: str = "imputation") -> pd.DataFrame:
     >>> metrics_table(a)["value"].tolist()
     [0.5]
     """
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
     store = adata.uns.get(METRICS_UNS_KEY, {})
     if key not in store:
         raise KeyError(
