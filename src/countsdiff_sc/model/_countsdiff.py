@@ -238,6 +238,34 @@ class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin,
         with _loading_preset(legacy):
             return super().load(str(dir_path), adata=adata, **kwargs)
 
+    def _validate_anndata(self, adata: Any = None, copy_if_view: bool = True) -> Any:
+        """scvi-tools' check of a query, without adopting it: a model loaded without its training data registers the
+        query for this call but keeps ``adata`` None, so ``train()`` and ``retention="auto"`` never read a query as
+        if it were the training data."""
+        detached = self._adata is None
+        out = super()._validate_anndata(adata, copy_if_view)
+        if detached:
+            self._adata, self._adata_manager = None, None
+        return out
+
+    def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False, **kwargs) -> None:
+        """Save the model to the directory ``dir_path`` (scvi-tools' ``save``; ``save_anndata=True`` stores the
+        training data with it).
+
+        Raises
+        ------
+        ValueError
+            ``dir_path`` is an existing file, or an existing directory and ``overwrite`` is False.
+        """
+        path = Path(dir_path)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file; model.save(...) writes a directory: pass a directory path.")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise ValueError(f"{path} already exists and is not empty; pass overwrite=True to replace the model "
+                             "saved there, or another directory.")
+        super().save(str(dir_path), overwrite=True if path.is_dir() else overwrite, save_anndata=save_anndata,
+                     **kwargs)
+
     @property
     def condition_space(self) -> ConditionSpace:
         """What the model is conditioned on (labels, categorical covariates, vector condition, depth)."""

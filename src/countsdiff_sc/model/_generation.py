@@ -136,7 +136,7 @@ class GenerationMixin:
         if depths is None and cont is not None and self.module.depth_condition:
             raise ValueError("A depth-conditioned model reads the depth with the vector condition: give depth= too.")
         if cont is None and space.n_continuous > 0:
-            depths = None  # the obsm condition is not given: the whole vector slot (depth included) takes its null token
+            depths = None  # no obsm condition given: the whole vector slot (depth included) takes its null token
         vec = self.module.vector_condition(cont, None if depths is None else torch.from_numpy(depths))
         counts = self._generate(codes, vec, n, run, strengths, cap)
         result = generated_adata(counts, obs, getattr(self, "var_names_", None), self.module.n_genes)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from countsdiff_sc._utils import check_counts, get_matrix, iter_row_blocks, rows_per_block
+from countsdiff_sc._utils import get_matrix
 
 from ._conditions import ConditionSpace
 from ._results import check_gene_names, gene_positions, take_columns
@@ -92,6 +92,9 @@ def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) ->
     setup_args = model.registry_["setup_args"]
     rna_mod = (setup_args.get("modalities") or {}).get("rna_layer")
     if adata is None:
+        if model.adata is None:
+            raise ValueError("This model was loaded without its training data, so there are no default cells: pass "
+                             "the AnnData to work on (or load the model with CountsDiffModel.load(path, adata=...)).")
         adata = model.adata
     if rna_mod is not None:
         return _mudata_query(model, adata, rna_mod)
@@ -112,19 +115,13 @@ def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) ->
             logger.info("%d genes of adata are not among the model's %d genes: they are ignored and keep their "
                         "observed values.", adata.n_vars - len(genes), len(genes))
         aligned, data = False, _realigned(adata, genes, setup_args, carry_layers)
-    _check_conditions(model.condition_space, data)
+    _check_conditions(model.condition_space, data, getattr(model, "condition_table_", None))
     data = model._validate_anndata(data)
     valid = setup_args.get("valid_layer")
     if valid is not None and valid in missing:
         logger.info("adata has no layer %r (the model's validity layer): every entry is trusted. To fill suspected "
                     "dropouts, mark them first (countsdiff_sc.pp.mark_dropouts).", valid)
     return Query(data, adata, genes, aligned, valid_missing=valid is not None and valid in missing)
-
-
-def check_registered_counts(x: Any, where: str) -> None:
-    """The count check of :func:`~countsdiff_sc._utils.check_counts` over blocks of rows (backed matrices too)."""
-    for _, block in iter_row_blocks(x, rows_per_block(x.shape[1])):
-        check_counts(block, where=where)
 
 
 def _realigned(adata: ad.AnnData, genes: np.ndarray, setup_args: dict, carry: tuple[str, ...]) -> ad.AnnData:
@@ -151,7 +148,7 @@ def _realigned(adata: ad.AnnData, genes: np.ndarray, setup_args: dict, carry: tu
     return out
 
 
-def _check_conditions(space: ConditionSpace, adata: ad.AnnData) -> None:
+def _check_conditions(space: ConditionSpace, adata: ad.AnnData, table: np.ndarray | None = None) -> None:
     """The checks of setup on the condition columns (present, no missing values) and the vector condition (present,
     2-d, finite), plus: labels and covariates the model knows."""
     columns = ([(space.labels_key, space.label_categories)] if space.use_labels else []) + list(
@@ -162,6 +159,10 @@ def _check_conditions(space: ConditionSpace, adata: ad.AnnData) -> None:
         if unseen:
             raise ValueError(f"adata.obs[{key!r}] has values the model was not trained on: {unseen[:5]}. Known "
                              f"values: {known}. Drop those cells, or train a model that includes them.")
+    if table is not None and len(table) and columns:
+        codes = np.stack([pd.Categorical(adata.obs[k].astype(str), categories=known).codes
+                          for k, known in columns], axis=1)
+        space.check_trained(codes, table)
     if space.n_continuous > 0:
         check_condition_obsm(adata, space.obsm_key)
 

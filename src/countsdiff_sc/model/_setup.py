@@ -90,6 +90,21 @@ def check_condition_obsm(adata: ad.AnnData, key: str) -> None:
         raise ValueError(f"adata.obsm[{key!r}] must hold finite numbers.")
 
 
+def _check_shape_and_keys(adata: Any, labels_key: str | None, covariate_keys: list[str] | None) -> None:
+    """An object with cells and genes, and condition columns named once each."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"adata has {adata.n_obs} cells x {adata.n_vars} genes; a model needs at least one of each "
+                         "(check the filtering that produced it).")
+    keys = ([labels_key] if labels_key else []) + list(covariate_keys or [])
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"Condition column(s) {repeated} given more than once (labels_key and "
+                         "categorical_covariate_keys together): name each obs column once.")
+    for key in keys:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"Condition columns must be non-empty obs column names, got {key!r}.")
+
+
 def gene_stats(adata_manager: AnnDataManager) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of every gene over the trusted entries (valid, not held out) of the registered cells.
 
@@ -246,6 +261,7 @@ class SetupMixin:
         if getattr(adata, "is_view", False):
             raise ValueError("adata is a view (a subset of another AnnData); scvi-tools registers only actual objects. "
                              "Pass adata.copy() (e.g. adata = adata[cells].copy()).")
+        _check_shape_and_keys(adata, labels_key, categorical_covariate_keys)
         check_counts(get_matrix(adata, layer), where=f"adata.layers[{layer!r}]" if layer else "adata.X")
         check_gene_names(adata.var_names, "adata")
         for key in ([labels_key] if labels_key else []) + list(categorical_covariate_keys or []):
