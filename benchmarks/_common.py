@@ -321,3 +321,14 @@ def per_cell_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lb -= lb.mean(axis=1, keepdims=True)
     den = np.sqrt((la**2).sum(axis=1) * (lb**2).sum(axis=1))
     return np.divide((la * lb).sum(axis=1), den, out=np.zeros(len(la)), where=den > 0)
+
+
+def chain_settings(seed: int, **settings: Any) -> dict[str, Any]:
+    """Keyword arguments of a sampling verb for ``seed`` (no progress bar) and ``settings``: one
+    ``sampler=cds.Sampler(...)`` where the package has it, else the settings as keywords (releases before 0.2)."""
+    import countsdiff_sc as cds
+
+    values = {"seed": seed, "progress": False, **settings}
+    if hasattr(cds, "Sampler"):
+        return {"sampler": cds.Sampler(**values)}
+    return values

@@ -155,7 +155,8 @@ def combat_seq(x: np.ndarray, batch: np.ndarray, labels: np.ndarray, reference: 
     """ComBat-seq (inmoose) with the cell type protected and the reference batch kept as it is: cells x genes."""
     from inmoose.pycombat import pycombat_seq
 
-    out = pycombat_seq(x.T, [str(b) for b in batch], covar_mod=[[str(v) for v in labels]], ref_batch=reference)
+    covariates = pd.DataFrame({"cell_type": [str(v) for v in labels]})
+    out = pycombat_seq(x.T, [str(b) for b in batch], covar_mod=covariates, ref_batch=reference)
     return np.asarray(out, dtype=np.float64).T
 
 
@@ -170,15 +171,15 @@ def countsdiff_correct(model: Any, adata: Any, covariate: str, reference: str, s
     if hasattr(model, "correct_batches"):
         work = adata.copy()
         accepted = inspect.signature(model.correct_batches).parameters
-        extra = {k: v for k, v in {"seed": seed, "progress": False}.items() if k in accepted}
+        extra = {k: v for k, v in common.chain_settings(seed).items() if k in accepted}
         model.correct_batches(work, covariate=covariate, reference=reference, **extra)
         return to_dense(work.layers["countsdiff_corrected"], np.float64)
     out = to_dense(adata.X, np.float64).copy()
     batch = adata.obs[covariate].astype(str).to_numpy()
     for name in sorted(set(batch) - {reference}):
         rows = np.flatnonzero(batch == name)
-        moved = model.transfer(adata[rows].copy(), covariates={covariate: reference}, retention="auto", seed=seed,
-                               progress=False)
+        moved = model.transfer(adata[rows].copy(), covariates={covariate: reference}, retention="auto",
+                               **common.chain_settings(seed))
         moved = moved[adata.obs_names[rows]]  # cells in the input's order
         if list(moved.var_names) != list(adata.var_names):
             moved = moved[:, adata.var_names]
@@ -230,8 +231,9 @@ def run_methods(adata: Any, reference: str, args: argparse.Namespace, timings: d
 
     pcs = PCA(50, random_state=args.seed).fit_transform(log_normalize(x))
     meta = pd.DataFrame({"batch": batch})
-    embeddings["Harmony"] = timed("Harmony", lambda: np.asarray(harmonypy.run_harmony(
-        pcs, meta, ["batch"], random_state=args.seed, verbose=False).Z_corr, np.float64).T)
+    z = np.asarray(timed("Harmony", lambda: harmonypy.run_harmony(
+        pcs, meta, ["batch"], random_state=args.seed, verbose=False).Z_corr), np.float64)
+    embeddings["Harmony"] = z if z.shape[0] == x.shape[0] else z.T  # harmonypy < 2 returned dims x cells
 
     cd_data = adata.copy()
     cds.CountsDiffModel.setup_anndata(cd_data, labels_key="cell_type", categorical_covariate_keys=["batch"])
@@ -263,7 +265,8 @@ def scib_table(embeddings: dict[str, np.ndarray], batch: np.ndarray, labels: np.
     bm = Benchmarker(holder, batch_key="batch", label_key="cell_type", embedding_obsm_keys=list(keys.values()),
                      bio_conservation_metrics=BioConservation(nmi_ari_cluster_labels_leiden=True,
                                                               nmi_ari_cluster_labels_kmeans=False),
-                     batch_correction_metrics=BatchCorrection(pcr_comparison=False), n_jobs=1, progress_bar=False)
+                     batch_correction_metrics=BatchCorrection(pcr_comparison=False), n_jobs=1, progress_bar=False,
+                     pre_integrated_embedding_obsm_key=keys[next(iter(embeddings))])  # only PCR reads it (off)
     bm.benchmark()
     raw = bm.get_results(min_max_scale=False)
     raw = raw.drop(index="Metric Type", errors="ignore")
