@@ -29,7 +29,7 @@ from ._chains import ChainSettings, positive_int, run_batches
 from ._expression import select_cells
 from ._generation import check_t_start, own_vector_condition, thinned_start
 from ._results import counts_in_model_order, generated_adata, model_gene_names
-from ._retention import check_retention_series, estimate_retention, pair_name
+from ._retention import SERIES_FIX, GroupSums, check_retention_series, pair_name
 from ._sampler import Sampler, sampler_for
 
 __all__ = ["TransferMixin"]
@@ -168,7 +168,7 @@ class TransferMixin:
 
         # conditions: the targets where given, every other slot from the cell's own obs
         values = {key: _per_cell(key, value, n) for key, value in targets.items()}
-        for key in _slots(space):
+        for key in condition_slots(space):
             if key not in values:
                 if key not in adata.obs.columns:
                     raise KeyError(
@@ -255,53 +255,102 @@ class TransferMixin:
         keys = list(targets)
         move_of = [tuple((sources[k][i], values[k][i]) for k in keys) for i in range(n)]
         distinct = list(dict.fromkeys(move_of))
-        strata_keys = [k for k in _slots(space) if k not in targets]
-        ratios, names = {}, {}
-        for move in distinct:
-            source = {k: m[0] for k, m in zip(keys, move, strict=True)}
-            target = {k: m[1] for k, m in zip(keys, move, strict=True)}
-            names[move] = pair_name(source, target)
-            if source == target:
-                ratios[move] = np.ones(module.n_genes)
-            elif series is not None:
-                ratios[move] = series
-            else:
-                if getattr(self, "adata", None) is None:
-                    raise ValueError("retention='auto' estimates the ratios from the model's training data, which this "
-                                     "model was loaded without: load it with CountsDiffModel.load(path, adata=...), "
-                                     "or pass retention= as a pandas Series of one ratio per gene.")
-                ratios[move], _ = estimate_retention(
-                    self.adata, self.registry_["setup_args"].get("layer"), var_names, module.n_genes, strata_keys,
-                    source, target, name="the model's training data")
+        names = {m: pair_name({k: v[0] for k, v in zip(keys, m, strict=True)},
+                              {k: v[1] for k, v in zip(keys, m, strict=True)}) for m in distinct}
+        ratios = {m: np.ones(module.n_genes) for m in distinct if all(a == b for a, b in m)}
+        moving = [m for m in distinct if m not in ratios]
+        if series is not None:
+            ratios.update({m: series for m in moving})
+        elif moving:
+            sums = self._training_sums(keys, [k for k in condition_slots(space) if k not in targets],
+                                       [tuple(p[i] for p in m) for m in moving for i in (0, 1)], "retention='auto'")
+            for m in moving:
+                ratios[m], _ = sums.ratio(tuple(pair[0] for pair in m), tuple(pair[1] for pair in m), SERIES_FIX)
         cap = 1.0 if t_start is None else float(module.schedule.p(torch.tensor(t_start, dtype=torch.float64)))
         r = np.stack([ratios[m] for m in move_of]).astype(np.float32)  # (cells, genes)
-        level = np.minimum(np.minimum(r, 1.0), cap).astype(np.float32)
-        keep = np.where(r > 0, level / np.maximum(r, 1e-30), 0.0).astype(np.float32)  # <= 1: level <= r
+        level, keep, depth = retention_levels(x0, r, cap)
         x = torch.from_numpy(x0).to(device)
         keep_all = torch.from_numpy(keep).to(device)
         level_all = torch.from_numpy(level).to(device)
-        depth = None
-        if module.depth_condition:  # the depth the move restores: each gene's molecules over its retention
-            depth = torch.from_numpy(np.where(r > 0, x0 / np.maximum(r, 1e-3), 0.0).sum(axis=1).astype(np.float32))
-        vec = module.vector_condition(cont, depth)
+        vec = module.vector_condition(cont, torch.from_numpy(depth) if module.depth_condition else None)
         cont_all = None if vec is None else vec.to(device)
 
         def draw() -> np.ndarray:
-            y_all = binomial(x, keep_all, settings.generator)  # genes above their level thinned to it
-
-            def chain(rows: slice, show: bool) -> torch.Tensor:
-                rate_fn = _guided_rate(module, cat_all, cont_all, rows, strengths)
-                level = level_all[rows]
-                return restore(settings.wrap(rate_fn), y_all[rows], level, module.schedule,
-                               settings.times(module.schedule, restore_start(module.schedule, level)),
-                               **settings.chain_kwargs(), generator=settings.generator, progress=show)
-
-            return np.concatenate([c for _, c in run_batches(module, n, batch_size, chain, progress,
-                                                             "transferring")])
+            return draw_retention(module, settings, x, keep_all, level_all,
+                                  lambda rows: _guided_rate(module, cat_all, cont_all, rows, strengths),
+                                  batch_size, progress, "transferring")[1]
 
         table = pd.DataFrame({names[m]: ratios[m] for m in distinct},
                              index=pd.Index(model_gene_names(var_names, module.n_genes), dtype=str))
         return draw, table, [names[m] for m in move_of]
+
+    def _training_sums(self, group_keys: list[str], strata_keys: list[str], groups: list[tuple[str, ...]],
+                       what: str) -> GroupSums:
+        """Counts of the model's training data summed per (group, stratum), for retention estimates."""
+        if getattr(self, "adata", None) is None:
+            raise ValueError(f"{what} estimates the ratios from the model's training data, which this model was "
+                             "loaded without: load it with CountsDiffModel.load(path, adata=...), or pass retention= "
+                             "as given ratios (see the docstring).")
+        return GroupSums.collect(self.adata, self.registry_["setup_args"].get("layer"),
+                                 getattr(self, "var_names_", None), self.module.n_genes, group_keys, strata_keys,
+                                 name="the model's training data", groups=groups)
+
+
+def retention_levels(x0: np.ndarray, r: np.ndarray, cap: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a per-gene retention ``r`` (cells x genes, source mean over target mean) asks of each entry.
+
+    Returns
+    -------
+    ``(level, keep, depth)``: the level ``l = min(r, 1, cap)`` each entry is seen at after the thinning, the share
+    ``l / r`` (at most 1) of its molecules the thinning keeps (1 for a gene the source does not inflate, so every
+    molecule stays), and each cell's depth at the target, ``sum_g x_g / r_g`` (the depth a depth-conditioned model
+    is given), all float32.
+
+    Examples
+    --------
+    >>> level, keep, depth = retention_levels(np.array([[4.0, 6.0]]), np.array([[0.5, 2.0]]))
+    >>> level.tolist(), keep.tolist(), depth.tolist()
+    ([[0.5, 1.0]], [[1.0, 0.5]], [11.0])
+    """
+    r = np.asarray(r, dtype=np.float32)
+    level = np.minimum(np.minimum(r, 1.0), cap).astype(np.float32)
+    keep = np.where(r > 0, level / np.maximum(r, 1e-30), 0.0).astype(np.float32)  # <= 1: level <= r
+    depth = np.where(r > 0, x0 / np.maximum(r, 1e-3), 0.0).sum(axis=1).astype(np.float32)
+    return level, keep, depth
+
+
+def draw_retention(module, run: ChainSettings, x: torch.Tensor, keep: torch.Tensor, level: torch.Tensor,
+                   rate_for, batch_size: int, progress: bool, desc: str) -> tuple[torch.Tensor, np.ndarray]:
+    """One draw of cells moved by per-gene retention: genes above their level thinned to it, then :func:`restore`
+    under the target conditions in batches of ``batch_size`` rows.
+
+    Parameters
+    ----------
+    module
+        The CountsDiffModule.
+    run
+        The call's chain settings (its generator is advanced).
+    x, keep, level
+        Counts, kept share and level of each entry (:func:`retention_levels`), tensors on the module's device.
+    rate_for
+        ``rate_for(rows: slice) -> rate_fn(x, t)``: the rate of the target conditions of those rows.
+    batch_size, progress, desc
+        Rows per chain and the progress display.
+
+    Returns
+    -------
+    ``(y, counts)``: the thinned counts the chains started from (a tensor) and the restored counts (float32 array);
+    ``counts >= y`` entry-wise (a restoration never loses a molecule).
+    """
+    y_all = binomial(x, keep, run.generator)  # genes above their level thinned to it
+
+    def chain(rows: slice, show: bool) -> torch.Tensor:
+        lvl = level[rows]
+        return restore(run.wrap(rate_for(rows)), y_all[rows], lvl, module.schedule,
+                       run.times(module.schedule, restore_start(module.schedule, lvl)), **run.chain_kwargs(),
+                       generator=run.generator, progress=show)
+
+    return y_all, np.concatenate([c for _, c in run_batches(module, x.shape[0], batch_size, chain, progress, desc)])
 
 
 def _guided_rate(module, cat_all: torch.Tensor | None, cont_all: torch.Tensor | None, rows: slice, strengths):
@@ -315,7 +364,7 @@ def _guided_rate(module, cat_all: torch.Tensor | None, cont_all: torch.Tensor | 
     return rate_fn
 
 
-def _slots(space) -> list[str]:
+def condition_slots(space) -> list[str]:
     """obs columns of the model's categorical conditions, labels first."""
     return ([space.labels_key] if space.use_labels else []) + list(space.covariate_categories)
 
