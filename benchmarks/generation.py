@@ -3,13 +3,13 @@
 Protocol (CountsDiff paper Sec. 3.4 / E.5, Tables 11-12; metrics of scDiffusion Sec. 2.3-3):
 
 1. cells split 80 / 20 (train / held-out), stratified by ``cell_type`` (``countsdiff_sc.pp.split_cells``);
-2. CountsDiff trained on *all* entries of the train cells with the labels (no ``valid_layer``: a model trained on
-   valid-only entries generates too few zeros); the Gaussian DDPM baseline (``countsdiff_sc.baselines``, same
-   residual MLP size, ``log1p`` counts standardised per gene, linear betas, T = 1000) for the same number of steps;
-   plain scVI (NB likelihood, no labels) on the train cells; and (unless ``--no-depth-model``) a second CountsDiff
-   model conditioned also on each cell's standardised log library size (a vector condition, the lever found by
-   ``benchmarks/generation_levers.py``; ``cds.pp.library_condition``, own settings with ``--depth-model-kwargs``),
-   whose generated cells take the library sizes of random train cells of their type (``sample(conditions="train")``);
+2. CountsDiff trained on *all* entries of the train cells with the labels (no ``valid_layer``) with the plain calls
+   (``CountsDiffModel(train)``: the default preset, conditioned on each cell's depth, whose generated cells take the
+   depths of random train cells of their type; ``train()``: the default budget with early stopping on 10% of the
+   train cells); the Gaussian DDPM baseline (``countsdiff_sc.baselines``, same residual MLP size, ``log1p`` counts
+   standardised per gene, linear betas, T = 1000) for ``--max-steps`` steps; plain scVI (NB likelihood, no labels) on
+   the train cells; and (unless ``--no-paper-model``) a second CountsDiff model with ``preset="paper"`` (the
+   settings of 0.1: no depth condition, ``--max-steps`` steps), the before of the new defaults;
 3. for each of the largest cell types, as many cells as held out (capped by ``--max-cells``) are generated:
    CountsDiff at a small grid of guidance strengths (paper Table 12: 0-3, best ED at 2) and attrition levels
    (Table 11: eta_rescale 0-0.05), the Gaussian DDPM (guidance 1), scVI posterior-predictive draws of random *train*
@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 from benchmarks._generation_common import set_metrics, split_held_out
 
@@ -76,10 +77,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--scvi-epochs", type=int, default=200)
     p.add_argument("--model-kwargs", default="{}",
                    help='CountsDiffModel keyword arguments as JSON, e.g. \'{"rate_baseline": "gamma_poisson"}\'')
-    p.add_argument("--no-depth-model", action="store_true", help="skip the depth-conditioned CountsDiff model")
-    p.add_argument("--depth-model-kwargs", default=None,
-                   help="CountsDiffModel keyword arguments of the depth-conditioned model as JSON (default: "
-                        "--model-kwargs)")
+    p.add_argument("--no-paper-model", action="store_true", help="skip the paper-preset CountsDiff model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--rare-k", type=int, default=4, help="number of rare cell types augmented")
@@ -108,6 +106,7 @@ def augmentation(model: Any, scvi_model: Any, scvi_data: Any, pca: Any, x_train:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score, precision_recall_fscore_support
 
+    import countsdiff_sc as cds
     from countsdiff_sc._utils import to_dense
     from countsdiff_sc.pp import log_normalize
 
@@ -148,8 +147,8 @@ def augmentation(model: Any, scvi_model: Any, scvi_data: Any, pca: Any, x_train:
         t_cd = 0.0
         for t in rare:
             t1 = time.perf_counter()
-            out = model.sample(n_max[t], labels=t, n_steps=args.n_steps, guidance=1.0, attrition=0.0, seed=seed,
-                               progress=False)
+            out = model.sample(n_max[t], labels=t, sampler=cds.Sampler(n_steps=args.n_steps, guidance=1.0,
+                                                                        attrition=0.0, seed=seed, progress=False))
             extra["real + CountsDiff"][t] = to_dense(out.X, np.float64).reshape(n_max[t], -1)
             t_cd += time.perf_counter() - t1
             idx = rng.choice(np.flatnonzero(lab_train == t), n_max[t], replace=True)
@@ -206,11 +205,12 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type")
     model = cds.CountsDiffModel(train, **json.loads(args.model_kwargs))
-    model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",
-                enable_progress_bar=False, enable_model_summary=False)
+    model.train(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                **({"max_steps": args.max_steps} if args.quick else {}))
     timings["countsdiff_train_s"] = time.perf_counter() - t0
     timings["countsdiff_train_cpu_s"] = time.process_time() - c0
-    common.log(f"CountsDiff trained ({args.max_steps} steps) in {timings['countsdiff_train_s']:.0f} s")
+    budget = dict(model.train_budget_)
+    common.log(f"CountsDiff trained ({budget}) in {timings['countsdiff_train_s']:.0f} s")
 
     t0 = time.perf_counter()
     gauss = cds.baselines.GaussianDDPMGenerator().fit(train, labels_key="cell_type", max_steps=args.max_steps,
@@ -253,8 +253,9 @@ def main() -> None:
     interp_rows = []
     x_pca_train = pca.transform(log_normalize(x_train))
     for src, tgt in INTERPOLATIONS:
-        out = model.interpolate(held, src, tgt, weights=np.linspace(0.0, 1.0, 6), t_start=0.6,
-                                n_cells=20 if args.quick else 100, seed=args.seed, progress=False)
+        out = model.interpolate(held, (src, tgt), weights=np.linspace(0.0, 1.0, 6), t_start=0.6,
+                                n_cells=20 if args.quick else 100,
+                                sampler=cds.Sampler(seed=args.seed, progress=False))
         z = pca.transform(log_normalize(to_dense(out.X, np.float64)))
         proba = clf.predict_proba(z)[:, list(clf.classes_).index(tgt)]
         c_src, c_tgt = x_pca_train[lab_train == src].mean(0), x_pca_train[lab_train == tgt].mean(0)
@@ -280,30 +281,28 @@ def main() -> None:
         name = f"CountsDiff g={g:g} eta={eta:g}"
         generated[name] = {}
         for t in types:
-            out = model.sample(n_gen[t], labels=t, n_steps=args.n_steps, guidance=g, attrition=eta,
-                               attrition_kind="rescale", seed=args.seed, progress=False)
+            out = model.sample(n_gen[t], labels=t, sampler=cds.Sampler(
+                n_steps=args.n_steps, guidance=g, attrition=eta, attrition_kind="rescale", seed=args.seed,
+                progress=False))
             generated[name][t] = to_dense(out.X, np.float64)
     timings["countsdiff_sample_s"] = time.perf_counter() - t0
     common.log(f"CountsDiff: {len(grid)} settings sampled in {timings['countsdiff_sample_s']:.0f} s")
-    if not args.no_depth_model:
-        # the depth-conditioned model (benchmarks/generation_levers.py), with the package's built-ins: the
-        # standardised log library size of each train cell as a vector condition (pp.library_condition); generated
-        # cells take the library sizes of random train cells of their type (sample(conditions="train"))
+    if not args.no_paper_model:
+        # the settings of 0.1 (preset="paper"): no depth condition, the paper's loss weight and EMA, a fixed budget
         t0, c0 = time.perf_counter(), time.process_time()
-        depth_data = train.copy()
-        cds.pp.library_condition(depth_data, key="log_library")
-        cds.CountsDiffModel.setup_anndata(depth_data, labels_key="cell_type", condition_obsm_key="log_library")
-        depth_model = cds.CountsDiffModel(depth_data, **json.loads(args.depth_model_kwargs or args.model_kwargs))
-        depth_model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",
+        paper_data = train.copy()
+        cds.CountsDiffModel.setup_anndata(paper_data, labels_key="cell_type")
+        paper_model = cds.CountsDiffModel(paper_data, preset="paper")
+        paper_model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",
                           enable_progress_bar=False, enable_model_summary=False)
-        timings["countsdiff_depth_train_s"] = time.perf_counter() - t0
-        timings["countsdiff_depth_train_cpu_s"] = time.process_time() - c0
-        generated["CountsDiff depth-conditioned g=1"] = {
-            t: to_dense(depth_model.sample(n_gen[t], labels=t, conditions="train", n_steps=args.n_steps,
-                                           guidance=1.0, seed=args.seed, progress=False).X, np.float64)
+        timings["countsdiff_paper_train_s"] = time.perf_counter() - t0
+        timings["countsdiff_paper_train_cpu_s"] = time.process_time() - c0
+        generated["CountsDiff preset paper g=1"] = {
+            t: to_dense(paper_model.sample(n_gen[t], labels=t, sampler=cds.Sampler(
+                n_steps=args.n_steps, guidance=1.0, seed=args.seed, progress=False)).X, np.float64)
             for t in types
         }
-        common.log(f"depth-conditioned CountsDiff trained and sampled in {time.perf_counter() - t0:.0f} s")
+        common.log(f"paper-preset CountsDiff trained and sampled in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
     generated["Gaussian DDPM"] = {
         t: to_dense(gauss.sample(n_gen[t], labels=t, n_steps=args.n_steps, seed=args.seed).X, np.float64) for t in types
@@ -474,14 +473,12 @@ def _write(table: pd.DataFrame, fidelity: pd.DataFrame, interp: pd.DataFrame, ti
         f"{args.n_steps} sampling steps for both; scVI {args.scvi_epochs} epochs. Cell types: "
         + ", ".join(f"{t} ({n_gen[t]} cells generated)" for t in types) + ".",
         "",
-        *([] if "countsdiff_depth_train_s" not in timings else [
-            "`CountsDiff depth-conditioned`: the same network conditioned also on each train cell's standardised "
-            "log library size (`cds.pp.library_condition`, a vector condition), model settings "
-            f"{args.depth_model_kwargs or args.model_kwargs}; its cells take the depth of random train cells of "
-            "their type (`sample(conditions=\"train\")`); training "
-            f"{timings['countsdiff_depth_train_s']:.0f} s wall / {timings['countsdiff_depth_train_cpu_s']:.0f} s CPU "
-            f"({timings['countsdiff_depth_train_cpu_s'] / max(timings['scvi_train_cpu_s'], 1e-9):.1f}x scVI's CPU "
-            "time).", ""]),
+        *([] if "countsdiff_paper_train_s" not in timings else [
+            "`CountsDiff preset paper`: the settings of 0.1 (`CountsDiffModel(preset=\"paper\")`: no depth "
+            f"condition, the paper's loss weight and EMA), {args.max_steps} steps; training "
+            f"{timings['countsdiff_paper_train_s']:.0f} s wall / {timings['countsdiff_paper_train_cpu_s']:.0f} s CPU. "
+            "The rows `CountsDiff g=... eta=...` are the default preset (depth-conditioned; generated cells take the "
+            "depths of random train cells of their type).", ""]),
         "Metrics against the held-out cells of each type: MMD / SWD on 50 PCs of pooled log-normalised cells, "
         "energy distance (ED) of pooled raw counts, scFID (one scVI embedder trained on the train cells), random-"
         "forest AUC (0.5 = indistinguishable), mean absolute error of per-gene zero fractions, Pearson correlation "
