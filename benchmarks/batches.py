@@ -49,6 +49,7 @@ Usage::
     python -m benchmarks.batches                       # all three data sets (about 1-2 h on one thread)
     python -m benchmarks.batches --datasets hao cbmc    # some of them (the page then holds only those)
     python -m benchmarks.batches --quick               # smoke test on subsets (a few minutes)
+    python -m benchmarks.batches --datasets liao cbmc --max-cells 2500 --merge   # on subsets, into the same page
 
 Writes ``benchmarks/results[/quick]/batches.md`` and ``.json``.
 """
@@ -82,6 +83,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="subsets and short training: a smoke test")
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=DATASETS)
     p.add_argument("--n-genes", type=int, default=2000, help="highly variable genes (hao, liao)")
+    p.add_argument("--max-cells", type=int, default=None,
+                   help="a seeded random subset of at most this many cells per data set (compute budget)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the data sets of the existing results page that this run does not redo")
     p.add_argument("--max-steps", type=int, default=None, help="CountsDiff training steps (default: its budget)")
     p.add_argument("--scvi-epochs", type=int, default=None, help="scVI epochs (default: its heuristic)")
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +102,8 @@ def reference_batch(x: Any, batch: np.ndarray) -> str:
     return str(medians.sort_index().idxmax())
 
 
-def load(name: str, n_genes: int, seed: int, quick: bool) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
+def load(name: str, n_genes: int, seed: int, quick: bool, max_cells: int | None = None
+         ) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
     """``(adata, truth, info)``: counts (CSR) with ``obs["batch"]`` / ``obs["cell_type"]``, the untouched counts of
     the synthetic effect (CBMC; else None) and a description."""
     import scanpy as sc
@@ -131,9 +137,11 @@ def load(name: str, n_genes: int, seed: int, quick: bool) -> tuple[Any, np.ndarr
     adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).astype("category")
     rng = np.random.default_rng(seed)
     if quick:  # a subset of cells and genes
-        cells = np.sort(rng.choice(adata.n_obs, min(adata.n_obs, 700), replace=False))
+        max_cells, n_genes = min(max_cells or 700, 700), min(n_genes, 300)
+    info["cells_available"] = int(adata.n_obs)
+    if max_cells is not None and adata.n_obs > max_cells:
+        cells = np.sort(rng.choice(adata.n_obs, max_cells, replace=False))
         adata, truth = adata[cells].copy(), None if truth is None else truth[cells]
-        n_genes = min(n_genes, 300)
     if adata.n_vars > n_genes:
         sc.pp.highly_variable_genes(adata, n_top_genes=n_genes, flavor="seurat_v3", batch_key="batch")
         genes = adata.var["highly_variable"].to_numpy()
@@ -397,7 +405,7 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s:
     fid_cols = ["integer", "non-negative", "min value", "library ratio median", "library ratio 5%",
                 "library ratio 95%", "marker LFC r", "per-cell r with truth", "library / true library"]
     lines = [f"# Batch-corrected counts on real multi-batch data{' (quick mode)' if args.quick else ''}", "",
-             common.machine_header("batches", args.quick, total_s), "",
+             _header(args, total_s), "",
              "Protocol, methods and metric definitions: the docstring of `benchmarks/batches.py`. In short: each data "
              "set's batches are moved to one reference batch (the one with the largest median library); "
              "count-level methods are scored by scib-metrics on the PCA of their log-normalised output, Harmony and "
@@ -407,13 +415,18 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s:
                 "reference (what `correct_batches` does)") + ", trained with its default budget.", ""]
     what_loses: list[str] = []
     fid_frames = []
+    results = {k: results[k] for k in DATASETS if k in results}
     for name, res in results.items():
         info, scib, fid = res["info"], pd.DataFrame(res["scib"]).T, pd.DataFrame(res["fidelity"]).T
         scib.index = [f"{i} (*embedding*)" if i in EMBEDDING_METHODS else i for i in scib.index]
         lines += [f"## {name}: {info['cells']:,} cells x {info['genes']:,} genes, {info['types']} types", "",
                   f"{info['source']}. Batches (cells): "
                   + ", ".join(f"{b} ({n:,})" for b, n in info["batches"].items())
-                  + f"; reference: **{info['reference']}**; cells without counts dropped: {info['dropped_empty']}.",
+                  + f"; reference: **{info['reference']}**; cells without counts dropped: {info['dropped_empty']}"
+                  + (f"; a seeded random {info['cells'] + info['dropped_empty']:,} of its "
+                     f"{info['cells_available']:,} cells (compute budget)"
+                     if info.get("cells_available", info["cells"]) > info["cells"] + info["dropped_empty"] else "")
+                  + ".",
                   ""]
         if "annotation" in info:
             ann = pd.DataFrame(info["annotation"]).fillna(0).astype(int)
@@ -451,9 +464,17 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     import countsdiff_sc as cds
 
+    previous = common.result_stem("batches", args.quick).with_suffix(".json")
+    if args.merge and previous.exists():  # earlier data sets first, in the order of DATASETS
+        import json
+
+        old = json.loads(previous.read_text())
+        results = {k: v for k, v in old["results"].items() if k not in args.datasets}
+        t_all -= float(old.get("total_s", 0.0))
+
     for name in args.datasets:
         t0 = time.perf_counter()
-        adata, truth, info = load(name, args.n_genes, args.seed, args.quick)
+        adata, truth, info = load(name, args.n_genes, args.seed, args.quick, args.max_cells)
         common.log(f"{name}: {info['cells']} cells x {info['genes']} genes, batches {info['batches']}, "
                    f"reference {info['reference']}")
         timings: dict[str, Any] = {"load": time.perf_counter() - t0}
@@ -466,6 +487,18 @@ def main() -> None:
         results[name] = {"info": info, "timings": timings, "scib": scib.T.to_dict(), "fidelity": fid.T.to_dict(),
                          "used_correct_batches": hasattr(cds.CountsDiffModel, "correct_batches")}
         write(results, args, time.perf_counter() - t_all)  # after each data set: a crash keeps what was done
+
+
+def _header(args: argparse.Namespace, total_s: float) -> str:
+    """The machine header with the command line as run (its options included)."""
+    import shlex
+    import sys
+
+    options = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--quick")
+    header = common.machine_header("batches", args.quick, total_s)
+    if not options:
+        return header
+    return header.replace("benchmarks.batches", f"benchmarks.batches {options}", 1)
 
 
 if __name__ == "__main__":

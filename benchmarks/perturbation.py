@@ -334,7 +334,7 @@ def _write(args: argparse.Namespace, sim: dict[str, Any], val: pd.DataFrame, cho
     mean = long.groupby("method", sort=False).mean(numeric_only=True)
     mean = mean.sort_values(f"R2 top-{N_DEGS} DEGs", ascending=False)
     lines = [f"# Perturbation counterfactuals (scGen protocol) on a simulated perturbation of real PBMC"
-             f"{' (quick mode)' if args.quick else ''}", "", common.machine_header("perturbation", args.quick, total_s),
+             f"{' (quick mode)' if args.quick else ''}", "", _header(args, total_s),
              "",
              "**The perturbation is simulated** (no real control / stimulated data set is reachable from the "
              "benchmark machine): real Hao et al. 2021 PBMC counts, a random half of every type stimulated by a "
@@ -361,6 +361,18 @@ def _write(args: argparse.Namespace, sim: dict[str, Any], val: pd.DataFrame, cho
                "per_type": {t: df.T.to_dict() for t, df in per_type.items()}, "mean": mean.T.to_dict(),
                "timings": timings}
     common.write_results(common.result_stem("perturbation", args.quick), lines, payload)
+
+
+def _header(args: argparse.Namespace, total_s: float) -> str:
+    """The machine header with the command line as run (its options included)."""
+    import shlex
+    import sys
+
+    options = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--quick")
+    header = common.machine_header("perturbation", args.quick, total_s)
+    if not options:
+        return header
+    return header.replace("benchmarks.perturbation", f"benchmarks.perturbation {options}", 1)
 
 
 if __name__ == "__main__":
