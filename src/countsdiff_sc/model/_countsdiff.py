@@ -3,9 +3,9 @@
 The class is thin: it builds the module from the registry and composes focused parts, each in its own file:
 registration (:mod:`._setup`), the condition space (:mod:`._conditions`), the presets of the defaults
 (:mod:`._presets`), the sampler settings (:mod:`._sampler`), training (:mod:`._training`), generation
-(:mod:`._generation`), counterfactual transfer of real cells (:mod:`._transfer`), imputation (:mod:`._imputation`),
-scvi-tools' expression API (:mod:`._expression`), all running their reverse chains through one batched runner
-(:mod:`._chains`). See docs/architecture.md.
+(:mod:`._generation`), counterfactual transfer of real cells (:mod:`._transfer`), batch-corrected counts of a whole
+data set (:mod:`._correction`), imputation (:mod:`._imputation`), scvi-tools' expression API (:mod:`._expression`),
+all running their reverse chains through one batched runner (:mod:`._chains`). See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from countsdiff_sc.diffusion import PSchedule
 from countsdiff_sc.module import CountsDiffModule, DiffusionTrainingPlan
 
 from ._conditions import ConditionSpace
+from ._correction import CorrectionMixin
 from ._expression import DEPTH_QUANTILE, ExpressionMixin
 from ._generation import GenerationMixin
 from ._imputation import ImputationMixin
@@ -60,8 +61,8 @@ def _loading_preset(preset: str | None) -> Iterator[None]:
         _LOADING_PRESET.reset(token)
 
 
-class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin, ImputationMixin, ExpressionMixin,
-                      BaseModelClass):
+class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin, CorrectionMixin, ImputationMixin,
+                      ExpressionMixin, BaseModelClass):
     """Diffusion on the natural numbers for single-cell UMI counts (CountsDiff).
 
     The forward process thins counts binomially with a p-schedule, ``x_t ~ Binomial(x_0, p(t))``; a network

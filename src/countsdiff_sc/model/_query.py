@@ -31,7 +31,7 @@ from ._setup import check_condition_obsm, check_obs_column
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Query", "prepare_query"]
+__all__ = ["Query", "check_conditions", "prepare_query"]
 
 
 @dataclass
@@ -115,7 +115,7 @@ def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) ->
             logger.info("%d genes of adata are not among the model's %d genes: they are ignored and keep their "
                         "observed values.", adata.n_vars - len(genes), len(genes))
         aligned, data = False, _realigned(adata, genes, setup_args, carry_layers)
-    _check_conditions(model.condition_space, data, getattr(model, "condition_table_", None))
+    check_conditions(model.condition_space, data, getattr(model, "condition_table_", None))
     data = model._validate_anndata(data)
     valid = setup_args.get("valid_layer")
     if valid is not None and valid in missing:
@@ -148,7 +148,7 @@ def _realigned(adata: ad.AnnData, genes: np.ndarray, setup_args: dict, carry: tu
     return out
 
 
-def _check_conditions(space: ConditionSpace, adata: ad.AnnData, table: np.ndarray | None = None) -> None:
+def check_conditions(space: ConditionSpace, adata: ad.AnnData, table: np.ndarray | None = None) -> None:
     """The checks of setup on the condition columns (present, no missing values) and the vector condition (present,
     2-d, finite), plus: labels and covariates the model knows."""
     columns = ([(space.labels_key, space.label_categories)] if space.use_labels else []) + list(

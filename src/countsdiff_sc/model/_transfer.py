@@ -263,7 +263,8 @@ class TransferMixin:
             ratios.update({m: series for m in moving})
         elif moving:
             sums = self._training_sums(keys, [k for k in condition_slots(space) if k not in targets],
-                                       [tuple(p[i] for p in m) for m in moving for i in (0, 1)], "retention='auto'")
+                                       [tuple(p[i] for p in m) for m in moving for i in (0, 1)],
+                                       "a pandas Series of one ratio per gene")
             for m in moving:
                 ratios[m], _ = sums.ratio(tuple(pair[0] for pair in m), tuple(pair[1] for pair in m), SERIES_FIX)
         cap = 1.0 if t_start is None else float(module.schedule.p(torch.tensor(t_start, dtype=torch.float64)))
@@ -285,12 +286,13 @@ class TransferMixin:
         return draw, table, [names[m] for m in move_of]
 
     def _training_sums(self, group_keys: list[str], strata_keys: list[str], groups: list[tuple[str, ...]],
-                       what: str) -> GroupSums:
-        """Counts of the model's training data summed per (group, stratum), for retention estimates."""
+                       given: str) -> GroupSums:
+        """Counts of the model's training data summed per (group, stratum), for retention estimates (``given``: how
+        to pass the ratios instead, for the message of a model loaded without its data)."""
         if getattr(self, "adata", None) is None:
-            raise ValueError(f"{what} estimates the ratios from the model's training data, which this model was "
-                             "loaded without: load it with CountsDiffModel.load(path, adata=...), or pass retention= "
-                             "as given ratios (see the docstring).")
+            raise ValueError("retention='auto' estimates the ratios from the model's training data, which this model "
+                             "was loaded without: load it with CountsDiffModel.load(path, adata=...), or pass "
+                             f"retention= as {given}.")
         return GroupSums.collect(self.adata, self.registry_["setup_args"].get("layer"),
                                  getattr(self, "var_names_", None), self.module.n_genes, group_keys, strata_keys,
                                  name="the model's training data", groups=groups)
