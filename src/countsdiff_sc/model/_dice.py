@@ -236,7 +236,7 @@ class DICEModel(DICEEmbeddingMixin, BaseModelClass):
         if projection is not None:
             self.module.set_projection(
                 projection.gene_mean, projection.gene_std, projection.pca_mean, projection.loadings,
-                projection.latent_scale, projection.residual_var,
+                projection.latent_scale, projection.residual_var, projection.embedding_scale,
             )
         n_params = sum(p.numel() for p in self.module.net.parameters())
         self._model_summary_string = (
@@ -346,6 +346,12 @@ class DICEModel(DICEEmbeddingMixin, BaseModelClass):
     def loadings(self) -> np.ndarray:
         """PCA loadings ``V`` (n_genes x k; zero rows for genes outside the highly variable subset)."""
         return self.module.loadings.detach().cpu().numpy().copy()
+
+    @property
+    def embedding_scale(self) -> float:
+        """Spread of the reference embedding, ``sqrt(mean_j Var(u_j))`` over its ``k`` PCA scores (NaN for models
+        saved before 0.2): the coupling ``rho`` that :meth:`embed` uses by default."""
+        return float(self.module.embedding_scale)
 
     @property
     def residual_var(self) -> float:

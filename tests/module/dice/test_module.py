@@ -104,3 +104,20 @@ def test_prior_training_reaches_the_bayes_loss():
     oracle_loss = float((oracle - eps).pow(2).mean())
     assert oracle_loss < 0.5  # the task is far from trivial ...
     assert model_loss < oracle_loss + 0.03  # ... and the network nearly solves it
+
+
+def test_embedding_scale_is_the_spread_of_the_scores_and_old_states_load():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 8)) * np.array([5.0, 3.0, 1, 1, 1, 1, 1, 1])
+    for standardize in (True, False):
+        proj = fit_projection(x, log_normalize=False, scale=False, n_latent=2, standardize_latent=standardize)
+        scores = (x - x.mean(0)) @ proj.loadings
+        assert proj.embedding_scale == pytest.approx(np.sqrt(scores.var(0, ddof=1).mean()), rel=1e-6)
+        assert proj.latent_scale == (pytest.approx(proj.embedding_scale) if standardize else 1.0)
+    module = DICEModule(n_input=8, n_latent=2, log_normalize=False, scale=False, n_hidden=8, n_blocks=1)
+    module.set_projection(proj.gene_mean, proj.gene_std, proj.pca_mean, proj.loadings, proj.latent_scale,
+                          proj.residual_var, proj.embedding_scale)
+    state = {k: v for k, v in module.state_dict().items() if k != "embedding_scale"}  # saved before the buffer
+    fresh = DICEModule(n_input=8, n_latent=2, log_normalize=False, scale=False, n_hidden=8, n_blocks=1)
+    fresh.load_state_dict(state)
+    assert torch.isnan(fresh.embedding_scale)

@@ -120,6 +120,7 @@ class DICEModule(EMAMixin, BaseModuleClass):
         self.register_buffer("loadings", torch.zeros(self.n_input, self.n_latent))
         self.register_buffer("latent_scale", torch.ones(()))
         self.register_buffer("residual_var", torch.full((), float("nan")))
+        self.register_buffer("embedding_scale", torch.full((), float("nan")))
         self.register_buffer("projection_fitted", torch.zeros((), dtype=torch.bool))
         self.net = LatentDenoiser(
             self.n_latent, n_hidden=n_hidden, n_blocks=n_blocks, expansion=expansion, dim_time=dim_time,
@@ -137,6 +138,7 @@ class DICEModule(EMAMixin, BaseModuleClass):
         loadings: np.ndarray,
         latent_scale: float,
         residual_var: float = float("nan"),
+        embedding_scale: float = float("nan"),
     ) -> None:
         """Store the frozen reference preprocessing and loadings (:func:`~countsdiff_sc.module.dice.fit_projection`).
 
@@ -153,6 +155,9 @@ class DICEModule(EMAMixin, BaseModuleClass):
         residual_var
             Probabilistic-PCA noise variance of the reference (``DICEProjection.residual_var``; NaN: unknown), the
             likelihood variance that ``noise_var="auto"`` uses.
+        embedding_scale
+            Spread of the reference embedding (``DICEProjection.embedding_scale``; NaN: unknown), the coupling that
+            ``rho="auto"`` uses.
 
         Returns
         -------
@@ -167,11 +172,14 @@ class DICEModule(EMAMixin, BaseModuleClass):
             buf.copy_(value)
         self.latent_scale.fill_(float(latent_scale))
         self.residual_var.fill_(float(residual_var))
+        self.embedding_scale.fill_(float(embedding_scale))
         self.projection_fitted.fill_(True)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # models saved by 0.1.0 have no residual_var buffer: load them with "unknown" (NaN) instead of failing
+        # models saved by 0.1.0 have no residual_var buffer, those saved before 0.2 no embedding_scale: load them with
+        # "unknown" (NaN) instead of failing
         state_dict.setdefault(prefix + "residual_var", torch.full((), float("nan")))
+        state_dict.setdefault(prefix + "embedding_scale", torch.full((), float("nan")))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_fitted(self) -> None:

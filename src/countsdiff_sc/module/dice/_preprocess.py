@@ -54,6 +54,10 @@ class DICEProjection:
         of the ``g - k`` eigenvalues of the selected genes' covariance that the ``k`` axes leave out,
         ``(trace(C) - sum_{j<=k} lambda_j) / (g - k)``. It is the per-gene variance the rank-``k`` model does not
         explain, i.e. the ``sigma^2`` of DICE's Gaussian likelihood in the scaled gene space; NaN when ``k = g``.
+    embedding_scale
+        Spread of the reference embedding: the root mean variance of its ``k`` PCA scores,
+        ``sqrt(mean_{j<=k} lambda_j)`` (whether or not the prior is trained on standardised coordinates). The
+        coupling ``rho`` of :meth:`~countsdiff_sc.model.DICEModel.embed` defaults to it.
     """
 
     gene_mean: np.ndarray
@@ -65,6 +69,7 @@ class DICEProjection:
     latent_scale: float
     n_latent: int
     residual_var: float = float("nan")
+    embedding_scale: float = float("nan")
 
 
 def elbow_rank(singular_values: np.ndarray, min_rank: int = 2) -> int:
@@ -246,7 +251,8 @@ def fit_projection(
     loadings[idx] = axes
     pca_mean = np.zeros(n_genes)
     pca_mean[idx] = centre
-    latent_scale = float(np.sqrt(np.mean(evals[:n_latent]))) if standardize_latent else 1.0
+    embedding_scale = float(np.sqrt(np.mean(np.clip(evals[:n_latent], 0.0, None))))
+    latent_scale = embedding_scale if standardize_latent else 1.0
     if not latent_scale > 0:
         latent_scale = 1.0
     # PPCA noise variance: the variance left outside the k axes, per discarded dimension (zero eigenvalues beyond
@@ -263,5 +269,6 @@ def fit_projection(
         latent_scale=latent_scale,
         n_latent=n_latent,
         residual_var=residual_var,
+        embedding_scale=embedding_scale if embedding_scale > 0 else float("nan"),
     )
 
