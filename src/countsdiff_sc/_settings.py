@@ -7,11 +7,10 @@ sets both; numba's own thread pool is never started (``numba.set_num_threads`` w
 it on purpose, see their module docstring), so ``NUMBA_NUM_THREADS`` does not matter.
 
 Why a setting at all: torch's default is one thread per core, and its OpenMP workers spin-wait between operations. Two
-such processes on the same cores slow each other down by an order of magnitude, not by half: on the project's 2-core
-machine, next to one other busy process, ``countsdiff-sc demo --quick`` took 336 s with torch's default threads and
-23.5 s with ``OMP_NUM_THREADS=1`` (the same results); 100 training steps took 25-162 s against 3.8 s. Fewer threads
-than cores costs at most the idle cores' share; more threads than free cores costs much more. The automatic default
-(:meth:`Settings.default_num_threads`) therefore counts only the cores that are free when it is asked.
+such processes on the same cores slow each other down by an order of magnitude, not by half (the documentation's
+threads page has the measurements). Fewer threads than cores costs at most the idle cores' share; more threads than
+free cores costs much more. The automatic default (:meth:`Settings.default_num_threads`) therefore counts only the
+cores that are free when it is asked.
 """
 
 from __future__ import annotations
@@ -127,7 +126,7 @@ class Settings:
         2. else, when ``OMP_NUM_THREADS`` is set in the environment, torch's count (torch reads that variable);
         3. else the cores that are free now: ``min(torch's default, cores available to this process - the load
            average of the last minute, rounded)``, at least 1. On an idle machine this is torch's default; next to
-           one busy process on 2 cores it is 1 (two threads there measured 10x slower, see the module docstring).
+           one busy process on 2 cores it is 1 (two threads there run many times slower, see the module docstring).
 
         Returns
         -------

@@ -180,7 +180,7 @@ class GenerationMixin:
             f"This model was set up with valid_layer={valid_layer!r}, which distrusts "
             f"{'many' if share is None else f'{share:.0%} of the'} entries (e.g. scIDPMs Algorithm 1's marks): it "
             "never learned how often those genes are absent, so the cells it generates have too few zeros "
-            "(measured on CBMC: 11% zeros against 40% in real cells). Use it for imputation; for generation, train on "
+            "(several times fewer than real cells). Use it for imputation; for generation, train on "
             "all entries or with mark_dropouts' default marks.",
             UserWarning,
             stacklevel=3,

@@ -1,8 +1,8 @@
 """Compiled CPU kernels for the binomial draws of the count diffusion (numba, compiled on first use).
 
 ``torch.binomial`` on CPU draws one entry at a time through a general-purpose sampler and was the costliest op of a
-sampler step, ahead of the network (``benchmarks/results/perf.md`` has the sampler's timings). UMI counts are sparse
-and the per-step probabilities small, so almost every draw has a small mean ``n q`` and sequential inversion, one
+sampler step, ahead of the network (the documentation's benchmark pages have the sampler's timings). UMI counts are
+sparse and the per-step probabilities small, so almost every draw has a small mean ``n q`` and sequential inversion, one
 uniform and about ``n q + 1`` multiply-adds, is exact and cheap. The kernels below run it in one pass over the tensor,
 with the uniforms from a counter-based generator (the SplitMix64 output for counter ``i``), so a draw depends only on
 the seed and the entry's position, never on how the work is split. Large tensors are split into contiguous chunks

@@ -33,7 +33,7 @@ def _cpu_kernels() -> ModuleType:
     """The compiled CPU kernels of :mod:`._kernels_cpu`, imported on the first CPU draw."""
     # The one place that loads the kernels, lazily on purpose: they are numba code, and importing numba and loading
     # the kernels from numba's on-disk cache costs a noticeable part of a second per process (compiling them on a
-    # cache miss, several seconds; benchmarks/results/perf.md reports the load), which neither
+    # cache miss, several seconds), which neither
     # ``import countsdiff_sc.diffusion`` nor a run whose tensors all live on a GPU should pay: the kernels serve the
     # CPU path only. The kernels import only the leaf _kernels_torch, never this module, so there is no cycle.
     from . import _kernels_cpu

@@ -372,8 +372,7 @@ def repaint(
     Neither makes the imputed entries an exact draw from the conditional law given ``x_obs``, even with an exact
     denoiser: the network's rate is the unconditional ``E[x_0 - x_t | x_t]``, and births made early in the chain,
     while the observed entries are still near 0, are never undone. Resampling (below) reduces that error; on a toy
-    with an exact denoiser (``tests/diffusion/counts/test_repaint_known.py``) and on CBMC the options are compared in
-    ``benchmarks/results/repaint_known.md``.
+    with an exact denoiser and on CBMC the options are compared on the documentation's benchmark pages.
 
     RePaint resampling (``resample_iters > 1``) splits the grid into windows of ``resample_jump`` transitions.
     Each window is run ``resample_iters`` times; between runs the state is re-noised from the window's end ``b``
