@@ -50,6 +50,8 @@ Usage::
     python -m benchmarks.batches --datasets hao cbmc    # some of them (the page then holds only those)
     python -m benchmarks.batches --quick               # smoke test on subsets (a few minutes)
     python -m benchmarks.batches --datasets liao cbmc --max-cells 2500 --merge   # on subsets, into the same page
+    python -m benchmarks.batches --datasets liao --stem batches_liao   # a second run beside the first ...
+    python -m benchmarks.batches --assemble benchmarks/results/batches.json benchmarks/results/batches_liao.json
 
 Writes ``benchmarks/results[/quick]/batches.md`` and ``.json``.
 """
@@ -87,6 +89,9 @@ def _parse() -> argparse.Namespace:
                    help="a seeded random subset of at most this many cells per data set (compute budget)")
     p.add_argument("--merge", action="store_true",
                    help="keep the data sets of the existing results page that this run does not redo")
+    p.add_argument("--stem", default="batches", help="name of the results files (default batches)")
+    p.add_argument("--assemble", nargs="+", default=None, metavar="JSON",
+                   help="only write the page from the results of these JSON files (runs of other data sets)")
     p.add_argument("--max-steps", type=int, default=None, help="CountsDiff training steps (default: its budget)")
     p.add_argument("--scvi-epochs", type=int, default=None, help="scVI epochs (default: its heuristic)")
     p.add_argument("--seed", type=int, default=0)
@@ -413,6 +418,8 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s:
              + ("`model.correct_batches`" if results and next(iter(results.values())).get("used_correct_batches")
                 else "`transfer(covariates={\"batch\": reference}, retention=\"auto\")` on every cell outside the "
                 "reference (what `correct_batches` does)") + ", trained with its default budget.", ""]
+    if getattr(args, "runs", None):
+        lines += ["Assembled from the runs " + ", ".join(args.runs) + ".", ""]
     what_loses: list[str] = []
     fid_frames = []
     results = {k: results[k] for k in DATASETS if k in results}
@@ -451,7 +458,7 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s:
                   common.frame_to_markdown(table, float_format="{:.3f}"), ""]
     lines += ["## What loses", "", *what_loses, ""]
     payload = {"args": vars(args), "machine": common.machine_info(), "total_s": total_s, "results": results}
-    common.write_results(common.result_stem("batches", args.quick), lines, payload)
+    common.write_results(common.result_stem(args.stem, args.quick), lines, payload)
 
 
 def main() -> None:
@@ -464,7 +471,21 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     import countsdiff_sc as cds
 
-    previous = common.result_stem("batches", args.quick).with_suffix(".json")
+    if args.assemble:  # the page from earlier runs' results, nothing computed
+        import json
+
+        parts = [json.loads(open(path).read()) for path in args.assemble]
+        args.runs = []
+        for part in parts:
+            results.update(part["results"])
+            run = part["args"]
+            options = [f"--datasets {' '.join(run['datasets'])}"] + [
+                f"--{key.replace('_', '-')} {run[key]}" for key in ("max_cells", "max_steps", "scvi_epochs")
+                if run.get(key) is not None]
+            args.runs.append(f"`python -m benchmarks.batches {' '.join(options)}`")
+        write(results, args, sum(float(part.get("total_s", 0.0)) for part in parts))
+        return
+    previous = common.result_stem(args.stem, args.quick).with_suffix(".json")
     if args.merge and previous.exists():  # earlier data sets first, in the order of DATASETS
         import json
 
