@@ -65,10 +65,13 @@ class ChainSettings:
         n = n_evaluations(self.times(schedule, t_start), schedule, step_rule=self.rule)
         return n * int(self.sampler.resample_iters)
 
-    def progress(self, work: float) -> bool:
+    def progress(self, work: float, steps: float = 0) -> bool:
         """Whether to show a progress bar: the sampler's choice, or (None) when the call does more than about 5e8
-        entry-evaluations of the network (a few seconds on a CPU core)."""
-        return bool(self.sampler.progress) if self.sampler.progress is not None else work > 5e8
+        entry-evaluations of the network (a few seconds on a CPU core) or, on little data, more than 2,000
+        sequential chain steps (``steps``: batches x evaluations; each step has a fixed cost of a few ms)."""
+        if self.sampler.progress is not None:
+            return bool(self.sampler.progress)
+        return work > 5e8 or steps > 2000
 
     def wrap(self, rate_fn: RateFn) -> RateFn:
         """The rate function run in the requested precision."""

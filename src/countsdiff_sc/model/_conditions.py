@@ -188,6 +188,9 @@ class ConditionSpace:
         The code matrix ``(n, n_cat)`` (labels first), or None for unconditional sampling, and the obs frame of the
         ``n`` cells with one categorical column per slot.
         """
+        if covariates is not None and not isinstance(covariates, Mapping):
+            raise TypeError(f"covariates must be a dict {{covariate: value or one value per cell}}, got "
+                            f"{type(covariates).__name__}: e.g. covariates={{'batch': 'b1'}}.")
         covariates = dict(covariates or {})
         unknown = set(covariates) - set(self.covariate_categories)
         if unknown:

@@ -11,6 +11,7 @@ and the result is an integer sparse layer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from countsdiff_sc.diffusion import restore_start
 from ._chains import ChainSettings, positive_int
 from ._generation import own_vector_condition
 from ._query import check_conditions
-from ._results import gene_positions, model_gene_names
+from ._results import check_cells, gene_positions, is_mudata, model_gene_names
 from ._retention import NoSharedStrata, check_retention_series
 from ._sampler import Sampler, sampler_for
 from ._transfer import condition_slots, draw_retention, retention_levels
@@ -145,11 +146,13 @@ class CorrectionMixin:
         space, module = self.condition_space, self.module
         if adata is None:
             adata = self._training_anndata("correct_batches(adata=None)")
-        if hasattr(adata, "mod") or (self.registry_["setup_args"].get("modalities") is not None):
+        if is_mudata(adata) or (self.registry_["setup_args"].get("modalities") is not None):
             raise ValueError("correct_batches works on AnnData models: pass the AnnData of the RNA modality to a model "
                              "set up with setup_anndata.")
-        if not isinstance(adata, ad.AnnData):
-            raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+        check_cells(adata)
+        if np.dtype(getattr(get_matrix(adata, self.registry_["setup_args"].get("layer")), "dtype", "f")).kind == "b":
+            raise ValueError("The counts of adata are boolean (detected / not detected), not counts: correct_batches "
+                             "needs the raw UMI counts in the layer the model was set up with.")
         covariate = _check_covariate(space, covariate)
         batches = space.covariate_categories[covariate]
         n_samples = positive_int(n_samples, "n_samples")
@@ -194,8 +197,11 @@ class CorrectionMixin:
         if n_samples > 1:  # the first draw is the same whatever n_samples: the others come from a second stream
             extra = ChainSettings(run.sampler.replace(seed=(run.seed + 1) % 2**63), self.device)
         writer = _Writer(n_obs, n_vars, n_samples > 1)
-        show = run.progress(work)
-        bar = tqdm(total=n_obs, desc="correcting batches", disable=not show)
+        n_moving = int(moving.sum())
+        n_blocks = math.ceil(n_obs / block)
+        show = run.progress(work, n_samples * (math.ceil(n_moving / run.batch_size) + n_blocks) * evaluations)
+        inner = show and n_blocks == 1 and n_samples == 1  # one chain run: its own bar shows the steps
+        bar = tqdm(total=n_obs - n_moving + n_moving * n_samples, desc="correcting batches", disable=not show or inner)
         codes_all = self._target_codes(adata, covariate, reference if not pooled else batches[0])
         for start in range(0, n_obs, block):
             rows = slice(start, min(n_obs, start + block))
@@ -213,12 +219,15 @@ class CorrectionMixin:
                 rate_for = self._correction_rates(adata, cells, codes_all, depth, covariate, trained, pooled,
                                                   strengths, run)
                 observed = exact[np.ix_(sel, genes)]
-                first = _corrected(module, run, x, observed, keep, level, rate_for)
+                first = _corrected(module, run, x, observed, keep, level, rate_for, inner)
+                bar.update(sel.size)
                 exact[np.ix_(sel, genes)] = first
                 if extra is not None:
                     total, squares = first.astype(np.float64), first.astype(np.float64) ** 2
                     for _ in range(n_samples - 1):
-                        more = _corrected(module, extra, x, observed, keep, level, rate_for).astype(np.float64)
+                        more = _corrected(module, extra, x, observed, keep, level, rate_for, False)
+                        more = more.astype(np.float64)
+                        bar.update(sel.size)
                         total += more
                         squares += more ** 2
                     m = total / n_samples
@@ -226,7 +235,7 @@ class CorrectionMixin:
                     sd[np.ix_(sel, genes)] = np.sqrt(np.maximum(squares / n_samples - m ** 2, 0.0)
                                                      * n_samples / (n_samples - 1))
             writer.add(exact, mean, sd)
-            bar.update(rows.stop - rows.start)
+            bar.update(rows.stop - rows.start - sel.size)
         bar.close()
 
         layers = writer.finish()
@@ -373,13 +382,13 @@ class CorrectionMixin:
 
 
 def _corrected(module, run: ChainSettings, x: np.ndarray, exact: np.ndarray, keep: np.ndarray, level: np.ndarray,
-               rate_for) -> np.ndarray:
+               rate_for, progress: bool) -> np.ndarray:
     """One draw of the moved cells as int64 counts: the kept molecules exactly as observed (``exact``), the thinned
     genes as drawn, plus the molecules the chains restored."""
     device = run.device
     y, out = draw_retention(module, run, torch.from_numpy(x.astype(np.float32)).to(device),
                             torch.from_numpy(keep).to(device), torch.from_numpy(level).to(device), rate_for,
-                            run.batch_size, False, "correcting")
+                            run.batch_size, progress, "correcting batches")
     y = y.cpu().numpy()
     kept = np.where(keep >= 1.0, exact, np.rint(y).astype(np.int64))  # float32 would round counts above 2^24
     return kept + np.maximum(np.rint(out.astype(np.float64) - y), 0).astype(np.int64)
@@ -440,7 +449,8 @@ def _output_keys(key_added: str, n_samples: int) -> tuple[str, ...]:
 
 def _check_outputs(adata: ad.AnnData, outputs: tuple[str, ...], setup_args: dict) -> None:
     """The output layers and the retention table: never an input of the model, never a key the user owns."""
-    inputs = {setup_args.get("layer"), setup_args.get("valid_layer"), setup_args.get("mask_layer")}
+    inputs = {setup_args.get("layer"), setup_args.get("valid_layer"), setup_args.get("mask_layer"), _keys.VALID,
+              _keys.MASK}
     records = adata.uns.get(_keys.PARAMS, {})
     for rec in records.values():  # layers other countsdiff-sc steps wrote (masks, validity, imputations)
         if isinstance(rec, dict) and rec.get("operation") != "correct_batches" and rec.get("key_added"):

@@ -33,6 +33,7 @@ from ._expression import DEPTH_QUANTILE, ExpressionMixin
 from ._generation import GenerationMixin
 from ._imputation import ImputationMixin
 from ._presets import MODULE_OPTIONS, PRESETS, check_backbone_kwargs, check_preset
+from ._results import is_mudata
 from ._setup import (
     SetupMixin,
     check_training_data,
@@ -41,7 +42,7 @@ from ._setup import (
     mean_trusted_per_cell,
     training_depths,
 )
-from ._training import Budget, TrainingMixin, scaled_epochs
+from ._training import Budget, TrainingMixin, check_accelerator, scaled_epochs
 from ._transfer import TransferMixin
 
 __all__ = ["CountsDiffModel"]
@@ -135,6 +136,9 @@ class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin,
             raise TypeError(f"CountsDiffModel() got unknown option(s) {unknown}; the module options are "
                             f"{list(MODULE_OPTIONS)} (see countsdiff_sc.module.CountsDiffModule).")
         check_backbone_kwargs(backbone, backbone_kwargs)
+        if adata is not None and not (isinstance(adata, ad.AnnData) or is_mudata(adata)):
+            raise TypeError(f"adata must be an AnnData (or MuData) registered with CountsDiffModel.setup_anndata, got "
+                            f"{type(adata).__name__}.")
         super().__init__(adata, registry)
         options = {**PRESETS[preset], **module_kwargs}
         if isinstance(schedule, PSchedule) and schedule.name != "custom":
@@ -146,7 +150,7 @@ class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin,
             if options.get("loss_normalisation") == "constant":
                 loss_scale = mean_trusted_per_cell(self.adata_manager)
             counts_obj = adata
-            if hasattr(adata, "mod"):  # MuData: the genes are those of the RNA modality
+            if is_mudata(adata):  # MuData: the genes are those of the RNA modality
                 counts_obj = adata.mod[self.registry_["setup_args"]["modalities"]["rna_layer"]]
             self.var_names_ = np.asarray(counts_obj.var_names).astype(str)
             self.condition_table_ = space.table(self.adata_manager)
@@ -203,11 +207,12 @@ class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin,
             No saved model in ``dir_path``.
         ValueError
             ``adata`` does not have the model's genes in the model's order, the file is not a saved CountsDiffModel
-            (e.g. a DICEModel's directory) or cannot be read.
+            (e.g. a DICEModel's directory) or cannot be read, or ``accelerator`` names a device this machine lacks.
         """
         path = Path(dir_path)
         if path.is_file():
             raise ValueError(f"{path} is a file; pass the directory given to model.save(...).")
+        check_accelerator(kwargs.get("accelerator", "auto"))
         file = path / (f"{kwargs['prefix']}model.pt" if kwargs.get("prefix") else "model.pt")
         if not file.is_file() and kwargs.get("backup_url") is None:
             raise FileNotFoundError(f"No saved model at {file}: pass the directory given to model.save(...).")
@@ -222,7 +227,7 @@ class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin,
             if kind is not None and kind != cls.__name__:
                 raise ValueError(f"{path} holds a saved {kind}, not a {cls.__name__}: load it with "
                                  f"countsdiff_sc.{kind}.load(...).")
-        if adata is not None and saved and not hasattr(adata, "mod"):  # (MuData: scvi-tools' own check)
+        if adata is not None and saved and not is_mudata(adata):  # (MuData: scvi-tools' own check)
             names = np.asarray(saved.get("var_names", []), str)
             given = np.asarray(adata.var_names).astype(str)
             if names.size and not np.array_equal(names, given):

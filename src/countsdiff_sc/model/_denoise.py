@@ -134,7 +134,7 @@ def restore_blocks(model: Any, x_obs: np.ndarray, rate_for, depth: np.ndarray, r
 @torch.inference_mode()
 def _restore_block(module, device, x_obs, cells, f, t_f, q, depth, rate_for, run, n_draws, show) -> Restored:
     """One block of :func:`restore_blocks` (in inference mode)."""
-    x = torch.from_numpy(np.ascontiguousarray(x_obs[cells])).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(x_obs[cells], dtype=np.float32)).to(device)  # (float64 above 2^24)
     if bool((q[cells] < 1).any()):  # discrete schedules: down to the grid time (exact in distribution)
         x = thin(x, torch.from_numpy(q[cells].astype(np.float32))[:, None].to(device), generator=run.generator)
     d = depth[cells]

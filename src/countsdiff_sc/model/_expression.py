@@ -209,6 +209,7 @@ class ExpressionMixin:
         >>> free = model.get_normalized_expression(adata, library_size=1e4, sampler=cds.Sampler(guidance=0.0))
         """
         n_samples = positive_int(n_samples, "n_samples")
+        _check_flags(return_mean=return_mean, return_numpy=return_numpy, silent=silent)
         method = legacy.pop("method", method) if "method" in legacy else method
         if method == "auto":
             method = "posterior_mean" if return_mean or n_samples == 1 else "depth"
@@ -285,6 +286,7 @@ class ExpressionMixin:
         import sparse
 
         n_samples = positive_int(n_samples, "n_samples")
+        _check_flags(silent=silent)
         if legacy.get("method", "depth") not in ("auto", "depth"):
             raise ValueError("posterior_predictive_sample draws counts by depth restoration (method='depth'); other "
                              "methods were removed in 0.2.")
@@ -317,11 +319,20 @@ def _select_genes(values: np.ndarray, var_names: np.ndarray | None, gene_list: S
         return values, names
     if isinstance(gene_list, str):
         gene_list = [gene_list]
+    if len(gene_list) == 0:
+        raise ValueError("gene_list is empty: give the genes to return (by name), or None for all genes.")
     pos = pd.Index(names).get_indexer(pd.Index([str(g) for g in gene_list]))
     if (pos < 0).any():
         missing = [str(g) for g, p in zip(gene_list, pos, strict=True) if p < 0]
         raise ValueError(f"{len(missing)} genes of gene_list are not among the model's genes (e.g. {missing[:5]}).")
     return values[..., pos], names[pos]
+
+
+def _check_flags(**flags: Any) -> None:
+    """Refuse a non-boolean switch (``silent="no"`` would silence the bar): True, False or None only."""
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True, False or None, got {value!r}.")
 
 
 def _batch_list(transform_batch: Any) -> list[Any]:

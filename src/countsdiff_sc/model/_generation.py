@@ -17,11 +17,13 @@ from countsdiff_sc.diffusion import generate, thin
 from countsdiff_sc.module import CONDITION_KEY, check_guidance_cap
 
 from ._chains import ChainSettings, positive_int, run_batches
-from ._results import counts_in_model_order, generated_adata
+from ._results import check_cells, counts_in_model_order, generated_adata, is_mudata
 from ._sampler import Sampler, sampler_for
 
 __all__ = ["GenerationMixin"]
 
+#: Bytes per generated cell beyond its counts (its obs name and row of obs), for the resource guard.
+CELL_OVERHEAD = 200.0
 #: Default interpolation weights of :meth:`GenerationMixin.interpolate`: 0, 0.1, ..., 1.
 _DEFAULT_WEIGHTS = tuple(float(a) for a in np.linspace(0.0, 1.0, 11))
 
@@ -112,8 +114,8 @@ class GenerationMixin:
         check_work(f"sample(n_cells={n}) of {self.module.n_genes} genes",
                    n * self.module.n_genes * run.evaluations(self.module.schedule),
                    "fewer cells per call or fewer steps (sampler=cds.Sampler(n_steps=...))")
-        check_memory(f"sample(n_cells={n}) of {self.module.n_genes} genes", 12.0 * n * self.module.n_genes,
-                     "fewer cells per call")
+        check_memory(f"sample(n_cells={n}) of {self.module.n_genes} genes",
+                     12.0 * n * self.module.n_genes + CELL_OVERHEAD * n, "fewer cells per call")
         self._warn_distrusted()
         codes, obs = space.resolve(n, labels, covariates, run.rng, getattr(self, "condition_table_", None))
         space.check_trained(codes, getattr(self, "condition_table_", None))
@@ -235,11 +237,19 @@ class GenerationMixin:
             return None
         if isinstance(depth, str):
             return np.asarray(self.train_depths_, dtype=np.float32)[picked]
-        values = np.broadcast_to(np.asarray(depth, dtype=np.float64), (n,)) if np.ndim(depth) == 0 else \
-            np.asarray(depth, dtype=np.float64)
+        raw = np.asarray(depth)
+        if raw.dtype.kind not in "iuf":
+            raise ValueError(f"depth must be 'train', None, a positive number of counts or one per cell ({n}), got "
+                             f"{depth!r}.")
+        values = np.broadcast_to(raw.astype(np.float64), (n,)) if raw.ndim == 0 else raw.astype(np.float64)
         if values.shape != (n,) or not np.isfinite(values).all() or (values <= 0).any():
             raise ValueError(f"depth must be a positive number of counts or one per cell ({n}), got "
-                             f"{np.asarray(depth).ravel()[:5]}.")
+                             f"{raw.ravel()[:5]}.")
+        seen = np.asarray(getattr(self, "train_depths_", []), dtype=np.float64)
+        if seen.size and ((values > 10 * seen.max()) | (values < 0.1 * seen.min())).any():
+            warnings.warn(f"depth asks for {values.min():.4g} to {values.max():.4g} counts per cell, more than ten "
+                          f"times outside the training cells' {seen.min():.4g} to {seen.max():.4g}: the network "
+                          "extrapolates there, and the cells need not reach that depth.", UserWarning, stacklevel=3)
         return values.astype(np.float32)
 
     def interpolate(
@@ -320,8 +330,11 @@ class GenerationMixin:
                 raise ValueError(f"n_cells must lie in [1, {cells.size}] (cells of {source_label!r}), got {n_cells}.")
             cells = np.sort(run.rng.choice(cells, size=int(n_cells), replace=False))
         n, n_w = cells.size, w.size
-        check_work(f"interpolate() of {n} cells x {n_w} weights", n * n_w * self.module.n_genes *
-                   run.evaluations(self.module.schedule, t_start), "fewer weights, fewer cells (n_cells=) or steps")
+        what = f"interpolate() of {n} cells x {n_w} weights"
+        check_work(what, n * n_w * self.module.n_genes * run.evaluations(self.module.schedule, t_start),
+                   "fewer weights, fewer cells (n_cells=) or steps")
+        check_memory(what, n * n_w * (12.0 * self.module.n_genes + CELL_OVERHEAD), "fewer weights or fewer cells "
+                     "(n_cells=)")
         x_src = counts_in_model_order(adata_source, self.registry_["setup_args"].get("layer"), cells,
                                       getattr(self, "var_names_", None), self.module.n_genes, "adata_source",
                                       f"the counts of the {source_label!r} cells of adata_source")
@@ -451,7 +464,8 @@ def _check_path(t_start: float, weights) -> np.ndarray:
 
 def _source_cells(adata_source: ad.AnnData, space, source_label: str, target_label: str) -> np.ndarray:
     """Indices of the ``source_label`` cells of ``adata_source``, after checking both labels."""
-    if hasattr(adata_source, "mod"):
+    check_cells(adata_source, "adata_source")
+    if is_mudata(adata_source):
         raise ValueError("Pass the AnnData of the RNA modality (mdata.mod[...]) as adata_source, not a MuData.")
     key, cats = space.labels_key, space.label_categories
     for name, value in (("source_label", source_label), ("target_label", target_label)):

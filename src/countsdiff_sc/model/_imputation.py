@@ -262,7 +262,7 @@ class ImputationMixin:
         depth = None
         if module.depth_condition:  # the depth the cell's trusted entries imply (held-out values are never read)
             trusted = ~fill if valid is None else valid & ~fill
-            depth = module.estimate_depth(torch.from_numpy(x_b), torch.from_numpy(trusted))
+            depth = module.estimate_depth(torch.from_numpy(x_b.astype(np.float32)), torch.from_numpy(trusted))
             depth = depth.repeat_interleave(n_draws).to(device)
         cat_b, valid_b = rows(codes), rows(valid)
         vec = module.vector_condition(rows(cont), depth)
@@ -344,7 +344,8 @@ def _check_output_keys(target: ad.AnnData, key_added: Any, std_key: Any, samples
     if std_key is not None and std_key == key_added:
         raise ValueError(f"std_key and key_added are both {key_added!r}: the spread would overwrite the imputation; "
                          "give them different names (std_key='auto' adds '_std').")
-    inputs = {setup_args.get("layer"), setup_args.get("valid_layer"), setup_args.get("mask_layer"), mask_layer}
+    inputs = {setup_args.get("layer"), setup_args.get("valid_layer"), setup_args.get("mask_layer"), mask_layer,
+              _keys.VALID, _keys.MASK}
     records = target.uns.get(_keys.PARAMS, {})
     for op in ("mark_dropouts", "mask_mcar", "mask_mnar", "library_condition"):
         rec = records.get(op)
@@ -353,8 +354,9 @@ def _check_output_keys(target: ad.AnnData, key_added: Any, std_key: Any, samples
     inputs.discard(None)
     for name, key in (("key_added", key_added), ("std_key", std_key)):
         if key in inputs:
-            raise ValueError(f"{name}={key!r} names an input of the model (its counts, validity or mask layer, or the "
-                             "output of another countsdiff-sc step); choose another name.")
+            raise ValueError(f"{name}={key!r} names an input of the model (its counts, validity or mask layer, the "
+                             "package's validity / mask layer names, or the output of another countsdiff-sc step); "
+                             "choose another name.")
     for key, where in ((key_added, "layers"), (std_key, "layers"), (samples_key, "obsm")):
         if key is not None:
             check_writable(target, key, where)

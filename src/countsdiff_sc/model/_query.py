@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from countsdiff_sc._utils import get_matrix
 
 from ._conditions import ConditionSpace
-from ._results import check_gene_names, gene_positions, take_columns
+from ._results import check_cells, check_gene_names, gene_positions, is_mudata, take_columns
 from ._setup import check_condition_obsm, check_obs_column
 
 logger = logging.getLogger(__name__)
@@ -96,9 +96,10 @@ def prepare_query(model: Any, adata: Any, carry_layers: tuple[str, ...] = ()) ->
             raise ValueError("This model was loaded without its training data, so there are no default cells: pass "
                              "the AnnData to work on (or load the model with CountsDiffModel.load(path, adata=...)).")
         adata = model.adata
+    check_cells(adata)
     if rna_mod is not None:
         return _mudata_query(model, adata, rna_mod)
-    if hasattr(adata, "mod"):
+    if is_mudata(adata):
         raise ValueError("This model was set up with setup_anndata: pass an AnnData (e.g. mdata.mod['rna']), not a "
                          "MuData.")
     check_gene_names(adata.var_names, "adata")
@@ -171,7 +172,7 @@ def _mudata_query(model: Any, mdata: Any, rna_mod: str) -> Query:
     """A MuData (or the AnnData of its RNA modality) for a model set up with ``setup_mudata``."""
     import mudata as md
 
-    if not hasattr(mdata, "mod"):
+    if not is_mudata(mdata):
         mdata = md.MuData({rna_mod: mdata})  # holds the user's AnnData itself (no copy)
     if rna_mod not in mdata.mod:
         raise KeyError(f"The model reads counts from modality {rna_mod!r}; this MuData has {list(mdata.mod)}.")

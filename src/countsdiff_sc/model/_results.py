@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anndata as ad
 import numpy as np
@@ -11,7 +11,22 @@ import scipy.sparse as sp
 
 from countsdiff_sc._utils import check_counts, get_matrix, is_backed_matrix, to_dense
 
-__all__ = ["check_gene_names", "counts_in_model_order", "gene_positions", "generated_adata", "take_columns"]
+__all__ = ["check_cells", "check_gene_names", "counts_in_model_order", "gene_positions", "generated_adata", "is_mudata",
+           "take_columns"]
+
+
+def is_mudata(obj: object) -> bool:
+    """Whether ``obj`` is a MuData (its ``mod`` is a mapping of modalities; a DataFrame's ``mod`` is a method)."""
+    return isinstance(getattr(obj, "mod", None), Mapping)
+
+
+def check_cells(obj: object, name: str = "adata") -> None:
+    """Refuse what is not an AnnData / MuData, or an object without cells, with a message that says what to pass."""
+    if not (isinstance(obj, ad.AnnData) or is_mudata(obj)):
+        raise TypeError(f"{name} must be an AnnData (or a MuData for a model set up with setup_mudata), got "
+                        f"{type(obj).__name__}: e.g. anndata.AnnData(X=counts, var=pd.DataFrame(index=genes)).")
+    if obj.n_obs == 0:
+        raise ValueError(f"{name} has no cells (shape {tuple(obj.shape)}); check the filtering that produced it.")
 
 
 def check_gene_names(var_names: pd.Index, where: str) -> None:

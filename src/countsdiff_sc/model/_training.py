@@ -21,7 +21,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from ._chains import positive_int
 
-__all__ = ["Budget", "TrainingMixin", "scaled_epochs", "train_method"]
+__all__ = ["Budget", "TrainingMixin", "check_accelerator", "scaled_epochs", "train_method"]
 
 #: The arguments of the training plan a user may set through ``plan_kwargs`` (see DiffusionTrainingPlan and scvi-tools'
 #: TrainingPlan).
@@ -118,18 +118,54 @@ def _check_plan(plan: dict[str, Any]) -> dict[str, Any]:
     return plan
 
 
-def _check_hardware(accelerator: Any, devices: Any, strategy: Any) -> None:
-    """Refuse accelerators this machine lacks and CPU multi-process runs nobody asked for."""
+def check_accelerator(accelerator: Any) -> None:
+    """Refuse an accelerator name Lightning does not know, or one this machine lacks (``train`` and ``load``)."""
     if not isinstance(accelerator, str) or accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator must be one of {ACCELERATORS}, got {accelerator!r}.")
     cuda = torch.cuda.is_available()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    mps = _has_mps()
     if accelerator in ("gpu", "cuda") and not cuda and not (accelerator == "gpu" and mps):
         raise ValueError(f"accelerator={accelerator!r}, but torch sees no GPU on this machine "
                          f"(torch {torch.__version__}, CUDA available: False). Use accelerator='cpu' or 'auto', or "
                          "install the torch build for your GPU.")
     if accelerator == "mps" and not mps:
         raise ValueError("accelerator='mps', but this machine has no Apple GPU available to torch; use 'cpu'.")
+
+
+def _has_mps() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def _check_splitter_kwargs(kwargs: Any) -> dict:
+    """Extra arguments of the data splitter: a dict of names the splitter or its DataLoaders take (a typo is refused
+    here, not after Lightning has started)."""
+    import inspect
+
+    from scvi.dataloaders import AnnDataLoader, DataSplitter
+    from torch.utils.data import DataLoader
+
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"datasplitter_kwargs must be a dict, got {type(kwargs).__name__}.")
+    known = set()
+    for fn in (DataSplitter.__init__, AnnDataLoader.__init__, DataLoader.__init__):
+        known |= set(inspect.signature(fn).parameters) - {"self", "args", "kwargs", "data_loader_kwargs"}
+    managed = {"adata_manager", "train_size", "validation_size", "shuffle_set_split", "batch_size"}
+    unknown = sorted(k for k in kwargs if k not in known or k in managed)
+    if unknown:
+        hint = " (train_size, validation_size, shuffle_set_split and batch_size are arguments of train itself)" \
+            if any(k in managed for k in unknown) else ""
+        raise ValueError(f"Unknown datasplitter_kwargs {unknown}{hint}; the data splitter and its DataLoaders take "
+                         f"e.g. num_workers, pin_memory, persistent_workers, drop_last.")
+    return dict(kwargs)
+
+
+def _check_hardware(accelerator: Any, devices: Any, strategy: Any) -> None:
+    """Refuse accelerators this machine lacks and CPU multi-process runs nobody asked for."""
+    check_accelerator(accelerator)
+    cuda = torch.cuda.is_available()
+    mps = _has_mps()
     if isinstance(devices, bool):
         raise ValueError(f"devices must be 'auto', a number of devices or a list of device ids, got {devices!r}.")
     n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else None)
@@ -282,7 +318,7 @@ def _fit(model: Any, budget_fn: Callable[..., Budget], check: Callable[[Any], No
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("early_stopping_patience", patience)
         trainer_kwargs.setdefault("early_stopping_mode", "min")
-    splitter_kwargs = dict(datasplitter_kwargs or {})
+    splitter_kwargs = _check_splitter_kwargs(datasplitter_kwargs)
     # under DDP every process must see its own shard of the cells (as scvi-tools' own models do)
     splitter_kwargs.setdefault("distributed_sampler", _is_ddp(trainer_kwargs.get("strategy")))
     data_splitter = model._data_splitter_cls(

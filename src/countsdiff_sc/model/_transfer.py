@@ -13,6 +13,7 @@ Each cell keeps its own conditions except the targets given (another batch, anot
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from countsdiff_sc._resources import check_memory, check_work
 from countsdiff_sc._utils import record_params
@@ -28,7 +30,7 @@ from countsdiff_sc.diffusion import binomial, generate, restore, restore_start
 from ._chains import ChainSettings, positive_int, run_batches
 from ._expression import select_cells
 from ._generation import check_t_start, own_vector_condition, thinned_start
-from ._results import counts_in_model_order, generated_adata, model_gene_names
+from ._results import check_cells, counts_in_model_order, generated_adata, is_mudata, model_gene_names
 from ._retention import SERIES_FIX, GroupSums, check_retention_series, pair_name
 from ._sampler import Sampler, sampler_for
 
@@ -143,7 +145,8 @@ class TransferMixin:
         >>> restored.uns["transfer_retention"].describe()
         """
         space = self.condition_space
-        if hasattr(adata, "mod"):
+        check_cells(adata)
+        if is_mudata(adata):
             raise ValueError("Pass the AnnData of the RNA modality (mdata.mod[...]) to transfer, not a MuData.")
         run = ChainSettings(sampler_for("transfer", self.preset, sampler, legacy, stacklevel=4), self.device)
         targets = _targets(space, labels, covariates)
@@ -192,7 +195,10 @@ class TransferMixin:
         cat_all = None if codes is None else torch.from_numpy(codes).to(device)
         obs = _transfer_obs(adata, cells, space, values, targets)
         record: dict[str, Any] = {"targets": {k: _summary(v) for k, v in targets.items()}}
-        progress = run.progress(n * n_samples * module.n_genes * run.evaluations(module.schedule))
+        evaluations = run.evaluations(module.schedule)
+        shown = run.progress(n * n_samples * module.n_genes * evaluations,
+                             n_samples * math.ceil(n / batch_size) * evaluations)
+        progress = shown and n_samples == 1  # several draws: one bar over the draws instead of one per draw
         if retention is not None:
             draw, table, moves = self._retention_chains(
                 adata, cells, x0, values, targets, retention_series, t_start, settings, strengths, cat_all,
@@ -219,7 +225,9 @@ class TransferMixin:
                 return np.concatenate([x for _, x in run_batches(module, n, batch_size, chain, progress,
                                                                  "transferring")])
 
+        bar = tqdm(total=n_samples, desc="transferring (draws)", disable=not shown or n_samples == 1)
         counts = draw()
+        bar.update(1)
         result = generated_adata(counts, obs, getattr(self, "var_names_", None), module.n_genes)
         if n_samples > 1:
             total = counts.astype(np.float64)
@@ -228,10 +236,12 @@ class TransferMixin:
                 more = draw().astype(np.float64)
                 total += more
                 squares += more ** 2
+                bar.update(1)
             mean = total / n_samples
             result.layers["transfer_mean"] = mean.astype(np.float32)
             result.layers["transfer_sd"] = np.sqrt(np.maximum(squares / n_samples - mean ** 2, 0.0)
                                                    * n_samples / (n_samples - 1)).astype(np.float32)
+        bar.close()
         if table is not None:
             result.uns["transfer_retention"] = table
         record_params(result, "transfer", {**record, **settings.record(), "n_cells": n, "n_samples": n_samples})
