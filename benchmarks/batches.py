@@ -144,14 +144,18 @@ def load(name: str, n_genes: int, seed: int, quick: bool, max_cells: int | None 
     if quick:  # a subset of cells and genes
         max_cells, n_genes = min(max_cells or 700, 700), min(n_genes, 300)
     info["cells_available"] = int(adata.n_obs)
-    if max_cells is not None and adata.n_obs > max_cells:
-        cells = np.sort(rng.choice(adata.n_obs, max_cells, replace=False))
-        adata, truth = adata[cells].copy(), None if truth is None else truth[cells]
-    if adata.n_vars > n_genes:
-        sc.pp.highly_variable_genes(adata, n_top_genes=n_genes, flavor="seurat_v3", batch_key="batch")
+    if adata.n_vars > n_genes:  # genes chosen on all cells, before any subset
+        try:
+            sc.pp.highly_variable_genes(adata, n_top_genes=n_genes, flavor="seurat_v3", batch_key="batch")
+        except ValueError:  # scanpy's loess fit can fail in a small batch: then genes of the pooled cells
+            sc.pp.highly_variable_genes(adata, n_top_genes=n_genes, flavor="seurat_v3")
+            info["hvg"] = "seurat_v3 on the pooled cells (the per-batch loess fit failed)"
         genes = adata.var["highly_variable"].to_numpy()
         adata, truth = adata[:, genes].copy(), None if truth is None else truth[:, genes]
         adata.var = adata.var[[]]
+    if max_cells is not None and adata.n_obs > max_cells:
+        cells = np.sort(rng.choice(adata.n_obs, max_cells, replace=False))
+        adata, truth = adata[cells].copy(), None if truth is None else truth[cells]
     lib = np.asarray(adata.X.sum(axis=1)).ravel()
     keep = lib > 0
     adata, truth = adata[keep].copy(), None if truth is None else truth[keep]
