@@ -374,3 +374,29 @@ def test_loading_another_model_or_a_corrupt_file_is_explained(trained, tmp_path)
         DICEModel.load(tmp_path / "nothing", adata=None)
     with pytest.raises(ValueError, match="is a file"):
         DICEModel.load(tmp_path / "corrupt" / "model.pt", adata=None)
+
+
+def test_rho_auto_is_the_papers_schedule_in_units_of_the_reference_spread(trained, pbmc):
+    model, _ = trained
+    c = model.embedding_scale
+    assert np.isfinite(c) and c > 0
+    settings = {k: v for k, v in EMBED.items() if k != "rho"}
+    query = pbmc[:25].copy()
+    auto, _ = model.embed(query, seed=5, **settings)
+    record = query.uns["countsdiff"]["X_dice"]
+    assert record["rho_start"] == pytest.approx(2 * c) and record["rho_end"] == pytest.approx(0.2 * c)
+    assert record["rho_auto"] and record["rho_schedule"] == "linear"
+    explicit, _ = model.embed(query.copy(), seed=5, rho=(2 * c, 0.2 * c), **settings)
+    np.testing.assert_array_equal(auto, explicit)
+    with pytest.raises(ValueError, match="rho must be 'auto'"):
+        model.embed(query, rho="paper", **settings)
+
+
+def test_rho_auto_of_a_model_without_its_spread_falls_back_with_a_warning(trained, pbmc, monkeypatch):
+    model, _ = trained
+    monkeypatch.setattr(model.module, "embedding_scale", torch.tensor(float("nan")))
+    monkeypatch.setattr(model.module, "latent_scale", torch.tensor(1.0))
+    query = pbmc[:10].copy()
+    with pytest.warns(UserWarning, match="former default rho=\\(5.0, 0.5\\)"):
+        model.embed(query, **{k: v for k, v in EMBED.items() if k != "rho"})
+    assert query.uns["countsdiff"]["X_dice"]["rho_start"] == 5.0

@@ -349,8 +349,8 @@ class DICEModel(DICEEmbeddingMixin, BaseModelClass):
 
     @property
     def embedding_scale(self) -> float:
-        """Spread of the reference embedding, ``sqrt(mean_j Var(u_j))`` over its ``k`` PCA scores (NaN for models
-        saved before 0.2): the coupling ``rho`` that :meth:`embed` uses by default."""
+        """Spread ``c`` of the reference embedding, ``sqrt(mean_j Var(u_j))`` over its ``k`` PCA scores (NaN for models
+        saved before 0.2): the unit of :meth:`embed`'s default coupling ``rho="auto"`` (``2c -> 0.2c``)."""
         return float(self.module.embedding_scale)
 
     @property

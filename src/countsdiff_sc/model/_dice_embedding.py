@@ -27,10 +27,18 @@ logger = logging.getLogger(__name__)
 __all__ = ["DICEEmbeddingMixin"]
 
 
-def _schedule_name(rho: float | Sequence[float], kind: str) -> str:
-    """How the rho values of a run were made: ``"constant"``, the interpolation kind, or ``"custom"``."""
-    size = np.asarray(rho).size
-    return "constant" if size == 1 else (kind if size == 2 else "custom")
+#: ``rho="auto"``: the ends of the annealed coupling in units of the reference's spread ``c`` (``embedding_scale``),
+#: ``2c -> 0.2c``: the paper's single-cell schedule 5 -> 0.5, set for scaled PCA scores whose spread is about 2.5,
+#: expressed in units of ``c`` so that it means the same for data of any scale.
+RHO_AUTO = (2.0, 0.2)
+
+
+def _schedule_name(rho: float | Sequence[float] | str, rhos: np.ndarray, kind: str) -> str:
+    """How the rho values ``rhos`` of a run were made from the argument ``rho``: ``"constant"``, the interpolation
+    kind, or ``"custom"``."""
+    if np.ptp(rhos) == 0:
+        return "constant"
+    return kind if isinstance(rho, str) or np.asarray(rho).size == 2 else "custom"
 
 
 class DICEEmbeddingMixin:
@@ -151,7 +159,7 @@ class DICEEmbeddingMixin:
         self,
         adata: ad.AnnData | None,
         n_iter: int,
-        rho: float | Sequence[float],
+        rho: float | Sequence[float] | str,
         rho_schedule: str,
         n_chains: int,
         seed: int | None,
@@ -175,7 +183,7 @@ class DICEEmbeddingMixin:
             if not isinstance(key, str) or not key:
                 raise ValueError(f"key_added must be a non-empty string, got {key!r}.")
         self._check_if_trained(warn=True)
-        rhos = make_rho_schedule(rho, n_iter, rho_schedule)
+        rhos = make_rho_schedule(self._resolve_rho(rho), n_iter, rho_schedule)
         adata, x = self._query_matrix(adata)
         if adata.n_obs == 0:
             raise ValueError("adata has no cells to embed.")
@@ -185,6 +193,27 @@ class DICEEmbeddingMixin:
                               store_samples)
         generator, seed = self._generator(seed)
         return adata, x, rhos, noise_var, generator, seed
+
+    def _resolve_rho(self, rho: float | Sequence[float] | str) -> float | Sequence[float]:
+        """``rho`` with ``"auto"`` resolved: :data:`RHO_AUTO` times the reference's spread (:attr:`embedding_scale`)."""
+        if not isinstance(rho, str):
+            return rho
+        if rho != "auto":
+            raise ValueError(f"rho must be 'auto', a positive number, a pair (start, end) or n_iter numbers, got "
+                             f"{rho!r}.")
+        scale = self.embedding_scale
+        if not (math.isfinite(scale) and scale > 0):
+            scale = float(self.module.latent_scale)  # saved before 0.2: c itself when the prior is standardised
+        if scale != 1.0 and math.isfinite(scale) and scale > 0:
+            return tuple(f * scale for f in RHO_AUTO)
+        warnings.warn(
+            "rho='auto' is the spread of the reference embedding, which this model does not store (saved before "
+            "countsdiff-sc 0.2 with standardize_latent=False); using the former default rho=(5.0, 0.5). Pass rho= "
+            "to choose it.",
+            UserWarning,
+            stacklevel=5,  # user -> embed -> _prepare_chains -> _resolve_rho -> here
+        )
+        return (5.0, 0.5)
 
     def _check_resources(self, n_obs: int, n_genes: int, rhos: np.ndarray, n_chains: int, batch_size: int,
                          n_prior_steps: int | None, store_samples: bool) -> None:
@@ -252,7 +281,7 @@ class DICEEmbeddingMixin:
         self,
         adata: ad.AnnData | None = None,
         n_iter: int = 100,
-        rho: float | Sequence[float] = (5.0, 0.5),
+        rho: float | Sequence[float] | Literal["auto"] = "auto",
         rho_schedule: Literal["linear", "geometric"] = "linear",
         n_chains: int = 10,
         seed: int | None = None,
@@ -283,8 +312,16 @@ class DICEEmbeddingMixin:
         n_iter
             Gibbs iterations (paper: 100 on CITE-seq, 200 on the synthetic data).
         rho
-            Coupling level(s), in PCA units: a number (constant), ``(start, end)`` (annealed by ``rho_schedule``;
-            paper Sec. 5.1: 5 -> 0.5) or ``n_iter`` values.
+            Coupling level(s), in PCA units: ``"auto"`` (default), a number (constant), ``(start, end)`` (annealed by
+            ``rho_schedule``) or ``n_iter`` values. ``"auto"`` anneals from ``2c`` to ``0.2c`` (:data:`RHO_AUTO`),
+            ``c`` the spread of the reference embedding (:attr:`embedding_scale`): the paper's single-cell schedule
+            (Sec. 5.1: 5 -> 0.5 on scaled PCA scores, whose spread is about 2.5) in units of the data, so that it
+            means the same for data of any scale. The chains forget their start, so the last iterations' coupling
+            sets the result, and it says how far the prior may move a cell: at a small fraction of ``c`` DICE
+            removes noise and keeps each cell near its measured position (what query mapping of real cells needs);
+            a constant coupling of the order of ``c`` moves cells towards the centre of the population the prior puts
+            them in, which sharpens overlapping clusters (the paper's synthetic setups: pass
+            ``rho=model.embedding_scale``) but on real cells also pulls more of them into a wrong population.
         rho_schedule
             ``"linear"`` (paper) or ``"geometric"``.
         n_chains
@@ -337,7 +374,7 @@ class DICEEmbeddingMixin:
 
         Examples
         --------
-        >>> mean, std = model.embed(query, n_iter=100, rho=(5.0, 0.5), n_chains=10, seed=0)
+        >>> mean, std = model.embed(query, n_iter=100, n_chains=10, seed=0)  # rho="auto": 2c -> 0.2c
         >>> query.obsm["X_dice"].shape == mean.shape
         True
         """
@@ -362,7 +399,8 @@ class DICEEmbeddingMixin:
             key_added,
             {
                 "method": "dice", "n_iter": int(n_iter), "rho_start": float(rhos[0]), "rho_end": float(rhos[-1]),
-                "rho_schedule": _schedule_name(rho, rho_schedule),
+                "rho_schedule": _schedule_name(rho, rhos, rho_schedule),
+                "rho_auto": isinstance(rho, str),
                 "n_chains": int(n_chains), "seed": seed, "batch_size": int(batch_size),
                 "n_prior_steps": n_prior_steps, "noise_var": float(noise_var),
                 "noise_var_auto": noise_var_setting == "auto", "variance": variance,
@@ -376,7 +414,7 @@ class DICEEmbeddingMixin:
         self,
         adata: ad.AnnData | None = None,
         n_iter: int = 100,
-        rho: float | Sequence[float] = (5.0, 0.5),
+        rho: float | Sequence[float] | Literal["auto"] = "auto",
         rho_schedule: Literal["linear", "geometric"] = "linear",
         n_chains: int = 10,
         seed: int | None = None,
