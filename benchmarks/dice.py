@@ -13,14 +13,18 @@ Parts
 (a) ``synthetic``: the four setups of the paper's Sec. 4 (k = 15, d = 2000; reference of 1600 cells from
     1/2 N(0, 1.5 I) + 1/2 N(1, 1.3 I) latents, X = V U + N(0, I), V ~ N(0, 1) entries; 400 test cells per setup:
     1 matched, 2 noise variance 10, 3 multivariate t_4 noise, 4 latents 1/2 N(1, 1.5 I) + 1/2 t_4(1.3 I) with noise
-    variance 10). PCA = test cells projected on the reference's 15 principal axes; DICE = 200 Gibbs iterations at a
-    constant rho, mean of 10 chains. Metrics on the true cluster labels: raw cosine silhouette
+    variance 10). PCA = test cells projected on the reference's 15 principal axes; DICE = 200 Gibbs iterations, mean
+    of 10 chains, at the default coupling (``rho="auto"``: annealed from 2c to 0.2c, c the spread of the reference
+    embedding), at the paper's constant rho = 20 and at a constant rho = c. Metrics on the true cluster labels: raw
+    cosine silhouette
     (``countsdiff_sc.metrics.silhouette_cosine``, ``rescale=False``) and mean cLISI (``countsdiff_sc.metrics.clisi``:
     exact 90-NN graph, perplexity 30; 1 = pure neighbourhoods, 2 = fully mixed).
 (b) ``cbmc``: CITE-seq CBMC RNA counts (8617 cells x 500 genes, 13 labels); a stratified query of 1000 cells, the rest
     is the reference (PCA with k = 25 as in the paper, prior trained on it). Query embeddings: reference PCA, DICE
-    (rho 5 -> 0.5 linear over 100 iterations, 10 chains, as the paper's Sec. 5.1), DICE with the paper's same-label
-    mixup (App. C; uses the reference labels), and an scVI latent (10 dims, trained on the reference). Leiden
+    at the default coupling (``rho="auto"``: 2c -> 0.2c linear over 100 iterations, 10 chains; c = the spread of the
+    reference embedding, about 2.6 here, so this is close to the paper's 5 -> 0.5 of Sec. 5.1), DICE at the paper's
+    5 -> 0.5 and at a constant rho = c (the setting that gives the synthetic gain of part (a)), DICE with the paper's
+    same-label mixup (App. C; uses the reference labels), and an scVI latent (10 dims, trained on the reference). Leiden
     clustering on a 15-NN graph of each embedding over resolutions 0.1, 0.2, ..., 2.0
     (``countsdiff_sc.metrics.leiden_nmi_ari``); as in the paper (App. I) the resolution with the best ARI is kept and
     ARI and NMI are reported there (the best NMI over the sweep is listed too). Also cosine silhouette and cLISI on
@@ -59,11 +63,13 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import torch
-from benchmarks import _common as common
 
+from benchmarks import _common as common
 from countsdiff_sc import metrics
 
 PAPER_NV = "DICE, noise_var=1 (paper)"  # the paper's unit likelihood variance instead of the PPCA estimate
+PAPER_RHO = "DICE, rho 5 -> 0.5 (paper)"  # the paper's single-cell schedule in PCA units (the default before 0.2)
+CONSTANT_C = "DICE, rho = c (constant)"  # the coupling that gives the synthetic gain of part (a)
 PAPER_TABLE1 = {  # setup: (silhouette PCA, DICE, cLISI PCA, DICE)
     1: (0.25, 0.37, 1.27, 1.17),
     2: (0.24, 0.36, 1.27, 1.17),
@@ -148,9 +154,9 @@ def run_synthetic(quick: bool, seed: int, cache: dict, stem: Path) -> dict[str, 
     common.log("synthetic: training the prior on the 1600 reference cells")
     model, ref, tests, v, names, train_s, steps = train_synthetic_model(quick, seed)
     cache["synthetic"] = (model, ref, v, names)
-    scale = float(model.module.latent_scale)
+    scale = float(model.embedding_scale)
     n_iter = 50 if quick else 200
-    rhos = {"paper_rho20": 20.0, "rho_eq_latent_scale": round(scale, 2)}
+    rhos = {"default": "auto", "paper_rho20": 20.0, "rho_eq_latent_scale": round(scale, 2)}
     sweep_rhos = [10.0, 20.0, 40.0, round(scale, 2), 80.0, 120.0]
     out: dict[str, Any] = {"train_seconds": train_s, "train_steps": steps, "latent_scale": scale, "n_iter": n_iter,
                            "residual_var": model.residual_var, "n_chains": 10, "rho_settings": rhos, "setups": {},
@@ -162,8 +168,9 @@ def run_synthetic(quick: bool, seed: int, cache: dict, stem: Path) -> dict[str, 
         for name, rho in rhos.items():
             t = time.perf_counter()
             mean, _ = model.embed(q, n_iter=n_iter, rho=rho, n_chains=10, seed=seed, progress=False)
-            row[f"DICE_{name}"] = {**label_scores(mean, lab), "rho": rho,
-                                   "seconds": time.perf_counter() - t}
+            used = q.uns["countsdiff"]["X_dice"]
+            row[f"DICE_{name}"] = {**label_scores(mean, lab), "rho": rho, "rho_start": used["rho_start"],
+                                   "rho_end": used["rho_end"], "seconds": time.perf_counter() - t}
         paper = PAPER_TABLE1[setup]
         row["paper"] = {"PCA": {"silhouette": paper[0], "cLISI": paper[2]},
                         "DICE": {"silhouette": paper[1], "cLISI": paper[3]}}
@@ -268,7 +275,7 @@ def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -
     steps = 1500 if quick else 6000
     n_iter = 50 if quick else 100
     out: dict[str, Any] = {"n_reference": int(ref.n_obs), "n_query": int(query.n_obs), "k": 25, "train_steps": steps,
-                           "n_iter": n_iter, "n_chains": 10, "rho": [5.0, 0.5], "methods": {}}
+                           "n_iter": n_iter, "n_chains": 10, "rho": "auto", "methods": {}}
     reps: dict[str, np.ndarray] = {}
     DICEModel.setup_anndata(ref, labels_key="cell_type")
     models = {}
@@ -278,7 +285,7 @@ def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -
         model.train(max_steps=steps, batch_size=256, check_val_every_n_epoch=5, **TRAINER)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
-        mean, std = model.embed(query, n_iter=n_iter, rho=(5.0, 0.5), n_chains=10, seed=seed, progress=False)
+        mean, std = model.embed(query, n_iter=n_iter, n_chains=10, seed=seed, progress=False)  # rho="auto"
         reps[name] = mean
         out["methods"][name] = {"train_seconds": train_s, "embed_seconds": time.perf_counter() - t,
                                 "mean_chain_std": float(std.mean()),
@@ -286,11 +293,15 @@ def run_cbmc(quick: bool, seed: int, cache: dict, with_scvi: bool, stem: Path) -
         models[name] = model
         common.log(f"cbmc: {name} trained in {train_s:.0f}s, embedded in {out['methods'][name]['embed_seconds']:.0f}s")
     reps["PCA"] = models["DICE"].project(query, key_added=None)
-    t = time.perf_counter()
-    reps[PAPER_NV] = models["DICE"].embed(query, n_iter=n_iter, rho=(5.0, 0.5), n_chains=10, seed=seed,
-                                          noise_var=1.0, key_added="X_dice_nv1", progress=False)[0]
-    out["methods"][PAPER_NV] = {"embed_seconds": time.perf_counter() - t}
-    out["latent_scale"] = float(models["DICE"].module.latent_scale)
+    out["rho_auto"] = [query.uns["countsdiff"]["X_dice"]["rho_start"], query.uns["countsdiff"]["X_dice"]["rho_end"]]
+    c = models["DICE"].embedding_scale
+    for name, rho, extra in [(PAPER_NV, "auto", {"noise_var": 1.0}), (PAPER_RHO, (5.0, 0.5), {}),
+                             (CONSTANT_C, c, {})]:
+        t = time.perf_counter()
+        reps[name] = models["DICE"].embed(query, n_iter=n_iter, rho=rho, n_chains=10, seed=seed, key_added="X_other",
+                                          progress=False, **extra)[0]
+        out["methods"][name] = {"embed_seconds": time.perf_counter() - t}
+    out["latent_scale"] = c
     out["residual_var"] = models["DICE"].residual_var
     cache["cbmc_model"] = models["DICE"]
     cache["cbmc"] = adata
@@ -623,21 +634,26 @@ def markdown(results: dict[str, Any]) -> str:
         s = results["synthetic"]
         lines += ["## (a) Synthetic setups of the paper (Sec. 4, Table 1)", "",
                   f"Prior trained for {s['train_steps']} steps ({s['train_seconds']:.0f} s); DICE: {s['n_iter']} Gibbs "
-                  f"iterations at constant rho, mean of {s['n_chains']} chains. The latent scale of the reference "
-                  f"embedding (RMS standard deviation per PC) is c = {s['latent_scale']:.1f}; rho is in PCA units. The "
-                  f"likelihood variance (`noise_var=\"auto\"`, probabilistic-PCA estimate) is "
-                  f"{s.get('residual_var', float('nan')):.3f}; the true noise variance of the reference is 1.",
+                  f"iterations, mean of {s['n_chains']} chains, at the default coupling (`rho=\"auto\"`: annealed "
+                  f"from 2c to 0.2c), at the paper's constant rho = 20 and at a constant rho = c. The spread of the "
+                  f"reference embedding (RMS standard deviation per PC, `embedding_scale`) is c = "
+                  f"{s['latent_scale']:.1f}; rho is in PCA units. The likelihood variance (`noise_var=\"auto\"`, "
+                  f"probabilistic-PCA estimate) is {s.get('residual_var', float('nan')):.3f}; the true noise variance "
+                  "of the reference is 1.",
                   "",
-                  "| setup | silhouette PCA | silhouette DICE rho=20 | silhouette DICE rho=c | paper PCA | paper DICE "
-                  "| cLISI PCA | cLISI DICE rho=20 | cLISI DICE rho=c | paper PCA | paper DICE |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| setup | silhouette PCA | DICE default | DICE rho=20 | DICE rho=c | paper PCA | paper DICE "
+                  "| cLISI PCA | DICE default | DICE rho=20 | DICE rho=c | paper PCA | paper DICE |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for setup, row in s["setups"].items():
             p = row["paper"]
+            default = row.get("DICE_default", {"silhouette": float("nan"), "cLISI": float("nan")})
             lines.append(
-                f"| {setup} | {fmt(row['PCA']['silhouette'])} | {fmt(row['DICE_paper_rho20']['silhouette'])} | "
+                f"| {setup} | {fmt(row['PCA']['silhouette'])} | {fmt(default['silhouette'])} | "
+                f"{fmt(row['DICE_paper_rho20']['silhouette'])} | "
                 f"{fmt(row['DICE_rho_eq_latent_scale']['silhouette'])} | {p['PCA']['silhouette']} | "
-                f"{p['DICE']['silhouette']} | {fmt(row['PCA']['cLISI'])} | {fmt(row['DICE_paper_rho20']['cLISI'])} "
-                f"| {fmt(row['DICE_rho_eq_latent_scale']['cLISI'])} | {p['PCA']['cLISI']} | {p['DICE']['cLISI']} |")
+                f"{p['DICE']['silhouette']} | {fmt(row['PCA']['cLISI'])} | {fmt(default['cLISI'])} | "
+                f"{fmt(row['DICE_paper_rho20']['cLISI'])} | {fmt(row['DICE_rho_eq_latent_scale']['cLISI'])} | "
+                f"{p['PCA']['cLISI']} | {p['DICE']['cLISI']} |")
         lines += ["", "rho sweep on setup 1 (the effect of the coupling level):", "",
                   "| rho | silhouette | cLISI | mean spread across chains |", "|---|---|---|---|"]
         for r in s["rho_sweep_setup1"]:
@@ -645,16 +661,19 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if "cbmc" in results:
         c = results["cbmc"]
+        rho_auto = f"{c['rho_auto'][0]:.2f} -> {c['rho_auto'][1]:.2f}" if "rho_auto" in c else "5 -> 0.5"
         lines += ["## (b) CBMC query mapping", "",
                   f"Reference {c['n_reference']} cells, stratified query {c['n_query']} cells, k = {c['k']}, prior "
-                  f"trained for {c['train_steps']} steps; DICE rho 5 -> 0.5 (linear), {c['n_iter']} iterations, "
-                  f"{c['n_chains']} chains, likelihood variance `noise_var=\"auto\"` = "
-                  f"{c.get('residual_var', float('nan')):.3f} (the reference's probabilistic-PCA residual variance; "
-                  "the paper's 1 is the extra row). Leiden on a 15-NN graph, resolutions 0.1-2.0, ARI and NMI at the "
-                  "best-ARI resolution (the paper's rule, App. I).", "",
+                  f"trained for {c['train_steps']} steps; DICE at the default coupling `rho=\"auto\"` = 2c -> 0.2c "
+                  f"(c = {c.get('latent_scale', float('nan')):.2f}: rho {rho_auto}, linear), {c['n_iter']} "
+                  f"iterations, {c['n_chains']} chains, likelihood variance `noise_var=\"auto\"` = "
+                  f"{c.get('residual_var', float('nan')):.3f} (the reference's probabilistic-PCA residual variance). "
+                  "Extra rows: the paper's unit likelihood variance, the paper's schedule 5 -> 0.5 in PCA units, and a "
+                  "constant rho = c (the synthetic gain's setting of part (a)). Leiden on a 15-NN graph, resolutions "
+                  "0.1-2.0, ARI and NMI at the best-ARI resolution (the paper's rule, App. I).", "",
                   "| embedding | ARI | NMI | (best NMI over sweep) | resolution | cosine silhouette | cLISI |",
                   "|---|---|---|---|---|---|---|"]
-        for name in ("PCA", "DICE", PAPER_NV, "DICE + mixup (labels)", "scVI"):
+        for name in ("PCA", "DICE", PAPER_NV, PAPER_RHO, CONSTANT_C, "DICE + mixup (labels)", "scVI"):
             if name in c["methods"] and "ARI" in c["methods"][name]:
                 m = c["methods"][name]
                 lines.append(f"| {name} | {fmt(m['ARI'])} | {fmt(m['NMI'])} | {fmt(m['NMI_best_over_sweep'])} | "
