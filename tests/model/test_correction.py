@@ -289,3 +289,28 @@ def test_the_resource_guard_refuses_before_work(trained, monkeypatch):
     with pytest.raises(ValueError, match="block_size"):
         model.correct_batches(query, reference="b0")
     assert "countsdiff_corrected" not in query.layers
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_other_models_vector_condition_and_guidance(preset):
+    from tests.conftest import make_counts
+
+    adata = make_counts(n_obs=90, n_vars=10, seed=6)
+    cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", categorical_covariate_keys=["batch"],
+                                      condition_obsm_key="cond")
+    torch.manual_seed(0)
+    model = cds.CountsDiffModel(adata, preset=preset, backbone_kwargs=TINY, ema_decay=0.9)
+    model.train(max_steps=4, **FAST)
+    for reference, guidance in (("b1", 1.0), ("pooled", 0.5), ("b0", 2.0)):
+        query = _fresh(adata)
+        query.obsm["cond"] = adata.obsm["cond"].copy()
+        table = model.correct_batches(query, reference=reference, sampler=_sampler(guidance=guidance))
+        y, x = _layer(query), query.X.toarray()
+        assert (y >= 0).all() and y.dtype == np.int32
+        own = query.obs["batch"].astype(str).to_numpy()
+        for b in table.columns:
+            lost = table[b].to_numpy() <= 1
+            assert (y[own == b][:, lost] >= x[own == b][:, lost]).all()
+    no_cond = _fresh(adata)
+    with pytest.raises(KeyError, match="cond"):
+        model.correct_batches(no_cond, reference="b0")

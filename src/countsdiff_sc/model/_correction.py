@@ -11,6 +11,7 @@ and the result is an integer sparse layer.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -240,8 +241,8 @@ class CorrectionMixin:
 
         layers = writer.finish()
         previous = adata.uns.get(_keys.PARAMS, {}).get(key_added)
-        if isinstance(previous, dict):  # outputs of an earlier run under this key that this run does not write
-            for old in (f"{key_added}_mean", f"{key_added}_sd"):
+        if isinstance(previous, dict) and isinstance(previous.get("layers"), str):  # an earlier run's outputs
+            for old in json.loads(previous["layers"]):  # that this run does not write
                 if old not in outputs and old in adata.layers:
                     del adata.layers[old]
         adata.layers[key_added] = layers[0]
@@ -457,13 +458,16 @@ def _check_outputs(adata: ad.AnnData, outputs: tuple[str, ...], setup_args: dict
             inputs.add(str(rec["key_added"]))
     inputs.discard(None)
     key = outputs[0]
+    previous = records.get(key)
+    owned = isinstance(previous, dict) and previous.get("operation") == "correct_batches"
+    written = set(json.loads(previous["layers"])) if owned and isinstance(previous.get("layers"), str) else set()
     for out in outputs:
         if out in inputs:
             raise ValueError(f"key_added={key!r} would write {out!r}, an input of the model (its counts, validity or "
                              "mask layer) or the output of another countsdiff-sc step; choose another key_added.")
-        check_writable(adata, out, "layers")
+        if out not in written:  # a layer the earlier run under this key wrote is ours to replace
+            check_writable(adata, out, "layers")
     uns_key = f"{key}_retention"
-    owned = isinstance(records.get(key), dict) and records[key].get("operation") == "correct_batches"
     if uns_key in adata.uns and not owned:
         raise ValueError(f"adata.uns[{uns_key!r}] already exists and was not written by correct_batches; refusing to "
                          "overwrite it. Pass another key_added, or delete it first.")

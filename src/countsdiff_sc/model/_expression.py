@@ -122,7 +122,9 @@ class ExpressionMixin:
         work = len(cells) * x_obs.shape[1] * (1 + n_draws * run.evaluations(self.module.schedule))
         check_work(f"{verb}() of {len(cells)} cells x {x_obs.shape[1]} genes x {n_draws} draws", work,
                    "fewer n_samples, fewer steps (sampler=cds.Sampler(n_steps=...)) or fewer cells (indices=)")
-        show = run.progress(work) if progress is None else bool(progress)
+        blocks_of = -(-len(cells) // max(1, run.batch_size // max(1, n_draws)))  # as restore_blocks cuts them
+        steps = blocks_of * (run.evaluations(self.module.schedule) if n_draws else 1)
+        show = run.progress(work, steps) if progress is None else bool(progress)
         blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths), depths, run, n_draws,
                                 show, "denoising")
         return query, cells, x_obs, depths, blocks

@@ -169,7 +169,8 @@ class GenerationMixin:
             return generate(run.wrap(rate_fn), (rows.stop - rows.start, module.n_genes), module.schedule, times,
                             **run.chain_kwargs(), generator=run.generator, device=device, progress=show)
 
-        progress = run.progress(n * module.n_genes * run.evaluations(module.schedule))
+        evaluations = run.evaluations(module.schedule)
+        progress = run.progress(n * module.n_genes * evaluations, -(-n // run.batch_size) * evaluations)
         return np.concatenate([x for _, x in run_batches(module, n, run.batch_size, chain, progress, "sampling")])
 
     def _warn_distrusted(self) -> None:
@@ -385,7 +386,8 @@ class GenerationMixin:
                             **run.chain_kwargs(), x_start=rows_x[rows], generator=run.generator, device=device,
                             progress=show)
 
-        progress = run.progress(n * n_w * module.n_genes * run.evaluations(module.schedule, t0))
+        evaluations = run.evaluations(module.schedule, t0)
+        progress = run.progress(n * n_w * module.n_genes * evaluations, -(-n * n_w // run.batch_size) * evaluations)
         counts = np.concatenate([x for _, x in run_batches(module, n * n_w, run.batch_size, chain, progress,
                                                            "interpolating")])
         return counts, t0

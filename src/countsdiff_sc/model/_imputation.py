@@ -171,9 +171,13 @@ class ImputationMixin:
             raise ValueError(f"point_estimate must be 'mean' or 'median', got {point_estimate!r}.")
         if not isinstance(store_samples, (bool, np.bool_)) and store_samples != "auto":
             raise TypeError(f"store_samples must be True, False or 'auto', got {store_samples!r}.")
+        setup_args = self.registry_["setup_args"]
+        resolved_std = _keys.std_key(key_added) if std_key == "auto" else std_key
+        user = adata if adata is not None else getattr(self, "adata", None)
+        if isinstance(user, ad.AnnData):  # output keys first: a refusal must leave the user's object as it was
+            _check_output_keys(user, key_added, resolved_std, samples_key, setup_args, mask_layer)
         query = prepare_query(self, adata, carry_layers=(mask_layer,) if mask_layer else ())
         manager = self.get_anndata_manager(query.data, required=True)
-        setup_args = self.registry_["setup_args"]
         registered = setup_args.get("mask_layer")
         has_mask = mask_layer is not None or (registered is not None and registered in query.target.layers)
         if target == "auto" and not has_mask and _keys.MASK in query.target.layers:
@@ -229,7 +233,8 @@ class ImputationMixin:
             samples = np.empty((shape[0], n_draws, shape[1]), dtype=np.int64 if big else np.int32)
             samples[:] = imputed[:, None, :]
         module = self.module
-        progress = run.progress(work)
+        progress = run.progress(work, -(-len(cells) // max(1, run.batch_size // n_draws))
+                                * run.evaluations(self.module.schedule))
         spread = _Spread(shape, n_entries)
         per_batch = max(1, run.batch_size // n_draws)
         module.eval()
@@ -287,7 +292,8 @@ class ImputationMixin:
         check_work(what, work, "fewer n_samples, fewer steps (sampler=cds.Sampler(n_steps=...)) or fewer cells")
         check_memory(what, _output_bytes(shape, n_draws if keep_draws else 0) + 4.0 * shape[0] * shape[1],
                      "store_samples=False, fewer n_samples, or fewer cells per call")
-        x_obs, _ = _observed_counts(x_all, shape)
+        x_obs, big = _observed_counts(x_all, shape)
+        draw_type = np.int64 if big else np.int32  # int32 would wrap counts near 2^31 (a 3e9 count became negative)
         codes = self.condition_space.codes(manager)
         cont = None
         if CONDITION_KEY in manager.data_registry:
@@ -299,9 +305,10 @@ class ImputationMixin:
         depths = restored_depths(x_obs.sum(axis=1), self._restored_depth("auto"))
         imputed = np.empty(shape, dtype=np.float32)
         spread = np.zeros(shape, dtype=np.float32) if n_draws > 1 else None
-        samples = np.empty((shape[0], n_draws, shape[1]), dtype=np.int32) if keep_draws else None
+        samples = np.empty((shape[0], n_draws, shape[1]), dtype=draw_type) if keep_draws else None
         blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths), depths, run, n_draws,
-                                run.progress(work), "imputing")
+                                run.progress(work, -(-shape[0] // max(1, run.batch_size // n_draws))
+                                             * run.evaluations(self.module.schedule)), "imputing")
         for block in blocks:
             f = block.fraction[:, None]
             if n_draws:
@@ -317,7 +324,7 @@ class ImputationMixin:
                 var = (f * (1 - f)) * d.mean(axis=1) + (f ** 2) * d.var(axis=1, ddof=1)
                 spread[block.cells] = np.sqrt(np.maximum(var, 0.0))
             if samples is not None:
-                samples[block.cells] = reps.astype(np.int32)
+                samples[block.cells] = np.rint(reps).astype(draw_type)
         return imputed, samples, spread, shape[0], shape[0] * shape[1]
 
 
@@ -350,6 +357,9 @@ def _check_output_keys(target: ad.AnnData, key_added: Any, std_key: Any, samples
     for op in ("mark_dropouts", "mask_mcar", "mask_mnar", "library_condition"):
         rec = records.get(op)
         if isinstance(rec, dict) and rec.get("key_added"):
+            inputs.add(str(rec["key_added"]))
+    for rec in records.values():  # the outputs of other verbs (e.g. correct_batches' corrected counts)
+        if isinstance(rec, dict) and rec.get("operation") not in (None, "impute") and rec.get("key_added"):
             inputs.add(str(rec["key_added"]))
     inputs.discard(None)
     for name, key in (("key_added", key_added), ("std_key", std_key)):
