@@ -71,7 +71,7 @@ def _layer(adata: ad.AnnData, key: str = "countsdiff_corrected") -> np.ndarray:
     return adata.layers[key].toarray()
 
 
-def test_integer_counts_that_keep_every_observed_molecule(trained):
+def test_integer_counts_that_keep_every_observed_molecule(trained, tmp_path):
     adata, model = trained
     query = _fresh(adata)
     before = query.X.copy()
@@ -93,6 +93,11 @@ def test_integer_counts_that_keep_every_observed_molecule(trained):
     rec = query.uns["countsdiff"]["countsdiff_corrected"]
     assert rec["operation"] == "correct_batches" and rec["reference"] == "b0" and rec["covariate"] == "batch"
     assert rec["seed"] == 0 and rec["retention"] == "auto" and rec["cells_moved"] == {"b1": int((~in_b0).sum())}
+    path = tmp_path / "corrected.h5ad"  # everything written is h5ad-serialisable
+    query.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(back.layers["countsdiff_corrected"].toarray(), y)
+    pd.testing.assert_frame_equal(back.uns["countsdiff_corrected_retention"], table, check_freq=False)
 
 
 def test_the_known_retention_is_recovered(trained):
@@ -272,6 +277,9 @@ def test_a_batch_without_shared_labels_is_named():
         model.correct_batches(_fresh(adata), reference="b0")
     with pytest.raises(ValueError, match="anchor of the pooled reference"):
         model.correct_batches(_fresh(adata), reference="pooled")
+    ones = pd.DataFrame({"b1": 1.0}, index=adata.var_names)  # given ratios: the cells move, with a warning
+    with pytest.warns(UserWarning, match=r"conditions no training cell had \(e.g. cell_type='type_2', batch='b0'\)"):
+        model.correct_batches(_fresh(adata), reference="b0", retention=ones, sampler=_sampler())
     plain = _batched(n=120, seed=3)
     no_batch = _train(plain, steps=2, labels_key="cell_type")
     with pytest.raises(ValueError, match="needs a batch covariate"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -87,7 +88,8 @@ class CorrectionMixin:
             AnnData of raw counts (in the layer the model was set up with) with the model's genes, matched by name in
             any order (genes the model does not know keep their counts), an obs column for the batch covariate and
             each other registered condition, and the obsm vector condition if the model has one. May be backed
-            (read in blocks). None: the model's training data.
+            (read in blocks). None: the model's training data. (A view becomes an actual object when the layer is
+            written, anndata's rule; its parent is not changed.)
         covariate
             The batch covariate (an obs column registered with ``categorical_covariate_keys``); None: the model's
             first categorical covariate.
@@ -203,7 +205,7 @@ class CorrectionMixin:
         show = run.progress(work, n_samples * (math.ceil(n_moving / run.batch_size) + n_blocks) * evaluations)
         inner = show and n_blocks == 1 and n_samples == 1  # one chain run: its own bar shows the steps
         bar = tqdm(total=n_obs - n_moving + n_moving * n_samples, desc="correcting batches", disable=not show or inner)
-        codes_all = self._target_codes(adata, covariate, reference if not pooled else batches[0])
+        codes_all = self._target_codes(adata, covariate, reference if not pooled else trained[0], moving, not pooled)
         for start in range(0, n_obs, block):
             rows = slice(start, min(n_obs, start + block))
             x_user = to_dense(counts[rows], np.float64)
@@ -325,8 +327,11 @@ class CorrectionMixin:
         info = {"strata_keys": strata, "anchor": anchor} if pooled else {"strata_keys": strata}
         return table, info
 
-    def _target_codes(self, adata: ad.AnnData, covariate: str, target: str) -> np.ndarray | None:
-        """The condition codes of every cell of ``adata`` with the batch set to ``target`` (labels first)."""
+    def _target_codes(self, adata: ad.AnnData, covariate: str, target: str, moving: np.ndarray,
+                      warn: bool) -> np.ndarray | None:
+        """The condition codes of every cell of ``adata`` with the batch set to ``target`` (labels first); with
+        ``warn``, a warning when moved cells ask for a combination no training cell had (e.g. a cell type never seen
+        in the reference batch: the network extrapolates it)."""
         space = self.condition_space
         cols = [(space.labels_key, space.label_categories)] if space.use_labels else []
         cols += list(space.covariate_categories.items())
@@ -338,7 +343,20 @@ class CorrectionMixin:
                 out[:, j] = cats.index(target)
             else:
                 out[:, j] = pd.Categorical(adata.obs[key].astype(str), categories=cats).codes
-        space.check_trained(out, getattr(self, "condition_table_", None))
+        table = getattr(self, "condition_table_", None)
+        space.check_trained(out, table)
+        if warn and table is not None and len(table) and moving.any():
+            seen = {tuple(row) for row in np.asarray(table)[:, :-1].tolist()}
+            combos, counts = np.unique(out[moving], axis=0, return_counts=True)
+            unseen = [(c, k) for c, k in zip(combos.tolist(), counts, strict=True) if tuple(c) not in seen]
+            if unseen:
+                def named(codes):
+                    return ", ".join(f"{key}={cats[v]!r}" for (key, cats), v in zip(cols, codes, strict=True))
+
+                warnings.warn(
+                    f"{sum(k for _, k in unseen)} cells are moved to conditions no training cell had (e.g. "
+                    f"{named(unseen[0][0])}): the network never saw them, so what it restores there is an "
+                    "extrapolation. A reference that has every cell type avoids it.", UserWarning, stacklevel=3)
         return out
 
     def _correction_rates(self, adata, cells: np.ndarray, codes_all, depth: np.ndarray, covariate: str,
