@@ -134,6 +134,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scvi-epochs", type=int, default=None, help="scVI epochs (default: scvi-tools' heuristic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--settings", default="sim,cbmc", help="comma-separated: sim, cbmc")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other setting's results from the existing page's JSON (run the settings separately)")
     return p.parse_args(argv)
 
 
@@ -695,7 +697,28 @@ def main(argv: list[str] | None = None) -> None:
     common.log(f"downstream benchmark ({'quick' if args.quick else 'full'}): {cfg}")
     table, targets, info, timings = run(cfg)
     timings["total_s"] = time.perf_counter() - t_all
+    if args.merge:
+        table, info, timings = _merged(table, info, timings, args.quick)
+        targets = check_targets(table)
     _write(table, targets, info, timings, cfg, args.quick)
+
+
+def _merged(table: pd.DataFrame, info: dict[str, Any], timings: dict[str, float],
+            quick: bool) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float]]:
+    """The results of this run with those of the other setting, read from the existing page's JSON."""
+    import json
+
+    path = common.result_stem("downstream", quick).with_suffix(".json")
+    if not path.exists():
+        return table, info, timings
+    old = json.loads(path.read_text())
+    kept = pd.DataFrame(old["table"])
+    kept = kept[~kept.setting.isin(table.setting.unique())]
+    merged = pd.concat([kept, table], ignore_index=True).sort_values("setting", kind="stable", ignore_index=True)
+    info = {**{k: v for k, v in old.get("info", {}).items() if k not in info}, **info}
+    times = {**{k: v for k, v in old.get("timings", {}).items() if not any(k.startswith(p) for p in ("(a)", "(b)"))
+                or k[:3] not in {t[:3] for t in timings}}, **timings}
+    return merged, info, times
 
 
 def _fmt_table(sub: pd.DataFrame) -> str:
