@@ -57,13 +57,6 @@ def test_non_anndata_inputs_are_type_errors(trained):
         model.impute(_query()[:0].copy(), sampler=Q)
 
 
-def test_boolean_counts_are_refused_at_setup():
-    adata = make_counts(n_obs=20, n_vars=6)
-    adata.X = sp.csr_matrix(adata.X.toarray() > 0)
-    with pytest.raises(ValueError, match="boolean"):
-        cds.CountsDiffModel.setup_anndata(adata)
-
-
 def test_training_and_loading_settings_refused_before_lightning(trained, tmp_path):
     adata, model = trained
     with pytest.raises(ValueError, match=r"Unknown datasplitter_kwargs \['num_workerz'\]"):

@@ -153,9 +153,6 @@ class CorrectionMixin:
             raise ValueError("correct_batches works on AnnData models: pass the AnnData of the RNA modality to a model "
                              "set up with setup_anndata.")
         check_cells(adata)
-        if np.dtype(getattr(get_matrix(adata, self.registry_["setup_args"].get("layer")), "dtype", "f")).kind == "b":
-            raise ValueError("The counts of adata are boolean (detected / not detected), not counts: correct_batches "
-                             "needs the raw UMI counts in the layer the model was set up with.")
         covariate = _check_covariate(space, covariate)
         batches = space.covariate_categories[covariate]
         n_samples = positive_int(n_samples, "n_samples")

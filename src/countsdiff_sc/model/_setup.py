@@ -262,12 +262,7 @@ class SetupMixin:
             raise ValueError("adata is a view (a subset of another AnnData); scvi-tools registers only actual objects. "
                              "Pass adata.copy() (e.g. adata = adata[cells].copy()).")
         _check_shape_and_keys(adata, labels_key, categorical_covariate_keys)
-        counts = get_matrix(adata, layer)
-        where = f"adata.layers[{layer!r}]" if layer else "adata.X"
-        if np.dtype(getattr(counts, "dtype", "f")).kind == "b":
-            raise ValueError(f"{where} is boolean (detected / not detected), not counts: point layer= to the raw UMI "
-                             "counts.")
-        check_counts(counts, where=where)
+        check_counts(get_matrix(adata, layer), where=f"adata.layers[{layer!r}]" if layer else "adata.X")
         check_gene_names(adata.var_names, "adata")
         for key in ([labels_key] if labels_key else []) + list(categorical_covariate_keys or []):
             check_obs_column(adata.obs, key, "adata.obs")
