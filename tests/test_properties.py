@@ -595,7 +595,7 @@ LABELS = ["type_0", "type_1", "type_2"]
 @given(case=cases(
     matrix=None, n_list=st.integers(1, 4), seed=st.integers(0, 1000),
     choices={
-        "n_samples": ([None, 1, 3, 2.0], [0, -1, 2.5, True, "3"]),
+        "n_samples": ([None, 1, 3, 2.0], [0, -1, 2.5, True, "3"]),  # the number of cells (n_cells)
         "labels": ([None, "type_1", "list", "array"], ["nope", "list_bad", "list_nan", "empty"]),
         "covariates": ([None, {"batch": "b0"}, {"batch": "list"}], [{"batch": "b9"}, {"nope": "x"}]),
         "conditions": ([None, "ok"], ["shape", "nan"]),
@@ -641,15 +641,15 @@ def test_sample_properties(case, trained):
     n = None
     if ns is None:
         if not sized:
-            expected.append((VE, "n_samples"))
+            expected.append((VE, "n_cells"))
         else:
             n = len(sized[0]) or None
             if n is None:
-                expected.append((VE, "n_samples"))
+                expected.append((VE, "n_cells"))
     elif ns is True or isinstance(ns, str):
-        expected.append((TE, "n_samples"))
+        expected.append((TE, "n_cells"))
     elif ns < 1 or ns != int(ns):
-        expected.append((VE, "n_samples"))
+        expected.append((VE, "n_cells"))
     else:
         n = int(ns)
     bs = case["batch_size"]
@@ -682,7 +682,7 @@ def test_sample_properties(case, trained):
         expected.append((VE, "guidance"))
 
     gen, err = outcome(lambda: model.sample(
-        n_samples=ns, labels=labels, covariates=covariates, conditions=conditions, n_steps=steps, guidance=g,
+        n_cells=ns, labels=labels, covariates=covariates, conditions=conditions, n_steps=steps, guidance=g,
         attrition=att, attrition_kind=kind, seed=case["seed"], batch_size=bs, progress=False), expected)
     assert_untouched(before, train_adata)
     if err is not None:

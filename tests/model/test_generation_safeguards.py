@@ -24,7 +24,8 @@ def test_sampling_a_model_trained_on_valid_entries_warns_once_per_call(models):
     labels = ["type_0"] * 5
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        a.sample(labels=labels, conditions=np.ones((5, 2), np.float32), sampler=cds.Sampler(n_steps=3, progress=False, seed=0, batch_size=2))  # 3 batches
+        a.sample(labels=labels, conditions=np.ones((5, 2), np.float32),
+                 sampler=cds.Sampler(n_steps=3, progress=False, seed=0, batch_size=2))  # 3 batches
     ours = [w for w in caught if "valid_layer" in str(w.message)]
     assert len(ours) == 1 and ours[0].category is UserWarning
     assert ours[0].filename == __file__  # points at the caller's line
