@@ -10,6 +10,7 @@ __all__ = [
     "CLUSTERS",
     "CORRECTED",
     "DEMO_PREFIX",
+    "DEPTH",
     "IMPUTED",
     "LIBRARY_CONDITION_UNS",
     "MASK",
@@ -31,6 +32,8 @@ IMPUTED = "countsdiff_imputed"
 SAMPLES = "countsdiff_samples"
 #: ``layers``: integer batch-corrected counts of ``CountsDiffModel.correct_batches``.
 CORRECTED = "countsdiff_corrected"
+#: ``obs`` of the cells ``CountsDiffModel.sample`` generates: the depth each was generated at.
+DEPTH = "countsdiff_depth"
 #: ``obs``: Leiden clusters of ``pp.mark_dropouts`` when no groups are given.
 CLUSTERS = "countsdiff_leiden"
 #: ``obs``: train / validation / test split of ``pp.split_cells``.

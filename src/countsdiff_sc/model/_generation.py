@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from countsdiff_sc import _keys
 from countsdiff_sc._resources import check_memory, check_work
 from countsdiff_sc._utils import check_obs_key, record_params, to_dense
 from countsdiff_sc.diffusion import generate, thin
@@ -145,7 +146,7 @@ class GenerationMixin:
         if cont is not None:  # the vector condition each cell was generated under
             result.obsm[space.obsm_key] = cont.cpu().numpy().astype(np.float32)
         if depths is not None:
-            result.obs["countsdiff_depth"] = depths.astype(np.float32)
+            result.obs[_keys.DEPTH] = depths.astype(np.float32)
         record_params(result, "sample", {**run.record(), "guidance_cap": cap, "depth": depth if isinstance(
             depth, str) else "given", "conditions": "train" if isinstance(conditions_arg, str) else
             ("given" if cont is not None else "None")})

@@ -419,7 +419,7 @@ class _Targets:
                     f"these cells. Mark them first (countsdiff_sc.pp.mark_dropouts(adata, groupby=..., "
                     f"key_added={name!r})), or pass mask_layer= (the entries to fill)."
                 )
-            if target == "auto" and "countsdiff_mask" in source.layers:
+            if target == "auto" and _keys.MASK in source.layers:
                 raise ValueError(
                     "adata has a 'countsdiff_mask' layer, but no mask was passed or registered: say which job you "
                     "mean, target='dropouts' (fill the suspected dropouts) or mask_layer='countsdiff_mask' (fill "
