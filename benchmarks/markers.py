@@ -207,7 +207,7 @@ def main() -> None:
     t_start = time.perf_counter()
     results = {name: run_dataset(name, args.quick, args.seed) for name in args.datasets.split(",")}
     lines = [f"# Markers on real cells after `impute` ({'quick' if args.quick else 'full'} mode)", "",
-             common.machine_header("benchmarks/markers.py", args.quick, time.perf_counter() - t_start), "",
+             common.machine_header("markers", args.quick, time.perf_counter() - t_start), "",
              "Protocol and definitions: the docstring of `benchmarks/markers.py`. Off / on ratio: mean normalised "
              f"expression in the types that do not express the marker over the types that do; fold: over the raw "
              f"ratio (raw ratios below {RATIO_FLOOR} floored). Target for the default flow: every fold at most 2, "

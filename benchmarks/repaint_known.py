@@ -156,7 +156,7 @@ def main() -> None:
     if args.budget:
         lines = [
             f"# RePaint: spending the network evaluations ({'quick' if args.quick else 'full'} mode)", "",
-            common.machine_header("repaint_known", args.quick, elapsed, info).replace(".py", ".py --budget", 1), "",
+            common.machine_header("repaint_known --budget", args.quick, elapsed, info), "",
             "Step rule (`benchmarks/steps.py`) x resampling at comparable cost; observed entries along one path.", "",
             *cbmc_lines,
         ]

@@ -132,7 +132,7 @@ def _timing(model, test, args, max_steps: int, steps, grids, t_all: float) -> No
     info = common.machine_info()
     lines = [
         "# Cost of the reverse samplers: CPU time per setting", "",
-        common.machine_header("steps", False, time.perf_counter() - t_all, info).replace(".py", ".py --timing", 1), "",
+        common.machine_header("steps --timing", False, time.perf_counter() - t_all, info), "",
         f"- {test.n_obs} held-out CBMC cells; `sample` (their labels, guidance 1) and `impute` (one draw of a 50% MCAR "
         f"mask, guidance 0.5, no resampling); model trained {max_steps} steps (the cost does not depend on the "
         "weights); process CPU time at one torch thread, robust to other processes on the machine", "",

@@ -138,7 +138,7 @@ def main() -> None:
                        "held-out loss (default - 6,000)": d["held-out loss"] - f["held-out loss"],
                        "denoising r (default - 6,000)": d["denoising r (25% depth)"] - f["denoising r (25% depth)"]})
     lines = [f"# Training budget ({'quick' if args.quick else 'full'} mode)", "",
-             common.machine_header("benchmarks/training_budget.py", args.quick, time.perf_counter() - t_all), "",
+             common.machine_header("training_budget", args.quick, time.perf_counter() - t_all), "",
              "Protocol: the docstring of `benchmarks/training_budget.py`. Lower held-out loss and higher denoising r "
              "are better.", "", common.frame_to_markdown(table, index=False, float_format="{:.4g}"), "",
              "Default budget relative to 6,000 steps:", "",

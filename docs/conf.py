@@ -124,6 +124,12 @@ def _benchmarks() -> None:
     _write_if_changed(GENERATED / "benchmarks_toctree.md", text)
 
 
+def _changelog() -> None:
+    """The changelog, its links to ``benchmarks/results/`` pointed at the copies of those pages in the docs."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    _write_if_changed(GENERATED / "changelog.md", text.replace("](benchmarks/results/", "](generated/benchmarks/"))
+
+
 def _cli_help() -> None:
     from countsdiff_sc.cli import _parser
 
@@ -148,6 +154,7 @@ def _generate(app) -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         _tutorials()
         _benchmarks()
+        _changelog()
         _cli_help()
 
 

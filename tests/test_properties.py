@@ -853,6 +853,7 @@ PP_CONTAINERS = {"container": (["plain", "plain", "view", "backed"], [])}
         "groupby": (["grp", "cell_type", None], ["grp_nan", "nope"]),
         "key_added": (["countsdiff_valid", "valid2"], ["user", "raw"]),
         "copy": ([False, True], []),
+        "preset": (["default", "paper"], []),
         **PP_CONTAINERS,
     }))
 def test_mark_dropouts_properties(case, folder):
@@ -879,7 +880,7 @@ def test_mark_dropouts_properties(case, folder):
         expected.append((VE, "groupby"))
     before = snapshot(parent)
     out, err = outcome(lambda: cds.pp.mark_dropouts(target, groupby=groupby, layer=layer, key_added=key,
-                                                    copy=case["copy"], n_pcs=5), expected)
+                                                    copy=case["copy"], n_pcs=5, preset=case["preset"]), expected)
     if case["copy"] or target is not parent or err is not None:
         assert_untouched(before, parent)
     else:
@@ -891,9 +892,16 @@ def test_mark_dropouts_properties(case, folder):
         groups = np.asarray(res.obs[groupby if groupby else "countsdiff_leiden"].astype(str))
         nonzero = values != 0
         ref = np.empty_like(nonzero)
+        counts = np.asarray(values, dtype=np.float64)
+        library = counts.sum(axis=1)
         for g in np.unique(groups):
             in_g = groups == g
-            ref[in_g] = nonzero[in_g] | ~nonzero[in_g].any(axis=0)
+            if case["preset"] == "paper":  # scIDPMs Algorithm 1: every zero of a gene the group expresses
+                ref[in_g] = nonzero[in_g] | ~nonzero[in_g].any(axis=0)
+            else:  # the default rule: a zero is suspected when the group's profile predicts >= 3 counts here
+                sums = counts[in_g].sum(axis=0)
+                share = sums / sums.sum() if sums.sum() > 0 else np.zeros_like(sums)
+                ref[in_g] = nonzero[in_g] | (library[in_g, None] * share[None, :] < 3.0)
         np.testing.assert_array_equal(valid, ref)
         assert res.uns["countsdiff"]["mark_dropouts"]["key_added"] == key
     close(parent)

@@ -35,12 +35,6 @@ from countsdiff_sc import _keys
 
 __all__ = ["main"]
 
-#: The sampler options of the sampling subcommands and their defaults, in one place: the parser, the checks and
-#: the Sampler the verbs receive all read this table.
-SAMPLER_OPTIONS: dict[str, dict[str, float | int]] = {
-    "impute": {"n_steps": 10, "guidance": 0.5, "attrition": 0.02},
-    "sample": {"n_steps": 50, "guidance": 1.0, "attrition": 0.0},
-}
 
 #: Layers the package writes for its own purposes (and what they hold): an imputation written into one of them would
 #: destroy it.
@@ -443,13 +437,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="allow --out to be the input file (replacing it); refused otherwise")
 
     def sampler_args(p: argparse.ArgumentParser, verb: str) -> None:
-        defaults = SAMPLER_OPTIONS[verb]
-        p.add_argument("--n-steps", type=_positive, default=defaults["n_steps"],
-                       help=f"reverse steps (default {defaults['n_steps']})")
-        p.add_argument("--guidance", type=_number(0.0), default=defaults["guidance"],
-                       help=f"classifier-free guidance strength, >= 0 (default {defaults['guidance']})")
-        p.add_argument("--attrition", type=_number(0.0, maximum=1.0), default=defaults["attrition"],
-                       help=f"attrition strength in [0, 1] (default {defaults['attrition']})")
+        where = f"default: {verb}'s default for the model's preset, see the docs' table of defaults"
+        p.add_argument("--n-steps", type=_positive, default=None, help=f"reverse steps ({where})")
+        p.add_argument("--guidance", type=_number(0.0), default=None,
+                       help=f"classifier-free guidance strength, >= 0 ({where}; 0: ignore the labels)")
+        p.add_argument("--attrition", type=_number(0.0, maximum=1.0), default=None,
+                       help=f"attrition strength in [0, 1] ({where})")
         p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"],
                        help="device the model runs on (auto: a GPU when there is one)")
         p.add_argument("--precision", choices=["32", "bf16", "16"], default="32",
