@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 
 ROOT = Path(__file__).resolve().parents[1]

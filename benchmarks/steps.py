@@ -41,6 +41,7 @@ import time
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 
 STEPS = (5, 10, 20, 50, 100, 200)

@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 @pytest.mark.skipif(not README.exists(), reason="no README (installed from a wheel)")
 def test_quoted_full_run_matches_the_readme_demo_output():
     text = README.read_text()
-    block = text[text.index("## What the demo prints"):text.index("## Benchmarks")]
+    block = text[text.index("## What the demo prints"):text.index("## Results")]
     rmse = {name: re.search(rf"^{name}\s+\S+\s+\S+\s+\S+\s+\S+\s+(\S+)", block, re.M).group(1)
             for name in ("CountsDiff", "Mean", "Conditional mean")}  # as printed (4 significant digits)
     assert f"RMSE {rmse['CountsDiff']} for CountsDiff" in _demo.FULL_RUN
