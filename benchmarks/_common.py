@@ -112,6 +112,35 @@ def machine_header(script: str, quick: bool, total_s: float, info: Mapping[str, 
     )
 
 
+def command_header(script: str, quick: bool, total_s: float) -> str:
+    """:func:`machine_header` with the command line as run, its options included (``--quick`` is added by it)."""
+    import shlex
+    import sys
+
+    options = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--quick")
+    header = machine_header(script, quick, total_s)
+    if not options:
+        return header
+    return header.replace(f"benchmarks.{script}", f"benchmarks.{script} {options}", 1)
+
+
+def train_countsdiff(data: Any, labels_key: str, covariate: str, seed: int, max_steps: int | None) -> Any:
+    """A default-preset CountsDiff model with one categorical covariate, trained on CPU (``max_steps`` None: the
+    default budget). ``data`` is set up in place."""
+    import torch
+
+    import countsdiff_sc as cds
+
+    cds.CountsDiffModel.setup_anndata(data, labels_key=labels_key, categorical_covariate_keys=[covariate])
+    torch.manual_seed(seed)
+    model = cds.CountsDiffModel(data)
+    kwargs: dict[str, Any] = {"accelerator": "cpu", "enable_progress_bar": False}
+    if max_steps is not None:
+        kwargs["max_steps"] = max_steps
+    model.train(**kwargs)
+    return model
+
+
 def frame_to_markdown(df: pd.DataFrame, index: bool = True, float_format: str = "{:.4g}") -> str:
     """Render a DataFrame as a GitHub markdown table (no dependency on ``tabulate``)."""
     frame = df.reset_index() if index else df

@@ -212,7 +212,6 @@ def run_methods(adata: Any, reference: str, args: argparse.Namespace, timings: d
     import torch
     from sklearn.decomposition import PCA
 
-    import countsdiff_sc as cds
     from countsdiff_sc._utils import to_dense
     from countsdiff_sc.pp import log_normalize
 
@@ -253,13 +252,8 @@ def run_methods(adata: Any, reference: str, args: argparse.Namespace, timings: d
     embeddings["Harmony"] = z if z.shape[0] == x.shape[0] else z.T  # harmonypy < 2 returned dims x cells
 
     cd_data = adata.copy()
-    cds.CountsDiffModel.setup_anndata(cd_data, labels_key="cell_type", categorical_covariate_keys=["batch"])
-    torch.manual_seed(args.seed)
-    model = cds.CountsDiffModel(cd_data)
-    train_kwargs: dict[str, Any] = {"accelerator": "cpu", "enable_progress_bar": False}
-    if args.max_steps is not None:
-        train_kwargs["max_steps"] = args.max_steps
-    timed("CountsDiff train", lambda: model.train(**train_kwargs))
+    model = timed("CountsDiff train", lambda: common.train_countsdiff(cd_data, "cell_type", "batch", args.seed,
+                                                                      args.max_steps))
     timings["CountsDiff budget"] = str(getattr(model, "train_budget_", {}))
     counts["CountsDiff"] = timed("CountsDiff correct", lambda: countsdiff_correct(
         model, cd_data, "batch", reference, args.seed))
@@ -414,7 +408,7 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s:
     fid_cols = ["integer", "non-negative", "min value", "library ratio median", "library ratio 5%",
                 "library ratio 95%", "marker LFC r", "per-cell r with truth", "library / true library"]
     lines = [f"# Batch-corrected counts on real multi-batch data{' (quick mode)' if args.quick else ''}", "",
-             _header(args, total_s), "",
+             common.command_header("batches", args.quick, total_s), "",
              "Protocol, methods and metric definitions: the docstring of `benchmarks/batches.py`. In short: each data "
              "set's batches are moved to one reference batch (the one with the largest median library); "
              "count-level methods are scored by scib-metrics on the PCA of their log-normalised output, Harmony and "
@@ -512,18 +506,6 @@ def main() -> None:
         results[name] = {"info": info, "timings": timings, "scib": scib.T.to_dict(), "fidelity": fid.T.to_dict(),
                          "used_correct_batches": hasattr(cds.CountsDiffModel, "correct_batches")}
         write(results, args, time.perf_counter() - t_all)  # after each data set: a crash keeps what was done
-
-
-def _header(args: argparse.Namespace, total_s: float) -> str:
-    """The machine header with the command line as run (its options included)."""
-    import shlex
-    import sys
-
-    options = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--quick")
-    header = common.machine_header("batches", args.quick, total_s)
-    if not options:
-        return header
-    return header.replace("benchmarks.batches", f"benchmarks.batches {options}", 1)
 
 
 if __name__ == "__main__":

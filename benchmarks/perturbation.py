@@ -203,7 +203,6 @@ def fold(adata: Any, held: str, args: argparse.Namespace, settings: list[tuple[f
     import scvi
     import torch
 
-    import countsdiff_sc as cds
     from countsdiff_sc._utils import to_dense
 
     labels = adata.obs["cell_type"].astype(str).to_numpy()
@@ -236,13 +235,7 @@ def fold(adata: Any, held: str, args: argparse.Namespace, settings: list[tuple[f
 
     t0 = time.perf_counter()
     cd_data = train.copy()
-    cds.CountsDiffModel.setup_anndata(cd_data, labels_key="cell_type", categorical_covariate_keys=["condition"])
-    torch.manual_seed(args.seed)
-    model = cds.CountsDiffModel(cd_data)
-    train_kwargs: dict[str, Any] = {"accelerator": "cpu", "enable_progress_bar": False}
-    if args.max_steps is not None:
-        train_kwargs["max_steps"] = args.max_steps
-    model.train(**train_kwargs)
+    model = common.train_countsdiff(cd_data, "cell_type", "condition", args.seed, args.max_steps)
     torch.set_num_threads(args.threads)
     timings[f"CountsDiff train {held}"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -334,7 +327,7 @@ def _write(args: argparse.Namespace, sim: dict[str, Any], val: pd.DataFrame, cho
     mean = long.groupby("method", sort=False).mean(numeric_only=True)
     mean = mean.sort_values(f"R2 top-{N_DEGS} DEGs", ascending=False)
     lines = [f"# Perturbation counterfactuals (scGen protocol) on a simulated perturbation of real PBMC"
-             f"{' (quick mode)' if args.quick else ''}", "", _header(args, total_s),
+             f"{' (quick mode)' if args.quick else ''}", "", common.command_header("perturbation", args.quick, total_s),
              "",
              "**The perturbation is simulated** (no real control / stimulated data set is reachable from the "
              "benchmark machine): real Hao et al. 2021 PBMC counts, a random half of every type stimulated by a "
@@ -361,18 +354,6 @@ def _write(args: argparse.Namespace, sim: dict[str, Any], val: pd.DataFrame, cho
                "per_type": {t: df.T.to_dict() for t, df in per_type.items()}, "mean": mean.T.to_dict(),
                "timings": timings}
     common.write_results(common.result_stem("perturbation", args.quick), lines, payload)
-
-
-def _header(args: argparse.Namespace, total_s: float) -> str:
-    """The machine header with the command line as run (its options included)."""
-    import shlex
-    import sys
-
-    options = " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--quick")
-    header = common.machine_header("perturbation", args.quick, total_s)
-    if not options:
-        return header
-    return header.replace("benchmarks.perturbation", f"benchmarks.perturbation {options}", 1)
 
 
 if __name__ == "__main__":
