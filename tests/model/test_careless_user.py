@@ -83,8 +83,31 @@ def test_impute_counts_beyond_float32(trained):
     assert np.isfinite(imputed).all() and samples.dtype == np.int64
     q.layers["m"] = np.zeros(q.shape, bool)
     q.layers["m"][2:, 3] = True
-    model.impute(q, mask_layer="m", key_added="filled", sampler=Q)
+    _, draws = model.impute(q, mask_layer="m", key_added="filled", store_samples=True, sampler=Q)
     assert q.layers["filled"].dtype == np.float64 and q.layers["filled"][0, 0] == 16_777_217  # copied exactly
+    assert (draws[0, :, 0] == 16_777_217).all() and (draws[1, :, 1] == 3_000_000_000).all()  # the draws too
+
+
+def test_query_condition_of_another_width_is_refused_by_the_package(trained):
+    a = make_counts(n_obs=40, n_vars=12, seed=6)
+    del a.layers["counts"]
+    a.obsm["cond"] = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    cds.CountsDiffModel.setup_anndata(a, labels_key="cell_type", condition_obsm_key="cond")
+    model = cds.CountsDiffModel(a, backbone_kwargs=TINY)
+    model.train(max_steps=2, **FAST)
+    q = _query(20)
+    q.obsm["cond"] = np.zeros((20, 3), np.float32)
+    for verb in (lambda: model.impute(q, sampler=Q), lambda: model.get_normalized_expression(q)):
+        with pytest.raises(ValueError, match=r"obsm\['cond'\] has shape \(20, 3\).*2 columns"):
+            verb()
+
+
+def test_mark_dropouts_seed_is_checked():
+    a = make_counts(n_obs=40, n_vars=12, seed=4)
+    for seed in (-1, 2**32, 1.5, True):
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            cds.pp.mark_dropouts(a, groupby=None, seed=seed)
+    assert "countsdiff_valid" not in a.layers
 
 
 def test_output_keys_of_the_package_and_other_verbs_are_refused(trained):

@@ -249,10 +249,24 @@ class CountsDiffModel(SetupMixin, TrainingMixin, GenerationMixin, TransferMixin,
         query for this call but keeps ``adata`` None, so ``train()`` and ``retention="auto"`` never read a query as
         if it were the training data."""
         detached = self._adata is None
+        self._check_condition_width(adata)
         out = super()._validate_anndata(adata, copy_if_view)
         if detached:
             self._adata, self._adata_manager = None, None
         return out
+
+    def _check_condition_width(self, adata: Any) -> None:
+        """A query's vector condition (``obsm[condition_obsm_key]``) has the width the model was trained with."""
+        key = self.registry_.get("setup_args", {}).get("condition_obsm_key")
+        if adata is None or key is None or key not in getattr(adata, "obsm", {}):
+            return
+        width, expected = np.shape(adata.obsm[key])[1:2], self.condition_space.n_continuous
+        if width != (expected,):
+            raise ValueError(
+                f"adata.obsm[{key!r}] has shape {np.shape(adata.obsm[key])}, but the model was trained on a condition "
+                f"of {expected} columns: compute it for the query the way it was computed for the training cells "
+                f"(n_obs x {expected})."
+            )
 
     def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False, **kwargs) -> None:
         """Save the model to the directory ``dir_path`` (scvi-tools' ``save``; ``save_anndata=True`` stores the

@@ -129,13 +129,15 @@ class ExpressionMixin:
                                 show, "denoising")
         return query, cells, x_obs, depths, blocks
 
-    def _expression_sampler(self, sampler: Sampler | None, batch_size: int | None, legacy: dict) -> ChainSettings:
+    def _expression_sampler(self, sampler: Sampler | None, batch_size: int | None, legacy: dict,
+                            caller: str) -> ChainSettings:
         if "t_start" in legacy or legacy.get("method") == "sdedit":
             raise ValueError("method='sdedit' and t_start were removed in 0.2 (re-noising to t_start measured worse "
                              "than depth restoration); use method='posterior_mean' or 'depth'.")
         if batch_size is not None:
             sampler = (sampler or Sampler()).replace(batch_size=positive_int(batch_size, "batch_size"))
-        return ChainSettings(sampler_for("denoise", self.preset, sampler, legacy, stacklevel=4), self.device)
+        return ChainSettings(sampler_for("denoise", self.preset, sampler, legacy, stacklevel=4, caller=caller),
+                             self.device)
 
     def get_normalized_expression(
         self,
@@ -223,7 +225,7 @@ class ExpressionMixin:
                                              and not isinstance(library_size, bool) and np.isfinite(library_size)
                                              and library_size > 0)):
             raise ValueError(f"library_size must be a positive number or 'latent', got {library_size!r}.")
-        run = self._expression_sampler(sampler, batch_size, legacy)
+        run = self._expression_sampler(sampler, batch_size, legacy, "get_normalized_expression")
         n_draws = 0 if method == "posterior_mean" else n_samples
         progress = None if silent is None else not silent
         batches = _batch_list(transform_batch)
@@ -296,7 +298,7 @@ class ExpressionMixin:
         if isinstance(transform_batch, (list, tuple, np.ndarray, pd.Index, pd.Series)):
             raise ValueError("posterior_predictive_sample takes one transform_batch category (averaged counts would "
                              "not be counts); get_normalized_expression averages over a list.")
-        run = self._expression_sampler(sampler, batch_size, legacy)
+        run = self._expression_sampler(sampler, batch_size, legacy, "posterior_predictive_sample")
         progress = None if silent is None else not silent
         _, cells, x_obs, _, blocks = self._restorations(adata, indices, n_samples, depth, transform_batch, run,
                                                              progress, "posterior_predictive_sample")

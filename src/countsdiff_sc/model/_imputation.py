@@ -187,7 +187,7 @@ class ImputationMixin:
                 "entries; register it with setup_anndata(mask_layer=) so they never train).")
         kind = target if target != "auto" else ("mask" if has_mask else "denoise")
         verb = "denoise" if kind == "denoise" else "impute"
-        run = ChainSettings(sampler_for(verb, self.preset, sampler, legacy, stacklevel=3), self.device)
+        run = ChainSettings(sampler_for(verb, self.preset, sampler, legacy, stacklevel=3, caller="impute"), self.device)
         std_key = _keys.std_key(key_added) if std_key == "auto" else std_key
         _check_output_keys(query.target, key_added, std_key, samples_key, setup_args, mask_layer)
         shape = (query.target.n_obs, len(query.genes))
@@ -246,6 +246,8 @@ class ImputationMixin:
                                         None if cont_all is None else cont_all[idx], n_draws, run, strengths,
                                         progress and len(cells) <= per_batch)
             draws = draws.reshape(len(idx), n_draws, -1)
+            # the observed entries as observed (the chain runs in float32, which rounds counts above 2^24)
+            draws = np.where(fill[:, None, :], draws, imputed[idx][:, None, :])
             est = draws.mean(axis=1) if point_estimate == "mean" else np.median(draws, axis=1)
             imputed[idx] = np.where(fill, est, imputed[idx])
             spread.add(idx, fill, draws)

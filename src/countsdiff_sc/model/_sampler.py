@@ -237,7 +237,7 @@ LEGACY_KEYWORDS = ("n_steps", "step_rule", "time_grid", "resample_iters", "resam
 
 
 def sampler_for(verb: str, preset: str, sampler: Sampler | None, legacy: Mapping[str, Any] | None = None,
-                stacklevel: int = 3) -> Sampler:
+                stacklevel: int = 3, caller: str | None = None) -> Sampler:
     """The resolved sampler of one call: the user's ``sampler`` (and any 0.1 keywords) over the verb's defaults.
 
     Parameters
@@ -253,6 +253,8 @@ def sampler_for(verb: str, preset: str, sampler: Sampler | None, legacy: Mapping
         A keyword that is not a sampler setting is a TypeError, as for any unknown argument.
     stacklevel
         Where the warning points (the user's line).
+    caller
+        The method the user called, as named in messages (default: ``verb``).
 
     Raises
     ------
@@ -266,17 +268,18 @@ def sampler_for(verb: str, preset: str, sampler: Sampler | None, legacy: Mapping
                         "sampler=cds.Sampler(n_steps=10).")
     user = sampler or Sampler()
     legacy = dict(legacy or {})
+    name = caller or verb
     if legacy:
         unknown = sorted(k for k in legacy if k not in LEGACY_KEYWORDS)
         if unknown:
-            raise TypeError(f"{verb}() got unexpected keyword argument(s) {unknown}.")
+            raise TypeError(f"{name}() got unexpected keyword argument(s) {unknown}.")
         spelled = ", ".join(f"{k}={v!r}" for k, v in legacy.items())
-        warnings.warn(f"Passing {spelled} to {verb}() is deprecated and will stop working in 0.3: pass "
+        warnings.warn(f"Passing {spelled} to {name}() is deprecated and will stop working in 0.3: pass "
                       f"sampler=countsdiff_sc.Sampler({spelled}) instead.", FutureWarning, stacklevel=stacklevel)
         clash = {k: (v, getattr(user, k)) for k, v in legacy.items()
                  if getattr(user, k) is not None and not _same(getattr(user, k), v)}
         if clash:
-            raise ValueError(f"{verb}(): the keyword(s) and the sampler disagree on {sorted(clash)}; set each once, "
+            raise ValueError(f"{name}(): the keyword(s) and the sampler disagree on {sorted(clash)}; set each once, "
                              "in the sampler.")
         user = user.replace(**{k: v for k, v in legacy.items() if v is not None})
     return user.resolve(SAMPLER_DEFAULTS[preset][verb])

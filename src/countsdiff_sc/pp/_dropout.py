@@ -139,6 +139,8 @@ def mark_dropouts(
         and min_expected > 0
     ):
         raise ValueError(f"min_expected must be None or a positive number of counts, got {min_expected!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1] (the seed of the clustering), got {seed!r}.")
     if isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer)) or n_pcs < 1:
         raise ValueError(f"n_pcs must be a positive integer (principal components of the clustering), got {n_pcs!r}.")
     if key_added == layer:
