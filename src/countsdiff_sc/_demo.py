@@ -16,12 +16,12 @@ from ._utils import to_dense
 __all__ = ["run_demo"]
 
 #: What the full demo gives (README.md, "What the demo prints": ``countsdiff-sc demo``, 3,000 training steps per model
-#: on all 8,617 cells, 2 CPU cores); printed by ``--quick``, whose own numbers are not meaningful. A test keeps these
-#: figures equal to the README's.
+#: on all 8,617 cells); printed by ``--quick``, whose own numbers are not meaningful. A test keeps these figures equal
+#: to the README's.
 FULL_RUN = (
-    "The full demo (`countsdiff-sc demo`: 3,000 training steps per model on all 8,617 CBMC cells, about 3 minutes on "
-    "2 CPU cores) gives held-out RMSE 7.641 for CountsDiff against 19.82 for mean and 12.17 for conditional-mean "
-    "imputation, and generated cells with 0.90-1.00x the real counts per cell (README.md, 'What the demo prints')."
+    "The full demo (`countsdiff-sc demo`: 3,000 training steps per model on all 8,617 CBMC cells, about 12 minutes on "
+    "one CPU thread) gives held-out RMSE 8.507 for CountsDiff against 15.71 for mean and 9.472 for conditional-mean "
+    "imputation, and generated cells with 0.89-0.99x the real counts per cell (README.md, 'What the demo prints')."
 )
 SMOKE_TEST = (
     "This was --quick, a smoke test: {steps} training steps on {cells:,} cells check that training, imputation and "
@@ -211,8 +211,9 @@ def _run_demo(out, max_steps, n_samples, n_steps, mask_rate, n_generate, seed, q
         print("\nGenerated (guidance 1, 50 steps) vs held-out real cells of the same type (per-gene Pearson "
               "correlations of log-normalised means / variances and of zero fractions; sparsity = share of zeros):")
         print(generation.T.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\nWrote {out} (test cells with layers countsdiff_imputed / countsdiff_mask, obsm countsdiff_samples, "
-          f"uns countsdiff_metrics) and {gen_path}.")
+    draws = f", obsm {_keys.SAMPLES}" if _keys.SAMPLES in test.obsm else ""
+    print(f"\nWrote {out} (test cells with layers {_keys.IMPUTED} / {_keys.MASK}{draws}, uns countsdiff_metrics) "
+          f"and {gen_path}.")
     print(f"Total time {time.perf_counter() - t_start:.0f} s (training {t_train:.0f} + {t_train_gen:.0f} s, "
           f"imputation {t_impute:.0f} s).")
     if quick:
