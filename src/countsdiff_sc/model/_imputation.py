@@ -114,9 +114,9 @@ class ImputationMixin:
             ``"auto"``, ``"denoise"``, ``"mask"`` or ``"dropouts"`` (see above).
         sampler
             Chain settings (:class:`~countsdiff_sc.Sampler`); the defaults per target and preset are in
-            ``SAMPLER_DEFAULTS`` (RePaint: 10 trapezoid steps run twice; denoising: 10 trapezoid steps). Guidance 1
-            (default) imputes towards each cell's own label; pass ``cds.Sampler(guidance=0.0)`` when the output is
-            used to find or confirm groups.
+            ``SAMPLER_DEFAULTS`` (RePaint: 10 trapezoid steps run twice, guidance 0.5; denoising: 10 trapezoid
+            steps, guidance 1). Guidance 1 imputes towards each cell's own label; pass
+            ``cds.Sampler(guidance=0.0)`` when the output is used to find or confirm groups.
         point_estimate
             ``"mean"`` (the posterior mean for ``"denoise"``, the mean of the draws otherwise) or ``"median"`` of the
             draws.
