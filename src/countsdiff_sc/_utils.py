@@ -215,6 +215,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def check_seed(seed: Any, maximum: int | None = None) -> int:
+    """A random seed: a non-negative integer (at most ``maximum`` when given), booleans refused."""
+    import numbers
+
+    if (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0
+            or (maximum is not None and seed > maximum)):
+        if maximum is None:
+            raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+        raise ValueError(f"seed must be an integer in [0, {maximum}]; got {seed!r}.")
+    return int(seed)
+
+
 def record_params(adata: ad.AnnData, key: str, params: Mapping[str, Any]) -> None:
     """Store the parameters of an operation in ``adata.uns["countsdiff"][key]`` in an h5ad-serialisable form.
 

@@ -11,7 +11,15 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackError
 
-from .._utils import check_counts, check_obs_key, check_writable, get_matrix, is_backed_matrix, record_params
+from .._utils import (
+    check_counts,
+    check_obs_key,
+    check_seed,
+    check_writable,
+    get_matrix,
+    is_backed_matrix,
+    record_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +147,7 @@ def mark_dropouts(
         and min_expected > 0
     ):
         raise ValueError(f"min_expected must be None or a positive number of counts, got {min_expected!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32 - 1] (the seed of the clustering), got {seed!r}.")
+    check_seed(seed, maximum=2**32 - 1)  # the clustering's seed (numpy's legacy generator)
     if isinstance(n_pcs, bool) or not isinstance(n_pcs, (int, np.integer)) or n_pcs < 1:
         raise ValueError(f"n_pcs must be a positive integer (principal components of the clustering), got {n_pcs!r}.")
     if key_added == layer:

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._keys import MASK, VALID
-from .._utils import as_bool_mask, check_counts, check_writable, get_matrix, is_backed_matrix, record_params
+from .._utils import as_bool_mask, check_counts, check_seed, check_writable, get_matrix, is_backed_matrix, record_params
 from ._subset import ObsSelection, describe_selection, resolve_obs_selection
 
 DEFAULT_VALID_LAYER = VALID
@@ -76,7 +76,7 @@ def mask_mcar(
     False
     """
     rate = _check_rate(rate)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     rows, valid, valid_desc = _mask_inputs(adata, valid_layer, key_added, subset)
     rng = np.random.default_rng(seed)
     mask = np.zeros(adata.shape, dtype=bool)
@@ -160,7 +160,7 @@ def mask_mnar(
     True
     """
     rate = _check_rate(rate)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if bias not in ("low", "high"):
         raise ValueError(f"bias must be 'low' or 'high'; got {bias!r}.")
     if isinstance(pool_extra, bool) or not isinstance(pool_extra, numbers.Integral) or pool_extra < 0:
@@ -207,10 +207,6 @@ def mask_mnar(
     _finish(adata, mask, valid, rows, key_added, params, valid_desc, subset)
 
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
-    return int(seed)
 
 
 def _check_rate(rate: Any) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._keys import SPLIT
-from .._utils import check_obs_key, check_writable, record_params
+from .._utils import check_obs_key, check_seed, check_writable, record_params
 
 SPLITS = ("train", "validation", "test")
 
@@ -69,8 +69,7 @@ def split_cells(
         raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
     if adata.n_obs == 0:
         raise ValueError("adata has no cells to split.")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    check_seed(seed)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string (the obs column to write); got {key_added!r}.")
     fractions = np.array([_check_fraction(name, f) for name, f in zip(SPLITS, (train, validation, test), strict=True)])
