@@ -5,3 +5,11 @@ underscore modules of this package (``_common``, ``_generation_common``, ...); n
 ``--quick`` smoke tests write under ``benchmarks/results/quick/``, which git ignores. This package is not part of
 the installed ``countsdiff_sc`` distribution.
 """
+
+import os as _os
+
+# numba's OpenMP threading layer, started by scanpy's first parallel kernel (``normalize_total``), sets the OpenMP
+# pool it shares with torch to every core: a run started with ``--threads 1`` then trained on two threads from its
+# first scanpy call on (the pages of such runs say "torch threads: 2"). One numba thread keeps torch's count as set;
+# set NUMBA_NUM_THREADS yourself to override.
+_os.environ.setdefault("NUMBA_NUM_THREADS", "1")

@@ -8,8 +8,8 @@ protocols on the test cells:
   count splitting (Neufeld et al. 2022, "data thinning"): ``x_a ~ Binomial(x, 1/2)`` entry by entry and
   ``x_b = x - x_a``. Under Poisson sampling the halves are independent replicate measurements of the same cell at the
   same depth, so ``x_b`` is a truth for the predictive distribution of a new measurement that ``impute(x_a)``'s draws
-  define (``Binomial(x_D, f)`` over draws of the restored profile ``x_D``). Every entry is scored (zeros included),
-  and the spread layer against the error of the point estimate.
+  define (``Poisson(f x_D)`` over draws of the restored profile ``x_D``: a new library of the cell). Every entry is
+  scored (zeros included), and the spread layer against the error of the point estimate.
 * **RePaint on held-out entries (target ``"mask"``).** 50% MCAR and 25% MNAR-low masks of the test cells'
   trusted entries, filled with ``impute(mask_layer=...)`` and its defaults; the held-out values are the truth.
 

@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -39,84 +40,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import _common as common
-from benchmarks import _data
-
-#: Marker -> (types that express it, types that do not), per data set.
-PAIRS = {
-    "pbmc68k": {
-        "MS4A1": (["CD19+ B"], ["CD4+/CD25 T Reg", "CD4+/CD45RO+ Memory", "CD8+ Cytotoxic T",
-                                "CD8+/CD45RA+ Naive Cytotoxic", "CD4+/CD45RA+/CD25- Naive T", "CD56+ NK"]),
-        "CD79A": (["CD19+ B"], ["CD4+/CD25 T Reg", "CD4+/CD45RO+ Memory", "CD8+ Cytotoxic T",
-                                "CD8+/CD45RA+ Naive Cytotoxic", "CD4+/CD45RA+/CD25- Naive T", "CD56+ NK"]),
-        "CD8A": (["CD8+ Cytotoxic T", "CD8+/CD45RA+ Naive Cytotoxic"],
-                 ["CD4+/CD25 T Reg", "CD4+/CD45RO+ Memory", "CD4+/CD45RA+/CD25- Naive T"]),
-        "NKG7": (["CD56+ NK"], ["CD19+ B"]),
-        "GNLY": (["CD56+ NK"], ["CD19+ B", "CD14+ Monocyte"]),
-        "LYZ": (["CD14+ Monocyte"], ["CD4+/CD25 T Reg", "CD19+ B"]),
-        "S100A8": (["CD14+ Monocyte"], ["CD4+/CD25 T Reg", "CD19+ B"]),
-        "CD3E": (["CD4+/CD25 T Reg", "CD8+ Cytotoxic T"], ["CD19+ B", "CD14+ Monocyte"]),
-        "FCER1A": (["Dendritic"], ["CD4+/CD25 T Reg", "CD19+ B"]),
-    },
-    "hao": {
-        "CD79A": (["B cells"], ["T cells CD4 conv", "T cells CD8", "Tregs", "NK cells"]),
-        "IGKC": (["B cells", "Plasma cells"], ["T cells CD4 conv", "T cells CD8", "NK cells"]),
-        "CD8A": (["T cells CD8"], ["T cells CD4 conv", "Tregs"]),
-        "GNLY": (["NK cells"], ["B cells", "Monocytes"]),
-        "CD3E": (["T cells CD4 conv", "T cells CD8", "Tregs"], ["B cells", "Monocytes"]),
-        "S100A8": (["Monocytes"], ["T cells CD4 conv", "B cells"]),
-        "PF4": (["Platelet"], ["T cells CD4 conv", "B cells"]),
-        "FOXP3": (["Tregs"], ["T cells CD8", "B cells"]),
-        "FCGR3A": (["NK cells"], ["T cells CD4 conv", "B cells"]),
-    },
-}
-LABELS = {"pbmc68k": "bulk_labels", "hao": "cell_type"}
-RATIO_FLOOR = 0.005
-
-
-def load(name: str, quick: bool) -> Any:
-    """The data set, genes selected (Hao: 2,000 highly variable genes plus the markers)."""
-    import scanpy as sc
-
-    import countsdiff_sc as cds
-
-    if name == "pbmc68k":
-        adata = cds.datasets.pbmc68k_reduced_counts()
-    else:
-        adata = _data.hao_pbmc()
-        sc.pp.filter_genes(adata, min_cells=3)
-        hv = sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3", inplace=False)
-        keep = set(adata.var_names[hv["highly_variable"].to_numpy()]) | set(PAIRS[name])
-        adata = adata[:, [g for g in adata.var_names if g in keep]].copy()
-    if quick:
-        sc.pp.subsample(adata, n_obs=min(adata.n_obs, 300), random_state=0)
-    for col in list(adata.obs.columns):
-        if col != LABELS[name]:
-            del adata.obs[col]
-    return adata
-
-
-def ratios(matrix: np.ndarray, adata: Any, name: str) -> pd.Series:
-    """Off / on ratio of every marker (library-normalised means per 10,000)."""
-    x = np.asarray(matrix, dtype=np.float64)
-    x = x / np.maximum(x.sum(axis=1, keepdims=True), 1e-12) * 1e4
-    labels = adata.obs[LABELS[name]].astype(str).to_numpy()
-    out = {}
-    for gene, (on, off) in PAIRS[name].items():
-        if gene not in adata.var_names:
-            continue
-        j = adata.var_names.get_loc(gene)
-        m_on, m_off = x[np.isin(labels, on), j].mean(), x[np.isin(labels, off), j].mean()
-        out[gene] = m_off / m_on if m_on > 0 else np.nan
-    return pd.Series(out)
-
-
-def library_stats(imputed: np.ndarray, raw: np.ndarray) -> dict[str, float]:
-    """Median library ratio and the share of the imputed library on entries that were 0."""
-    lib_raw = raw.sum(axis=1)
-    lib_imp = imputed.sum(axis=1)
-    on_zeros = np.where(raw == 0, imputed, 0.0).sum(axis=1)
-    return {"library_ratio": float(np.median(lib_imp / np.maximum(lib_raw, 1e-12))),
-            "share_on_zeros": float(np.median(on_zeros / np.maximum(lib_imp, 1e-12)))}
+from benchmarks._markers import LABELS, RATIO_FLOOR, library_stats, load, ratios
 
 
 def h5ad_ratio(before: Any, after: Any) -> float:
@@ -128,7 +52,13 @@ def h5ad_ratio(before: Any, after: Any) -> float:
         return b.stat().st_size / a.stat().st_size
 
 
-def run_dataset(name: str, quick: bool, seed: int) -> dict[str, Any]:
+#: Rows that do not depend on the current defaults (``--reuse-baselines`` takes them from an earlier run).
+BASELINES = ("CountsDiff 0.1 flow (Alg. 1 marks, dropouts)", "scVI normalised x library")
+
+
+def run_dataset(name: str, quick: bool, seed: int, reuse: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every method on one data set; with ``reuse`` (that data set's entry of an earlier run's JSON) the rows of
+    :data:`BASELINES` are taken from it instead of being trained again."""
     import scvi
 
     import countsdiff_sc as cds
@@ -164,6 +94,15 @@ def run_dataset(name: str, quick: bool, seed: int) -> dict[str, Any]:
     imputed0, _ = model.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=0.0))
     methods["CountsDiff default, guidance 0"] = imputed0
     info["CountsDiff default, guidance 0"] = library_stats(imputed0, raw)
+
+    if reuse is not None:
+        table = pd.DataFrame({"raw": ratios(raw, adata, name)} | {m: ratios(v, adata, name) for m, v in methods.items()}
+                             | {m: pd.Series(reuse["ratios"][m]) for m in BASELINES})
+        info |= {m: reuse["info"][m] for m in BASELINES}
+        timings |= {k: v for k, v in reuse["timings"].items() if not k.startswith("default")}
+        fold = table.div(table["raw"].clip(lower=RATIO_FLOOR), axis=0)
+        return {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "ratios": table, "fold": fold, "info": info,
+                "timings": timings, "reused": True}
 
     # the 0.1 flow (before): Algorithm 1 marks, the paper preset, the suspected dropouts filled
     old = adata.copy()
@@ -202,16 +141,27 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--datasets", default="pbmc68k,hao")
+    p.add_argument("--reuse-baselines", metavar="JSON", default=None,
+                   help="take the 0.1-flow and scVI rows from this earlier run (only the default flow is run again)")
     args = p.parse_args()
     common.start(args.seed, args.threads)
     t_start = time.perf_counter()
-    results = {name: run_dataset(name, args.quick, args.seed) for name in args.datasets.split(",")}
+    earlier = None
+    if args.reuse_baselines:
+        earlier = json.loads(Path(args.reuse_baselines).read_text())
+        earlier = earlier.get("results", earlier)
+    results = {name: run_dataset(name, args.quick, args.seed, None if earlier is None else earlier[name])
+               for name in args.datasets.split(",")}
     lines = [f"# Markers on real cells after `impute` ({'quick' if args.quick else 'full'} mode)", "",
              common.machine_header("markers", args.quick, time.perf_counter() - t_start), "",
              "Protocol and definitions: the docstring of `benchmarks/markers.py`. Off / on ratio: mean normalised "
              f"expression in the types that do not express the marker over the types that do; fold: over the raw "
              f"ratio (raw ratios below {RATIO_FLOOR} floored). Target for the default flow: every fold at most 2, "
              "library ratio within 10% of 1.", ""]
+    if earlier is not None:
+        lines += [f"**Provenance.** The rows {', '.join(BASELINES)} (ratios, library, timings) are those of the "
+                  f"earlier run in `{Path(args.reuse_baselines).name}` as it was before this run (`--reuse-baselines`:"
+                  " their code did not change); the other rows are from this run.", ""]
     payload: dict[str, Any] = {}
     for name, res in results.items():
         lines += [f"## {name} ({res['n_cells']} cells x {res['n_genes']} genes)", "", "Off / on ratios:", "",

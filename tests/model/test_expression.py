@@ -12,7 +12,7 @@ import torch
 from scvi.model.base import RNASeqMixin
 
 import countsdiff_sc as cds
-from countsdiff_sc.model._denoise import F_MAX, restored_depths
+from countsdiff_sc.model._denoise import F_MAX, predictive_draws, predictive_variance, restored_depths
 from tests.conftest import make_counts
 
 TINY = {"n_hidden": 16, "n_layers": 1, "dim_emb": 8}
@@ -110,6 +110,24 @@ def test_posterior_mean_is_the_networks_estimate(model_and_data):
     np.testing.assert_array_equal(got, again)  # one network pass: no randomness at all
 
 
+def test_default_restored_depth_is_the_median_training_depth(model_and_data):
+    """``depth="auto"`` restores to a typical training cell (the median depth over trusted entries), not to a deep
+    one: the 90th percentile of 0.1 to 0.2.0 let shallow cells borrow most of their profile from the network."""
+    from countsdiff_sc.model._setup import training_depths
+
+    adata, model = model_and_data
+    depths = training_depths(model.adata_manager, model.module.prior_mean)
+    assert model.depth_ == pytest.approx(float(np.median(depths)), rel=1e-6)
+    assert model.depth_ < float(np.quantile(depths, 0.9))
+    shallow = np.flatnonzero(np.asarray(adata.X.sum(axis=1)).ravel() < F_MAX * model.depth_)[:3]  # not floored
+    assert shallow.size
+    auto = model.get_normalized_expression(adata, indices=shallow, method="posterior_mean", library_size="latent",
+                                           return_numpy=True, **QUICK)
+    given = model.get_normalized_expression(adata, indices=shallow, method="posterior_mean", depth=model.depth_,
+                                            library_size="latent", return_numpy=True, **QUICK)
+    np.testing.assert_allclose(auto, given, rtol=1e-5)
+
+
 def test_restored_depths_floor_deep_cells():
     depths = restored_depths(np.array([10.0, 80.0, 200.0]), 100.0)
     np.testing.assert_allclose(depths, [100.0, 80.0 / F_MAX, 200.0 / F_MAX])  # every cell restored at f <= F_MAX
@@ -135,9 +153,27 @@ def test_posterior_predictive_sample(model_and_data):
     assert many.shape == (adata.n_obs, 2, 3)
     dense = many.todense()
     assert (dense >= 0).all() and np.array_equal(dense, np.round(dense))
-    # every cell at the restored depth already (f = 1): nothing restored, nothing thinned back
-    same = model.posterior_predictive_sample(adata, depth=1.0, **QUICK).todense()
-    np.testing.assert_array_equal(same, adata.X.toarray())
+    # every cell at the restored depth already (f = 1): x_D is the cell, and a new measurement is Poisson(x)
+    x = adata.X.toarray()
+    new = model.posterior_predictive_sample(adata, depth=1.0, n_samples=400, **QUICK).todense()
+    assert new.shape == (*x.shape, 400)
+    np.testing.assert_allclose(new.mean(axis=2), x, atol=5 * np.sqrt(x.max() / 400))
+    assert abs(new.var(axis=2).sum() / x.sum() - 1) < 0.1  # Poisson: variance = mean (a thinning would give 0)
+
+
+def test_predictive_draws_are_poisson_captures():
+    """A new measurement is Poisson(f x_D): its moments against the closed form, over a posterior of x_D."""
+    rng = np.random.default_rng(0)
+    x_d = rng.poisson(20.0, size=(3, 4000, 5)).astype(np.float32)  # draws of x_D: Var[x_D] = E[x_D] = 20
+    f = np.array([0.1, 0.5, 1.0])
+    new = predictive_draws(x_d, f, torch.Generator().manual_seed(1))
+    assert new.dtype == np.float32 and (new >= 0).all() and np.array_equal(new, np.round(new))
+    expected_var = f * 20.0 + f ** 2 * 20.0  # law of total variance: Poisson noise + the posterior's spread
+    np.testing.assert_allclose(new.mean(axis=(1, 2)), f * 20.0, rtol=0.03)
+    np.testing.assert_allclose(new.var(axis=(1, 2)), expected_var, rtol=0.06)
+    np.testing.assert_allclose(predictive_variance(x_d, f).mean(axis=1), expected_var, rtol=0.03)
+    with_seed = [predictive_draws(x_d[:, :3], f, torch.Generator().manual_seed(7)) for _ in range(2)]
+    np.testing.assert_array_equal(*with_seed)
 
 
 def test_posterior_predictive_check_runs(model_and_data):

@@ -10,10 +10,13 @@ state ``x_t ~ Binomial(x_D, f)`` at the time ``t_f`` with ``p(t_f) = f = L / D``
   of each gene at the depth the cell was sequenced at (a SAVER-like posterior mean: observed entries shrink towards
   the profile the cell's other genes imply, zeros rise to what the cell's depth explains, and the library is kept);
 * **draws** of ``x_D`` come from :func:`~countsdiff_sc.diffusion.restore` with every gene of the cell at level ``f``:
-  the cell keeps every molecule and the chain adds the missing ones. A draw of a new measurement at the cell's own
-  depth is ``Binomial(x_D, f)`` (the posterior predictive).
+  the cell keeps every molecule and the chain adds the missing ones. A draw of a **new measurement** of the cell at
+  its own depth is ``Poisson(f * x_D)`` (:func:`predictive_draws`): a new library captures its molecules from the
+  cell's whole mRNA pool, of which a library holds a small share, not from the ``D`` molecules of the restored
+  profile (``Binomial(x_D, f)`` would share the observed molecules with the new measurement and, with ``f`` near
+  the median cell's 0.5-0.75, halve its sampling variance).
 
-``D`` is the restored depth: by default the 90th percentile of the training cells' depths, and for a cell deeper
+``D`` is the restored depth: by default the median of the training cells' depths, and for a cell deeper
 than ``D * F_MAX`` its own depth divided by ``F_MAX``, so that every cell is treated as a thinning of a deeper profile
 (deep cells are restored a little, never not at all). A depth-conditioned model is given ``D`` as the depth of the
 profile it restores.
@@ -33,7 +36,7 @@ from countsdiff_sc.diffusion import restore, restore_start, thin
 
 from ._chains import ChainSettings
 
-__all__ = ["F_MAX", "Restored", "restore_blocks", "restored_depths"]
+__all__ = ["F_MAX", "Restored", "predictive_draws", "predictive_variance", "restore_blocks", "restored_depths"]
 
 #: The largest depth fraction ``f = L / D`` a cell is restored from (see the module docstring).
 F_MAX = 0.75
@@ -52,6 +55,53 @@ def restored_depths(library: np.ndarray, depth: float, floor: bool = True) -> np
     if floor:
         return np.maximum(float(depth), library / F_MAX)
     return np.maximum(float(depth), library)
+
+
+def predictive_draws(draws: np.ndarray, fraction: np.ndarray, generator: torch.Generator | None = None) -> np.ndarray:
+    """Draws of a new measurement of each cell at its own depth: ``Poisson(f * x_D)`` for each draw ``x_D``.
+
+    The library of a cell captures a small share of its mRNA molecules, so a second library of the same cell is a
+    Poisson capture of its expression (count splitting, Neufeld et al. 2022, rests on the same fact), at the rate
+    ``f * x_D`` that brings the restored profile back to the cell's depth ``L = f * D``. Averaged over the posterior
+    of ``x_D`` this is the posterior predictive; its mean is the point estimate ``f * E[x_D | x]``.
+
+    Parameters
+    ----------
+    draws
+        Draws of the restored profiles, ``(cells, n_draws, genes)``.
+    fraction
+        ``f = L / D`` of each cell, ``(cells,)``.
+    generator
+        Torch random generator (the call's seed).
+
+    Returns
+    -------
+    Float32 counts, ``(cells, n_draws, genes)``.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> predictive_draws(np.full((1, 2, 3), 10.0), np.array([0.0]), g)[0, 0]
+    array([0., 0., 0.], dtype=float32)
+    """
+    rates = torch.from_numpy(np.asarray(draws, dtype=np.float32)) * torch.from_numpy(
+        np.asarray(fraction, dtype=np.float32))[:, None, None]
+    return torch.poisson(rates, generator=generator).numpy()
+
+
+def predictive_variance(draws: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """Variance of :func:`predictive_draws` over the posterior of ``x_D``: ``f E[x_D] + f^2 Var[x_D]`` (the law of
+    total variance: Poisson sampling noise plus the posterior's own spread, sample variance over the draws).
+
+    Examples
+    --------
+    >>> predictive_variance(np.array([[[2.0], [4.0]]]), np.array([0.5]))
+    array([[2.]])
+    """
+    d = np.asarray(draws, dtype=np.float64)
+    f = np.asarray(fraction, dtype=np.float64)[:, None]
+    spread = d.var(axis=1, ddof=1) if d.shape[1] > 1 else np.zeros_like(d[:, 0])
+    return f * d.mean(axis=1) + f ** 2 * spread
 
 
 @dataclass

@@ -40,11 +40,11 @@ from countsdiff_sc._utils import (
     rows_per_block,
     to_dense,
 )
-from countsdiff_sc.diffusion import binomial, repaint
+from countsdiff_sc.diffusion import repaint
 from countsdiff_sc.module import CONDITION_KEY, MASK_KEY, VALID_KEY
 
 from ._chains import ChainSettings, positive_int
-from ._denoise import restore_blocks, restored_depths
+from ._denoise import predictive_draws, predictive_variance, restore_blocks, restored_depths
 from ._query import Query, prepare_query
 from ._sampler import Sampler, sampler_for
 
@@ -89,8 +89,9 @@ class ImputationMixin:
           depth (one network pass; SAVER-like). Observed counts shrink towards what the cell's other genes imply
           (a stray molecule of an off-type marker fades), zeros rise to what the cell's depth explains, and the
           cell's library is kept (what a zero gains, the noise of the observed entries gives back). The spread is
-          that of a new measurement of the cell at its own depth, ``Binomial(x_D, f)`` over draws ``x_D`` of the
-          restored profile, so the intervals of the draws cover a held-out measurement at their nominal rate.
+          that of a new measurement of the cell at its own depth, ``Poisson(f * x_D)`` over draws ``x_D`` of the
+          restored profile (a new library is a Poisson capture of the cell's mRNA pool), so the intervals of the
+          draws are meant to cover a held-out measurement at their nominal rate.
         * ``"mask"``: RePaint (CountsDiff Sec. 3.6) over the entries of ``mask_layer`` (or of the mask registered
           with ``setup_anndata(mask_layer=)``), less those the validity layer distrusts (a warning says how many);
           every other entry keeps its observed value. The benchmark protocol: hide entries, fill them, score them
@@ -314,17 +315,13 @@ class ImputationMixin:
         for block in blocks:
             f = block.fraction[:, None]
             if n_draws:
-                reps = binomial(torch.from_numpy(block.draws), torch.from_numpy(
-                    np.repeat(block.fraction, n_draws).reshape(-1, n_draws, 1).astype(np.float32)),
-                    run.generator).numpy()
+                reps = predictive_draws(block.draws, block.fraction, run.generator)
             if point_estimate == "mean":
                 imputed[block.cells] = f * block.mean
             else:
                 imputed[block.cells] = np.median(reps, axis=1)
-            if spread is not None:  # Var of Binomial(x_D, f) over the posterior of x_D
-                d = block.draws.astype(np.float64)
-                var = (f * (1 - f)) * d.mean(axis=1) + (f ** 2) * d.var(axis=1, ddof=1)
-                spread[block.cells] = np.sqrt(np.maximum(var, 0.0))
+            if spread is not None:  # the spread of a new measurement, over the posterior of x_D
+                spread[block.cells] = np.sqrt(np.maximum(predictive_variance(block.draws, block.fraction), 0.0))
             if samples is not None:
                 samples[block.cells] = np.rint(reps).astype(draw_type)
         return imputed, samples, spread, shape[0], shape[0] * shape[1]

@@ -1,0 +1,126 @@
+"""Scoring against a known truth, shared by ``downstream.py`` and ``restored_depth.py``: binomially thinned cells,
+labels transferred from a reference, and :class:`Truth` (per-cell correlation, RMSE at the dropouts, gene-gene
+structure, false signal, clustering and markers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+
+def dense(x: Any) -> np.ndarray:
+    from countsdiff_sc._utils import to_dense
+
+    return np.asarray(to_dense(x), dtype=np.float64)
+
+
+def lognorm(x: np.ndarray) -> np.ndarray:
+    from countsdiff_sc.pp import log_normalize
+
+    return log_normalize(np.clip(x, 0.0, None), 1e4)
+
+
+def row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return np.divide((a * b).sum(axis=1), den, out=np.zeros(a.shape[0]), where=den > 0)
+
+
+def gene_corr(logx: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.corrcoef(logx, rowvar=False)
+    return np.nan_to_num(c, nan=0.0)
+
+
+def top_markers(logx: np.ndarray, labels: np.ndarray, groups: list[str], n: int = 50) -> dict[str, set[int]]:
+    import scanpy as sc
+
+    a = ad.AnnData(X=logx.astype(np.float32), obs=pd.DataFrame({"label": pd.Categorical(labels)}))
+    a.var_names = [f"g{j}" for j in range(logx.shape[1])]
+    sc.tl.rank_genes_groups(a, "label", groups=groups, reference="rest", method="wilcoxon", n_genes=n)
+    names = a.uns["rank_genes_groups"]["names"]
+    return {g: {int(s[1:]) for s in names[g]} for g in groups}
+
+
+class Truth:
+    """What every method is scored against: the true counts, the dropout entries and the labels (computed once)."""
+
+    def __init__(self, truth: np.ndarray, dropout: np.ndarray, labels: np.ndarray, *, n_top_genes: int = 200,
+                 n_pcs: int = 30, seed: int = 0) -> None:
+        self.counts = np.asarray(truth, dtype=np.float64)
+        self.dropout = np.asarray(dropout, dtype=bool)
+        self.labels = np.asarray(labels).astype(str)
+        self.lib = self.counts.sum(axis=1)
+        self.zero = self.counts == 0
+        self.log = lognorm(self.counts)
+        self.genes = np.sort(np.argsort(-self.log.var(axis=0))[: min(n_top_genes, self.counts.shape[1])])
+        self.corr = gene_corr(self.log[:, self.genes])
+        self.pairs = np.triu_indices(len(self.genes), 1)
+        sizes = pd.Series(self.labels).value_counts()
+        self.groups = sorted(sizes.index[sizes >= 5])
+        self.markers = top_markers(self.log, self.labels, self.groups)
+        self.n_pcs, self.seed = n_pcs, seed
+
+    def score(self, x: np.ndarray) -> dict[str, float]:
+        """All metrics of one method's output (counts scale)."""
+        from sklearn.decomposition import PCA
+
+        from countsdiff_sc import metrics
+
+        x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)
+        tot = x.sum(axis=1, keepdims=True)
+        scaled = np.divide(x * self.lib[:, None], tot, out=np.zeros_like(x), where=tot > 0)
+        logx = lognorm(x)
+        corr = gene_corr(logx[:, self.genes])
+        ref, got = self.corr[self.pairs], corr[self.pairs]
+        n_comp = min(self.n_pcs, x.shape[0] - 1, x.shape[1])
+        emb = PCA(n_components=n_comp, svd_solver="randomized", random_state=self.seed).fit_transform(logx)
+        clus = metrics.leiden_nmi_ari(emb, self.labels, rule="max_ari", seed=self.seed)
+        top = top_markers(logx, self.labels, self.groups)
+        return {
+            "cell_r": float(row_pearson(logx, self.log).mean()),
+            "rmse_dropouts": float(np.sqrt(np.mean((scaled - self.counts)[self.dropout] ** 2))),
+            "false_signal": float(scaled[self.zero].mean()),
+            "gene_r": float(np.corrcoef(ref, got)[0, 1]) if got.std() > 0 else 0.0,
+            "gene_abs_dr": float(np.abs(ref - got).mean()),
+            "ari": clus["ari"],
+            "nmi": clus["nmi"],
+            "markers": float(np.mean([len(top[g] & self.markers[g]) / 50 for g in self.groups])),
+        }
+
+
+def thin_counts(x: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Binomial thinning ``Binomial(x, fraction)`` of every entry (seeded)."""
+    rng = np.random.default_rng(seed)
+    return rng.binomial(np.asarray(x, dtype=np.int64), fraction).astype(np.float32)
+
+
+def transfer_labels(ref_x: np.ndarray, ref_labels: Any, query_x: np.ndarray, *, n_neighbors: int = 15,
+                    n_pcs: int = 30, seed: int = 0) -> np.ndarray:
+    """Labels of query cells by majority vote of their nearest reference cells.
+
+    PCA (``n_pcs``) fitted on the reference's log-normalised profiles (``log1p`` at the reference's median library),
+    query cells projected, ``n_neighbors`` Euclidean neighbours, most frequent label (ties: the nearest).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    from countsdiff_sc.pp import log_normalize
+
+    lab = np.asarray(ref_labels).astype(str)
+    target = float(np.median(ref_x.sum(axis=1)))
+    pca = PCA(n_components=min(n_pcs, ref_x.shape[0] - 1, ref_x.shape[1]), svd_solver="randomized",
+              random_state=seed).fit(log_normalize(ref_x, target))
+    emb_ref = pca.transform(log_normalize(ref_x, target))
+    emb_q = pca.transform(log_normalize(query_x, target))
+    idx = NearestNeighbors(n_neighbors=n_neighbors).fit(emb_ref).kneighbors(emb_q)[1]
+    out = []
+    for row in lab[idx]:
+        values, counts = np.unique(row, return_counts=True)
+        best = set(values[counts == counts.max()])
+        out.append(next(v for v in row if v in best))  # ties: the label of the nearest tied neighbour
+    return np.asarray(out)

@@ -1,0 +1,174 @@
+"""Which depth should ``impute`` restore a cell to? A sweep of the restored depth ``D`` with a truth and with biology.
+
+The default ``impute`` (no mask) reads a cell of ``L`` counts as a binomial thinning, at ``f = L / D``, of a profile
+of depth ``D``, and returns ``f * E[x_D | x]`` (CountsDiff's forward process, Eq. 4; the network's posterior mean of
+the thinned molecules, Eq. 6). The share of the estimate the network supplies grows with ``1 - f``: a deep ``D``
+denoises hard and lets shallow cells borrow most of their profile from the network; a shallow ``D`` keeps more of
+what was measured. ``D`` is a quantile ``q`` of the training cells' depths (cells deeper than ``0.75 D`` are
+restored to ``L / 0.75``). This script trains one default model per data set (``train()``'s default budget) and
+sweeps ``q`` in {0.5, 0.6, 0.75, 0.9} (0.9: the default of 0.1 to 0.2.0) at guidance 1 and 0.5:
+
+* **biology** (``markers.py``'s protocol): pbmc68k (700 cells, FACS labels) and Hao et al. 2021 (1,336 cells, 11
+  types, 2,000 highly variable genes plus the markers), ``pp.mark_dropouts`` with its default rule, the model trained
+  on the cells it imputes; per marker the off / on ratio's fold over the raw ratio (target at most 2), the largest
+  fold, and the median library ratio (target within 10% of 1);
+* **a truth** (``downstream.py``'s setting b): CBMC split 90 / 10, the model trained on the full-depth training
+  cells, the test cells thinned to 10 / 25 / 50% depth with labels transferred by 15-NN; per-cell Pearson r with
+  the truth (log-normalised), RMSE at the dropout entries (scaled to the true library), the gene-gene correlation
+  structure (r with the truth's, 200 most variable genes) and the false signal (mean scaled value on true zeros).
+  The no-imputation row and the best baselines are in ``downstream.md``.
+
+Usage::
+
+    python -m benchmarks.restored_depth            # about 25 minutes on one CPU core
+    python -m benchmarks.restored_depth --quick    # subsets and short training: a smoke test
+
+Writes ``benchmarks/results[/quick]/restored_depth.md`` / ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import _common as common
+
+QUANTILES = (0.5, 0.6, 0.75, 0.9)
+GUIDANCE = (1.0, 0.5)
+
+
+def _sweep(model: Any, impute: Any) -> dict[tuple[float, float], Any]:
+    """``impute(guidance)`` for every (quantile, guidance) of the sweep, with the model's restored depth set to the
+    quantile of its training depths (restored afterwards)."""
+    depths = np.asarray(model.train_depths_, dtype=np.float64)
+    saved = model.depth_
+    out = {}
+    try:
+        for q in QUANTILES:
+            model.depth_ = float(np.quantile(depths, q))
+            for g in GUIDANCE:
+                out[(q, g)] = impute(g)
+    finally:
+        model.depth_ = saved
+    return out
+
+
+def markers_part(name: str, quick: bool, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    import torch
+
+    import countsdiff_sc as cds
+    from benchmarks import _markers as mk
+
+    adata = mk.load(name, quick)
+    label = mk.LABELS[name]
+    raw = adata.X.toarray().astype(np.float64)
+    data = adata.copy()
+    cds.pp.mark_dropouts(data, groupby=label)
+    cds.CountsDiffModel.setup_anndata(data, labels_key=label, valid_layer="countsdiff_valid")
+    torch.manual_seed(seed)
+    model = cds.CountsDiffModel(data)
+    t0 = time.perf_counter()
+    model.train(enable_progress_bar=False, **({"max_steps": 60} if quick else {}))
+    t_train = time.perf_counter() - t0
+    r0 = mk.ratios(raw, adata, name)
+
+    def impute(g: float) -> dict[str, float]:
+        imp, _ = model.impute(data.copy(), n_samples=1, store_samples=False, sampler=cds.Sampler(seed=seed, guidance=g))
+        fold = mk.ratios(imp, adata, name) / r0.clip(lower=mk.RATIO_FLOOR)
+        return {**fold.to_dict(), "largest fold": float(fold.max()),
+                "library ratio": mk.library_stats(imp, raw)["library_ratio"]}
+
+    rows = _sweep(model, impute)
+    depths = np.asarray(model.train_depths_, dtype=np.float64)
+    table = pd.DataFrame([{"quantile": q, "D": float(np.quantile(depths, q)), "guidance": g, **v}
+                          for (q, g), v in rows.items()])
+    common.log(f"{name}: trained in {t_train:.0f} s; largest folds {table['largest fold'].round(2).tolist()}")
+    return table, {"train_s": t_train, "steps": model.train_budget_.get("steps_run")}
+
+
+def cbmc_part(quick: bool, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    import anndata as ad
+    import scipy.sparse as sp
+    import torch
+
+    import countsdiff_sc as cds
+    from benchmarks import _truth
+    from countsdiff_sc import pp
+
+    adata = common.cbmc(1500 if quick else None, seed)
+    pp.split_cells(adata, train=0.9, validation=0.0, test=0.1, seed=seed, stratify="cell_type")
+    split = adata.obs["countsdiff_split"]
+    train, test = adata[split == "train"].copy(), adata[split == "test"].copy()
+    pp.mark_dropouts(train, groupby="cell_type", seed=seed)
+    cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type", valid_layer="countsdiff_valid")
+    torch.manual_seed(seed)
+    model = cds.CountsDiffModel(train)  # the plain call: the default budget with early stopping
+    t0 = time.perf_counter()
+    model.train(accelerator="cpu", enable_progress_bar=False, **({"max_steps": 60} if quick else {}))
+    t_train = time.perf_counter() - t0
+    x_true, x_train = _truth.dense(test.X), _truth.dense(train.X)
+    true_labels = test.obs["cell_type"].astype(str).to_numpy()
+    categories = train.obs["cell_type"].cat.categories
+    truth, rows = None, []
+    for i, f in enumerate((0.1, 0.25, 0.5)):
+        x_thin = _truth.thin_counts(x_true, f, seed + 1000 + i)  # the same thinned cells as downstream.py
+        predicted = _truth.transfer_labels(x_train, train.obs["cell_type"], x_thin, seed=seed)
+        obs = ad.AnnData(X=sp.csr_matrix(x_thin), var=pd.DataFrame(index=test.var_names),
+                         obs=pd.DataFrame({"cell_type": pd.Categorical(predicted, categories=categories)},
+                                          index=test.obs_names))
+        pp.mark_dropouts(obs, groupby="cell_type", seed=seed)
+        dropout = (x_thin == 0) & (x_true > 0)
+        if truth is None:
+            truth = _truth.Truth(x_true, dropout, true_labels, seed=seed)
+        else:
+            truth.dropout = dropout
+
+        def impute(g: float, obs: Any = obs, x_thin: np.ndarray = x_thin, truth: Any = truth) -> dict[str, float]:
+            imp, _ = model.impute(obs.copy(), n_samples=5, sampler=cds.Sampler(seed=seed, guidance=g))
+            s = truth.score(np.asarray(imp, dtype=np.float64))
+            return {"cell r": s["cell_r"], "RMSE dropouts": s["rmse_dropouts"], "gene-gene r": s["gene_r"],
+                    "false signal": s["false_signal"],
+                    "library ratio": float(np.median(imp.sum(1) / np.maximum(x_thin.sum(1), 1)))}
+
+        none = truth.score(x_thin)
+        rows.append({"depth": f"{f:.0%}", "quantile": "no imputation", "D": np.nan, "guidance": np.nan,
+                     "cell r": none["cell_r"], "RMSE dropouts": none["rmse_dropouts"],
+                     "gene-gene r": none["gene_r"], "false signal": none["false_signal"], "library ratio": 1.0})
+        depths = np.asarray(model.train_depths_, dtype=np.float64)
+        for (q, g), v in _sweep(model, impute).items():
+            rows.append({"depth": f"{f:.0%}", "quantile": q, "D": float(np.quantile(depths, q)), "guidance": g, **v})
+        common.log(f"cbmc {f:.0%}: done")
+    return pd.DataFrame(rows), {"train_s": t_train, "steps": model.train_budget_.get("steps_run")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    common.start(args.seed, args.threads)
+    t_start = time.perf_counter()
+    parts = {name: markers_part(name, args.quick, args.seed) for name in ("pbmc68k", "hao")}
+    parts["cbmc"] = cbmc_part(args.quick, args.seed)
+    lines = [f"# Restored depth of `impute` ({'quick' if args.quick else 'full'} mode)", "",
+             common.command_header("restored_depth", args.quick, time.perf_counter() - t_start), "",
+             "Protocol: the docstring of `benchmarks/restored_depth.py`. One default model per data set; `quantile`: "
+             "the quantile of the training cells' depths used as the restored depth `D` (0.9: the default up to "
+             "0.2.0; 0.5: the default since). Folds over the raw off / on ratio of known markers (target at most 2); "
+             "CBMC: thinned test cells scored against the full-depth truth (the no-imputation and baseline rows of "
+             "the same cells are in `downstream.md`).", ""]
+    payload: dict[str, Any] = {}
+    for name, (table, info) in parts.items():
+        lines += [f"## {name}", "", f"Training: {info['steps']} steps in {info['train_s']:.0f} s.", "",
+                  common.frame_to_markdown(table, index=False, float_format="{:.3g}"), ""]
+        payload[name] = {"table": table.to_dict(orient="records"), "info": info}
+    common.write_results(common.result_stem("restored_depth", args.quick), lines, payload)
+
+
+if __name__ == "__main__":
+    main()
