@@ -477,7 +477,7 @@ def main() -> None:
         for part in parts:
             results.update(part["results"])
             run = part["args"]
-            options = [f"--datasets {' '.join(run['datasets'])}"] + [
+            options = [f"--datasets {' '.join(part['results'])}"] + [
                 f"--{key.replace('_', '-')} {run[key]}" for key in ("max_cells", "max_steps", "scvi_epochs")
                 if run.get(key) is not None]
             args.runs.append(f"`python -m benchmarks.batches {' '.join(options)}`")

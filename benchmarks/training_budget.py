@@ -17,6 +17,10 @@ Usage::
 
     python -m benchmarks.training_budget            # full run
     python -m benchmarks.training_budget --quick    # smoke test
+    python -m benchmarks.training_budget --datasets simulated --merge   # one data set, the others kept from the page
+
+With ``--merge`` the rows of the data sets not run are taken from the committed JSON, and the page says which rows
+come from which run.
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--datasets", default=None, help="comma-separated names (default: all three)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of the data sets not run from the existing JSON (with their provenance)")
     args = p.parse_args()
     common.start(args.seed, args.threads)
     t_all = time.perf_counter()
@@ -129,6 +135,20 @@ def main() -> None:
         if args.datasets and name.split(" ")[0] not in args.datasets.split(","):
             continue
         rows += run(name, adata, label, args.quick, args.seed)
+    provenance = []
+    stem = common.result_stem("training_budget", args.quick)
+    if args.merge and stem.with_suffix(".json").exists():
+        import json
+
+        old = json.loads(stem.with_suffix(".json").read_text())
+        done = {row["data"] for row in rows}
+        kept = [row for row in old["rows"] if row["data"] not in done]
+        if kept:
+            names = ", ".join(dict.fromkeys(row["data"] for row in kept))
+            provenance = [f"**Provenance.** The rows of {names} are those of the page's earlier run, kept with "
+                          "`--merge` (that page and its own provenance are in the git history of this file; code "
+                          f"may have changed since); the rows of {', '.join(sorted(done))} are from this run.", ""]
+        rows = kept + rows
     table = pd.DataFrame(rows)
     ratios = []
     for name, sub in table.groupby("data", sort=False):
@@ -139,12 +159,13 @@ def main() -> None:
                        "denoising r (default - 6,000)": d["denoising r (25% depth)"] - f["denoising r (25% depth)"]})
     lines = [f"# Training budget ({'quick' if args.quick else 'full'} mode)", "",
              common.machine_header("training_budget", args.quick, time.perf_counter() - t_all), "",
+             *provenance,
              "Protocol: the docstring of `benchmarks/training_budget.py`. Lower held-out loss and higher denoising r "
              "are better.", "", common.frame_to_markdown(table, index=False, float_format="{:.4g}"), "",
              "Default budget relative to 6,000 steps:", "",
              common.frame_to_markdown(pd.DataFrame(ratios), index=False, float_format="{:.3g}"), ""]
-    common.write_results(common.result_stem("training_budget", args.quick), lines,
-                         {"rows": rows, "ratios": ratios, "args": vars(args)})
+    common.write_results(stem, lines, {"rows": rows, "ratios": ratios, "args": vars(args),
+                                       "provenance": [line for line in provenance if line]})
 
 
 if __name__ == "__main__":
