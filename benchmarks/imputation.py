@@ -181,8 +181,10 @@ def _write(table: pd.DataFrame, timings: dict, args: argparse.Namespace) -> None
              "bias closest to 0 is best.", "",
              "Baselines (none sees a held-out value): kNN compares cells on their observed genes only "
              "(`impute_knn(distance=\"observed\")`, 30 PCs, 15 neighbours); scVI with the cell type as covariate "
-             f"(`labels_key=\"cell_type\"`) and {getattr(args, 'scvi_epochs_used', '?')} epochs; MAGIC on the "
-             "training and test cells together.", ""]
+             f"(`labels_key=\"cell_type\"`) and {getattr(args, 'scvi_epochs_used', '?')} epochs; "
+             + ("MAGIC on the training and test cells together." if "MAGIC" in set(table.method) else
+                "MAGIC not run (`magic-impute` is not installed: its `scprep` dependency pins a pandas older than "
+                "anndata accepts)."), ""]
     for regime, sub in table.groupby("regime", sort=False):
         cell = sub.assign(txt=[f"{v:.4g} ({s:.2g})" for v, s in zip(sub.value, sub.std_error, strict=True)])
         wide = cell.pivot(index="method", columns="metric", values="txt")
