@@ -13,8 +13,8 @@ state ``x_t ~ Binomial(x_D, f)`` at the time ``t_f`` with ``p(t_f) = f = L / D``
   the cell keeps every molecule and the chain adds the missing ones. A draw of a **new measurement** of the cell at
   its own depth is ``Poisson(f * x_D)`` (:func:`predictive_draws`): a new library captures its molecules from the
   cell's whole mRNA pool, of which a library holds a small share, not from the ``D`` molecules of the restored
-  profile (``Binomial(x_D, f)`` would share the observed molecules with the new measurement and, with ``f`` near
-  the median cell's 0.5-0.75, halve its sampling variance).
+  profile (``Binomial(x_D, f)`` would share the observed molecules with the new measurement and shrink its
+  sampling variance by the factor ``1 - f``: a half to a quarter for the median cell's ``f`` of 0.5-0.75).
 
 ``D`` is the restored depth: by default the median of the training cells' depths, and for a cell deeper
 than ``D * F_MAX`` its own depth divided by ``F_MAX``, so that every cell is treated as a thinning of a deeper profile
