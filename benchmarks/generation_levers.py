@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 from benchmarks._generation_common import library_draws, log_library_condition, set_metrics, split_held_out
 

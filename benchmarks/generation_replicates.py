@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+
 from benchmarks import _common as common
 
 RECIPE = "depth + nll + p_uncond 0.2 + EMA warm-up 40"

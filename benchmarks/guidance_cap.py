@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     split = adata.obs["countsdiff_split"]
     train, test = adata[split == "train"].copy(), adata[split == "test"].copy()
     cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type")
-    model = cds.CountsDiffModel(train)
+    model = cds.CountsDiffModel(train, preset="paper")
     t0 = time.perf_counter()
     model.train(max_steps=max_steps, train_size=1.0, accelerator="cpu", enable_progress_bar=False)
     t_train = time.perf_counter() - t0

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 
 OPTIONS = ("cell", "constant")
@@ -112,7 +113,7 @@ def run_one(validity: str, sd: float, seed: int, args: argparse.Namespace) -> li
         t0 = time.perf_counter()
         cds.CountsDiffModel.setup_anndata(adata, valid_layer="countsdiff_valid", mask_layer="countsdiff_mask")
         torch.manual_seed(seed)
-        model = cds.CountsDiffModel(adata, loss_normalisation=option)
+        model = cds.CountsDiffModel(adata, preset="paper", loss_normalisation=option)
         model.train(max_steps=args.max_steps, batch_size=128, enable_progress_bar=False)
         t_train = time.perf_counter() - t0
         with torch.inference_mode():

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from benchmarks import _common as common
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 
 BATCH = 256
@@ -73,7 +74,7 @@ def _countsdiff(adata, backbone: str):
     import countsdiff_sc as cds
 
     cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type")
-    return cds.CountsDiffModel(adata, backbone=backbone)
+    return cds.CountsDiffModel(adata, preset="paper", backbone=backbone)
 
 
 def _scvi(adata):

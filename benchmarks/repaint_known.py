@@ -87,7 +87,7 @@ def main() -> None:
         max_steps, n_steps = 1000, 20
     train, test, _ = common.random_split(adata, args.seed)
     cds.CountsDiffModel.setup_anndata(train, labels_key="cell_type")
-    model = cds.CountsDiffModel(train)
+    model = cds.CountsDiffModel(train, preset="paper")
     t0 = time.perf_counter()
     model.train(max_steps=max_steps, accelerator="cpu", enable_progress_bar=False)
     train_s = time.perf_counter() - t0

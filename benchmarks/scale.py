@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 
 
@@ -64,7 +65,7 @@ def _prepared(n_cells: int, n_genes: int):
 
     adata = _data(n_cells, n_genes)
     t0 = time.perf_counter()
-    cds.pp.mark_dropouts(adata, groupby="cell_type")
+    cds.pp.mark_dropouts(adata, groupby="cell_type", preset="paper")
     return adata, time.perf_counter() - t0
 
 
@@ -73,7 +74,7 @@ def _pretrain_task(spec: dict) -> dict:
 
     adata, _ = _prepared(spec["train_cells"], spec["n_genes"])
     cds.CountsDiffModel.setup_anndata(adata, labels_key="cell_type", valid_layer="countsdiff_valid")
-    model = cds.CountsDiffModel(adata)
+    model = cds.CountsDiffModel(adata, preset="paper")
     t0 = time.perf_counter()
     model.train(max_steps=spec["steps"], train_size=1.0, accelerator="cpu", enable_progress_bar=False,
                 enable_model_summary=False, logger=False, enable_checkpointing=False)

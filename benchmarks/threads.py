@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
 from benchmarks import _common as common
 
 ROOT = Path(__file__).resolve().parent.parent

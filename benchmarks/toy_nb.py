@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from benchmarks import _common as common
 
 SETTINGS = {"stated": (0.05, 0.5), "matched": (0.2, 2.0)}
@@ -75,7 +76,7 @@ def run_setting(name: str, mean_range: tuple[float, float], args: argparse.Names
         t0 = time.perf_counter()
         scvi.settings.seed = args.seed  # same initial weights and training batches on every run
         cds.CountsDiffModel.setup_anndata(train)
-        model = cds.CountsDiffModel(train, backbone_kwargs=net, schedule=schedule)
+        model = cds.CountsDiffModel(train, preset="paper", backbone_kwargs=net, schedule=schedule)
         model.train(max_steps=args.max_steps, batch_size=256, train_size=0.95, accelerator="cpu",
                     enable_progress_bar=False, enable_model_summary=False)
         timings[f"countsdiff_{key}_train_s"] = time.perf_counter() - t0

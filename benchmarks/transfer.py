@@ -146,7 +146,7 @@ def main() -> None:
     t0 = time.perf_counter()
     cd_data = train.copy()
     cds.CountsDiffModel.setup_anndata(cd_data, labels_key="cell_type", categorical_covariate_keys=["batch"])
-    models["CountsDiff"] = cds.CountsDiffModel(cd_data)
+    models["CountsDiff"] = cds.CountsDiffModel(cd_data, preset="paper")
     models["CountsDiff"].train(max_steps=args.max_steps, **fit)
     timings["countsdiff_train_s"] = time.perf_counter() - t0
     common.log(f"CountsDiff (labels + batch) trained ({args.max_steps} steps) in {timings['countsdiff_train_s']:.0f} s")
@@ -154,7 +154,7 @@ def main() -> None:
         t0 = time.perf_counter()
         bo_data = train.copy()
         cds.CountsDiffModel.setup_anndata(bo_data, categorical_covariate_keys=["batch"])
-        models["CountsDiff (batch only)"] = cds.CountsDiffModel(bo_data)
+        models["CountsDiff (batch only)"] = cds.CountsDiffModel(bo_data, preset="paper")
         models["CountsDiff (batch only)"].train(max_steps=args.max_steps, **fit)
         timings["countsdiff_batch_only_train_s"] = time.perf_counter() - t0
         common.log(f"CountsDiff (batch only) trained in {timings['countsdiff_batch_only_train_s']:.0f} s")
