@@ -340,16 +340,19 @@ def synthetic_batch_effect(original: np.ndarray, rng: np.random.Generator, n_boo
     return {"observed": observed, "in_b": in_b, "keep": keep, "boosted": boosted, "boost_rate": boost_rate}
 
 
+def row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (0 for a row without variance)."""
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return np.divide((a * b).sum(axis=1), den, out=np.zeros(a.shape[0]), where=den > 0)
+
+
 def per_cell_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (log-normalised profiles; 0 for a row
-    without variance)."""
+    """:func:`row_pearson` of the log-normalised profiles of ``a`` and ``b`` (counts)."""
     from countsdiff_sc.pp import log_normalize
 
-    la, lb = log_normalize(np.clip(a, 0.0, None)), log_normalize(np.clip(b, 0.0, None))
-    la -= la.mean(axis=1, keepdims=True)
-    lb -= lb.mean(axis=1, keepdims=True)
-    den = np.sqrt((la**2).sum(axis=1) * (lb**2).sum(axis=1))
-    return np.divide((la * lb).sum(axis=1), den, out=np.zeros(len(la)), where=den > 0)
+    return row_pearson(log_normalize(np.clip(a, 0.0, None)), log_normalize(np.clip(b, 0.0, None)))
 
 
 def chain_settings(seed: int, **settings: Any) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from benchmarks._common import row_pearson
+
 
 def dense(x: Any) -> np.ndarray:
     from countsdiff_sc._utils import to_dense
@@ -21,13 +23,6 @@ def lognorm(x: np.ndarray) -> np.ndarray:
     from countsdiff_sc.pp import log_normalize
 
     return log_normalize(np.clip(x, 0.0, None), 1e4)
-
-
-def row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    return np.divide((a * b).sum(axis=1), den, out=np.zeros(a.shape[0]), where=den > 0)
 
 
 def gene_corr(logx: np.ndarray) -> np.ndarray:
