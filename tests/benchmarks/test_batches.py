@@ -72,3 +72,29 @@ def test_synthetic_effect_keeps_integers_and_its_truth():
     plain = np.setdiff1d(np.arange(30), effect["boosted"])
     assert np.all(obs[in_b][:, plain] <= original[in_b][:, plain])  # thinning only removes molecules
     assert np.all((effect["keep"] >= 0.3) & (effect["keep"] <= 1.0))
+
+
+def test_resampled_cells_are_thinned_copies_of_real_cells_with_their_batch_and_type():
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+    from benchmarks.batches_scale import resampled
+
+    rng = np.random.default_rng(1)
+    x = rng.poisson(3.0, (30, 12)).astype(np.float32)
+    x[0] = 0  # an empty source cell: its copies are dropped
+    obs = pd.DataFrame({"batch": pd.Categorical(np.repeat(["a", "b"], 15)),
+                        "cell_type": pd.Categorical(np.tile(["t1", "t2", "t3"], 10))},
+                       index=[f"c{i}" for i in range(30)])
+    source = ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(12)]))
+    out = resampled(source, 500, seed=0)
+    assert out.n_obs <= 500 and list(out.var_names) == list(source.var_names)
+    assert out.obs_names.is_unique and np.all(np.asarray(out.X.sum(axis=1)).ravel() > 0)
+    new = out.X.toarray()
+    assert np.all(new == np.rint(new)) and new.min() >= 0
+    # each new cell is a thinning of a source cell of its own batch and type: no count above that cell's
+    fits = [(new[i] <= x[j]).all() and out.obs["batch"].iloc[i] == obs["batch"].iloc[j]
+            and out.obs["cell_type"].iloc[i] == obs["cell_type"].iloc[j] for i in range(50) for j in range(30)]
+    assert np.reshape(fits, (50, 30)).any(axis=1).all()
+    kept = new.sum() / (x[1:].sum() * out.n_obs / 29)  # about 0.75 of the molecules on average
+    assert 0.6 < kept < 0.9
