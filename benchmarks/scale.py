@@ -89,9 +89,10 @@ def _impute_task(spec: dict) -> dict:
     model = cds.CountsDiffModel.load(spec["weights"], adata=None, accelerator="cpu")
     t0, c0 = time.perf_counter(), time.process_time()
     with common.PeakMemory() as mem:
-        model.impute(adata, n_samples=spec["n_samples"], n_steps=spec["n_steps"], seed=0, progress=False,
-                     batch_size=spec.get("batch_size", 2048), store_samples=spec.get("store_samples", "auto"),
-                     **common.EULER_SAMPLER)
+        model.impute(adata, n_samples=spec["n_samples"], target="dropouts",  # 0.1's fill of the suspected dropouts
+                     store_samples=spec.get("store_samples", "auto"),
+                     **common.chain_settings(0, n_steps=spec["n_steps"], batch_size=spec.get("batch_size", 2048),
+                                             **common.EULER_SAMPLER))
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     rec = adata.uns["countsdiff"]["countsdiff_imputed"]
     spread = adata.layers["countsdiff_imputed_std"]
@@ -110,7 +111,8 @@ def _expression_task(spec: dict) -> dict:
     model = cds.CountsDiffModel.load(spec["weights"], adata=None, accelerator="cpu")
     t0, c0 = time.perf_counter(), time.process_time()
     with common.PeakMemory() as mem:
-        out = model.get_normalized_expression(adata, n_samples=spec["n_samples"], return_numpy=True, seed=0)
+        out = model.get_normalized_expression(adata, n_samples=spec["n_samples"], return_numpy=True,
+                                              **common.chain_settings(0))
     return {"total_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "peak_mib": mem.delta_mib,
             "outputs_mib": out.nbytes / 2**20}
 
