@@ -239,7 +239,9 @@ class ExpressionMixin:
                 check_memory(f"get_normalized_expression(n_samples={n_samples}) of {len(cells)} cells x "
                              f"{x_obs.shape[1]} genes", 8.0 * len(cells) * n_out * x_obs.shape[1],
                              "return_mean=True, fewer n_samples, or fewer cells per call (indices=)")
-                expr = np.zeros((len(cells), n_out, x_obs.shape[1]), dtype=np.float64)
+                # one batch: each entry is written once, so float32 holds exactly what a float64 sum would give
+                expr = np.zeros((len(cells), n_out, x_obs.shape[1]), dtype=np.float64 if len(batches) > 1
+                                else np.float32)
             for block in blocks:
                 values = block.mean[:, None, :] if block.draws is None else block.draws
                 totals = values.sum(axis=2, keepdims=True)
@@ -247,12 +249,15 @@ class ExpressionMixin:
                     float(library_size)
                 norm = np.divide(values * scale, totals, out=np.zeros(values.shape, np.float64), where=totals > 0)
                 expr[block.cells] += norm.mean(axis=1, keepdims=True) if n_out == 1 else norm
-        expr = (expr / len(batches)).astype(np.float32)
+        if len(batches) > 1:
+            expr = (expr / len(batches)).astype(np.float32)
         expr, names = _select_genes(expr, getattr(self, "var_names_", None), gene_list)
         expr = np.transpose(expr, (1, 0, 2))  # (n_samples, n_cells, n_genes), as scvi-tools
         if expr.shape[0] == 1 and n_samples > 1 and not return_mean:  # a posterior mean asked for as samples
             expr = np.repeat(expr, n_samples, axis=0)
-        if return_mean or expr.shape[0] == 1:
+        if expr.shape[0] == 1:
+            expr = expr[0]  # a view: no second copy of a matrix that may be gigabytes
+        elif return_mean:
             expr = expr.mean(axis=0)
         if return_numpy or expr.ndim == 3:
             return expr
