@@ -433,6 +433,8 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s:
                      if info.get("cells_available", info["cells"]) > info["cells"] + info["dropped_empty"] else "")
                   + ".",
                   ""]
+        if "note" in info:  # a remark added to a run's JSON afterwards (e.g. what disturbed its timings)
+            lines += [f"Note on this run: {info['note']}", ""]
         if "annotation" in info:
             ann = pd.DataFrame(info["annotation"]).fillna(0).astype(int)
             lines += ["Cell types of the marker rule per donor:", "", common.frame_to_markdown(ann), ""]
