@@ -157,6 +157,13 @@ def liao_balf(min_genes: int = 200, max_mito: float = 0.2, min_cells: int = 3) -
     return adata
 
 
+def reference_batch(x: Any, batch: np.ndarray) -> str:
+    """The batch with the largest median library size (ties: the first in sorted order)."""
+    lib = np.asarray(x.sum(axis=1)).ravel()
+    medians = pd.Series(lib).groupby(np.asarray(batch).astype(str)).median()
+    return str(medians.sort_index().idxmax())
+
+
 def marker_scores(logx: np.ndarray, genes: Sequence[str], markers: Mapping[str, Sequence[str]]) -> pd.DataFrame:
     """Per cell and type, the mean z-score (over cells) of the type's markers in log-normalised data.
 

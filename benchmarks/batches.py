@@ -100,13 +100,6 @@ def _parse() -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def reference_batch(x: Any, batch: np.ndarray) -> str:
-    """The batch with the largest median library size (ties: the first in sorted order)."""
-    lib = np.asarray(x.sum(axis=1)).ravel()
-    medians = pd.Series(lib).groupby(np.asarray(batch).astype(str)).median()
-    return str(medians.sort_index().idxmax())
-
-
 def load(name: str, n_genes: int, seed: int, quick: bool, max_cells: int | None = None
          ) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
     """``(adata, truth, info)``: counts (CSR) with ``obs["batch"]`` / ``obs["cell_type"]``, the untouched counts of
@@ -163,7 +156,7 @@ def load(name: str, n_genes: int, seed: int, quick: bool, max_cells: int | None 
     info.update({"cells": int(adata.n_obs), "genes": int(adata.n_vars), "dropped_empty": int((~keep).sum()),
                  "batches": adata.obs["batch"].value_counts().sort_index().to_dict(),
                  "types": int(adata.obs["cell_type"].nunique()),
-                 "reference": reference_batch(adata.X, adata.obs["batch"].to_numpy())})
+                 "reference": _data.reference_batch(adata.X, adata.obs["batch"].to_numpy())})
     return adata, truth, info
 
 

@@ -92,11 +92,6 @@ def resampled(source: Any, n_cells: int, seed: int) -> Any:
     return out[np.asarray(out.X.sum(axis=1)).ravel() > 0].copy()
 
 
-def reference_batch(adata: Any) -> str:
-    lib = pd.Series(np.asarray(adata.X.sum(axis=1)).ravel()).groupby(adata.obs["batch"].astype(str).to_numpy())
-    return str(lib.median().sort_index().idxmax())
-
-
 # ---------------------------------------------------------------------------------------------- one run
 def _correct_task(spec: dict) -> dict:
     import anndata as ad
@@ -178,7 +173,7 @@ def main() -> None:
     t_start = time.perf_counter()
     sizes = args.sizes or ([2000] if args.quick else [10_000, 100_000])
     source = real_cells(args.quick)
-    reference = reference_batch(source)
+    reference = _data.reference_batch(source.X, source.obs["batch"].to_numpy())
     cds.CountsDiffModel.setup_anndata(source, labels_key="cell_type", categorical_covariate_keys=["batch"])
     model = cds.CountsDiffModel(source)
     steps = 100 if args.quick else args.max_steps
