@@ -1,13 +1,13 @@
 """Atlas-scale dropout imputation: wall time and peak memory of ``impute`` next to scVI's ``get_normalized_expression``.
 
 Data: CBMC cells resampled with replacement to ``n_cells`` and gene columns resampled with replacement beyond CBMC's
-500 genes (copies of real genes, not new biology; ``perf._data``). Suspected dropouts are marked with
-``pp.mark_dropouts(groupby="cell_type")`` (scIDPMs Algorithm 1). Every measurement runs in a fresh subprocess, so its
-peak memory is its own (Linux ``VmHWM`` growth during the timed call; ``perf._PeakMemory``).
+500 genes (copies of real genes, not new biology; ``_data`` below). Suspected dropouts are marked with
+``pp.mark_dropouts(groupby="cell_type", preset="paper")`` (scIDPMs Algorithm 1). Every measurement runs in a fresh
+subprocess, so its peak memory is its own (Linux ``VmHWM`` growth during the timed call; ``_common.PeakMemory``).
 
 * CountsDiff: the MLP trained briefly (``--pretrain-steps``; the cost of a chain does not depend on the weights'
-  quality beyond the counts they produce), then ``impute(adata, n_samples=5)`` (target: the suspected dropouts;
-  ``store_samples="auto"``, which does not store draws of this size);
+  quality beyond the counts they produce), then ``impute(adata, n_samples=5, target="dropouts")`` (RePaint over
+  the suspected dropouts, Euler steps; ``store_samples="auto"``, which does not store draws of this size);
 * CountsDiff's ``get_normalized_expression(n_samples=5)`` (its default, the posterior mean of depth restoration:
   one network pass per cell);
 * scVI: ``SCVI.get_normalized_expression(n_samples=5)`` (its cost does not depend on the weights, so the model is
@@ -214,8 +214,9 @@ def main() -> None:
     table["expression / scVI CPU time"] = table["expression cpu_s"] / table["scvi cpu_s"]
     title = "# Atlas-scale dropout imputation and expression" + (" (quick mode)" if args.quick else "")
     md = [title, "", common.machine_header("scale", args.quick, total),
-          "", f"Dropout imputation (`impute(adata, n_samples={args.n_samples}, n_steps={args.n_steps})`, suspected "
-          f"dropouts of `mark_dropouts`) and CountsDiff's `get_normalized_expression(n_samples={args.n_samples})` "
+          "", f"Dropout imputation (`impute(adata, n_samples={args.n_samples}, target=\"dropouts\", "
+          f"sampler=cds.Sampler(n_steps={args.n_steps}, step_rule=\"euler\"))`, suspected dropouts of "
+          "`mark_dropouts(preset=\"paper\")`) and CountsDiff's `get_normalized_expression(n_samples={args.n_samples})` "
           "(default: the posterior mean, one network pass per cell) next to scVI's "
           f"`get_normalized_expression(n_samples={args.n_samples})`; "
           f"{args.threads} threads; CountsDiff MLP trained {pretrain} steps (not timed). `total_s` is wall time, "
