@@ -28,7 +28,9 @@ Methods, each in its best honest settings:
 * CountsDiff: ``CountsDiffModel`` with ``labels_key`` = cell type and ``categorical_covariate_keys=["batch"]``,
   trained with its defaults, then every cell outside the reference moved to it. :func:`countsdiff_correct` uses
   ``model.correct_batches`` when the package has it, else what that verb does:
-  ``transfer(covariates={"batch": reference}, retention="auto")`` on the cells of each other batch.
+  ``transfer(covariates={"batch": reference}, retention="auto")`` on the cells of each other batch. Two rows: the
+  first draw (integer counts, what a count-based tool gets) and the mean of ``--draws`` draws (default 5; not
+  integer, the output to set beside scVI's normalised expression x library).
 
 Scores:
 
@@ -41,8 +43,10 @@ Scores:
   (corrected / observed total counts per cell), and the within-batch marker log-fold changes between cell types
   (difference of mean log-normalised expression of a type and the other cells of its batch, over the 20 top
   markers of each type in the uncorrected counts of that batch): Pearson correlation of the corrected values with
-  the uncorrected ones, mean over the non-reference batches; on CBMC also the mean per-cell Pearson correlation
-  (log-normalised) of the moved cells with their untouched originals.
+  the uncorrected ones, mean over the non-reference batches. That score is 1 for doing nothing; on CBMC, where the
+  cells before the effect are known, the same correlation is also taken against the untouched originals' fold
+  changes (over their top markers), with the mean per-cell Pearson correlation (log-normalised) of the moved cells
+  with their originals.
 
 Usage::
 
@@ -52,6 +56,7 @@ Usage::
     python -m benchmarks.batches --datasets liao cbmc --max-cells 2500 --merge   # on subsets, into the same page
     python -m benchmarks.batches --datasets liao --stem batches_liao   # a second run beside the first ...
     python -m benchmarks.batches --assemble benchmarks/results/batches.json benchmarks/results/batches_liao.json
+    python -m benchmarks.batches --datasets hao --stem batches_hao --reuse-baselines benchmarks/results/batches_hao.json
 
 Writes ``benchmarks/results[/quick]/batches.md`` and ``.json``.
 """
@@ -73,8 +78,12 @@ from benchmarks import _data
 DATASETS = ["hao", "liao", "cbmc"]
 N_MARKERS = 20
 MIN_CELLS = 10
+MEAN_ROW = "CountsDiff mean of draws"
 COUNT_METHODS = ["Uncorrected", "ComBat-seq", "scVI posterior predictive", "scVI normalised x library",
-                 "CountsDiff"]
+                 "CountsDiff", MEAN_ROW]
+#: The rows that do not depend on CountsDiff (``--reuse-baselines`` takes them from an earlier run).
+BASELINES = ["Uncorrected", "ComBat-seq", "scVI posterior predictive", "scVI normalised x library", "Harmony",
+             "scVI latent", "Untouched originals (truth)"]
 EMBEDDING_METHODS = ["Harmony", "scVI latent"]
 SCIB_COLUMNS = ["iLISI", "KBET", "Graph connectivity", "BRAS", "cLISI", "Isolated labels", "Leiden NMI",
                 "Leiden ARI", "Silhouette label", "Batch correction", "Bio conservation", "Total"]
@@ -94,6 +103,11 @@ def _parse() -> argparse.Namespace:
                    help="only write the page from the results of these JSON files (runs of other data sets)")
     p.add_argument("--max-steps", type=int, default=None, help="CountsDiff training steps (default: its budget)")
     p.add_argument("--scvi-epochs", type=int, default=None, help="scVI epochs (default: its heuristic)")
+    p.add_argument("--draws", type=int, default=5,
+                   help="CountsDiff draws per cell: the first is the integer row, their mean the non-integer one")
+    p.add_argument("--reuse-baselines", metavar="JSON", default=None,
+                   help="take every row but CountsDiff's from this earlier run (same data, genes and seed) and run "
+                        "only CountsDiff")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     return p.parse_args()
@@ -170,11 +184,14 @@ def combat_seq(x: np.ndarray, batch: np.ndarray, labels: np.ndarray, reference: 
     return np.asarray(out, dtype=np.float64).T
 
 
-def countsdiff_correct(model: Any, adata: Any, covariate: str, reference: str, seed: int) -> np.ndarray:
-    """Every cell outside ``reference`` moved to it by CountsDiff; the reference's cells unchanged (cells x genes).
+def countsdiff_correct(model: Any, adata: Any, covariate: str, reference: str, seed: int, draws: int = 1
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(counts, mean)``: every cell outside ``reference`` moved to it by CountsDiff, the reference's cells unchanged
+    (cells x genes): the first draw (integer) and, with ``draws > 1``, the mean of ``draws`` draws (else None).
 
-    Uses ``model.correct_batches`` when the package provides it (reading ``layers["countsdiff_corrected"]``), else
-    what that verb does: ``transfer(covariates={covariate: reference}, retention="auto")`` per other batch.
+    Uses ``model.correct_batches`` when the package provides it (reading ``layers["countsdiff_corrected"]`` and
+    ``layers["countsdiff_corrected_mean"]``), else what that verb does: ``transfer(covariates={covariate:
+    reference}, retention="auto")`` per other batch (one draw).
     """
     from countsdiff_sc._utils import to_dense
 
@@ -182,8 +199,12 @@ def countsdiff_correct(model: Any, adata: Any, covariate: str, reference: str, s
         work = adata.copy()
         accepted = inspect.signature(model.correct_batches).parameters
         extra = {k: v for k, v in common.chain_settings(seed).items() if k in accepted}
+        if draws > 1:
+            extra["n_samples"] = draws
         model.correct_batches(work, covariate=covariate, reference=reference, **extra)
-        return to_dense(work.layers["countsdiff_corrected"], np.float64)
+        mean = work.layers.get("countsdiff_corrected_mean") if draws > 1 else None
+        return (to_dense(work.layers["countsdiff_corrected"], np.float64),
+                None if mean is None else to_dense(mean, np.float64))
     out = to_dense(adata.X, np.float64).copy()
     batch = adata.obs[covariate].astype(str).to_numpy()
     for name in sorted(set(batch) - {reference}):
@@ -194,25 +215,23 @@ def countsdiff_correct(model: Any, adata: Any, covariate: str, reference: str, s
         if list(moved.var_names) != list(adata.var_names):
             moved = moved[:, adata.var_names]
         out[rows] = to_dense(moved.X, np.float64)
-    return out
+    return out, None
 
 
 def run_methods(adata: Any, reference: str, args: argparse.Namespace, timings: dict[str, float]
                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """``(counts, embeddings)``: every method's corrected counts (cells x genes) and the embedding-only outputs."""
-    import harmonypy
-    import scvi
+    """``(counts, embeddings)``: every method's corrected counts (cells x genes) and the embedding-only outputs
+    (with ``--reuse-baselines``: the uncorrected counts and CountsDiff's only)."""
     import torch
-    from sklearn.decomposition import PCA
 
     from countsdiff_sc._utils import to_dense
-    from countsdiff_sc.pp import log_normalize
 
     x = to_dense(adata.X, np.float64)
     batch = adata.obs["batch"].astype(str).to_numpy()
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     counts: dict[str, np.ndarray] = {"Uncorrected": x}
     embeddings: dict[str, np.ndarray] = {}
+    reuse = args.reuse_baselines is not None
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
@@ -221,6 +240,30 @@ def run_methods(adata: Any, reference: str, args: argparse.Namespace, timings: d
         timings[name] = time.perf_counter() - t0
         common.log(f"{name}: {timings[name]:.0f} s")
         return out
+
+    if not reuse:
+        baselines(adata, x, batch, labels, reference, args, counts, embeddings, timed)
+    cd_data = adata.copy()
+    model = timed("CountsDiff train", lambda: common.train_countsdiff(cd_data, "cell_type", "batch", args.seed,
+                                                                      args.max_steps))
+    timings["CountsDiff budget"] = str(getattr(model, "train_budget_", {}))
+    first, mean = timed("CountsDiff correct", lambda: countsdiff_correct(
+        model, cd_data, "batch", reference, args.seed, args.draws))
+    counts["CountsDiff"] = first
+    if mean is not None:
+        counts[MEAN_ROW] = mean
+    return counts, embeddings
+
+
+def baselines(adata: Any, x: np.ndarray, batch: np.ndarray, labels: np.ndarray, reference: str,
+              args: argparse.Namespace, counts: dict[str, np.ndarray], embeddings: dict[str, np.ndarray],
+              timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+    """ComBat-seq, scVI and Harmony, added to ``counts`` / ``embeddings``."""
+    import harmonypy
+    import scvi
+    from sklearn.decomposition import PCA
+
+    from countsdiff_sc.pp import log_normalize
 
     counts["ComBat-seq"] = timed("ComBat-seq", lambda: combat_seq(x, batch, labels, reference))
 
@@ -243,14 +286,6 @@ def run_methods(adata: Any, reference: str, args: argparse.Namespace, timings: d
     z = np.asarray(timed("Harmony", lambda: harmonypy.run_harmony(
         pcs, meta, ["batch"], random_state=args.seed, verbose=False).Z_corr), np.float64)
     embeddings["Harmony"] = z if z.shape[0] == x.shape[0] else z.T  # harmonypy < 2 returned dims x cells
-
-    cd_data = adata.copy()
-    model = timed("CountsDiff train", lambda: common.train_countsdiff(cd_data, "cell_type", "batch", args.seed,
-                                                                      args.max_steps))
-    timings["CountsDiff budget"] = str(getattr(model, "train_budget_", {}))
-    counts["CountsDiff"] = timed("CountsDiff correct", lambda: countsdiff_correct(
-        model, cd_data, "batch", reference, args.seed))
-    return counts, embeddings
 
 
 # ---------------------------------------------------------------------------------------------- scores
@@ -342,14 +377,19 @@ def fidelity(x_obs: np.ndarray, x_new: np.ndarray, labels: np.ndarray, batch: np
         **{f"marker LFC r [{k}]": v for k, v in lfc.items()},
     }
     if truth is not None:
+        true_lfc = marker_preservation(truth, x_new, labels, batch, others)
+        out["marker LFC r with truth"] = float(np.mean(list(true_lfc.values()))) if true_lfc else float("nan")
         out["per-cell r with truth"] = float(common.per_cell_pearson(new, truth[moved]).mean())
         out["library / true library"] = float(np.median(new.sum(axis=1) / np.maximum(truth[moved].sum(axis=1), 1)))
     return out
 
 
 def score(adata: Any, counts: dict[str, np.ndarray], embeddings: dict[str, np.ndarray], reference: str,
-          truth: np.ndarray | None, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(scib, fidelity)`` tables of one data set."""
+          truth: np.ndarray | None, seed: int, skip: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(scib, fidelity)`` tables of one data set (rows named in ``skip`` left out: reused from an earlier run).
+
+    Every score of a row depends on that row's output alone (scib-metrics unscaled, per embedding), so rows scored
+    in different runs of the same data compare as they would in one."""
     from sklearn.decomposition import PCA
 
     from countsdiff_sc.pp import log_normalize
@@ -357,15 +397,55 @@ def score(adata: Any, counts: dict[str, np.ndarray], embeddings: dict[str, np.nd
     batch = adata.obs["batch"].astype(str).to_numpy()
     labels = adata.obs["cell_type"].astype(str).to_numpy()
     embs = {name: PCA(50, random_state=seed).fit_transform(log_normalize(np.clip(x, 0, None)))
-            for name, x in counts.items()}
+            for name, x in counts.items() if name not in skip}
     embs.update(embeddings)
-    if truth is not None:
+    if truth is not None and "Untouched originals (truth)" not in skip:
         embs["Untouched originals (truth)"] = PCA(50, random_state=seed).fit_transform(log_normalize(truth))
     scib = scib_table(embs, batch, labels)
-    rows = {name: fidelity(counts["Uncorrected"], x, labels, batch, reference, truth) for name, x in counts.items()}
-    if truth is not None:
+    rows = {name: fidelity(counts["Uncorrected"], x, labels, batch, reference, truth) for name, x in counts.items()
+            if name not in skip}
+    if truth is not None and "Untouched originals (truth)" not in skip:
         rows["Untouched originals (truth)"] = fidelity(counts["Uncorrected"], truth, labels, batch, reference, truth)
     return scib, pd.DataFrame(rows).T
+
+
+def _committed(path: str) -> str:
+    """`` (committed in <hash>)`` when ``path`` is unchanged since the last commit that touched it, else ``""``."""
+    import subprocess
+
+    try:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", path], capture_output=True, text=True,
+                               check=True).stdout.strip()
+        commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", path], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return f" (committed in {commit})" if commit and not dirty else ""
+
+
+def reused_rows(old: dict[str, Any], scib: pd.DataFrame, fid: pd.DataFrame, timings: dict[str, Any],
+                info: dict[str, Any], machine: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """This run's CountsDiff rows joined to the baselines' rows of an earlier run of the same data set (checked to
+    have the same cells, genes and reference; ``machine`` is that run's, named on the page beside its timings)."""
+    for key in ("cells", "genes", "reference", "batches"):
+        if old["info"].get(key) != info.get(key):
+            raise SystemExit(f"--reuse-baselines: the earlier run's {key} ({old['info'].get(key)}) differs from this "
+                             f"run's ({info.get(key)}); the rows would not compare.")
+    old_scib, old_fid = pd.DataFrame(old["scib"]).T, pd.DataFrame(old["fidelity"]).T
+    keep = [m for m in BASELINES if m in old_scib.index]
+    scib = pd.concat([old_scib.loc[keep], scib])
+    fid = pd.concat([old_fid.loc[[m for m in keep if m in old_fid.index]], fid])
+    ours = dict(timings)
+    timings.clear()  # the earlier run's baseline timings in their place, between loading and CountsDiff
+    timings["load"] = ours.pop("load")
+    timings.update({k: v for k, v in old["timings"].items() if not k.startswith("CountsDiff")
+                    and k not in ("scores", "load")})
+    timings.update(ours)
+    info["reused_baselines"] = machine.get("cpu", "unknown")
+    info["cpu"] = common.machine_info().get("cpu", "unknown")
+    if "note" in old["info"]:  # a remark on the reused timings still applies to them
+        info["note"] = old["info"]["note"]
+    return scib, fid
 
 
 # ---------------------------------------------------------------------------------------------- page
@@ -373,12 +453,21 @@ def losses(name: str, scib: pd.DataFrame, fid: pd.DataFrame) -> list[str]:
     """Plain statements read off the tables: who has the best overall score among the count-level methods, how
     CountsDiff's marker fold changes compare with ComBat-seq's, and the library of the moved cells."""
     count_rows = [m for m in COUNT_METHODS if m in scib.index]
+    integer_rows = [m for m in count_rows if bool(fid.loc[m, "integer"])]
     best = scib.loc[count_rows, "Total"].idxmax()
+    best_int = scib.loc[integer_rows, "Total"].idxmax()
     cd_total, best_total = scib.loc["CountsDiff", "Total"], scib.loc[best, "Total"]
     overall = scib["Total"].drop(index=[i for i in scib.index if "truth" in i]).idxmax()
+
+    def rank(row: str, rows: list[str]) -> str:
+        return f"rank {int((scib.loc[rows, 'Total'] > scib.loc[row, 'Total']).sum()) + 1} of {len(rows)}"
+
+    mean = (f", {MEAN_ROW} {scib.loc[MEAN_ROW, 'Total']:.3f} ({rank(MEAN_ROW, count_rows)})"
+            if MEAN_ROW in scib.index else "")
     lines = [f"- **{name}**: best overall scIB score among the count-level outputs: {best} ({best_total:.3f}); "
-             f"CountsDiff {cd_total:.3f} (rank {int((scib.loc[count_rows, 'Total'] > cd_total).sum()) + 1} of "
-             f"{len(count_rows)}); best of all rows: {overall} ({scib.loc[overall, 'Total']:.3f})."]
+             f"CountsDiff {cd_total:.3f} ({rank('CountsDiff', count_rows)}){mean}; best integer output: {best_int} "
+             f"({scib.loc[best_int, 'Total']:.3f}; CountsDiff {rank('CountsDiff', integer_rows)}); best of all "
+             f"rows: {overall} ({scib.loc[overall, 'Total']:.3f})."]
     cd_lfc, cs_lfc = fid.loc["CountsDiff", "marker LFC r"], fid.loc["ComBat-seq", "marker LFC r"]
     verdict = "at least as well as" if cd_lfc >= cs_lfc else "less well than"
     lines.append(f"  Within-batch marker log-fold changes: CountsDiff r = {cd_lfc:.3f}, ComBat-seq {cs_lfc:.3f}, "
@@ -394,12 +483,17 @@ def losses(name: str, scib: pd.DataFrame, fid: pd.DataFrame) -> list[str]:
                      f"uncorrected {r['Uncorrected']:.3f}, ComBat-seq {r['ComBat-seq']:.3f}, scVI posterior "
                      f"predictive {r['scVI posterior predictive']:.3f}, scVI normalised x library "
                      f"{r['scVI normalised x library']:.3f}.")
+    if "marker LFC r with truth" in fid.columns:  # the fold changes the moved cells had before the effect
+        t = fid["marker LFC r with truth"].dropna().sort_values(ascending=False)
+        lines.append("  Within-batch marker log-fold changes against the untouched originals' (the truth's top "
+                     "markers): " + ", ".join(f"{m} {v:.3f}" for m, v in t.items()) + ".")
     return lines
 
 
 def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s: float) -> None:
     fid_cols = ["integer", "non-negative", "min value", "library ratio median", "library ratio 5%",
-                "library ratio 95%", "marker LFC r", "per-cell r with truth", "library / true library"]
+                "library ratio 95%", "marker LFC r", "marker LFC r with truth", "per-cell r with truth",
+                "library / true library"]
     lines = [f"# Batch-corrected counts on real multi-batch data{' (quick mode)' if args.quick else ''}", "",
              common.command_header("batches", args.quick, total_s), "",
              "Protocol, methods and metric definitions: the docstring of `benchmarks/batches.py`. In short: each data "
@@ -428,6 +522,13 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s:
                   ""]
         if "note" in info:  # a remark added to a run's JSON afterwards (e.g. what disturbed its timings)
             lines += [f"Note on this run: {info['note']}", ""]
+        if info.get("reused_baselines"):
+            lines += ["The rows and timings of the uncorrected counts, ComBat-seq, scVI and Harmony are those of an "
+                      f"earlier run of the same cells, genes and seed ({info.get('reused_from', 'an earlier run')}; "
+                      "`--reuse-baselines`; that run's CPU: "
+                      f"{info['reused_baselines']}); the CountsDiff rows and timings are this run's "
+                      f"(CPU: {info.get('cpu', 'unknown')}); timings of different runs compare only roughly (the "
+                      "load beside each run differs). Each row's scores depend on its own output only.", ""]
         if "annotation" in info:
             ann = pd.DataFrame(info["annotation"]).fillna(0).astype(int)
             lines += ["Cell types of the marker rule per donor:", "", common.frame_to_markdown(ann), ""]
@@ -446,8 +547,10 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, total_s:
                   "observed total counts per cell (median, 5% and 95% quantiles); marker LFC r: Pearson correlation "
                   f"of the within-batch log-fold changes (type vs the rest of its batch, top {N_MARKERS} markers of "
                   "each type in the uncorrected counts) with the uncorrected values, mean over the non-reference "
-                  "batches; CBMC: mean per-cell Pearson correlation with the untouched originals and the median "
-                  "library over the true one.", "",
+                  "batches; CBMC, where the untouched originals are known: the same correlation with the "
+                  "originals' fold changes over their top markers (marker LFC r with truth), the mean per-cell "
+                  "Pearson correlation with the originals and the median library over the true one. "
+                  f"{MEAN_ROW}: the mean of the draws of `correct_batches(n_samples=...)` (not integer).", "",
                   common.frame_to_markdown(table, float_format="{:.3f}"), ""]
     lines += ["## What loses", "", *what_loses, ""]
     payload = {"args": vars(args), "machine": common.machine_info(), "total_s": total_s, "results": results}
@@ -473,11 +576,23 @@ def main() -> None:
             results.update(part["results"])
             run = part["args"]
             options = [f"--datasets {' '.join(part['results'])}"] + [
-                f"--{key.replace('_', '-')} {run[key]}" for key in ("max_cells", "max_steps", "scvi_epochs")
+                f"--{key.replace('_', '-')} {run[key]}" for key in ("max_cells", "max_steps", "scvi_epochs", "draws",
+                                                                    "reuse_baselines")
                 if run.get(key) is not None]
             args.runs.append(f"`python -m benchmarks.batches {' '.join(options)}`")
         write(results, args, sum(float(part.get("total_s", 0.0)) for part in parts))
         return
+    earlier: dict[str, Any] = {}
+    if args.reuse_baselines:
+        import json
+
+        reused_from = f"`{args.reuse_baselines}` as it was before this run{_committed(args.reuse_baselines)}"
+        earlier_run = json.loads(open(args.reuse_baselines).read())
+        earlier = earlier_run["results"]
+        missing = [d for d in args.datasets if d not in earlier]
+        if missing:
+            raise SystemExit(f"--reuse-baselines {args.reuse_baselines} has no results for {missing}.")
+        args.reused_from = args.reuse_baselines
     previous = common.result_stem(args.stem, args.quick).with_suffix(".json")
     if args.merge and previous.exists():  # earlier data sets first, in the order of DATASETS
         import json
@@ -494,8 +609,12 @@ def main() -> None:
         timings: dict[str, Any] = {"load": time.perf_counter() - t0}
         counts, embeddings = run_methods(adata, info["reference"], args, timings)
         t0 = time.perf_counter()
-        scib, fid = score(adata, counts, embeddings, info["reference"], truth, args.seed)
+        skip = tuple(BASELINES) if args.reuse_baselines else ()
+        scib, fid = score(adata, counts, embeddings, info["reference"], truth, args.seed, skip)
         timings["scores"] = time.perf_counter() - t0
+        if args.reuse_baselines:  # the baselines' rows and timings as the earlier run measured them
+            scib, fid = reused_rows(earlier[name], scib, fid, timings, info, earlier_run.get("machine", {}))
+            info["reused_from"] = reused_from
         common.log(f"{name} scored in {timings['scores']:.0f} s\n{scib.round(3).to_string()}\n"
                    f"{fid.round(3).to_string()}")
         results[name] = {"info": info, "timings": timings, "scib": scib.T.to_dict(), "fidelity": fid.T.to_dict(),

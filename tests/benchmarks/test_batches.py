@@ -62,6 +62,50 @@ def test_fidelity_scores():
     assert marker_preservation(x, flat, labels, batch, ["other"])["other"] < 0.5
 
 
+def test_fold_changes_against_the_truth_reward_restoring_it_not_doing_nothing():
+    rng = np.random.default_rng(3)
+    labels = np.repeat(["t1", "t2", "t3"], 60)
+    batch = np.tile(["ref", "other"], 90)
+    mean = np.full((180, 40), 4.0)
+    for k, t in enumerate(["t1", "t2", "t3"]):
+        mean[labels == t, 10 * k:10 * k + 10] = 30.0  # ten markers per type
+    truth = rng.poisson(mean).astype(float)
+    # the effect: the other batch loses most molecules of the markers of t1 (a type-blind per-gene thinning)
+    keep = np.ones(40)
+    keep[:10] = 0.1
+    observed = truth.copy()
+    other = batch == "other"
+    observed[other] = rng.binomial(truth[other].astype(int), keep).astype(float)
+    left = fidelity(observed, observed, labels, batch, "ref", truth=truth)
+    restored = fidelity(observed, truth, labels, batch, "ref", truth=truth)
+    assert restored["marker LFC r with truth"] == pytest.approx(1.0)
+    assert left["marker LFC r"] == pytest.approx(1.0)  # against the uncorrected counts, doing nothing is perfect
+    assert left["marker LFC r with truth"] < restored["marker LFC r with truth"] - 0.01  # against the truth it is not
+
+
+def test_reused_rows_join_an_earlier_runs_baselines_and_refuse_other_data():
+    import pandas as pd
+    from benchmarks.batches import reused_rows
+
+    info = {"cells": 10, "genes": 5, "reference": "a", "batches": {"a": 5, "b": 5}}
+    old = {"info": dict(info, note="paused"),
+           "scib": {"ComBat-seq": {"Total": 0.6}, "Harmony": {"Total": 0.7}, "CountsDiff": {"Total": 0.1}},
+           "fidelity": {"ComBat-seq": {"marker LFC r": 0.9}, "CountsDiff": {"marker LFC r": 0.1}},
+           "timings": {"load": 9.0, "ComBat-seq": 50.0, "CountsDiff train": 99.0, "scores": 7.0}}
+    scib = pd.DataFrame({"Total": [0.8]}, index=["CountsDiff"])
+    fid = pd.DataFrame({"marker LFC r": [0.95]}, index=["CountsDiff"])
+    timings = {"load": 1.0, "CountsDiff train": 2.0, "scores": 3.0}
+    ours = dict(info)
+    s, f = reused_rows(old, scib, fid, timings, ours, {"cpu": "Old CPU"})
+    assert s["Total"].to_dict() == {"ComBat-seq": 0.6, "Harmony": 0.7, "CountsDiff": 0.8}  # the old CountsDiff row goes
+    assert f["marker LFC r"].to_dict() == {"ComBat-seq": 0.9, "CountsDiff": 0.95}
+    assert list(timings) == ["load", "ComBat-seq", "CountsDiff train", "scores"]
+    assert timings["load"] == 1.0 and timings["ComBat-seq"] == 50.0 and timings["CountsDiff train"] == 2.0
+    assert ours["reused_baselines"] == "Old CPU" and ours["note"] == "paused"
+    with pytest.raises(SystemExit, match="genes"):
+        reused_rows(old, scib, fid, {"load": 1.0}, dict(info, genes=6), {})
+
+
 def test_synthetic_effect_keeps_integers_and_its_truth():
     rng = np.random.default_rng(1)
     original = rng.poisson(3.0, (200, 30)).astype(float)
