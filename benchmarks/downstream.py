@@ -53,8 +53,10 @@ Two CountsDiff models are trained per data set (default MLP backbone, with the l
 CountsDiff rows:
 
 * **CountsDiff impute (default)**: ``impute(adata, n_samples=5)``, the plain call (target ``"denoise"``: every entry's
-  expected count at the cell's own depth, ``f * E[x_D | x]``, guidance 1 towards the cell's label).
+  expected count at the cell's own depth, ``f * E[x_D | x]``, with the default guidance towards the cell's label).
 * **CountsDiff impute, guidance 0**: the same with ``sampler=Sampler(guidance=0)`` (label-free).
+* **CountsDiff impute, guidance 1**: the same with ``sampler=Sampler(guidance=1)``: the conditional posterior mean
+  itself (the default of 0.2.0).
 * **CountsDiff restoration, 1 draw**: one draw of the restored profile (``get_normalized_expression(method="depth",
   n_samples=1)``) times the cell's library: a single sample, which keeps the spread of real cells.
 * **CountsDiff 0.1 (Alg. 1 marks, dropouts)**: the 0.1 flow's ``impute(target="dropouts")`` (RePaint over the
@@ -122,7 +124,7 @@ TARGET_METRICS = [m for m in METRICS if m != "gene_abs_dr"]
 NO_IMPUTATION = "No imputation"
 LEAK = "CountsDiff impute (default), true test labels (leak)"
 COUNTSDIFF = ("CountsDiff impute (default)", "CountsDiff impute, guidance 0", "CountsDiff restoration, 1 draw",
-              "CountsDiff 0.1 (Alg. 1 marks, dropouts)")
+              "CountsDiff 0.1 (Alg. 1 marks, dropouts)", "CountsDiff impute, guidance 1")
 #: validity layers: ``pp.mark_dropouts``' default rule, and scIDPMs Algorithm 1 as written (the paper preset)
 VALID_DEFAULT, VALID_PAPER = "countsdiff_valid", "countsdiff_valid_alg1"
 
@@ -316,6 +318,10 @@ def run_methods(
     imputed, _ = timed("countsdiff_impute_g0", lambda: model.impute(
         free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=0.0)))
     out[COUNTSDIFF[1]] = np.asarray(imputed, dtype=np.float64)
+    plain = data.copy()  # the conditional posterior mean itself (guidance 1, the default of 0.2.0)
+    imputed, _ = timed("countsdiff_impute_g1", lambda: model.impute(
+        plain, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=1.0)))
+    out[COUNTSDIFF[4]] = np.asarray(imputed, dtype=np.float64)
     draw = timed("countsdiff_restoration_draw", lambda: model.get_normalized_expression(
         data, library_size=1, n_samples=1, method="depth", return_numpy=True, sampler=cds.Sampler(seed=seed)))
     out[COUNTSDIFF[2]] = np.asarray(draw, dtype=np.float64) * lib

@@ -7,8 +7,9 @@ annotated types; 2,000 highly variable genes plus the markers). On each:
 * **raw**: the counts, library-size normalised;
 * **CountsDiff, default flow**: ``pp.mark_dropouts(adata, groupby=labels)`` (its default rule), ``setup_anndata(...,
   labels_key, valid_layer)``, ``CountsDiffModel(adata)``, ``train()`` (the default budget), ``impute(adata,
-  n_samples=5)`` (the default target, ``"denoise"``); with the default guidance 1 and with ``guidance=0`` (the
-  label-free path for discovery);
+  n_samples=5)`` (the default target, ``"denoise"``); with the default guidance and, on the same model, the
+  guidance strengths 0 (the label-free path for discovery), 1, 1.5 and 2; the largest fold per guidance is also
+  given over ``--trainings`` trainings of the flow (training seeds), since it moves from one training to another;
 * **CountsDiff 0.1 flow** (the before): Algorithm 1 marks (``preset="paper"``), the paper preset, ``impute(target=
   "dropouts")``, the defaults of 0.1 otherwise;
 * **scVI**: ``SCVI`` (10 latent dimensions, labels as a covariate-free model: ``batch`` none) trained 400 epochs,
@@ -41,6 +42,7 @@ import pandas as pd
 
 from benchmarks import _common as common
 from benchmarks._markers import LABELS, RATIO_FLOOR, library_stats, load, ratios
+from countsdiff_sc.model._sampler import SAMPLER_DEFAULTS
 
 
 def h5ad_ratio(before: Any, after: Any) -> float:
@@ -52,11 +54,16 @@ def h5ad_ratio(before: Any, after: Any) -> float:
         return b.stat().st_size / a.stat().st_size
 
 
+#: The guidance of the default flow (``impute``'s denoising chain) and the strengths set beside it.
+DEFAULT_GUIDANCE = float(SAMPLER_DEFAULTS["default"]["denoise"].guidance)
+GUIDANCES = sorted({0.0, 1.0, 1.5, 2.0, DEFAULT_GUIDANCE})
+
 #: Rows that do not depend on the current defaults (``--reuse-baselines`` takes them from an earlier run).
 BASELINES = ("CountsDiff 0.1 flow (Alg. 1 marks, dropouts)", "scVI normalised x library")
 
 
-def run_dataset(name: str, quick: bool, seed: int, reuse: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_dataset(name: str, quick: bool, seed: int, reuse: dict[str, Any] | None = None, n_trainings: int = 3
+                ) -> dict[str, Any]:
     """Every method on one data set; with ``reuse`` (that data set's entry of an earlier run's JSON) the rows of
     :data:`BASELINES` are taken from it instead of being trained again."""
     import scvi
@@ -74,26 +81,43 @@ def run_dataset(name: str, quick: bool, seed: int, reuse: dict[str, Any] | None 
     # the default flow, as a user types it
     data = adata.copy()
     t0 = time.perf_counter()
-    cds.pp.mark_dropouts(data, groupby=label)
-    cds.CountsDiffModel.setup_anndata(data, labels_key=label, valid_layer="countsdiff_valid")
-    model = cds.CountsDiffModel(data)
-    train_kw = {"max_steps": 60} if quick else {}
-    model.train(enable_progress_bar=False, **train_kw)
+    model = default_model(data, label, quick, seed)
     timings["default: train"] = time.perf_counter() - t0
     before = data.copy()
     t0 = time.perf_counter()
     imputed, _ = model.impute(data, n_samples=5, sampler=cds.Sampler(seed=seed))
     timings["default: impute"] = time.perf_counter() - t0
     info["default: budget"] = {k: v for k, v in model.train_budget_.items() if isinstance(v, (int, float))}
-    methods["CountsDiff default (guidance 1)"] = imputed
-    info["CountsDiff default (guidance 1)"] = {**library_stats(imputed, raw), "h5ad_ratio": h5ad_ratio(before, data),
-                                               "marked_share_of_zeros": float(
-                                                   (~data.layers["countsdiff_valid"]).sum() / (raw == 0).sum())}
-    free = adata.copy()
-    free.layers["countsdiff_valid"] = data.layers["countsdiff_valid"]
-    imputed0, _ = model.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=0.0))
-    methods["CountsDiff default, guidance 0"] = imputed0
-    info["CountsDiff default, guidance 0"] = library_stats(imputed0, raw)
+    default = f"CountsDiff default (guidance {DEFAULT_GUIDANCE:g})"
+    methods[default] = imputed
+    info[default] = {**library_stats(imputed, raw), "h5ad_ratio": h5ad_ratio(before, data),
+                     "marked_share_of_zeros": float((~data.layers["countsdiff_valid"]).sum() / (raw == 0).sum())}
+    for g in GUIDANCES:  # the same model at the other guidance strengths
+        if g == DEFAULT_GUIDANCE:
+            continue
+        free = adata.copy()
+        free.layers["countsdiff_valid"] = data.layers["countsdiff_valid"]
+        other, _ = model.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=g))
+        methods[f"CountsDiff default, guidance {g:g}"] = other
+        info[f"CountsDiff default, guidance {g:g}"] = library_stats(other, raw)
+    # other trainings of the same flow (their seeds): how much the largest fold moves from one training to another
+    stability = {}
+    raw_ratio = ratios(raw, adata, name).clip(lower=RATIO_FLOOR)
+    for extra in range(n_trainings):
+        if extra:
+            trained = default_model(adata.copy(), label, quick, seed + extra)
+        row = {}
+        for g in GUIDANCES:
+            if extra:
+                free = adata.copy()
+                free.layers["countsdiff_valid"] = data.layers["countsdiff_valid"]
+                out, _ = trained.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=g))
+            else:  # the model above
+                out = methods[default if g == DEFAULT_GUIDANCE else f"CountsDiff default, guidance {g:g}"]
+            fold = ratios(out, adata, name) / raw_ratio
+            row[f"guidance {g:g}: largest fold"] = float(fold.max())
+            row[f"guidance {g:g}: gene"] = str(fold.idxmax())
+        stability[f"training seed {seed + extra}"] = row
 
     reused: dict[str, pd.Series] = {}
     if reuse is not None:  # the baselines' ratios, library statistics and timings from the earlier run
@@ -130,7 +154,24 @@ def run_dataset(name: str, quick: bool, seed: int, reuse: dict[str, Any] | None 
                          | reused)
     fold = table.div(table["raw"].clip(lower=RATIO_FLOOR), axis=0)
     return {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "ratios": table, "fold": fold, "info": info,
-            "timings": timings}
+            "timings": timings, "stability": stability}
+
+
+def default_model(data: Any, label: str, quick: bool, seed: int) -> Any:
+    """The default flow on ``data`` (in place): ``mark_dropouts``, ``setup_anndata``, ``CountsDiffModel``, ``train``
+    (the default budget; the training seed ``seed``)."""
+    import scvi
+    import torch
+
+    import countsdiff_sc as cds
+
+    scvi.settings.seed = seed
+    torch.manual_seed(seed)
+    cds.pp.mark_dropouts(data, groupby=label)
+    cds.CountsDiffModel.setup_anndata(data, labels_key=label, valid_layer="countsdiff_valid")
+    model = cds.CountsDiffModel(data)
+    model.train(enable_progress_bar=False, **({"max_steps": 60} if quick else {}))
+    return model
 
 
 def main() -> None:
@@ -139,6 +180,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--datasets", default="pbmc68k,hao")
+    p.add_argument("--trainings", type=int, default=3,
+                   help="trainings of the default flow (seeds seed, seed + 1, ...) for the table of largest folds")
     p.add_argument("--reuse-baselines", metavar="JSON", default=None,
                    help="take the 0.1-flow and scVI rows from this earlier run (only the default flow is run again)")
     args = p.parse_args()
@@ -148,7 +191,8 @@ def main() -> None:
     if args.reuse_baselines:
         earlier = json.loads(Path(args.reuse_baselines).read_text())
         earlier = earlier.get("results", earlier)
-    results = {name: run_dataset(name, args.quick, args.seed, None if earlier is None else earlier[name])
+    results = {name: run_dataset(name, args.quick, args.seed, None if earlier is None else earlier[name],
+                                 min(args.trainings, 2) if args.quick else args.trainings)
                for name in args.datasets.split(",")}
     lines = [f"# Markers on real cells after `impute` ({'quick' if args.quick else 'full'} mode)", "",
              common.machine_header("markers", args.quick, time.perf_counter() - t_start), "",
@@ -168,9 +212,12 @@ def main() -> None:
                   "Largest fold per method: " + ", ".join(f"{m}: {v:.2f}" for m, v in res["fold"].max().items()), "",
                   "Library and file size:", "",
                   common.frame_to_markdown(pd.DataFrame(res["info"]).T, float_format="{:.3g}"), "",
-                  "Timings (s, one thread): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items()), ""]
+                  "Timings (s, one thread): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items()), "",
+                  f"Largest fold over raw (and its gene) per guidance, {len(res['stability'])} trainings of the "
+                  "default flow (training seeds; the first is the model above):", "",
+                  common.frame_to_markdown(pd.DataFrame(res["stability"]).T, float_format="{:.2f}"), ""]
         payload[name] = {"ratios": res["ratios"].to_dict(), "fold": res["fold"].to_dict(), "info": res["info"],
-                         "timings": res["timings"]}
+                         "timings": res["timings"], "stability": res["stability"]}
     common.write_results(common.result_stem("markers", args.quick), lines, payload)
 
 

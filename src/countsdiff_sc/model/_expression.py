@@ -200,9 +200,10 @@ class ExpressionMixin:
             their trusted entries), and ``L / 0.75`` for a cell of ``L`` counts deeper than 0.75 times that.
         sampler
             Chain settings of the draws (:class:`~countsdiff_sc.Sampler`; ``guidance`` also applies to the posterior
-            mean). Guidance 1 (the default) denoises towards each cell's own label; ``guidance=0`` ignores the
-            labels, the choice when the output is used to find or confirm groups (a label-conditioned output leans
-            towards the labels it was given).
+            mean). The default guidance 1.5 denoises towards each cell's own label, sharper than the conditional
+            posterior mean that ``guidance=1`` gives (the guided rate ``y_C^g y_u^(1-g)``, CountsDiff Sec. 3.4; two
+            network passes per step instead of one); ``guidance=0`` ignores the labels, the choice when the output is
+            used to find or confirm groups (a label-conditioned output leans towards the labels it was given).
 
         Returns
         -------

@@ -86,7 +86,8 @@ class ImputationMixin:
         * ``"denoise"``: every entry, by depth restoration: the cell of ``L`` counts is read as a binomial thinning,
           at ``f = L / D``, of a deeper profile ``x_D`` (CountsDiff's forward process, Eq. 4), and the point estimate
           is ``f * E[x_D | x]``, the network's posterior mean at the cell's entry time brought back to the cell's own
-          depth (one network pass; SAVER-like). Observed counts shrink towards what the cell's other genes imply
+          depth (one network pass per guidance term; SAVER-like; with guidance ``g`` the mean under the guided rate,
+          the conditional one at ``g = 1``). Observed counts shrink towards what the cell's other genes imply
           (a stray molecule of an off-type marker fades), zeros rise to what the cell's depth explains, and the
           cell's library is kept (what a zero gains, the noise of the observed entries gives back). The spread is
           that of a new measurement of the cell at its own depth, ``Poisson(f * x_D)`` over draws ``x_D`` of the
@@ -116,8 +117,10 @@ class ImputationMixin:
         sampler
             Chain settings (:class:`~countsdiff_sc.Sampler`); the defaults per target and preset are in
             ``SAMPLER_DEFAULTS`` (RePaint: 10 trapezoid steps run twice, guidance 0.5; denoising: 10 trapezoid
-            steps, guidance 1). Guidance 1 imputes towards each cell's own label; pass
-            ``cds.Sampler(guidance=0.0)`` when the output is used to find or confirm groups.
+            steps, guidance 1.5). Guidance imputes towards each cell's own label: 1 gives the conditional
+            posterior mean, the default 1.5 the guided rate ``y_C^g y_u^(1-g)`` (CountsDiff Sec. 3.4), sharper
+            between close types (two network passes per step instead of one); pass ``cds.Sampler(guidance=0.0)``
+            when the output is used to find or confirm groups.
         point_estimate
             ``"mean"`` (the posterior mean for ``"denoise"``, the mean of the draws otherwise) or ``"median"`` of the
             draws.

@@ -217,7 +217,7 @@ def _table(**verbs: dict[str, Any]) -> dict[str, Sampler]:
 SAMPLER_DEFAULTS: dict[str, dict[str, Sampler]] = {
     "default": _table(
         impute=dict(n_steps=10, step_rule="trapezoid", resample_iters=2, guidance=0.5, attrition=0.02),
-        denoise=dict(n_steps=10, step_rule="trapezoid", guidance=1.0, attrition=0.0),
+        denoise=dict(n_steps=10, step_rule="trapezoid", guidance=1.5, attrition=0.0),
         sample=dict(n_steps=50, step_rule="euler", guidance=1.0, attrition=0.0),
         interpolate=dict(n_steps=30, step_rule="euler", guidance=1.0, attrition=0.0),
         transfer=dict(n_steps=50, step_rule="euler", guidance=1.0, attrition=0.0),
