@@ -81,10 +81,10 @@ MIN_CELLS = 10
 MEAN_ROW = "CountsDiff mean of draws"
 COUNT_METHODS = ["Uncorrected", "ComBat-seq", "scVI posterior predictive", "scVI normalised x library",
                  "CountsDiff", MEAN_ROW]
-#: The rows that do not depend on CountsDiff (``--reuse-baselines`` takes them from an earlier run).
-BASELINES = ["Uncorrected", "ComBat-seq", "scVI posterior predictive", "scVI normalised x library", "Harmony",
-             "scVI latent", "Untouched originals (truth)"]
 EMBEDDING_METHODS = ["Harmony", "scVI latent"]
+#: The rows that do not depend on CountsDiff (``--reuse-baselines`` takes them from an earlier run).
+BASELINES = [m for m in COUNT_METHODS if not m.startswith("CountsDiff")] + EMBEDDING_METHODS + [
+    "Untouched originals (truth)"]
 SCIB_COLUMNS = ["iLISI", "KBET", "Graph connectivity", "BRAS", "cLISI", "Isolated labels", "Leiden NMI",
                 "Leiden ARI", "Silhouette label", "Batch correction", "Bio conservation", "Total"]
 
@@ -592,7 +592,6 @@ def main() -> None:
         missing = [d for d in args.datasets if d not in earlier]
         if missing:
             raise SystemExit(f"--reuse-baselines {args.reuse_baselines} has no results for {missing}.")
-        args.reused_from = args.reuse_baselines
     previous = common.result_stem(args.stem, args.quick).with_suffix(".json")
     if args.merge and previous.exists():  # earlier data sets first, in the order of DATASETS
         import json
