@@ -92,12 +92,17 @@ def run_dataset(name: str, quick: bool, seed: int, reuse: dict[str, Any] | None 
     methods[default] = imputed
     info[default] = {**library_stats(imputed, raw), "h5ad_ratio": h5ad_ratio(before, data),
                      "marked_share_of_zeros": float((~data.layers["countsdiff_valid"]).sum() / (raw == 0).sum())}
+
+    def at(trained: Any, g: float) -> np.ndarray:
+        """``impute`` of a fresh copy of the cells (the same validity layer) at guidance ``g``."""
+        free = adata.copy()
+        free.layers["countsdiff_valid"] = data.layers["countsdiff_valid"]
+        return trained.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=g))[0]
+
     for g in GUIDANCES:  # the same model at the other guidance strengths
         if g == DEFAULT_GUIDANCE:
             continue
-        free = adata.copy()
-        free.layers["countsdiff_valid"] = data.layers["countsdiff_valid"]
-        other, _ = model.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=g))
+        other = at(model, g)
         methods[f"CountsDiff default, guidance {g:g}"] = other
         info[f"CountsDiff default, guidance {g:g}"] = library_stats(other, raw)
     # other trainings of the same flow (their seeds): how much the largest fold moves from one training to another
@@ -108,12 +113,8 @@ def run_dataset(name: str, quick: bool, seed: int, reuse: dict[str, Any] | None 
             trained = default_model(adata.copy(), label, quick, seed + extra)
         row = {}
         for g in GUIDANCES:
-            if extra:
-                free = adata.copy()
-                free.layers["countsdiff_valid"] = data.layers["countsdiff_valid"]
-                out, _ = trained.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=g))
-            else:  # the model above
-                out = methods[default if g == DEFAULT_GUIDANCE else f"CountsDiff default, guidance {g:g}"]
+            out = (at(trained, g) if extra  # the model above: its outputs as they are
+                   else methods[default if g == DEFAULT_GUIDANCE else f"CountsDiff default, guidance {g:g}"])
             fold = ratios(out, adata, name) / raw_ratio
             row[f"guidance {g:g}: largest fold"] = float(fold.max())
             row[f"guidance {g:g}: gene"] = str(fold.idxmax())
