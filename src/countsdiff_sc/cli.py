@@ -365,7 +365,8 @@ def _cmd_impute(args: argparse.Namespace) -> None:
     model = _load_model(args.model, args.accelerator, args.precision)
     model.impute(adata, mask_layer=args.mask_layer, target=args.target, n_samples=args.n_samples,
                  sampler=_sampler(args), key_added=args.key_added,
-                 store_samples=False if args.no_samples else "auto")
+                 store_samples=False if args.no_samples else "auto",
+                 std_key=_keys.std_key(args.key_added) if args.keep_spread else "auto")
     _write(adata, args.out)
 
 
@@ -494,6 +495,9 @@ def _parser() -> argparse.ArgumentParser:
                    "one that holds its validity marks or mask, is refused")
     p.add_argument("--n-samples", type=_positive, default=5)
     p.add_argument("--no-samples", action="store_true", help="do not store the draws in obsm")
+    p.add_argument("--keep-spread", action="store_true",
+                   help="store the spread layer (<key-added>_std) whatever its size (by default a dense spread of "
+                        "more than 2^20 entries is not stored)")
     sampler_args(p, "impute")
     overwrite(p)
     common(p)

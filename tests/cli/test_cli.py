@@ -74,6 +74,12 @@ def test_train_impute_sample_evaluate_roundtrip(tmp_path, run):
     res = ad.read_h5ad(out)
     assert res.layers["countsdiff_imputed"].shape == adata.shape
     assert res.obsm["countsdiff_samples"].shape == (120, 2, 15)
+    denoised = tmp_path / "denoised.h5ad"  # every entry's expected count, the spread kept whatever its size
+    run("impute", str(path), "--model", str(model_dir), "--out", str(denoised), "--target", "denoise", "--n-samples",
+        "2", "--n-steps", "3", "--keep-spread", "--quiet", check=True)
+    res = ad.read_h5ad(denoised)
+    assert res.layers["countsdiff_imputed_std"].shape == adata.shape
+    assert res.uns["countsdiff"]["countsdiff_imputed"]["std_key"] == "countsdiff_imputed_std"
     gen_path = tmp_path / "gen.h5ad"
     run("sample", "--model", str(model_dir), "--out", str(gen_path), "--labels", "type_0,type_1", "--n", "4",
         "--n-steps", "3", "--quiet", check=True)

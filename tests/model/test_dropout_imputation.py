@@ -160,6 +160,31 @@ def test_large_draws_are_not_stored_by_default(dropout_model, monkeypatch):
         model.impute(data, store_samples="yes", **QUICK)
 
 
+def test_large_dense_spread_is_not_stored_by_default_and_no_draws_are_made(dropout_model, monkeypatch):
+    adata, model = dropout_model
+    full = adata.copy()
+    expected, _ = model.impute(full, **QUICK)  # small: the spread is stored
+    monkeypatch.setattr(_imputation, "SAMPLES_AUTO_LIMIT", 10)
+    data = full.copy()  # holds the earlier run's spread: a run that stores none removes it
+    imputed, samples = model.impute(data, **QUICK)
+    rec = data.uns["countsdiff"]["countsdiff_imputed"]
+    assert samples is None and "countsdiff_imputed_std" not in data.layers and "countsdiff_samples" not in data.obsm
+    assert rec["std_key"] == "None" and rec["draws_made"] == 0 and rec["n_samples"] == 3
+    np.testing.assert_array_equal(imputed, expected)  # the expected counts do not depend on the draws
+    # asked for by name, it is stored whatever the size, and the draws are made for it
+    model.impute(data, std_key="countsdiff_imputed_std", **QUICK)
+    np.testing.assert_array_equal(data.layers["countsdiff_imputed_std"], full.layers["countsdiff_imputed_std"])
+    assert data.uns["countsdiff"]["countsdiff_imputed"]["draws_made"] == 3
+    # the median needs the draws; RePaint's sparse spread is stored whatever the size
+    median = data.copy()
+    model.impute(median, point_estimate="median", **QUICK)
+    rec = median.uns["countsdiff"]["countsdiff_imputed"]
+    assert rec["draws_made"] == 3 and "countsdiff_imputed_std" not in median.layers
+    sparse = data.copy()
+    model.impute(sparse, target="dropouts", **QUICK)
+    assert sp.issparse(sparse.layers["countsdiff_imputed_std"])
+
+
 def test_sparse_and_backed_validity_give_the_same_draws(dropout_model, tmp_path):
     adata, model = dropout_model
     dense = adata.copy()

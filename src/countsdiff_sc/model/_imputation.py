@@ -111,7 +111,8 @@ class ImputationMixin:
             ``target="mask"``. None: the mask registered at setup, if any.
         n_samples
             Draws per cell: RePaint completions (``"mask"`` / ``"dropouts"``, averaged for the point estimate), or
-            draws of the restored profile (``"denoise"``, for the spread).
+            draws of the restored profile (``"denoise"``, for the spread and the stored draws; the expected counts do
+            not depend on them).
         target
             ``"auto"``, ``"denoise"``, ``"mask"`` or ``"dropouts"`` (see above).
         sampler
@@ -129,8 +130,12 @@ class ImputationMixin:
             Never the model's counts, validity or mask layer, nor a layer the user owns.
         std_key
             Layer receiving the spread (standard deviation, float32): dense for ``"denoise"``, a CSR matrix of the
-            filled entries otherwise. ``"auto"``: ``key_added + "_std"``; None: not stored (an earlier spread of the
-            same imputation is removed).
+            filled entries otherwise. ``"auto"``: ``key_added + "_std"``, except a dense spread of more than
+            ``SAMPLES_AUTO_LIMIT`` = 2^20 entries, which is not stored (a second dense matrix beside the estimate would
+            double a saved h5ad; pass ``std_key="countsdiff_imputed_std"`` to keep it). None: not stored. A run that
+            stores no spread removes the spread of an earlier run of the same imputation; with neither spread nor
+            draws stored (and ``point_estimate="mean"``), ``"denoise"`` makes no draws at all (``uns`` records
+            ``draws_made``).
         samples_key
             obsm key receiving the draws (integer counts, ``n_obs x n_samples x n_vars``; new measurements at the
             cell's depth for ``"denoise"``, completions otherwise).
@@ -164,7 +169,8 @@ class ImputationMixin:
 
         Examples
         --------
-        >>> model.impute(adata, n_samples=5)                      # expected counts at each cell's depth + spread
+        >>> model.impute(adata, n_samples=5)                      # expected counts at each cell's depth (+ spread)
+        >>> model.impute(adata, std_key="countsdiff_imputed_std")  # the spread kept whatever the size
         >>> model.impute(bench, mask_layer="countsdiff_mask")     # benchmark: held-out entries (RePaint)
         >>> adata.layers["countsdiff_imputed"], adata.layers["countsdiff_imputed_std"]
         """
@@ -192,14 +198,17 @@ class ImputationMixin:
         kind = target if target != "auto" else ("mask" if has_mask else "denoise")
         verb = "denoise" if kind == "denoise" else "impute"
         run = ChainSettings(sampler_for(verb, self.preset, sampler, legacy, stacklevel=3, caller="impute"), self.device)
-        std_key = _keys.std_key(key_added) if std_key == "auto" else std_key
-        _check_output_keys(query.target, key_added, std_key, samples_key, setup_args, mask_layer)
         shape = (query.target.n_obs, len(query.genes))
+        std_key = _std_layer(std_key, key_added, kind, shape)
+        _check_output_keys(query.target, key_added, std_key, samples_key, setup_args, mask_layer)
         keep_draws = _store_draws(store_samples, shape, n_draws, kind)
+        made = n_draws
         if kind == "denoise":
             if mask_layer is not None:
                 raise ValueError("target='denoise' imputes every entry; a mask_layer means target='mask'.")
-            imputed, samples, spread, n_cells, n_entries = self._denoise(query, manager, n_draws, run, keep_draws,
+            # draws serve the spread, the stored draws and the median; with none of them asked for, none are made
+            made = n_draws if std_key is not None or keep_draws or point_estimate == "median" else 0
+            imputed, samples, spread, n_cells, n_entries = self._denoise(query, manager, made, run, keep_draws,
                                                                         point_estimate)
         else:
             targets = _Targets.build(kind, mask_layer, query, manager)
@@ -210,6 +219,7 @@ class ImputationMixin:
             "operation": "impute", "target": kind, "mask_layer": None if kind == "denoise" else (
                 mask_layer or registered), "key_added": key_added, "std_key": std_key,
             "samples_key": samples_key if samples is not None else None, "n_samples": n_draws,
+            "draws_made": made,
             "point_estimate": point_estimate, "n_cells_imputed": n_cells, "n_entries_imputed": n_entries,
             "preset": self.preset, **run.record(),
         })
@@ -313,7 +323,7 @@ class ImputationMixin:
         spread = np.zeros(shape, dtype=np.float32) if n_draws > 1 else None
         samples = np.empty((shape[0], n_draws, shape[1]), dtype=draw_type) if keep_draws else None
         blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths), depths, run, n_draws,
-                                run.progress(work, -(-shape[0] // max(1, run.batch_size // n_draws))
+                                run.progress(work, -(-shape[0] // max(1, run.batch_size // max(1, n_draws)))
                                              * run.evaluations(self.module.schedule)), "imputing")
         for block in blocks:
             f = block.fraction[:, None]
@@ -372,6 +382,19 @@ def _check_output_keys(target: ad.AnnData, key_added: Any, std_key: Any, samples
     for key, where in ((key_added, "layers"), (std_key, "layers"), (samples_key, "obsm")):
         if key is not None:
             check_writable(target, key, where)
+
+
+def _std_layer(std_key: str | None, key_added: str, kind: str, shape: tuple[int, int]) -> str | None:
+    """The layer of the spread, or None: with ``std_key="auto"``, ``key_added + "_std"`` unless the spread is dense
+    (target ``"denoise"``) and holds more than ``SAMPLES_AUTO_LIMIT`` entries (a second dense matrix beside the
+    estimate would double what a saved h5ad holds)."""
+    if std_key != "auto":
+        return std_key
+    if kind == "denoise" and shape[0] * shape[1] > SAMPLES_AUTO_LIMIT:
+        logger.info("Not storing the dense %d x %d spread (std_key='auto' stores at most %d entries of it); pass "
+                    "std_key=%r to keep it.", shape[0], shape[1], SAMPLES_AUTO_LIMIT, _keys.std_key(key_added))
+        return None
+    return _keys.std_key(key_added)
 
 
 def _store_draws(store_samples: bool | str, shape: tuple[int, int], n_draws: int, kind: str) -> bool:
