@@ -6,9 +6,10 @@ state ``x_t ~ Binomial(x_D, f)`` at the time ``t_f`` with ``p(t_f) = f = L / D``
 
 * the **posterior mean** of the restored profile is the network's own estimate at that time,
   ``E[x_D | x] = x + y_hat(x, t_f)`` (the network is trained, Eq. 6, to predict the mean number of molecules thinned
-  away): one network pass, no randomness. Scaled back to the cell's depth, ``f * E[x_D | x]`` is the expected count
-  of each gene at the depth the cell was sequenced at (a SAVER-like posterior mean: observed entries shrink towards
-  the profile the cell's other genes imply, zeros rise to what the cell's depth explains, and the library is kept);
+  away): one network pass per guidance term, no randomness. Scaled back to the cell's depth, ``f * E[x_D | x]`` is
+  the expected count of each gene at the depth the cell was sequenced at (a SAVER-like posterior mean: observed
+  entries shrink towards the profile the cell's other genes imply, zeros rise to what the cell's depth explains, and
+  the library is kept);
 * **draws** of ``x_D`` come from :func:`~countsdiff_sc.diffusion.restore` with every gene of the cell at level ``f``:
   the cell keeps every molecule and the chain adds the missing ones. A draw of a **new measurement** of the cell at
   its own depth is ``Poisson(f * x_D)`` (:func:`predictive_draws`): a new library captures its molecules from the

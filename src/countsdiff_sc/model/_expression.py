@@ -4,7 +4,7 @@ computed by depth restoration (:mod:`._denoise`): each cell enters the reverse c
 Two methods (``method=``):
 
 * ``"posterior_mean"``: the network's own estimate of the restored profile's mean, ``E[x_D | x] = x + y_hat(x, t_f)``
-  at the cell's entry time ``p(t_f) = L / D`` (one network pass, no randomness); the default of
+  at the cell's entry time ``p(t_f) = L / D`` (one network pass per guidance term, no randomness); the default of
   ``get_normalized_expression`` whenever the result is a mean;
 * ``"depth"``: draws of the restored profile (:func:`~countsdiff_sc.diffusion.restore` from the cell's own
   molecules); ``posterior_predictive_sample`` brings each draw back to the cell's depth as a new measurement,
@@ -192,9 +192,9 @@ class ExpressionMixin:
         silent
             Hide the progress bar; None (default): shown when the call is long.
         method
-            ``"posterior_mean"`` (one network pass, deterministic), ``"depth"`` (draws of depth restoration) or
-            ``"auto"``: ``"posterior_mean"`` when the result is a mean (``return_mean`` or one sample), else
-            ``"depth"``.
+            ``"posterior_mean"`` (one network pass per guidance term, deterministic), ``"depth"`` (draws of depth
+            restoration) or ``"auto"``: ``"posterior_mean"`` when the result is a mean (``return_mean`` or one
+            sample), else ``"depth"``.
         depth
             Restored depth ``D`` in counts, or ``"auto"``: the median of the training cells' depths (over
             their trusted entries), and ``L / 0.75`` for a cell of ``L`` counts deeper than 0.75 times that.
