@@ -80,6 +80,9 @@ class Truth:
             "cell_r": float(row_pearson(logx, self.log).mean()),
             "rmse_dropouts": float(np.sqrt(np.mean((scaled - self.counts)[self.dropout] ** 2))),
             "false_signal": float(scaled[self.zero].mean()),
+            # every entry the method sees as 0 (a dropout or a true zero): selected on the data, not on the truth
+            "rmse_zeros": float(np.sqrt(np.mean((scaled - self.counts)[self.dropout | self.zero] ** 2))),
+            "rmse_all": float(np.sqrt(np.mean((scaled - self.counts) ** 2))),
             "gene_r": float(np.corrcoef(ref, got)[0, 1]) if got.std() > 0 else 0.0,
             "gene_abs_dr": float(np.abs(ref - got).mean()),
             "ari": clus["ari"],

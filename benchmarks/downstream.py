@@ -57,6 +57,11 @@ CountsDiff rows:
 * **CountsDiff impute, guidance 0**: the same with ``sampler=Sampler(guidance=0)`` (label-free).
 * **CountsDiff impute, guidance 1**: the same with ``sampler=Sampler(guidance=1)``: the conditional posterior mean
   itself (the default of 0.2.0).
+* **CountsDiff impute, guidance 1.5 without the cap**: ``sampler=Sampler(guidance=1.5, guidance_cap=math.inf)``, the
+  development default before the cap: guided both ways, so a wrong label may also raise genes.
+* **(demo) the default, zeros filled at their unconditioned level**: not a method and not a target: the default's
+  output with every fill at an observed zero divided by ``1 - f`` (``f`` the cell's depth fraction ``L / D``), the
+  entry's expected count had its zero not been seen. It shows what "RMSE dropouts" rewards (below).
 * **CountsDiff restoration, 1 draw**: one draw of the restored profile (``get_normalized_expression(method="depth",
   n_samples=1)``) times the cell's library: a single sample, which keeps the spread of real cells.
 * **CountsDiff 0.1 (Alg. 1 marks, dropouts)**: the 0.1 flow's ``impute(target="dropouts")`` (RePaint over the
@@ -70,6 +75,13 @@ Metrics against the truth (computed the same way for every method; "log-normalis
   (``x * L_true / sum(x)``): a common scale for methods that return different depths (lower).
 * **false signal**: mean value (same rescaling) given to entries that are 0 in the truth (lower; the observed counts
   score 0 by construction, so no method can beat no-imputation here).
+* **RMSE observed zeros** and **RMSE all** (extra, not targets): the same RMSE over every entry the method sees as 0
+  (a dropout or a true zero) and over every entry. "RMSE dropouts" picks its entries by the truth (> 0), which no
+  method can see: on that set a fill above the expected count wins, since the true zeros it would be charged for are
+  left out. Among the zeros a method sees, the expected count given the cell, ``E[truth | observed]``, is the
+  best possible fill in squared error (the posterior mean minimises the expected squared error on any set chosen
+  from the observed data); these two columns score that, and the gap between them and "RMSE dropouts" shows which
+  methods gain by filling high.
 * **gene r**: recovery of gene-gene correlations: Pearson correlation, over the gene pairs, between the gene-gene
   Pearson correlation matrix of the method's log-normalised output and that of the truth, on the 200 genes most
   variable in the log-normalised truth (undefined correlations, from constant genes, count as 0) (higher).
@@ -94,6 +106,7 @@ Writes ``benchmarks/results[/quick]/downstream.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -114,17 +127,23 @@ METRICS: dict[str, tuple[str, bool]] = {
     "cell_r": ("cell r", True),
     "rmse_dropouts": ("RMSE dropouts", False),
     "false_signal": ("false signal", False),
+    "rmse_zeros": ("RMSE observed zeros (extra)", False),
+    "rmse_all": ("RMSE all (extra)", False),
     "gene_r": ("gene r", True),
     "gene_abs_dr": ("gene abs dr (extra)", False),
     "ari": ("ARI", True),
     "nmi": ("NMI", True),
     "markers": ("markers", True),
 }
-TARGET_METRICS = [m for m in METRICS if m != "gene_abs_dr"]
+EXTRA_METRICS = ("gene_abs_dr", "rmse_zeros", "rmse_all")  # reported, not targets
+TARGET_METRICS = [m for m in METRICS if m not in EXTRA_METRICS]
 NO_IMPUTATION = "No imputation"
 LEAK = "CountsDiff impute (default), true test labels (leak)"
 COUNTSDIFF = ("CountsDiff impute (default)", "CountsDiff impute, guidance 0", "CountsDiff restoration, 1 draw",
-              "CountsDiff 0.1 (Alg. 1 marks, dropouts)", "CountsDiff impute, guidance 1")
+              "CountsDiff 0.1 (Alg. 1 marks, dropouts)", "CountsDiff impute, guidance 1",
+              "CountsDiff impute, guidance 1.5 without the cap")
+#: Not a method: the default's output with its fills at observed zeros divided by ``1 - f`` (what RMSE dropouts rewards)
+DEMO = "(demo) the default, zeros filled at their unconditioned level"
 #: validity layers: ``pp.mark_dropouts``' default rule, and scIDPMs Algorithm 1 as written (the paper preset)
 VALID_DEFAULT, VALID_PAPER = "countsdiff_valid", "countsdiff_valid_alg1"
 
@@ -322,6 +341,11 @@ def run_methods(
     imputed, _ = timed("countsdiff_impute_g1", lambda: model.impute(
         plain, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=1.0)))
     out[COUNTSDIFF[4]] = np.asarray(imputed, dtype=np.float64)
+    uncapped = data.copy()  # the development default before the cap (guidance above 1 may raise a gene too)
+    imputed, _ = timed("countsdiff_impute_g15_uncapped", lambda: model.impute(
+        uncapped, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=1.5, guidance_cap=math.inf)))
+    out[COUNTSDIFF[5]] = np.asarray(imputed, dtype=np.float64)
+    out[DEMO] = _unconditioned_zeros(out[COUNTSDIFF[0]], x, model.depth_)
     draw = timed("countsdiff_restoration_draw", lambda: model.get_normalized_expression(
         data, library_size=1, n_samples=1, method="depth", return_numpy=True, sampler=cds.Sampler(seed=seed)))
     out[COUNTSDIFF[2]] = np.asarray(draw, dtype=np.float64) * lib
@@ -332,6 +356,21 @@ def run_methods(
         sampler=cds.Sampler(n_steps=n_steps, seed=seed, step_rule="euler", resample_iters=1, guidance=0.5,
                             progress=False)))
     out[COUNTSDIFF[3]] = np.asarray(imputed, dtype=np.float64)
+    return out
+
+
+def _unconditioned_zeros(imputed: np.ndarray, x: np.ndarray, depth: float) -> np.ndarray:
+    """The default's output with each fill at an observed zero divided by ``1 - f`` (``f = L / D``, the cell's depth
+    fraction): the expected count of the entry had its zero not been seen (a zero of a thinned cell says the entry
+    lost its molecules, so its expected count is ``(1 - f)`` times the unconditioned one). Not a method: it shows
+    that "RMSE dropouts", whose entries are picked by the truth, rewards filling zeros above their expected count."""
+    from countsdiff_sc.model._denoise import restored_depths
+
+    lib = x.sum(axis=1)
+    f = lib / restored_depths(lib, depth)
+    out = imputed.copy()
+    zero = x == 0
+    out[zero] = (imputed / np.maximum(1.0 - f, 1e-6)[:, None])[zero]
     return out
 
 
@@ -520,7 +559,7 @@ def check_targets(table: pd.DataFrame) -> pd.DataFrame:
                 continue
             sub = here.set_index("method")
             # the rivals scored in this condition (a merged page may hold other methods in the other setting)
-            baselines = [m for m in here.method.unique() if m not in (*COUNTSDIFF, LEAK, "Truth (ceiling)")
+            baselines = [m for m in here.method.unique() if m not in (*COUNTSDIFF, LEAK, DEMO, "Truth (ceiling)")
                          and here[here.method == m].note.eq("").all()]
             fails = []
             for m in ("cell_r", "rmse_dropouts"):
@@ -535,7 +574,7 @@ def check_targets(table: pd.DataFrame) -> pd.DataFrame:
 def summary_lines(table: pd.DataFrame) -> list[str]:
     """Who wins each metric in each condition (written from the numbers)."""
     lines = []
-    methods = table[~table.method.isin(["Truth (ceiling)", LEAK]) & (table.note == "")]
+    methods = table[~table.method.isin(["Truth (ceiling)", LEAK, DEMO]) & (table.note == "")]
     for cond, sub in methods.groupby("condition", sort=False):
         wins = []
         for m, (title, higher) in METRICS.items():
@@ -644,7 +683,10 @@ def _write(table: pd.DataFrame, targets: pd.DataFrame, info: dict[str, Any], tim
              "the original CBMC test cells before thinning). `cell r` = mean per-cell Pearson correlation of "
              "log-normalised profiles; `RMSE dropouts` = RMSE on the dropout entries (a: zeroed by dropout; b: 0 "
              "after thinning but > 0 in the truth) and `false signal` = mean value at true zeros, both after "
-             "rescaling each output to the truth cell's library size; `gene r` = Pearson correlation between the "
+             "rescaling each output to the truth cell's library size; `RMSE observed zeros` / `RMSE all` (extra, "
+             "not targets) = the same RMSE over every entry observed as 0 (a set chosen from the data, where the "
+             "expected count is the best fill; `RMSE dropouts` picks its entries by the truth, which rewards filling "
+             "high) and over every entry; `gene r` = Pearson correlation between the "
              "gene-gene correlation matrices (log-normalised) of the output and of the truth over the 200 genes most "
              "variable in the truth (gene pairs of the upper triangle); `gene abs dr` = mean absolute difference of "
              "those correlations (extra, not a target); ARI / NMI = Leiden on 30 PCs (best-ARI resolution of "
@@ -664,7 +706,9 @@ def _write(table: pd.DataFrame, targets: pd.DataFrame, info: dict[str, Any], tim
              "Labels: no method is given the labels it is scored against. (a) the methods' labels are Leiden "
              "clusters of the observed counts; (b) the training cells keep their cell types, the test cells get "
              "labels transferred from them by 15-NN (accuracy below). The row marked 'leak' gives CountsDiff the "
-             "true test labels and is not a target.", ""]
+             "true test labels and is not a target. The row marked '(demo)' is not a method either: the default's "
+             "output with each fill at an observed zero raised to the entry's expected count had its zero not been "
+             "seen (divided by 1 - f, f = L / D), to show what `RMSE dropouts` rewards.", ""]
     if "sim" in info:
         s = info["sim"]
         lines += [f"## (a) Simulated dropout ({s['simulator']['n_cells']} cells x {s['simulator']['n_genes']} genes, "

@@ -7,9 +7,11 @@ annotated types; 2,000 highly variable genes plus the markers). On each:
 * **raw**: the counts, library-size normalised;
 * **CountsDiff, default flow**: ``pp.mark_dropouts(adata, groupby=labels)`` (its default rule), ``setup_anndata(...,
   labels_key, valid_layer)``, ``CountsDiffModel(adata)``, ``train()`` (the default budget), ``impute(adata,
-  n_samples=5)`` (the default target, ``"denoise"``); with the default guidance and, on the same model, the
-  guidance strengths 0 (the label-free path for discovery), 1, 1.5 and 2; the largest fold per guidance is also
-  given over ``--trainings`` trainings of the flow (training seeds), since it moves from one training to another;
+  n_samples=5)`` (the default target, ``"denoise"``); with the default guidance (2, capped at the conditional
+  rate) and, on the same model, guidance 0 (the label-free path for discovery), 1 (the conditional posterior mean,
+  the default of 0.2.0), 1.5 and 2 without the cap, and 3 with it (:data:`VARIANTS`); the largest fold per setting
+  is also given over ``--trainings`` trainings of the flow (training seeds), since it moves from one training to
+  another;
 * **CountsDiff 0.1 flow** (the before): Algorithm 1 marks (``preset="paper"``), the paper preset, ``impute(target=
   "dropouts")``, the defaults of 0.1 otherwise;
 * **scVI**: ``SCVI`` (10 latent dimensions, labels as a covariate-free model: ``batch`` none) trained 400 epochs,
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -54,9 +57,26 @@ def h5ad_ratio(before: Any, after: Any) -> float:
         return b.stat().st_size / a.stat().st_size
 
 
-#: The guidance of the default flow (``impute``'s denoising chain) and the strengths set beside it.
-DEFAULT_GUIDANCE = float(SAMPLER_DEFAULTS["default"]["denoise"].guidance)
-GUIDANCES = sorted({0.0, 1.0, 1.5, 2.0, DEFAULT_GUIDANCE})
+#: The guidance of the default flow (``impute``'s denoising chain): strength and cap.
+_DEFAULT = SAMPLER_DEFAULTS["default"]["denoise"]
+DEFAULT_GUIDANCE = float(_DEFAULT.guidance)
+DEFAULT_CAP = _DEFAULT.guidance_cap
+
+
+def _label(g: float, cap: float | None) -> str:
+    if cap is None or cap == math.inf:
+        return f"guidance {g:g}" + (", no cap" if g > 1 else "")
+    return f"guidance {g:g}" + (f", capped at {cap:g}x the conditional rate" if g > 1 else "")
+
+
+DEFAULT_LABEL = _label(DEFAULT_GUIDANCE, DEFAULT_CAP)
+#: Guidance settings set beside the default on the same model: ``name -> Sampler settings`` (``math.inf``: no cap).
+#: 0: the label-free path; 1: the conditional posterior mean (the default of 0.2.0); 1.5 and 2 without a cap (1.5:
+#: the development default before the cap); 3 with the default cap.
+VARIANTS: dict[str, dict[str, float]] = {
+    _label(g, cap): {"guidance": g, "guidance_cap": math.inf if cap is None else cap}
+    for g, cap in ((0.0, None), (1.0, None), (1.5, None), (2.0, None), (3.0, DEFAULT_CAP))
+    if _label(g, cap) != DEFAULT_LABEL}
 
 #: Rows that do not depend on the current defaults (``--reuse-baselines`` takes them from an earlier run).
 BASELINES = ("CountsDiff 0.1 flow (Alg. 1 marks, dropouts)", "scVI normalised x library")
@@ -88,36 +108,35 @@ def run_dataset(name: str, quick: bool, seed: int, reuse: dict[str, Any] | None 
     imputed, _ = model.impute(data, n_samples=5, sampler=cds.Sampler(seed=seed))
     timings["default: impute"] = time.perf_counter() - t0
     info["default: budget"] = {k: v for k, v in model.train_budget_.items() if isinstance(v, (int, float))}
-    default = f"CountsDiff default (guidance {DEFAULT_GUIDANCE:g})"
+    default = f"CountsDiff default ({DEFAULT_LABEL})"
     methods[default] = imputed
     info[default] = {**library_stats(imputed, raw), "h5ad_ratio": h5ad_ratio(before, data),
                      "marked_share_of_zeros": float((~data.layers["countsdiff_valid"]).sum() / (raw == 0).sum())}
 
-    def at(trained: Any, g: float) -> np.ndarray:
-        """``impute`` of a fresh copy of the cells (the same validity layer) at guidance ``g``."""
+    def at(trained: Any, settings: dict[str, float]) -> np.ndarray:
+        """``impute`` of a fresh copy of the cells (the same validity layer) with other guidance settings."""
         free = adata.copy()
         free.layers["countsdiff_valid"] = data.layers["countsdiff_valid"]
-        return trained.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=g))[0]
+        return trained.impute(free, n_samples=5, sampler=cds.Sampler(seed=seed, **settings))[0]
 
-    for g in GUIDANCES:  # the same model at the other guidance strengths
-        if g == DEFAULT_GUIDANCE:
-            continue
-        other = at(model, g)
-        methods[f"CountsDiff default, guidance {g:g}"] = other
-        info[f"CountsDiff default, guidance {g:g}"] = library_stats(other, raw)
+    for key, settings in VARIANTS.items():  # the same model at the other guidance settings
+        other = at(model, settings)
+        methods[f"CountsDiff default, {key}"] = other
+        info[f"CountsDiff default, {key}"] = library_stats(other, raw)
     # other trainings of the same flow (their seeds): how much the largest fold moves from one training to another
     stability = {}
     raw_ratio = ratios(raw, adata, name).clip(lower=RATIO_FLOOR)
+    every = {DEFAULT_LABEL: {}, **VARIANTS}
     for extra in range(n_trainings):
         if extra:
             trained = default_model(adata.copy(), label, quick, seed + extra)
         row = {}
-        for g in GUIDANCES:
-            out = (at(trained, g) if extra  # the model above: its outputs as they are
-                   else methods[default if g == DEFAULT_GUIDANCE else f"CountsDiff default, guidance {g:g}"])
+        for key, settings in every.items():
+            out = (at(trained, settings) if extra  # the model above: its outputs as they are
+                   else methods[default if key == DEFAULT_LABEL else f"CountsDiff default, {key}"])
             fold = ratios(out, adata, name) / raw_ratio
-            row[f"guidance {g:g}: largest fold"] = float(fold.max())
-            row[f"guidance {g:g}: gene"] = str(fold.idxmax())
+            row[f"{key}: largest fold"] = float(fold.max())
+            row[f"{key}: gene"] = str(fold.idxmax())
         stability[f"training seed {seed + extra}"] = row
 
     reused: dict[str, pd.Series] = {}
@@ -175,6 +194,13 @@ def default_model(data: Any, label: str, quick: bool, seed: int) -> Any:
     return model
 
 
+def _stability_table(stability: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Guidance settings (rows) x trainings (columns): ``"fold (gene)"``."""
+    settings = [k[: -len(": largest fold")] for k in next(iter(stability.values())) if k.endswith(": largest fold")]
+    return pd.DataFrame({run: {k: f"{row[f'{k}: largest fold']:.2f} ({row[f'{k}: gene']})" for k in settings}
+                         for run, row in stability.items()})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -214,9 +240,9 @@ def main() -> None:
                   "Library and file size:", "",
                   common.frame_to_markdown(pd.DataFrame(res["info"]).T, float_format="{:.3g}"), "",
                   "Timings (s, one thread): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items()), "",
-                  f"Largest fold over raw (and its gene) per guidance, {len(res['stability'])} trainings of the "
-                  "default flow (training seeds; the first is the model above):", "",
-                  common.frame_to_markdown(pd.DataFrame(res["stability"]).T, float_format="{:.2f}"), ""]
+                  f"Largest fold over raw (and its gene) per guidance setting, {len(res['stability'])} trainings "
+                  "of the default flow (training seeds; the first is the model above):", "",
+                  common.frame_to_markdown(_stability_table(res["stability"])), ""]
         payload[name] = {"ratios": res["ratios"].to_dict(), "fold": res["fold"].to_dict(), "info": res["info"],
                          "timings": res["timings"], "stability": res["stability"]}
     common.write_results(common.result_stem("markers", args.quick), lines, payload)

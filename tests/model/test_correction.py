@@ -195,6 +195,52 @@ def test_pooled_reference(trained):
     assert query.uns["countsdiff"]["countsdiff_corrected"]["reference"] == "pooled"
     with pytest.raises(ValueError, match="one guidance strength"):
         model.correct_batches(_fresh(adata), reference="pooled", sampler=_sampler(guidance={"batch": 1.0}))
+    with pytest.raises(ValueError, match="no single conditional rate to cap"):
+        model.correct_batches(_fresh(adata), reference="pooled", sampler=_sampler(guidance_cap=2.0))
+
+
+def test_every_verb_hands_the_samplers_guidance_cap_to_the_network(trained, monkeypatch):
+    """A ``guidance_cap`` set on the sampler reaches the network's rate in every verb that runs a chain (none drops
+    it silently); the denoising verbs cap at 1 by default, the others do not cap."""
+    import math
+
+    adata, model = trained
+    seen: list = []
+    rate = model.module.rate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("guidance_cap"))
+        return rate(*args, **kwargs)
+
+    monkeypatch.setattr(model.module, "rate", spy)
+    small = _fresh(adata)[:40].copy()
+
+    def held_out():
+        query = _fresh(small)
+        query.layers["hold"] = np.zeros(query.shape, dtype=bool)
+        query.layers["hold"][:, :3] = True
+        return query
+    calls = {
+        "correct_batches": lambda s: model.correct_batches(_fresh(small), reference="b0", sampler=s),
+        "transfer": lambda s: model.transfer(_fresh(small), covariates={"batch": "b0"}, sampler=s),
+        "transfer retention": lambda s: model.transfer(_fresh(small), covariates={"batch": "b0"},
+                                                       retention="auto", sampler=s),
+        "impute mask": lambda s: model.impute(held_out(), mask_layer="hold", n_samples=1, sampler=s),
+        "impute denoise": lambda s: model.impute(_fresh(small), n_samples=1, sampler=s),
+        "expression": lambda s: model.get_normalized_expression(_fresh(small), sampler=s),
+        "sample": lambda s: model.sample(labels=["type_0"] * 4, covariates={"batch": "b0"}, sampler=s),
+    }
+    for name, call in calls.items():
+        seen.clear()
+        call(_sampler(guidance=2.0, guidance_cap=3.0))
+        assert seen and set(seen) == {3.0}, name
+        seen.clear()
+        call(_sampler(guidance=2.0, guidance_cap=math.inf))  # inf: no cap, whatever the verb's default
+        assert seen and all(c is None or c == math.inf for c in seen), name
+        seen.clear()
+        call(_sampler(guidance=2.0))
+        default = {1.0} if name in ("impute denoise", "expression") else {None}
+        assert set(seen) == default, name
 
 
 def test_given_retention_and_huge_counts(trained):

@@ -28,6 +28,7 @@ from countsdiff_sc import _keys
 from countsdiff_sc._resources import check_memory, check_work
 from countsdiff_sc._utils import check_counts, check_writable, get_matrix, is_backed_matrix, record_params, to_dense
 from countsdiff_sc.diffusion import restore_start
+from countsdiff_sc.module import check_guidance_cap
 
 from ._chains import ChainSettings, positive_int
 from ._generation import own_vector_condition
@@ -165,6 +166,10 @@ class CorrectionMixin:
         if pooled and isinstance(run.sampler.guidance, Mapping):
             raise ValueError("reference='pooled' mixes the rates of every batch and takes one guidance strength: "
                              "pass Sampler(guidance=<number>).")
+        if pooled and check_guidance_cap(run.sampler.guidance_cap) is not None:
+            raise ValueError("guidance_cap has no single conditional rate to cap with reference='pooled' (the chains "
+                             "run on the geometric mean of the batches' rates): leave it unset, or move the cells to "
+                             "one batch (reference=...).")
         strengths = space.guidance_strengths(run.sampler.guidance)
         layer = self.registry_["setup_args"].get("layer")
         counts = get_matrix(adata, layer)
@@ -369,7 +374,8 @@ class CorrectionMixin:
             def rate_for(rows: slice):
                 c = None if cat is None else cat[rows]
                 v = None if vec is None else vec[rows]
-                return lambda x, t: module.rate(x, t, c, v, guidance=strengths)
+                return lambda x, t: module.rate(x, t, c, v, guidance=strengths,
+                                                guidance_cap=run.sampler.guidance_cap)
 
             return rate_for
         column = (1 if space.use_labels else 0) + list(space.covariate_categories).index(covariate)

@@ -78,9 +78,11 @@ class ExpressionMixin:
                              "cell to restore, e.g. the median of your cells' library sizes).")
         return float(value)
 
-    def _rate_for(self, codes: np.ndarray | None, cont: np.ndarray | None, valid: np.ndarray | None, strengths):
+    def _rate_for(self, codes: np.ndarray | None, cont: np.ndarray | None, valid: np.ndarray | None, strengths,
+                  cap: float | None = None):
         """``rate_for(rows, depth)``: the guided rate of the given rows (positions into ``codes`` / ``cont`` /
-        ``valid``), conditioned on the depth ``depth`` of each row when the model is depth-conditioned."""
+        ``valid``), conditioned on the depth ``depth`` of each row when the model is depth-conditioned, and capped
+        at ``cap`` times the conditional rate (the sampler's ``guidance_cap``; None or inf: no cap)."""
         module, device = self.module, self.device
 
         def tensor(a: np.ndarray | None, rows: np.ndarray) -> torch.Tensor | None:
@@ -95,7 +97,7 @@ class ExpressionMixin:
             def rate_fn(x, t):
                 if cat_b is None and vec is None:
                     return module.rate(x, t, valid=valid_b)
-                return module.rate(x, t, cat_b, vec, valid=valid_b, guidance=strengths)
+                return module.rate(x, t, cat_b, vec, valid=valid_b, guidance=strengths, guidance_cap=cap)
 
             return rate_fn
 
@@ -126,7 +128,8 @@ class ExpressionMixin:
         blocks_of = -(-len(cells) // max(1, run.batch_size // max(1, n_draws)))  # as restore_blocks cuts them
         steps = blocks_of * (run.evaluations(self.module.schedule) if n_draws else 1)
         show = run.progress(work, steps) if progress is None else bool(progress)
-        blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths), depths, run, n_draws,
+        blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths, run.sampler.guidance_cap),
+                                depths, run, n_draws,
                                 show, "denoising")
         return query, cells, x_obs, depths, blocks
 
@@ -200,10 +203,12 @@ class ExpressionMixin:
             their trusted entries), and ``L / 0.75`` for a cell of ``L`` counts deeper than 0.75 times that.
         sampler
             Chain settings of the draws (:class:`~countsdiff_sc.Sampler`; ``guidance`` also applies to the posterior
-            mean). The default guidance 1.5 denoises towards each cell's own label, sharper than the conditional
-            posterior mean that ``guidance=1`` gives (the guided rate ``y_C^g y_u^(1-g)``, CountsDiff Sec. 3.4; two
-            network passes per step instead of one); ``guidance=0`` ignores the labels, the choice when the output is
-            used to find or confirm groups (a label-conditioned output leans towards the labels it was given).
+            mean). The default guidance (2, capped at the conditional rate: ``guidance_cap=1``) denoises towards
+            each cell's own label, sharper than the conditional posterior mean that ``guidance=1`` gives (the guided
+            rate ``y_C^g y_u^(1-g)``, CountsDiff Sec. 3.4, never above ``y_C``: guidance lowers the genes the label
+            says the cell lacks and adds none; two network passes per step instead of one); ``guidance=0`` ignores
+            the labels, the choice when the output is used to find or confirm groups (a label-conditioned output
+            leans towards the labels it was given).
 
         Returns
         -------

@@ -118,10 +118,13 @@ class ImputationMixin:
         sampler
             Chain settings (:class:`~countsdiff_sc.Sampler`); the defaults per target and preset are in
             ``SAMPLER_DEFAULTS`` (RePaint: 10 trapezoid steps run twice, guidance 0.5; denoising: 10 trapezoid
-            steps, guidance 1.5). Guidance imputes towards each cell's own label: 1 gives the conditional
-            posterior mean, the default 1.5 the guided rate ``y_C^g y_u^(1-g)`` (CountsDiff Sec. 3.4), sharper
-            between close types (two network passes per step instead of one); pass ``cds.Sampler(guidance=0.0)``
-            when the output is used to find or confirm groups.
+            steps, guidance 2 capped at the conditional rate). Guidance imputes towards each cell's own label: 1
+            gives the conditional posterior mean; the default is the guided rate ``y_C^g y_u^(1-g)`` (CountsDiff
+            Sec. 3.4) at ``g = 2`` capped at ``y_C`` (``guidance_cap=1``), so guidance only lowers a gene the label
+            says is less expressed than the cell alone suggests (CD8A in a CD4 T cell) and never raises one above
+            its conditional expectation (a wrong label cannot add another type's genes); two network passes per
+            step instead of one. ``cds.Sampler(guidance=1.0)`` gives 0.2.0's output; pass
+            ``cds.Sampler(guidance=0.0)`` when the output is used to find or confirm groups.
         point_estimate
             ``"mean"`` (the posterior mean for ``"denoise"``, the mean of the draws otherwise) or ``"median"`` of the
             draws.
@@ -289,7 +292,8 @@ class ImputationMixin:
         vec = module.vector_condition(rows(cont), depth)
 
         def rate_fn(x, t):
-            return module.rate(x, t, cat_b, vec, valid=valid_b, guidance=strengths)
+            return module.rate(x, t, cat_b, vec, valid=valid_b, guidance=strengths,
+                               guidance_cap=run.sampler.guidance_cap)
 
         out = repaint(run.wrap(rate_fn), rows(x_b.astype(np.float32)), rows(fill), module.schedule,
                       run.times(module.schedule), **run.chain_kwargs(), resample_jump=run.sampler.resample_jump,
@@ -322,7 +326,8 @@ class ImputationMixin:
         imputed = np.empty(shape, dtype=np.float32)
         spread = np.zeros(shape, dtype=np.float32) if n_draws > 1 else None
         samples = np.empty((shape[0], n_draws, shape[1]), dtype=draw_type) if keep_draws else None
-        blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths), depths, run, n_draws,
+        blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths, run.sampler.guidance_cap),
+                                depths, run, n_draws,
                                 run.progress(work, -(-shape[0] // max(1, run.batch_size // max(1, n_draws)))
                                              * run.evaluations(self.module.schedule)), "imputing")
         for block in blocks:

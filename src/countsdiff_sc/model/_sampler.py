@@ -84,7 +84,11 @@ class Sampler:
         would impose), above 1 sharpens. Or a dict ``{condition: strength}`` (compositional guidance; unequal
         strengths need a model trained with ``uncond_mode="independent"``).
     guidance_cap
-        For guidance above 1: cap the guided rate at this multiple of the conditional rate (None: no cap).
+        For guidance above 1: cap the guided rate at this multiple of the conditional rate; ``math.inf``: no cap.
+        Denoising (``impute`` without a mask, the expression verbs) caps at 1 by default: guidance then only lowers
+        a gene below its expected count under the cell's label, where the label says it is less expressed than the
+        cell alone suggests, and never raises one above it, so a wrong label cannot add another type's genes
+        (measured in the docs' table of defaults). The other verbs: no cap.
     attrition, attrition_kind
         Attrition strength and kind (``"rescale"``, ``"cap"``, ``"constant"`` or ``"none"``; see
         :func:`~countsdiff_sc.diffusion.attrition_rate`). ``"rescale"`` needs a strength in [0, 1].
@@ -159,11 +163,13 @@ class Sampler:
             else:
                 set_(self, "guidance", _check_number(self.guidance, "guidance"))
         if self.guidance_cap is not None:
-            cap = _check_number(self.guidance_cap, "guidance_cap")
-            if cap < 1.0:
-                raise ValueError(f"guidance_cap must be None or a finite number >= 1 (a multiple of the conditional "
-                                 f"rate), got {cap}.")
-            set_(self, "guidance_cap", cap)
+            cap = self.guidance_cap
+            if not (isinstance(cap, numbers.Real) and not isinstance(cap, (bool, np.bool_)) and cap == math.inf):
+                cap = _check_number(cap, "guidance_cap")
+                if cap < 1.0:
+                    raise ValueError(f"guidance_cap must be None, a number >= 1 (a multiple of the conditional "
+                                     f"rate) or math.inf (no cap), got {cap}.")
+            set_(self, "guidance_cap", float(cap))
         if self.attrition is not None:
             set_(self, "attrition", _check_number(self.attrition, "attrition"))
         if self.attrition_kind is not None and self.attrition_kind not in ATTRITION_KINDS:
@@ -217,7 +223,7 @@ def _table(**verbs: dict[str, Any]) -> dict[str, Sampler]:
 SAMPLER_DEFAULTS: dict[str, dict[str, Sampler]] = {
     "default": _table(
         impute=dict(n_steps=10, step_rule="trapezoid", resample_iters=2, guidance=0.5, attrition=0.02),
-        denoise=dict(n_steps=10, step_rule="trapezoid", guidance=1.5, attrition=0.0),
+        denoise=dict(n_steps=10, step_rule="trapezoid", guidance=2.0, guidance_cap=1.0, attrition=0.0),
         sample=dict(n_steps=50, step_rule="euler", guidance=1.0, attrition=0.0),
         interpolate=dict(n_steps=30, step_rule="euler", guidance=1.0, attrition=0.0),
         transfer=dict(n_steps=50, step_rule="euler", guidance=1.0, attrition=0.0),

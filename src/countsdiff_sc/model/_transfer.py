@@ -217,7 +217,8 @@ class TransferMixin:
                 times = settings.times(module.schedule, t0)
 
                 def chain(rows: slice, show: bool) -> torch.Tensor:
-                    rate_fn = _guided_rate(module, cat_all, cont_all, rows, strengths)
+                    rate_fn = _guided_rate(module, cat_all, cont_all, rows, strengths,
+                                           settings.sampler.guidance_cap)
                     return generate(settings.wrap(rate_fn), (rows.stop - rows.start, module.n_genes),
                                     module.schedule, times, **settings.chain_kwargs(), x_start=x_t[rows],
                                     generator=settings.generator, device=device, progress=show)
@@ -288,7 +289,8 @@ class TransferMixin:
 
         def draw() -> np.ndarray:
             return draw_retention(module, settings, x, keep_all, level_all,
-                                  lambda rows: _guided_rate(module, cat_all, cont_all, rows, strengths),
+                                  lambda rows: _guided_rate(module, cat_all, cont_all, rows, strengths,
+                                                            settings.sampler.guidance_cap),
                                   batch_size, progress, "transferring")[1]
 
         table = pd.DataFrame({names[m]: ratios[m] for m in distinct},
@@ -365,13 +367,15 @@ def draw_retention(module, run: ChainSettings, x: torch.Tensor, keep: torch.Tens
     return y_all, np.concatenate([c for _, c in run_batches(module, x.shape[0], batch_size, chain, progress, desc)])
 
 
-def _guided_rate(module, cat_all: torch.Tensor | None, cont_all: torch.Tensor | None, rows: slice, strengths):
-    """The guided rate of the target conditions for the cells ``rows`` (as in ``sample``)."""
+def _guided_rate(module, cat_all: torch.Tensor | None, cont_all: torch.Tensor | None, rows: slice, strengths,
+                 cap: float | None = None):
+    """The guided rate of the target conditions for the cells ``rows`` (as in ``sample``), capped at ``cap`` times
+    the conditional rate (the sampler's ``guidance_cap``)."""
     cat = None if cat_all is None else cat_all[rows]
     vec = None if cont_all is None else cont_all[rows]
 
     def rate_fn(x, t):
-        return module.rate(x, t, cat, vec, guidance=strengths)
+        return module.rate(x, t, cat, vec, guidance=strengths, guidance_cap=cap)
 
     return rate_fn
 

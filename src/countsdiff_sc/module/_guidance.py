@@ -70,7 +70,7 @@ def check_strengths(guidance: Sequence[float], n_conditions: int) -> np.ndarray:
 
 
 def check_guidance_cap(cap: float | None) -> float | None:
-    """Validate the opt-in cap of a guided rate: None (no cap) or a finite number >= 1.
+    """Validate the cap of a guided rate: None or ``inf`` (no cap), or a number >= 1.
 
     With a cap ``c`` the guided rate is ``min(y, c * y_C)``, ``y_C`` the rate given all given conditions; a cap
     below 1 would push even the conditional rate (``g = 1``) down, so it is refused.
@@ -82,19 +82,23 @@ def check_guidance_cap(cap: float | None) -> float | None:
 
     Returns
     -------
-    The cap as a float, or None.
+    The cap as a float, or None (no cap).
 
     Examples
     --------
     >>> check_guidance_cap(5)
     5.0
+    >>> check_guidance_cap(float("inf")) is None
+    True
     """
     if cap is None:
         return None
     value = float(cap)
-    if not value >= 1.0 or value == float("inf"):
-        raise ValueError(f"guidance_cap must be None or a finite number >= 1 (the largest ratio of the guided to the "
-                         f"conditional rate), got {cap}.")
+    if value == float("inf"):  # no cap (how a sampler overrides a verb's default cap)
+        return None
+    if not value >= 1.0:
+        raise ValueError(f"guidance_cap must be None, a number >= 1 (the largest ratio of the guided to the "
+                         f"conditional rate) or inf (no cap), got {cap}.")
     return value
 
 
