@@ -128,9 +128,8 @@ class ExpressionMixin:
         blocks_of = -(-len(cells) // max(1, run.batch_size // max(1, n_draws)))  # as restore_blocks cuts them
         steps = blocks_of * (run.evaluations(self.module.schedule) if n_draws else 1)
         show = run.progress(work, steps) if progress is None else bool(progress)
-        blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths, run.sampler.guidance_cap),
-                                depths, run, n_draws,
-                                show, "denoising")
+        rate_for = self._rate_for(codes, cont, valid, strengths, run.sampler.guidance_cap)
+        blocks = restore_blocks(self, x_obs, rate_for, depths, run, n_draws, show, "denoising")
         return query, cells, x_obs, depths, blocks
 
     def _expression_sampler(self, sampler: Sampler | None, batch_size: int | None, legacy: dict,

@@ -326,8 +326,8 @@ class ImputationMixin:
         imputed = np.empty(shape, dtype=np.float32)
         spread = np.zeros(shape, dtype=np.float32) if n_draws > 1 else None
         samples = np.empty((shape[0], n_draws, shape[1]), dtype=draw_type) if keep_draws else None
-        blocks = restore_blocks(self, x_obs, self._rate_for(codes, cont, valid, strengths, run.sampler.guidance_cap),
-                                depths, run, n_draws,
+        rate_for = self._rate_for(codes, cont, valid, strengths, run.sampler.guidance_cap)
+        blocks = restore_blocks(self, x_obs, rate_for, depths, run, n_draws,
                                 run.progress(work, -(-shape[0] // max(1, run.batch_size // max(1, n_draws)))
                                              * run.evaluations(self.module.schedule)), "imputing")
         for block in blocks:
