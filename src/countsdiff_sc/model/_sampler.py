@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from countsdiff_sc.diffusion import ATTRITION_KINDS, GRIDS, KNOWN_MODES, PRECISIONS, STEP_RULES, StepRule
+from countsdiff_sc.module import check_guidance_cap
 
 __all__ = ["MAX_STEPS", "SAMPLER_DEFAULTS", "Sampler", "defaults_table", "sampler_for"]
 
@@ -164,11 +165,9 @@ class Sampler:
                 set_(self, "guidance", _check_number(self.guidance, "guidance"))
         if self.guidance_cap is not None:
             cap = self.guidance_cap
-            if not (isinstance(cap, numbers.Real) and not isinstance(cap, (bool, np.bool_)) and cap == math.inf):
-                cap = _check_number(cap, "guidance_cap")
-                if cap < 1.0:
-                    raise ValueError(f"guidance_cap must be None, a number >= 1 (a multiple of the conditional "
-                                     f"rate) or math.inf (no cap), got {cap}.")
+            if isinstance(cap, (bool, np.bool_)) or not isinstance(cap, numbers.Real):
+                raise ValueError(f"guidance_cap must be None, a number >= 1 or math.inf (no cap), got {cap!r}.")
+            check_guidance_cap(cap)  # the range rule, shared with the module (inf stays inf here: None = default)
             set_(self, "guidance_cap", float(cap))
         if self.attrition is not None:
             set_(self, "attrition", _check_number(self.attrition, "attrition"))
