@@ -71,6 +71,27 @@ def _layer(adata: ad.AnnData, key: str = "countsdiff_corrected") -> np.ndarray:
     return adata.layers[key].toarray()
 
 
+def _cell_ratios(adata: ad.AnnData, key: str = "countsdiff_corrected") -> np.ndarray:
+    """The retention each cell was moved with, rebuilt from the stored tables (cells x genes; 1 for the reference):
+    its (batch, stratum) row of ``uns[key + "_retention_by_stratum"]`` when there is one, else its batch's column."""
+    table = adata.uns[f"{key}_retention"]
+    rec = adata.uns["countsdiff"][key]
+    own = adata.obs[rec["covariate"]].astype(str).to_numpy()
+    out = np.ones((adata.n_obs, table.shape[0]))
+    for b in table.columns:
+        out[own == b] = table[b].to_numpy()
+    by = adata.uns.get(f"{key}_retention_by_stratum")
+    if by is not None:
+        strata = by["strata"]
+        keys = [c for c in strata.columns if c not in ("cells", "reference cells")]
+        for i, row in enumerate(strata[keys].itertuples(index=False)):
+            match = np.ones(adata.n_obs, dtype=bool)
+            for k, v in zip(keys, row, strict=True):
+                match &= adata.obs[k].astype(str).to_numpy() == v
+            out[match] = by["ratios"][i]
+    return out
+
+
 def test_integer_counts_that_keep_every_observed_molecule(trained, tmp_path):
     adata, model = trained
     query = _fresh(adata)
@@ -82,11 +103,12 @@ def test_integer_counts_that_keep_every_observed_molecule(trained, tmp_path):
     assert (y >= 0).all()
     in_b0 = (query.obs["batch"] == "b0").to_numpy()
     np.testing.assert_array_equal(y[in_b0], x[in_b0])  # the reference's cells are unchanged
-    r = table["b1"].to_numpy()
+    r = _cell_ratios(query)[~in_b0]  # each moved cell's own ratios (its cell type's)
     lost, inflated = r <= 1, r > 1
-    assert (y[~in_b0][:, lost] >= x[~in_b0][:, lost]).all()  # every observed molecule kept
-    assert (y[~in_b0][:, inflated] <= x[~in_b0][:, inflated]).all()  # inflated genes thinned back
-    assert y[~in_b0][:, lost].sum() > x[~in_b0][:, lost].sum()  # and the lost molecules restored
+    assert lost.any() and inflated.any()
+    assert (y[~in_b0][lost] >= x[~in_b0][lost]).all()  # every observed molecule kept
+    assert (y[~in_b0][inflated] <= x[~in_b0][inflated]).all()  # inflated genes thinned back
+    assert y[~in_b0][lost].sum() > x[~in_b0][lost].sum()  # and the lost molecules restored
     assert (query.X != before).nnz == 0  # the user's counts untouched
     assert list(table.columns) == ["b1"] and list(table.index) == list(query.var_names)
     pd.testing.assert_frame_equal(query.uns["countsdiff_corrected_retention"], table)
@@ -358,13 +380,96 @@ def test_other_models_vector_condition_and_guidance(preset):
     for reference, guidance in (("b1", 1.0), ("pooled", 0.5), ("b0", 2.0)):
         query = _fresh(adata)
         query.obsm["cond"] = adata.obsm["cond"].copy()
-        table = model.correct_batches(query, reference=reference, sampler=_sampler(guidance=guidance))
+        model.correct_batches(query, reference=reference, sampler=_sampler(guidance=guidance))
         y, x = _layer(query), query.X.toarray()
         assert (y >= 0).all() and y.dtype == np.int32
-        own = query.obs["batch"].astype(str).to_numpy()
-        for b in table.columns:
-            lost = table[b].to_numpy() <= 1
-            assert (y[own == b][:, lost] >= x[own == b][:, lost]).all()
+        moved = query.obs["batch"].astype(str).to_numpy() != reference
+        lost = (_cell_ratios(query) <= 1) & moved[:, None]
+        assert (y[lost] >= x[lost]).all()
     no_cond = _fresh(adata)
     with pytest.raises(KeyError, match="cond"):
         model.correct_batches(no_cond, reference="b0")
+
+
+def _type_specific(n: int = 900, seed: int = 1) -> ad.AnnData:
+    """Batch b1 thins type_0 by the known retention and type_1 by its mirror image; b1 has no type_2 cells."""
+    rng = np.random.default_rng(seed)
+    base = rng.gamma(2.0, 2.0, size=(3, N_GENES)) + 1.0
+    batch = np.where(rng.random(n) < 0.5, "b0", "b1")
+    kind = rng.integers(0, 3, n)
+    kind[batch == "b1"] = rng.integers(0, 2, int((batch == "b1").sum()))
+    effect = np.stack([_truth(), _truth()[::-1], np.ones(N_GENES)])
+    mu = base[kind] * np.where((batch == "b1")[:, None], effect[kind], 1.0)
+    x = rng.negative_binomial(5, 5 / (5 + mu)).astype(np.float32)
+    obs = pd.DataFrame({"cell_type": pd.Categorical([f"type_{k}" for k in kind]),
+                        "batch": pd.Categorical(batch)}, index=[f"c{i}" for i in range(n)])
+    return ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(N_GENES)]))
+
+
+def test_a_retention_that_differs_by_cell_type_is_recovered_and_used(monkeypatch):
+    import countsdiff_sc.model._correction as correction
+
+    adata = _type_specific()
+    model = _train(adata, labels_key="cell_type", categorical_covariate_keys=["batch"])
+    seen = []
+    real = correction.retention_levels
+
+    def spy(x, r, *args, **kw):
+        seen.append(np.asarray(r, np.float64).copy())
+        return real(x, r, *args, **kw)
+
+    monkeypatch.setattr(correction, "retention_levels", spy)
+    query = _fresh(adata)
+    table = model.correct_batches(query, reference="b0", sampler=_sampler())
+    by = query.uns["countsdiff_corrected_retention_by_stratum"]
+    strata = by["strata"]
+    assert list(strata.columns) == ["batch", "cell_type", "cells", "reference cells"]
+    assert sorted(strata["cell_type"]) == ["type_0", "type_1"] and set(strata["batch"]) == {"b1"}
+    own = {t: np.log(by["ratios"][i]) for i, t in enumerate(strata["cell_type"])}
+    truth = {"type_0": np.log(_truth()), "type_1": np.log(_truth()[::-1])}
+    for t in truth:  # each type's own effect, opposite in the two types
+        assert np.corrcoef(own[t], truth[t])[0, 1] > 0.95
+        assert np.abs(own[t] - truth[t]).max() < 0.45
+    shared = np.log(table["b1"].to_numpy())  # the per-gene ratio averages the two: flat, far from both
+    assert all(np.abs(shared - truth[t]).mean() > 2 * np.abs(own[t] - truth[t]).mean() for t in truth)
+    in_b1 = query.obs["batch"].to_numpy() == "b1"
+    np.testing.assert_allclose(np.vstack(seen), _cell_ratios(query)[in_b1], rtol=1e-6)  # what the chains used
+    rec = query.uns["countsdiff"]["countsdiff_corrected"]
+    assert rec["retention"] == "auto" and rec["cells_with_own_stratum_ratio"] == int(in_b1.sum())
+    # the corrected b1 cells of each type sit at b0's level of that type, which one ratio per gene cannot do
+    per_gene = _fresh(adata)
+    model.correct_batches(per_gene, reference="b0", retention="per_gene", sampler=_sampler())
+    x = query.X.toarray()
+    for t in truth:
+        rows_b1 = in_b1 & (query.obs["cell_type"].to_numpy() == t)
+        rows_b0 = ~in_b1 & (query.obs["cell_type"].to_numpy() == t)
+        target = np.log1p(x[rows_b0].mean(0))
+        err_auto = np.abs(np.log1p(_layer(query)[rows_b1].mean(0)) - target).mean()
+        err_gene = np.abs(np.log1p(_layer(per_gene)[rows_b1].mean(0)) - target).mean()
+        assert err_auto < 0.7 * err_gene, (t, err_auto, err_gene)
+
+
+def test_per_gene_retention_and_cell_types_the_reference_lacks(trained, monkeypatch):
+    adata, model = trained
+    a, b = _fresh(adata), _fresh(adata)
+    a.uns["countsdiff_corrected_retention_by_stratum"] = None  # an earlier run's table ...
+    a.uns.setdefault("countsdiff", {})["countsdiff_corrected"] = {"operation": "correct_batches"}
+    table = model.correct_batches(a, reference="b0", retention="per_gene", sampler=_sampler(2))
+    assert "countsdiff_corrected_retention_by_stratum" not in a.uns  # ... is not left to describe this one
+    assert a.uns["countsdiff"]["countsdiff_corrected"]["retention"] == "per_gene"
+    model.correct_batches(b, reference="b0", retention=table, sampler=_sampler(2))
+    np.testing.assert_array_equal(_layer(a), _layer(b))  # per_gene = the per-gene table applied to every cell
+    with pytest.raises(TypeError, match=r"'auto'.*'per_gene'.*got 'per-gene'"):
+        model.correct_batches(_fresh(adata), reference="b0", retention="per-gene")
+
+    lacking = _batched(types_of_b1=(0, 1))  # b1 has no type_2: moving b0 to b1 leaves b0's type_2 without a pair
+    other = _train(lacking, labels_key="cell_type", categorical_covariate_keys=["batch"])
+    q = _fresh(lacking)
+    with pytest.warns(UserWarning, match="no training cell had"):
+        table = other.correct_batches(q, reference="b1", sampler=_sampler())
+    rec = q.uns["countsdiff"]["countsdiff_corrected"]
+    in_b0 = q.obs["batch"].to_numpy() == "b0"
+    t2 = in_b0 & (q.obs["cell_type"].to_numpy() == "type_2")
+    assert rec["cells_with_batch_ratio"] == int(t2.sum()) > 0
+    assert rec["cells_with_own_stratum_ratio"] == int((in_b0 & ~t2).sum())
+    np.testing.assert_allclose(_cell_ratios(q)[t2], np.broadcast_to(table["b0"].to_numpy(), (t2.sum(), N_GENES)))

@@ -66,3 +66,32 @@ def test_unseen_genes_get_one_and_no_overlap_is_an_error():
         estimate_retention(only_b, None, list(adata.var_names), 40, [], {"batch": "b"}, {"batch": "a"})
     with pytest.raises(KeyError, match="no obs column 'donor'"):
         estimate_retention(adata, None, list(adata.var_names), 40, ["donor"], {"batch": "b"}, {"batch": "a"})
+
+
+def test_stratum_ratios_closed_form_shrinkage_and_missing_strata():
+    from countsdiff_sc.model._retention import STRATUM_PRIOR, GroupSums
+
+    # groups b (source) and a (target); strata t0 (both), t1 (both, tiny), t2 (b only)
+    sums = np.array([[200.0, 0.0, 10.0],   # b, t0: 100 cells
+                     [400.0, 0.0, 10.0],   # a, t0: 100 cells
+                     [2.0, 0.0, 0.0],      # b, t1: 2 cells
+                     [8.0, 0.0, 0.0],      # a, t1: 2 cells
+                     [50.0, 5.0, 5.0]])    # b, t2: 10 cells
+    gs = GroupSums(["batch"], ["cell_type"], [("b",), ("a",), ("b",), ("a",), ("b",)],
+                   [("t0",), ("t0",), ("t1",), ("t1",), ("t2",)], np.array([100.0, 100.0, 2.0, 2.0, 10.0]), sums,
+                   "test")
+    base = np.array([0.5, 0.8, 1.5])
+    out = gs.stratum_ratios(("b",), ("a",), base)
+    assert set(out) == {("t0",), ("t1",)}  # t2 has no cells in a: no ratio of its own
+    a0 = STRATUM_PRIOR * 200 / 100**2
+    np.testing.assert_allclose(out[("t0",)], [(2 + a0 * 0.5) / (4 + a0), 0.8, (0.1 + a0 * 1.5) / (0.1 + a0)])
+    assert out[("t0",)][1] == pytest.approx(0.8)  # a gene seen in neither group: the shared ratio
+    # a large stratum gets nearly its own ratio; a tiny one stays near the shared ratio
+    assert abs(out[("t0",)][0] - 0.5) < 0.01
+    a1 = STRATUM_PRIOR * 4 / 4
+    assert out[("t1",)][0] == pytest.approx((1 + a1 * 0.5) / (4 + a1))
+    big = gs.stratum_ratios(("b",), ("a",), base, prior=1e-9)
+    np.testing.assert_allclose(big[("t0",)][[0, 2]], [0.5, 1.0], rtol=1e-6)  # prior -> 0: the raw ratio
+    huge = gs.stratum_ratios(("b",), ("a",), base, prior=1e9)
+    np.testing.assert_allclose(huge[("t1",)], base, rtol=1e-6)  # prior -> inf: the shared ratio
+    assert gs.cells_in(("b",), ("t1",)) == 2 and gs.cells_in(("a",), ("t2",)) == 0

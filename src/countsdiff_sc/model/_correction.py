@@ -1,10 +1,10 @@
 """Batch-corrected integer counts of a whole data set: ``CountsDiffModel.correct_batches``.
 
-Every cell outside the reference batch is moved to it as :meth:`~countsdiff_sc.model._transfer.TransferMixin.transfer`
-does with ``retention="auto"``: the batch is read as a per-gene binomial thinning of the reference's counts,
-``y_g ~ Binomial(x_g, r_g)`` (:mod:`._retention`; ``r_g`` estimated from the model's training data within the same
-label and other covariates), the molecules of genes the batch inflates (``r_g > 1``) are thinned back, and
-:func:`~countsdiff_sc.diffusion.restore` draws, under the reference's conditions, only the molecules the batch lost.
+Every cell outside the reference batch is moved to it by retention, the mechanism of
+:meth:`~countsdiff_sc.model._transfer.TransferMixin.transfer`: the batch is read as a binomial thinning of the reference's counts,
+``y_g ~ Binomial(x_g, r_g)`` (:mod:`._retention`; ``r_g`` estimated from the model's training data, by default for
+each cell type on its own and shrunk towards the batch's per-gene ratio), the molecules of genes the batch inflates
+(``r_g > 1``) are thinned back, and :func:`~countsdiff_sc.diffusion.restore` draws, under the reference's conditions, only the molecules the batch lost.
 Every other molecule of the cell is kept. The data are read and written in blocks of cells (backed objects included),
 and the result is an integer sparse layer.
 """
@@ -49,6 +49,9 @@ MAX_BLOCK = 65536
 #: Working bytes per entry of a block (the user's counts in float64, the corrected counts in int64, the retention,
 #: levels, kept shares and chain states in float32, the running sums of the draws), used by the resource guard.
 BYTES_PER_BLOCK_ENTRY = 64
+#: The estimated retentions: per stratum (cell type, other covariates) shrunk towards the batch's per-gene ratio, or
+#: one ratio per gene and batch (0.2.0).
+RETENTION_MODES = ("auto", "per_gene")
 INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -63,7 +66,7 @@ class CorrectionMixin:
         covariate: str | None = None,
         *,
         reference: str | None = None,
-        retention: Literal["auto"] | pd.DataFrame = "auto",
+        retention: Literal["auto", "per_gene"] | pd.DataFrame = "auto",
         n_samples: int = 1,
         key_added: str = _keys.CORRECTED,
         block_size: int | None = None,
@@ -75,13 +78,23 @@ class CorrectionMixin:
         gene ``g``'s molecules relative to the reference (``r > 1`` for a gene the batch inflates). ``r`` is
         estimated from the model's training data as the ratio of mean counts, batch over reference, compared within
         the same label and other covariates (so a difference in cell-type composition is not taken for a batch
-        effect; :meth:`~countsdiff_sc.model._retention.GroupSums.ratio`). Each cell of ``b`` then keeps every
+        effect; :meth:`~countsdiff_sc.model._retention.GroupSums.ratio`). With ``retention="auto"`` each cell type
+        (each stratum of the label and other covariates) then gets its own ratio, shrunk towards the batch's by five
+        molecules' worth of evidence (:meth:`~countsdiff_sc.model._retention.GroupSums.stratum_ratios`): real batch
+        effects differ by type (ambient RNA adds the same molecules to every cell, a large change for a gene a type
+        barely expresses), and one ratio per gene leaves them in. Cells of a type that the batch or the reference
+        lacks in the training data use the batch's ratio. Each cell of ``b`` then keeps every
         molecule of the genes its batch does not inflate; the genes it inflates are thinned back,
         ``Binomial(x_g, 1 / r_g)``; and :func:`~countsdiff_sc.diffusion.restore` draws the molecules its batch lost,
         ``x_0 | y ~ Binomial(x_0, min(r_g, 1))``, with the network's rate under the reference batch and the cell's own
         label, other covariates and vector condition (a depth-conditioned model is given the depth the retention
-        implies, ``sum_g x_g / r_g``). This is :meth:`transfer` with ``covariates={covariate: reference}`` and
-        ``retention="auto"``, run over the whole object in blocks of cells.
+        implies, ``sum_g x_g / r_g``). With ``retention="per_gene"`` this is :meth:`transfer` with
+        ``covariates={covariate: reference}`` and ``retention="auto"``, run over the whole object in blocks of cells.
+
+        The labels steer the correction (as ComBat-seq's protected covariate does): scores of how well the corrected
+        counts keep those same labels apart are then partly circular, and labels that are wrong for a batch are
+        written into its counts. Use labels annotated independently of the batch (per batch, or transferred from a
+        reference), or ``retention="per_gene"`` when the labels are unreliable.
 
         Parameters
         ----------
@@ -103,9 +116,12 @@ class CorrectionMixin:
             moved, and the chains run on the geometric mean of the ``K`` batches' rates (``K`` network passes per
             step instead of one).
         retention
-            ``"auto"`` (estimated from the model's training data) or a pandas DataFrame of ratios, genes (index, by
-            name) x batches (columns: each batch of ``adata`` to move), relative to the reference, e.g. the table an
-            earlier call stored in ``uns[key_added + "_retention"]``.
+            ``"auto"`` (estimated from the model's training data, per cell type and batch, shrunk towards the batch's
+            per-gene ratio; chosen by measurement, see the table of defaults), ``"per_gene"`` (one ratio per gene and
+            batch, 0.2.0's estimate; also what ``reference="pooled"`` uses) or a pandas DataFrame of ratios, genes
+            (index, by name) x batches (columns: each batch of ``adata`` to move), relative to the reference, applied
+            to every cell of the batch, e.g. the per-gene table an earlier call stored in
+            ``uns[key_added + "_retention"]``.
         n_samples
             Draws per cell. ``layers[key_added]`` holds the first (the same whatever ``n_samples``); with more than
             one, ``layers[key_added + "_mean"]`` and ``layers[key_added + "_sd"]`` hold their mean and standard
@@ -126,7 +142,10 @@ class CorrectionMixin:
         Returns
         -------
         The per-gene retention table (genes x batches moved, float64), also stored in
-        ``adata.uns[key_added + "_retention"]``. ``adata.layers[key_added]`` receives the corrected counts: a CSR
+        ``adata.uns[key_added + "_retention"]``. With ``retention="auto"`` the ratios per cell type are stored in
+        ``adata.uns[key_added + "_retention_by_stratum"]``: ``"strata"`` (a DataFrame, one row per batch and
+        stratum, with the training cells of each side) and ``"ratios"`` (float64, rows in that order x the model's
+        genes in the order of the per-gene table). ``adata.layers[key_added]`` receives the corrected counts: a CSR
         matrix of int32 (int64 when a count exceeds the int32 range), non-negative, in ``adata``'s gene order; the
         settings are recorded in ``adata.uns["countsdiff"][key_added]``.
 
@@ -180,13 +199,24 @@ class CorrectionMixin:
         moved = present if pooled else [b for b in present if b != reference]
         outputs = _output_keys(key_added, n_samples)
         _check_outputs(adata, outputs, self.registry_["setup_args"])
-        table, info = self._retention_table(retention, covariate, reference, moved, trained, space)
+        table, info, stratified = self._retention_table(retention, covariate, reference, moved, trained, space)
 
         n_obs, n_vars = adata.n_obs, adata.n_vars
         moving = np.isin(own, moved)
         r_all = table.to_numpy(np.float32).T  # (batches moved, genes)
         batch_row = pd.Index(moved).get_indexer(own)  # row of each cell's batch in r_all (-1: not moved)
-        lowest = float(r_all.min()) if r_all.size else 1.0
+        if stratified is not None:  # a cell whose (batch, stratum) had training cells on both sides: its own row
+            frame, ratios = stratified
+            keys = [covariate, *info["strata_keys"]]
+            pairs = pd.MultiIndex.from_frame(frame[keys])
+            cells = pd.MultiIndex.from_arrays([own, *(adata.obs[k].astype(str).to_numpy() for k in keys[1:])])
+            pair_row = pairs.get_indexer(cells)
+            batch_row = np.where(moving & (pair_row >= 0), len(moved) + pair_row, batch_row)
+            r_all = np.vstack([r_all, ratios.astype(np.float32)])
+            info["cells_with_own_stratum_ratio"] = int((moving & (pair_row >= 0)).sum())
+            info["cells_with_batch_ratio"] = int((moving & (pair_row < 0)).sum())
+        used = np.unique(batch_row[moving])
+        lowest = float(r_all[used].min()) if used.size and r_all.size else 1.0
         passes = (len(trained) if pooled else 1) * (2 if run.sampler.guidance not in (1, 1.0) else 1)
         evaluations = run.evaluations(module.schedule, restore_start(module.schedule, torch.tensor(min(lowest, 1.0))))
         work = float(moving.sum()) * n_samples * module.n_genes * evaluations * (len(trained) if pooled else 1)
@@ -253,11 +283,19 @@ class CorrectionMixin:
         if n_samples > 1:
             adata.layers[outputs[1]], adata.layers[outputs[2]] = layers[1], layers[2]
         adata.uns[f"{key_added}_retention"] = table
+        by_stratum = f"{key_added}_retention_by_stratum"
+        if stratified is not None:
+            adata.uns[by_stratum] = {"strata": stratified[0].set_axis(
+                [str(i) for i in range(len(stratified[0]))]), "ratios": stratified[1]}
+        else:
+            adata.uns.pop(by_stratum, None)  # an earlier run's table would not describe this one
+        mode = retention if isinstance(retention, str) else "given"
         record_params(adata, key_added, {
             "operation": "correct_batches", "covariate": covariate, "reference": reference,
-            "retention": "auto" if isinstance(retention, str) else "given", "n_samples": n_samples,
+            "retention": "per_gene" if mode == "auto" and stratified is None else mode, "n_samples": n_samples,
             "block_size": block, "key_added": key_added, "layers": list(outputs),
             "retention_key": f"{key_added}_retention", "dtype": str(layers[0].dtype),
+            "retention_by_stratum_key": by_stratum if stratified is not None else "",
             "cells_moved": {str(b): int((own == b).sum()) for b in moved}, "preset": self.preset, **info,
             **run.record(),
         })
@@ -303,13 +341,16 @@ class CorrectionMixin:
         return reference
 
     def _retention_table(self, retention: Any, covariate: str, reference: str, moved: list[str], trained: list[str],
-                         space) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """The retention of each batch to move relative to the reference: genes x batches, float64."""
+                         space) -> tuple[pd.DataFrame, dict[str, Any], tuple[pd.DataFrame, np.ndarray] | None]:
+        """The retention of each batch to move relative to the reference: genes x batches, float64; and, for
+        ``retention="auto"`` with a named reference, each (batch, stratum) pair's own ratios (``(strata, ratios)``:
+        one row per pair with its training cells, ratios pairs x genes; None otherwise)."""
         names = pd.Index(model_gene_names(getattr(self, "var_names_", None), self.module.n_genes), dtype=str)
-        if not (isinstance(retention, str) and retention == "auto"):
-            return _given_table(retention, moved, getattr(self, "var_names_", None), self.module.n_genes, names), {}
+        if not (isinstance(retention, str) and retention in RETENTION_MODES):
+            return (_given_table(retention, moved, getattr(self, "var_names_", None), self.module.n_genes, names),
+                    {}, None)
         if not moved:
-            return pd.DataFrame(index=names, dtype=np.float64), {}
+            return pd.DataFrame(index=names, dtype=np.float64), {}, None
         strata = [k for k in condition_slots(space) if k != covariate]
         pooled = reference == POOLED
         anchor = trained[0] if pooled else reference
@@ -327,7 +368,18 @@ class CorrectionMixin:
             rel = {b: rel[b] / centre for b in moved}
         table = pd.DataFrame({str(b): rel[b] for b in moved}, index=names, dtype=np.float64)
         info = {"strata_keys": strata, "anchor": anchor} if pooled else {"strata_keys": strata}
-        return table, info
+        if retention != "auto" or pooled or not strata:
+            return table, info, None
+        rows, ratios = [], []
+        for b in moved:
+            for stratum, r in sums.stratum_ratios((b,), (anchor,), rel[b]).items():
+                rows.append((str(b), *stratum, sums.cells_in((b,), stratum), sums.cells_in((anchor,), stratum)))
+                ratios.append(r)
+        frame = pd.DataFrame(rows, columns=[covariate, *strata, "cells", "reference cells"])
+        for col in [covariate, *strata]:
+            frame[col] = frame[col].astype(str)
+        ratios_array = np.vstack(ratios) if ratios else np.zeros((0, self.module.n_genes))
+        return table, info, (frame, ratios_array)
 
     def _target_codes(self, adata: ad.AnnData, covariate: str, target: str, moving: np.ndarray,
                       warn: bool) -> np.ndarray | None:
@@ -452,9 +504,12 @@ def _check_covariate(space, covariate: Any) -> str:
 def _given_table(retention: Any, moved: list[str], var_names, n_genes: int, names: pd.Index) -> pd.DataFrame:
     """A user's table of ratios (genes x batches) checked and put in the model's gene order."""
     if not isinstance(retention, pd.DataFrame):
-        raise TypeError("retention must be 'auto' (estimated from the model's training data) or a pandas DataFrame of "
-                        "ratios, genes (index, by name) x batches (columns), relative to the reference; got "
-                        f"{type(retention).__name__}.")
+        raise TypeError("retention must be 'auto' (estimated from the model's training data per cell type), "
+                        "'per_gene' (one ratio per gene and batch) or a pandas DataFrame of ratios, genes (index, by "
+                        f"name) x batches (columns), relative to the reference; got {retention!r}."
+                        if isinstance(retention, str) else
+                        "retention must be 'auto', 'per_gene' or a pandas DataFrame of ratios, genes (index, by name) "
+                        f"x batches (columns), relative to the reference; got {type(retention).__name__}.")
     columns = [str(c) for c in retention.columns]
     missing = [b for b in moved if b not in columns]
     if missing:
@@ -488,10 +543,10 @@ def _check_outputs(adata: ad.AnnData, outputs: tuple[str, ...], setup_args: dict
                              "mask layer) or the output of another countsdiff-sc step; choose another key_added.")
         if out not in written:  # a layer the earlier run under this key wrote is ours to replace
             check_writable(adata, out, "layers")
-    uns_key = f"{key}_retention"
-    if uns_key in adata.uns and not owned:
-        raise ValueError(f"adata.uns[{uns_key!r}] already exists and was not written by correct_batches; refusing to "
-                         "overwrite it. Pass another key_added, or delete it first.")
+    for uns_key in (f"{key}_retention", f"{key}_retention_by_stratum"):
+        if uns_key in adata.uns and not owned:
+            raise ValueError(f"adata.uns[{uns_key!r}] already exists and was not written by correct_batches; refusing "
+                             "to overwrite it. Pass another key_added, or delete it first.")
 
 
 def _block_size(block_size: Any, width: int, batch_size: int) -> int:

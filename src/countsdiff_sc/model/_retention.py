@@ -27,6 +27,9 @@ __all__ = ["GroupSums", "NoSharedStrata", "check_retention_series", "estimate_re
 
 #: Cells read at once when summing a reference's counts (bounds the dense block in memory).
 CHUNK = 8192
+#: Molecules' worth of evidence at the batch-wide ratio in each stratum's own ratio (:meth:`GroupSums.stratum_ratios`;
+#: chosen by the batch benchmark, see the table of defaults in the documentation).
+STRATUM_PRIOR = 5.0
 
 
 def pair_name(source: Mapping[str, str], target: Mapping[str, str]) -> str:
@@ -138,6 +141,12 @@ class GroupSums:
         group = tuple(str(v) for v in group)
         return list(dict.fromkeys(s for g, s in zip(self.groups, self.strata, strict=True) if g == group))
 
+    def cells_in(self, group: tuple[str, ...], stratum: tuple[str, ...]) -> int:
+        """Number of cells of ``group`` in ``stratum``."""
+        group, stratum = tuple(str(v) for v in group), tuple(str(v) for v in stratum)
+        return int(sum(n for g, s, n in zip(self.groups, self.strata, self.n, strict=True)
+                       if g == group and s == stratum))
+
     def cells_of(self, group: tuple[str, ...]) -> int:
         """Number of cells of ``group``."""
         group = tuple(str(v) for v in group)
@@ -186,6 +195,39 @@ class GroupSums:
         info = {"source_cells": int(n_s.sum()), "target_cells": int(n_t.sum()), "strata": len(shared),
                 "strata_keys": list(self.strata_keys)}
         return (num + a) / (den + a), info
+
+    def stratum_ratios(self, source: tuple[str, ...], target: tuple[str, ...], base: np.ndarray,
+                       prior: float = STRATUM_PRIOR) -> dict[tuple[str, ...], np.ndarray]:
+        r"""Per-gene ratio of mean counts, ``source`` over ``target``, in each stratum on its own, shrunk towards
+        ``base`` (the ratio over every shared stratum, :meth:`ratio`).
+
+        With ``m_{s,h,g}`` / ``m_{t,h,g}`` the groups' mean counts in stratum ``h`` and its effective size
+        ``w_h = n_{s,h} n_{t,h} / (n_{s,h} + n_{t,h})`` (``b`` = ``base``),
+
+        .. math:: r_{h,g} = \frac{m_{s,h,g} + a_h b_g}{m_{t,h,g} + a_h}, \qquad a_h = \mathrm{prior} / w_h,
+
+        i.e. ``prior`` molecules' worth of evidence at the shared ratio: a gene well measured in a large stratum
+        gets that stratum's own ratio (an effect that differs by cell type, e.g. ambient RNA, which adds the same
+        molecules to every type and so changes rare-in-type genes most), a gene rarely seen there, or a small
+        stratum, the shared one. A gene seen in neither group gets ``base``.
+
+        Returns
+        -------
+        ``{stratum: r}`` for every stratum both groups have cells in (float64, the model's gene order).
+        """
+        source, target = tuple(str(v) for v in source), tuple(str(v) for v in target)
+        src = {s: i for i, (g, s) in enumerate(zip(self.groups, self.strata, strict=True)) if g == source}
+        tgt = {s: i for i, (g, s) in enumerate(zip(self.groups, self.strata, strict=True)) if g == target}
+        base = np.asarray(base, dtype=np.float64)
+        out = {}
+        for stratum, i in src.items():
+            if stratum not in tgt:
+                continue
+            j = tgt[stratum]
+            n_s, n_t = self.n[i], self.n[j]
+            a = prior * (n_s + n_t) / (n_s * n_t)
+            out[stratum] = (self.sums[i] / n_s + a * base) / (self.sums[j] / n_t + a)
+        return out
 
     def _no_overlap(self, source, target, src_strata, tgt_strata, fix: str) -> str:
         def named(group):
