@@ -114,7 +114,8 @@ def _correct_task(spec: dict) -> dict:
     moved = np.flatnonzero(~ref)
     diff = (out[ref] != observed[ref]).nnz if ref.any() else 0
     obs_m, new_m = observed[moved].toarray(), out[moved].toarray()
-    r = table.to_numpy()[:, pd.Index(table.columns).get_indexer(batch[moved])].T  # (moved cells, genes)
+    # the ratios each moved cell got (its cell type's own, or its batch's per gene), in the model's gene order
+    r = cds.model.cell_retention(adata, cells=moved)[:, pd.Index(table.index).get_indexer(adata.var_names)]
     lost = int(((new_m < obs_m) & (r <= 1)).sum())
     gained = int(((new_m > obs_m) & (r > 1)).sum())
     lib_ratio = new_m.sum(axis=1) / np.maximum(obs_m.sum(axis=1), 1)

@@ -72,24 +72,7 @@ def _layer(adata: ad.AnnData, key: str = "countsdiff_corrected") -> np.ndarray:
 
 
 def _cell_ratios(adata: ad.AnnData, key: str = "countsdiff_corrected") -> np.ndarray:
-    """The retention each cell was moved with, rebuilt from the stored tables (cells x genes; 1 for the reference):
-    its (batch, stratum) row of ``uns[key + "_retention_by_stratum"]`` when there is one, else its batch's column."""
-    table = adata.uns[f"{key}_retention"]
-    rec = adata.uns["countsdiff"][key]
-    own = adata.obs[rec["covariate"]].astype(str).to_numpy()
-    out = np.ones((adata.n_obs, table.shape[0]))
-    for b in table.columns:
-        out[own == b] = table[b].to_numpy()
-    by = adata.uns.get(f"{key}_retention_by_stratum")
-    if by is not None:
-        strata = by["strata"]
-        keys = [c for c in strata.columns if c not in ("cells", "reference cells")]
-        for i, row in enumerate(strata[keys].itertuples(index=False)):
-            match = np.ones(adata.n_obs, dtype=bool)
-            for k, v in zip(keys, row, strict=True):
-                match &= adata.obs[k].astype(str).to_numpy() == v
-            out[match] = by["ratios"][i]
-    return out
+    return cds.model.cell_retention(adata, key).astype(np.float64)
 
 
 def test_integer_counts_that_keep_every_observed_molecule(trained, tmp_path):
@@ -120,6 +103,12 @@ def test_integer_counts_that_keep_every_observed_molecule(trained, tmp_path):
     back = ad.read_h5ad(path)
     np.testing.assert_array_equal(back.layers["countsdiff_corrected"].toarray(), y)
     pd.testing.assert_frame_equal(back.uns["countsdiff_corrected_retention"], table, check_freq=False)
+    np.testing.assert_array_equal(cds.model.cell_retention(back), cds.model.cell_retention(query))  # read back
+    assert (cds.model.cell_retention(query)[in_b0] == 1).all()  # the reference was not moved
+    some = np.flatnonzero(~in_b0)[:5]
+    np.testing.assert_array_equal(cds.model.cell_retention(query, cells=some), cds.model.cell_retention(query)[some])
+    with pytest.raises(ValueError, match="no output of correct_batches under key_added='other'"):
+        cds.model.cell_retention(query, "other")
 
 
 def test_the_known_retention_is_recovered(trained):

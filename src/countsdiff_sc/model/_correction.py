@@ -1,12 +1,12 @@
 """Batch-corrected integer counts of a whole data set: ``CountsDiffModel.correct_batches``.
 
 Every cell outside the reference batch is moved to it by retention, the mechanism of
-:meth:`~countsdiff_sc.model._transfer.TransferMixin.transfer`: the batch is read as a binomial thinning of the reference's counts,
-``y_g ~ Binomial(x_g, r_g)`` (:mod:`._retention`; ``r_g`` estimated from the model's training data, by default for
-each cell type on its own and shrunk towards the batch's per-gene ratio), the molecules of genes the batch inflates
-(``r_g > 1``) are thinned back, and :func:`~countsdiff_sc.diffusion.restore` draws, under the reference's conditions, only the molecules the batch lost.
-Every other molecule of the cell is kept. The data are read and written in blocks of cells (backed objects included),
-and the result is an integer sparse layer.
+:meth:`~countsdiff_sc.model._transfer.TransferMixin.transfer`: the batch is read as a binomial thinning of the
+reference's counts, ``y_g ~ Binomial(x_g, r_g)`` (:mod:`._retention`; ``r_g`` estimated from the model's training
+data, by default for each cell type on its own and shrunk towards the batch's per-gene ratio), the molecules of genes
+the batch inflates (``r_g > 1``) are thinned back, and :func:`~countsdiff_sc.diffusion.restore` draws, under the
+reference's conditions, only the molecules the batch lost. Every other molecule of the cell is kept. The data are read
+and written in blocks of cells (backed objects included), and the result is an integer sparse layer.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ._retention import NoSharedStrata, check_retention_series
 from ._sampler import Sampler, sampler_for
 from ._transfer import condition_slots, draw_retention, retention_levels
 
-__all__ = ["POOLED", "CorrectionMixin"]
+__all__ = ["POOLED", "CorrectionMixin", "cell_retention"]
 
 #: ``reference=POOLED`` moves every batch to the geometric mean of the batches (see ``correct_batches``).
 POOLED = "pooled"
@@ -499,6 +499,60 @@ def _check_covariate(space, covariate: Any) -> str:
             if covariate == space.labels_key else ""
         raise KeyError(f"Unknown covariate {covariate!r}{hint}; the model's categorical covariates are {covs}.")
     return covariate
+
+
+def cell_retention(adata: ad.AnnData, key_added: str = _keys.CORRECTED, cells: Any = None) -> np.ndarray:
+    """The retention each cell was moved with by ``correct_batches(adata, key_added=...)``.
+
+    Parameters
+    ----------
+    adata
+        The AnnData that ``correct_batches`` wrote to (its obs columns and ``uns`` tables, as written or read back
+        from an h5ad).
+    key_added
+        The ``key_added`` of that call.
+    cells
+        Positions (or a boolean mask) of the cells to return; None: every cell.
+
+    Returns
+    -------
+    float32 array, cells x genes in the order of ``adata.uns[key_added + "_retention"].index``: the row of
+    ``uns[key_added + "_retention_by_stratum"]`` of the cell's batch and cell type (and other covariates) when the
+    call had one, else its batch's per-gene ratio; 1 for the cells that were not moved (the reference). A gene at most
+    1 kept every observed molecule in that cell; a gene above 1 was thinned.
+
+    Raises
+    ------
+    ValueError
+        ``key_added`` was not written by ``correct_batches``, or its tables are missing.
+
+    Examples
+    --------
+    >>> model.correct_batches(adata, reference="E2")
+    >>> r = cds.model.cell_retention(adata)               # cells x genes
+    >>> kept = r <= 1                                      # every observed molecule of these entries is kept
+    """
+    rec = adata.uns.get(_keys.PARAMS, {}).get(key_added)
+    table = adata.uns.get(f"{key_added}_retention")
+    if not (isinstance(rec, Mapping) and rec.get("operation") == "correct_batches") or table is None:
+        raise ValueError(f"adata holds no output of correct_batches under key_added={key_added!r} (its settings in "
+                         f"uns['countsdiff'][{key_added!r}] and its table in uns[{key_added + '_retention'!r}]): run "
+                         "model.correct_batches(adata, ...) first, or pass the key_added it used.")
+    rows = np.arange(adata.n_obs) if cells is None else np.arange(adata.n_obs)[np.asarray(cells)]
+    own = adata.obs[str(rec["covariate"])].astype(str).to_numpy()[rows]
+    out = np.ones((rows.size, table.shape[0]), dtype=np.float32)
+    column = pd.Index([str(c) for c in table.columns]).get_indexer(own)
+    moved = column >= 0
+    out[moved] = table.to_numpy(np.float32).T[column[moved]]
+    by = adata.uns.get(f"{key_added}_retention_by_stratum")
+    if by is not None:
+        strata = by["strata"]
+        keys = [c for c in strata.columns if c not in ("cells", "reference cells")]
+        pairs = pd.MultiIndex.from_frame(strata[keys].astype(str))
+        row = pairs.get_indexer(pd.MultiIndex.from_arrays([adata.obs[k].astype(str).to_numpy()[rows] for k in keys]))
+        hit = row >= 0
+        out[hit] = np.asarray(by["ratios"], dtype=np.float32)[row[hit]]
+    return out
 
 
 def _given_table(retention: Any, moved: list[str], var_names, n_genes: int, names: pd.Index) -> pd.DataFrame:
