@@ -52,6 +52,8 @@ BYTES_PER_BLOCK_ENTRY = 64
 #: The estimated retentions: per stratum (cell type, other covariates) shrunk towards the batch's per-gene ratio, or
 #: one ratio per gene and batch (0.2.0).
 RETENTION_MODES = ("auto", "per_gene")
+#: Columns of the per-stratum table that count training cells (the others name the batch and the stratum).
+PAIR_CELLS = ("cells", "reference cells")
 INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -207,10 +209,7 @@ class CorrectionMixin:
         batch_row = pd.Index(moved).get_indexer(own)  # row of each cell's batch in r_all (-1: not moved)
         if stratified is not None:  # a cell whose (batch, stratum) had training cells on both sides: its own row
             frame, ratios = stratified
-            keys = [covariate, *info["strata_keys"]]
-            pairs = pd.MultiIndex.from_frame(frame[keys])
-            cells = pd.MultiIndex.from_arrays([own, *(adata.obs[k].astype(str).to_numpy() for k in keys[1:])])
-            pair_row = pairs.get_indexer(cells)
+            pair_row = _pair_rows(frame, adata.obs, np.arange(n_obs))
             batch_row = np.where(moving & (pair_row >= 0), len(moved) + pair_row, batch_row)
             r_all = np.vstack([r_all, ratios.astype(np.float32)])
             info["cells_with_own_stratum_ratio"] = int((moving & (pair_row >= 0)).sum())
@@ -375,9 +374,7 @@ class CorrectionMixin:
             for stratum, r in sums.stratum_ratios((b,), (anchor,), rel[b]).items():
                 rows.append((str(b), *stratum, sums.cells_in((b,), stratum), sums.cells_in((anchor,), stratum)))
                 ratios.append(r)
-        frame = pd.DataFrame(rows, columns=[covariate, *strata, "cells", "reference cells"])
-        for col in [covariate, *strata]:
-            frame[col] = frame[col].astype(str)
+        frame = pd.DataFrame(rows, columns=[covariate, *strata, *PAIR_CELLS])
         ratios_array = np.vstack(ratios) if ratios else np.zeros((0, self.module.n_genes))
         return table, info, (frame, ratios_array)
 
@@ -546,13 +543,18 @@ def cell_retention(adata: ad.AnnData, key_added: str = _keys.CORRECTED, cells: A
     out[moved] = table.to_numpy(np.float32).T[column[moved]]
     by = adata.uns.get(f"{key_added}_retention_by_stratum")
     if by is not None:
-        strata = by["strata"]
-        keys = [c for c in strata.columns if c not in ("cells", "reference cells")]
-        pairs = pd.MultiIndex.from_frame(strata[keys].astype(str))
-        row = pairs.get_indexer(pd.MultiIndex.from_arrays([adata.obs[k].astype(str).to_numpy()[rows] for k in keys]))
+        row = _pair_rows(by["strata"], adata.obs, rows)
         hit = row >= 0
         out[hit] = np.asarray(by["ratios"], dtype=np.float32)[row[hit]]
     return out
+
+
+def _pair_rows(strata: pd.DataFrame, obs: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """For the cells ``rows``, the row of ``strata`` (one per batch and stratum, see ``correct_batches``) that holds
+    their values of its obs columns; -1 for a cell with none (its batch was not moved or lacks that stratum)."""
+    keys = [c for c in strata.columns if c not in PAIR_CELLS]
+    pairs = pd.MultiIndex.from_frame(strata[keys].astype(str))
+    return pairs.get_indexer(pd.MultiIndex.from_arrays([obs[k].astype(str).to_numpy()[rows] for k in keys]))
 
 
 def _given_table(retention: Any, moved: list[str], var_names, n_genes: int, names: pd.Index) -> pd.DataFrame:

@@ -141,11 +141,15 @@ class GroupSums:
         group = tuple(str(v) for v in group)
         return list(dict.fromkeys(s for g, s in zip(self.groups, self.strata, strict=True) if g == group))
 
+    def _rows_of(self, group: tuple[str, ...]) -> dict[tuple[str, ...], int]:
+        """``{stratum: row of sums / n}`` of the combinations of ``group``."""
+        group = tuple(str(v) for v in group)
+        return {s: i for i, (g, s) in enumerate(zip(self.groups, self.strata, strict=True)) if g == group}
+
     def cells_in(self, group: tuple[str, ...], stratum: tuple[str, ...]) -> int:
         """Number of cells of ``group`` in ``stratum``."""
-        group, stratum = tuple(str(v) for v in group), tuple(str(v) for v in stratum)
-        return int(sum(n for g, s, n in zip(self.groups, self.strata, self.n, strict=True)
-                       if g == group and s == stratum))
+        row = self._rows_of(group).get(tuple(str(v) for v in stratum))
+        return 0 if row is None else int(self.n[row])
 
     def cells_of(self, group: tuple[str, ...]) -> int:
         """Number of cells of ``group``."""
@@ -180,8 +184,7 @@ class GroupSums:
             The groups have no stratum in common (the message lists each group's strata).
         """
         source, target = tuple(str(v) for v in source), tuple(str(v) for v in target)
-        src = {s: i for i, (g, s) in enumerate(zip(self.groups, self.strata, strict=True)) if g == source}
-        tgt = {s: i for i, (g, s) in enumerate(zip(self.groups, self.strata, strict=True)) if g == target}
+        src, tgt = self._rows_of(source), self._rows_of(target)
         shared = [s for s in src if s in tgt]
         if not shared:
             raise NoSharedStrata(self._no_overlap(source, target, list(src), list(tgt), fix))
@@ -215,9 +218,7 @@ class GroupSums:
         -------
         ``{stratum: r}`` for every stratum both groups have cells in (float64, the model's gene order).
         """
-        source, target = tuple(str(v) for v in source), tuple(str(v) for v in target)
-        src = {s: i for i, (g, s) in enumerate(zip(self.groups, self.strata, strict=True)) if g == source}
-        tgt = {s: i for i, (g, s) in enumerate(zip(self.groups, self.strata, strict=True)) if g == target}
+        src, tgt = self._rows_of(source), self._rows_of(target)
         base = np.asarray(base, dtype=np.float64)
         out = {}
         for stratum, i in src.items():
