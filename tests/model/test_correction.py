@@ -412,7 +412,11 @@ def test_a_retention_that_differs_by_cell_type_is_recovered_and_used(monkeypatch
     table = model.correct_batches(query, reference="b0", sampler=_sampler())
     by = query.uns["countsdiff_corrected_retention_by_stratum"]
     strata = by["strata"]
-    assert list(strata.columns) == ["batch", "cell_type", "cells", "reference cells"]
+    assert list(strata.columns) == ["batch", "cell_type", "cells", "reference cells", "depth change"]
+    for i, t in enumerate(strata["cell_type"]):  # the depth its own ratios give the type's average b1 cell
+        mean = query.X.toarray()[(query.obs["batch"] == "b1").to_numpy() & (query.obs["cell_type"] == t).to_numpy()]
+        mean = mean.mean(axis=0)
+        assert strata["depth change"].iloc[i] == pytest.approx((mean / by["ratios"][i]).sum() / mean.sum())
     assert sorted(strata["cell_type"]) == ["type_0", "type_1"] and set(strata["batch"]) == {"b1"}
     own = {t: np.log(by["ratios"][i]) for i, t in enumerate(strata["cell_type"])}
     truth = {"type_0": np.log(_truth()), "type_1": np.log(_truth()[::-1])}
@@ -462,3 +466,31 @@ def test_per_gene_retention_and_cell_types_the_reference_lacks(trained, monkeypa
     assert rec["cells_with_batch_ratio"] == int(t2.sum()) > 0
     assert rec["cells_with_own_stratum_ratio"] == int((in_b0 & ~t2).sum())
     np.testing.assert_allclose(_cell_ratios(q)[t2], np.broadcast_to(table["b0"].to_numpy(), (t2.sum(), N_GENES)))
+
+
+def test_a_cell_type_moved_far_in_depth_is_named():
+    rng = np.random.default_rng(3)
+    adata = _batched(n=600, seed=3)
+    x = adata.X.toarray()
+    shallow = (adata.obs["batch"] == "b1").to_numpy() & (adata.obs["cell_type"] == "type_1").to_numpy()
+    x[shallow] = rng.binomial(x[shallow].astype(np.int64), 0.08)  # one type of b1 at a twelfth of its depth
+    adata.X = sp.csr_matrix(x.astype(np.float32))
+    model = _train(adata, labels_key="cell_type", categorical_covariate_keys=["batch"])
+    query = _fresh(adata)
+    with pytest.warns(UserWarning, match=r"1 cell type\(s\).*cell_type='type_1'.*drawn by the model.*per_gene"):
+        model.correct_batches(query, reference="b0", sampler=_sampler())
+    strata = query.uns["countsdiff_corrected_retention_by_stratum"]["strata"].set_index("cell_type")
+    assert strata.loc["type_1", "depth change"] > 4 > strata.loc["type_0", "depth change"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one ratio per gene: nothing to name
+        model.correct_batches(_fresh(adata), reference="b0", retention="per_gene", sampler=_sampler())
+    shallow_b1 = _batched(n=600, seed=4)
+    x = shallow_b1.X.toarray()
+    in_b1 = (shallow_b1.obs["batch"] == "b1").to_numpy()
+    x[in_b1] = rng.binomial(x[in_b1].astype(np.int64), 0.05)  # the whole batch: one ratio per gene moves it too
+    shallow_b1.X = sp.csr_matrix(x.astype(np.float32))
+    other = _train(shallow_b1, labels_key="cell_type", categorical_covariate_keys=["batch"])
+    with pytest.warns(UserWarning, match=r"3 cell type\(s\).*more than 4x"):
+        other.correct_batches(_fresh(shallow_b1), reference="b0", retention="per_gene", sampler=_sampler())

@@ -53,7 +53,10 @@ BYTES_PER_BLOCK_ENTRY = 64
 #: one ratio per gene and batch (0.2.0).
 RETENTION_MODES = ("auto", "per_gene")
 #: Columns of the per-stratum table that count training cells (the others name the batch and the stratum).
-PAIR_CELLS = ("cells", "reference cells")
+PAIR_CELLS = ("cells", "reference cells", "depth change")
+#: A (batch, cell type) pair whose own retention moves its average cell to more than this many times its depth (or
+#: less than its inverse) is named in a warning: most of those cells' molecules would be drawn, not measured.
+DEPTH_WARNING = 4.0
 INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -146,8 +149,10 @@ class CorrectionMixin:
         The per-gene retention table (genes x batches moved, float64), also stored in
         ``adata.uns[key_added + "_retention"]``. With ``retention="auto"`` the ratios per cell type are stored in
         ``adata.uns[key_added + "_retention_by_stratum"]``: ``"strata"`` (a DataFrame, one row per batch and
-        stratum, with the training cells of each side) and ``"ratios"`` (float64, rows in that order x the model's
-        genes in the order of the per-gene table). ``adata.layers[key_added]`` receives the corrected counts: a CSR
+        stratum, with the training cells of each side and the depth change of its average cell, ``sum_g m_g / r_g``
+        over ``sum_g m_g``; a change beyond 4x either way is also named in a warning) and ``"ratios"`` (float64,
+        rows in that order x the model's genes in the order of the per-gene table). ``adata.layers[key_added]``
+        receives the corrected counts: a CSR
         matrix of int32 (int64 when a count exceeds the int32 range), non-negative, in ``adata``'s gene order; the
         settings are recorded in ``adata.uns["countsdiff"][key_added]``.
 
@@ -367,14 +372,21 @@ class CorrectionMixin:
             rel = {b: rel[b] / centre for b in moved}
         table = pd.DataFrame({str(b): rel[b] for b in moved}, index=names, dtype=np.float64)
         info = {"strata_keys": strata, "anchor": anchor} if pooled else {"strata_keys": strata}
-        if retention != "auto" or pooled or not strata:
+        if pooled or not strata:
             return table, info, None
         rows, ratios = [], []
         for b in moved:
             for stratum, r in sums.stratum_ratios((b,), (anchor,), rel[b]).items():
-                rows.append((str(b), *stratum, sums.cells_in((b,), stratum), sums.cells_in((anchor,), stratum)))
+                r = r if retention == "auto" else rel[b]  # what the pair's cells are moved with
+                mean = sums.mean_counts((b,), stratum)  # the pair's average cell, and its depth once moved
+                change = float((mean / np.maximum(r, 1e-3)).sum() / mean.sum()) if mean.sum() > 0 else 1.0
+                rows.append((str(b), *stratum, sums.cells_in((b,), stratum), sums.cells_in((anchor,), stratum),
+                             change))
                 ratios.append(r)
         frame = pd.DataFrame(rows, columns=[covariate, *strata, *PAIR_CELLS])
+        _warn_far(frame, covariate, strata)
+        if retention != "auto":
+            return table, info, None
         ratios_array = np.vstack(ratios) if ratios else np.zeros((0, self.module.n_genes))
         return table, info, (frame, ratios_array)
 
@@ -547,6 +559,25 @@ def cell_retention(adata: ad.AnnData, key_added: str = _keys.CORRECTED, cells: A
         hit = row >= 0
         out[hit] = np.asarray(by["ratios"], dtype=np.float32)[row[hit]]
     return out
+
+
+def _warn_far(frame: pd.DataFrame, covariate: str, strata: list[str]) -> None:
+    """Name the (batch, cell type) pairs whose retention moves their average cell beyond ``DEPTH_WARNING`` in depth."""
+    change = frame["depth change"]
+    far = frame[(change > DEPTH_WARNING) | (change < 1 / DEPTH_WARNING)]
+    if not len(far):
+        return
+    named = "; ".join(
+        f"{covariate}={row[covariate]!r}, " + ", ".join(f"{k}={row[k]!r}" for k in strata)
+        + f" ({int(row['cells'])} training cells): x{row['depth change']:.2g}"
+        for _, row in far.sort_values("depth change", key=lambda v: -np.abs(np.log(v))).head(3).iterrows())
+    warnings.warn(
+        f"{len(far)} cell type(s) of the moved batches are moved to more than {DEPTH_WARNING:g}x (or less than "
+        f"1/{DEPTH_WARNING:g}) of their depth ({named}): most of a deepened cell's molecules will be drawn by the "
+        "model, not measured, and a thinned one loses most of its own. Check that such a type is the same population "
+        "in both batches (annotation, quality) before reading its corrected counts; retention='per_gene' moves it by "
+        "the batch's ratio of each gene instead, a DataFrame by ratios of your own. With retention='auto' each "
+        "pair's depth change is in uns[key_added + '_retention_by_stratum']['strata'].", UserWarning, stacklevel=4)
 
 
 def _pair_rows(strata: pd.DataFrame, obs: pd.DataFrame, rows: np.ndarray) -> np.ndarray:

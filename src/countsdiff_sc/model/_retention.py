@@ -146,6 +146,11 @@ class GroupSums:
         group = tuple(str(v) for v in group)
         return {s: i for i, (g, s) in enumerate(zip(self.groups, self.strata, strict=True)) if g == group}
 
+    def mean_counts(self, group: tuple[str, ...], stratum: tuple[str, ...]) -> np.ndarray:
+        """Mean counts of each gene in the cells of ``group`` in ``stratum`` (float64, the model's gene order)."""
+        row = self._rows_of(group)[tuple(str(v) for v in stratum)]
+        return self.sums[row] / self.n[row]
+
     def cells_in(self, group: tuple[str, ...], stratum: tuple[str, ...]) -> int:
         """Number of cells of ``group`` in ``stratum``."""
         row = self._rows_of(group).get(tuple(str(v) for v in stratum))
