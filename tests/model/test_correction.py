@@ -494,3 +494,15 @@ def test_a_cell_type_moved_far_in_depth_is_named():
     other = _train(shallow_b1, labels_key="cell_type", categorical_covariate_keys=["batch"])
     with pytest.warns(UserWarning, match=r"3 cell type\(s\).*more than 4x"):
         other.correct_batches(_fresh(shallow_b1), reference="b0", retention="per_gene", sampler=_sampler())
+
+
+def test_a_model_without_labels_uses_one_ratio_per_gene():
+    adata = _batched(n=300, seed=5)
+    model = _train(adata, categorical_covariate_keys=["batch"])  # no labels, no other covariate: no strata
+    query = _fresh(adata)
+    table = model.correct_batches(query, reference="b0", sampler=_sampler())
+    assert query.uns["countsdiff"]["countsdiff_corrected"]["retention"] == "per_gene"
+    assert "countsdiff_corrected_retention_by_stratum" not in query.uns
+    in_b1 = (query.obs["batch"] == "b1").to_numpy()
+    np.testing.assert_allclose(cds.model.cell_retention(query)[in_b1],
+                               np.broadcast_to(table["b1"].to_numpy(), (in_b1.sum(), N_GENES)), rtol=1e-6)
