@@ -503,6 +503,7 @@ def setting_cbmc(cfg: dict[str, Any], timings: dict[str, float]) -> tuple[list[p
     common.log(f"   CountsDiff trained in {t_train:.0f} s; scVI {epochs} epochs in {timings['(b): scvi_train']:.0f} s")
     info: dict[str, Any] = {"n_train": int(train.n_obs), "n_test": int(test.n_obs), "scvi_epochs_cbmc": epochs,
                             "depth_D": float(model.depth_), "fractions": [],
+                            "depth_by_label": model.restored_depth_table()["restored_depth"].to_dict(),
                             "default_budget": dict(model.train_budget_)}
     x_true, x_train = _dense(test.X), _dense(train.X)
     true_labels = test.obs["cell_type"].astype(str).to_numpy()
@@ -655,6 +656,12 @@ def _merged(table: pd.DataFrame, info: dict[str, Any], timings: dict[str, float]
     return merged, info, times
 
 
+def _depth_range(c: dict[str, Any]) -> str:
+    """The range of the restored depths over the labels (the run's one depth for runs that did not record them)."""
+    per = list(c.get("depth_by_label", {}).values())
+    return f"{min(per):.0f}-{max(per):.0f}" if per else f"{c['depth_D']:.0f}"
+
+
 def _fmt_table(sub: pd.DataFrame) -> str:
     cols = list(METRICS)
     shown = sub.set_index("method")
@@ -726,8 +733,9 @@ def _write(table: pd.DataFrame, targets: pd.DataFrame, info: dict[str, Any], tim
         c = info["cbmc"]
         lines += [f"## (b) CBMC test cells thinned ({c['n_train']} training cells at full depth, {c['n_test']} test "
                   "cells)", "",
-                  f"Depth restoration restores to D = {c['depth_D']:.0f} counts (the median of the training "
-                  "libraries). Thinned test cells:", "",
+                  f"Depth restoration restores each cell to the median depth of its label's training cells, at "
+                  f"most the median over every training cell (D = {_depth_range(c)} counts; at guidance 0 every "
+                  f"cell to the latter, {c['depth_D']:.0f}). Thinned test cells:", "",
                   common.frame_to_markdown(pd.DataFrame(c["fractions"]), index=False), ""]
         for cond, sub in table[table.setting == "b"].groupby("condition", sort=False):
             lines += [f"### {cond}", "", _fmt_table(sub), ""]

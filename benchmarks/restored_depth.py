@@ -4,10 +4,12 @@ The default ``impute`` (no mask) reads a cell of ``L`` counts as a binomial thin
 of depth ``D``, and returns ``f * E[x_D | x]`` (CountsDiff's forward process, Eq. 4; the network's posterior mean of
 the thinned molecules, Eq. 6). The share of the estimate the network supplies grows with ``1 - f``: a deep ``D``
 denoises hard and lets shallow cells borrow most of their profile from the network; a shallow ``D`` keeps more of
-what was measured. ``D`` is a quantile ``q`` of the training cells' depths (cells deeper than ``0.75 D`` are
-restored to ``L / 0.75``). This script trains one default model per data set (``train()``'s default budget) and
-sweeps ``q`` in {0.5, 0.6, 0.75, 0.9} (0.9: the default of 0.1 to 0.2.0) at the default guidance (2, capped at the
-conditional rate) and at guidance 1 (the conditional posterior mean, the default of 0.2.0):
+what was measured. ``D`` is a quantile ``q`` of the training cells' depths: of the cell's own label's training cells
+or, where that is deeper, of every training cell (``depth of = label, capped``; the default at ``q = 0.5``), of the
+label's cells even where deeper (``label``), or of every training cell (``all cells``; at ``q = 0.5`` the default of
+0.2.0, at ``q = 0.9`` that of 0.1); cells deeper than ``0.75 D`` are restored to ``L / 0.75``. This script trains
+one default model per data set (``train()``'s default budget) and sweeps the rules of ``RULES`` at the default
+guidance (2, capped at the conditional rate) and at guidance 1 (the conditional posterior mean, 0.2.0's default):
 
 * **biology** (``markers.py``'s protocol): pbmc68k (700 cells, FACS labels) and Hao et al. 2021 (1,336 cells, 11
   types, 2,000 highly variable genes plus the markers), ``pp.mark_dropouts`` with its default rule, the model trained
@@ -16,14 +18,15 @@ conditional rate) and at guidance 1 (the conditional posterior mean, the default
 * **a truth** (``downstream.py``'s setting b): CBMC split 90 / 10, the model trained on the full-depth training
   cells, the test cells thinned to 10 / 25 / 50% depth with labels transferred by 15-NN; per-cell Pearson r with
   the truth (log-normalised), RMSE at the dropout entries (scaled to the true library) and over every entry
-  observed as 0 (the dropouts picked by the truth reward filling high; every observed zero does not), the gene-gene
+  observed as 0 (the dropouts picked by the truth reward filling high; every observed zero does not) and over every
+  entry (dominated by the largest counts, e.g. the erythrocytes' dominant gene), the gene-gene
   correlation structure (r with the truth's, 200 most variable genes) and the false signal (mean scaled value on
   true zeros).
   The no-imputation row and the best baselines are in ``downstream.md``.
 
 Usage::
 
-    python -m benchmarks.restored_depth            # about 25 minutes on one CPU core
+    python -m benchmarks.restored_depth            # about 15 minutes on one CPU core
     python -m benchmarks.restored_depth --quick    # subsets and short training: a smoke test
 
 Writes ``benchmarks/results[/quick]/restored_depth.md`` / ``.json``.
@@ -40,25 +43,55 @@ import pandas as pd
 
 from benchmarks import _common as common
 
-QUANTILES = (0.5, 0.6, 0.75, 0.9)
+#: The rules of the sweep: ``(scope, quantile)``. ``"label, capped"``: each cell the quantile of its label's training
+#: cells' depths or, where that is deeper, of every training cell's (the default at 0.5); ``"label"``: the label's
+#: quantile even where it is deeper; ``"all cells"``: one depth, the quantile of every training cell's depth (at 0.5
+#: the default of 0.2.0, at 0.9 that of 0.1). A label with fewer than ``MIN_LABEL_CELLS`` training cells takes the
+#: quantile of every training cell in the ``"label, capped"`` rule, its own in the ``"label"`` rule.
+RULES = (("label, capped", 0.5), ("label", 0.5), ("all cells", 0.5), ("all cells", 0.6), ("all cells", 0.75),
+         ("all cells", 0.9))
 #: Guidance strengths of the sweep; the denoising verbs cap every strength at the conditional rate by default.
 GUIDANCE = (2.0, 1.0)
 
 
-def _sweep(model: Any, impute: Any) -> dict[tuple[float, float], Any]:
-    """``impute(guidance)`` for every (quantile, guidance) of the sweep, with the model's restored depth set to the
-    quantile of its training depths (restored afterwards)."""
+def _sweep(model: Any, impute: Any) -> dict[tuple[str, float, float], Any]:
+    """``impute(guidance)`` for every (rule, guidance) of the sweep: the model's restored depths set by the rule (the
+    module's settings restored afterwards)."""
+    from countsdiff_sc.model import _expression
+
     depths = np.asarray(model.train_depths_, dtype=np.float64)
-    saved = model.depth_
+    saved = model.depth_, _expression.DEPTH_QUANTILE, _expression.MIN_LABEL_CELLS
     out = {}
     try:
-        for q in QUANTILES:
+        for scope, q in RULES:
+            _expression.DEPTH_QUANTILE = q
             model.depth_ = float(np.quantile(depths, q))
+            _expression.MIN_LABEL_CELLS = {"label, capped": saved[2], "label": 1}.get(scope, len(depths) + 1)
+            if scope == "label":
+                model.depth_ = float(np.inf)  # no cap; every label has a training cell, so no fallback is needed
             for g in GUIDANCE:
-                out[(q, g)] = impute(g)
+                out[(scope, q, g)] = impute(g)
     finally:
-        model.depth_ = saved
+        model.depth_, _expression.DEPTH_QUANTILE, _expression.MIN_LABEL_CELLS = saved
     return out
+
+
+def _depth_of(model: Any, scope: str, q: float) -> str:
+    """The restored depth of a rule, for the tables: one number, or the range over the labels."""
+    depths = np.asarray(model.train_depths_, dtype=np.float64)
+    overall = float(np.quantile(depths, q))
+    if scope == "all cells":
+        return f"{overall:.0f}"
+    from countsdiff_sc.model._expression import MIN_LABEL_CELLS, label_depths
+
+    n_labels = len(model.condition_space.label_categories)
+    codes = np.asarray(model.train_codes_)[:, 0]
+    if scope == "label":
+        per = label_depths(depths, codes, n_labels, q, 1)
+    else:
+        per = np.fmin(label_depths(depths, codes, n_labels, q, MIN_LABEL_CELLS), overall)
+    per = per[~np.isnan(per)]
+    return f"{per.min():.0f}-{per.max():.0f}"
 
 
 def markers_part(name: str, quick: bool, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -87,9 +120,8 @@ def markers_part(name: str, quick: bool, seed: int) -> tuple[pd.DataFrame, dict[
                 "library ratio": mk.library_stats(imp, raw)["library_ratio"]}
 
     rows = _sweep(model, impute)
-    depths = np.asarray(model.train_depths_, dtype=np.float64)
-    table = pd.DataFrame([{"quantile": q, "D": float(np.quantile(depths, q)), "guidance": g, **v}
-                          for (q, g), v in rows.items()])
+    table = pd.DataFrame([{"depth of": scope, "quantile": q, "D": _depth_of(model, scope, q), "guidance": g, **v}
+                          for (scope, q, g), v in rows.items()])
     common.log(f"{name}: trained in {t_train:.0f} s; largest folds {table['largest fold'].round(2).tolist()}")
     return table, {"train_s": t_train, "steps": model.train_budget_.get("steps_run")}
 
@@ -135,18 +167,20 @@ def cbmc_part(quick: bool, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
             imp, _ = model.impute(obs.copy(), n_samples=5, sampler=cds.Sampler(seed=seed, guidance=g))
             s = truth.score(np.asarray(imp, dtype=np.float64))
             return {"cell r": s["cell_r"], "RMSE dropouts": s["rmse_dropouts"],
-                    "RMSE observed zeros": s["rmse_zeros"], "gene-gene r": s["gene_r"],
+                    "RMSE observed zeros": s["rmse_zeros"], "RMSE all": s["rmse_all"], "gene-gene r": s["gene_r"],
                     "false signal": s["false_signal"],
                     "library ratio": float(np.median(imp.sum(1) / np.maximum(x_thin.sum(1), 1)))}
 
         none = truth.score(x_thin)
-        rows.append({"depth": f"{f:.0%}", "quantile": "no imputation", "D": np.nan, "guidance": np.nan,
+        rows.append({"depth": f"{f:.0%}", "depth of": "no imputation", "quantile": np.nan, "D": "-",
+                     "guidance": np.nan,
                      "cell r": none["cell_r"], "RMSE dropouts": none["rmse_dropouts"],
-                     "RMSE observed zeros": none["rmse_zeros"], "gene-gene r": none["gene_r"],
+                     "RMSE observed zeros": none["rmse_zeros"], "RMSE all": none["rmse_all"],
+                     "gene-gene r": none["gene_r"],
                      "false signal": none["false_signal"], "library ratio": 1.0})
-        depths = np.asarray(model.train_depths_, dtype=np.float64)
-        for (q, g), v in _sweep(model, impute).items():
-            rows.append({"depth": f"{f:.0%}", "quantile": q, "D": float(np.quantile(depths, q)), "guidance": g, **v})
+        for (scope, q, g), v in _sweep(model, impute).items():
+            rows.append({"depth": f"{f:.0%}", "depth of": scope, "quantile": q, "D": _depth_of(model, scope, q),
+                         "guidance": g, **v})
         common.log(f"cbmc {f:.0%}: done")
     return pd.DataFrame(rows), {"train_s": t_train, "steps": model.train_budget_.get("steps_run")}
 
@@ -163,9 +197,12 @@ def main() -> None:
     parts["cbmc"] = cbmc_part(args.quick, args.seed)
     lines = [f"# Restored depth of `impute` ({'quick' if args.quick else 'full'} mode)", "",
              common.command_header("restored_depth", args.quick, time.perf_counter() - t_start), "",
-             "Protocol: the docstring of `benchmarks/restored_depth.py`. One default model per data set; `quantile`: "
-             "the quantile of the training cells' depths used as the restored depth `D` (0.9: the default up to "
-             "0.2.0; 0.5: the default since); `guidance` 2: the default, capped at the conditional rate; 1: the "
+             "Protocol: the docstring of `benchmarks/restored_depth.py`. One default model per data set; `depth of` "
+             "/ `quantile`: the restored depth `D` is that quantile of the depths of the cell's label's training "
+             "cells, at most the same quantile of every training cell (`label, capped`; at 0.5 the default), of the "
+             "label's cells even where deeper (`label`), or of every training cell (`all cells`; at 0.5 the default "
+             "of 0.2.0, at 0.9 that of 0.1); `D`: its value, or its range over the labels; "
+             "`guidance` 2: the default, capped at the conditional rate; 1: the "
              "conditional posterior mean (0.2.0's default). Folds over the raw off / on ratio of known markers "
              "(target at most 2); "
              "CBMC: thinned test cells scored against the full-depth truth (the no-imputation and baseline rows of "

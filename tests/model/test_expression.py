@@ -110,22 +110,81 @@ def test_posterior_mean_is_the_networks_estimate(model_and_data):
     np.testing.assert_array_equal(got, again)  # one network pass: no randomness at all
 
 
-def test_default_restored_depth_is_the_median_training_depth(model_and_data):
-    """``depth="auto"`` restores to a typical training cell (the median depth over trusted entries), not to a deep
-    one: the 90th percentile of 0.1 to 0.2.0 let shallow cells borrow most of their profile from the network."""
+def test_default_restored_depth_is_the_median_of_the_cells_label(model_and_data, monkeypatch):
+    """``depth="auto"`` restores each cell to the median depth of its label's training cells (cell types differ in
+    depth ten-fold on real PBMCs) or, where that is deeper, of every training cell; to the median over every training
+    cell at guidance 0 (the output then reads no label) and for a label with fewer than ``MIN_LABEL_CELLS`` training
+    cells; never to a deep quantile (the 90th percentile of 0.1 let shallow cells borrow most of their profile from
+    the network)."""
+    import countsdiff_sc.model._expression as expression
     from countsdiff_sc.model._setup import training_depths
 
     adata, model = model_and_data
     depths = training_depths(model.adata_manager, model.module.prior_mean)
     assert model.depth_ == pytest.approx(float(np.median(depths)), rel=1e-6)
     assert model.depth_ < float(np.quantile(depths, 0.9))
-    shallow = np.flatnonzero(np.asarray(adata.X.sum(axis=1)).ravel() < F_MAX * model.depth_)[:3]  # not floored
-    assert shallow.size
-    auto = model.get_normalized_expression(adata, indices=shallow, method="posterior_mean", library_size="latent",
-                                           return_numpy=True, **QUICK)
-    given = model.get_normalized_expression(adata, indices=shallow, method="posterior_mean", depth=model.depth_,
-                                            library_size="latent", return_numpy=True, **QUICK)
-    np.testing.assert_allclose(auto, given, rtol=1e-5)
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    table = model.restored_depth_table()
+    for name in model.condition_space.label_categories:  # by hand: the median of the label's cells, at most depth_
+        median = float(np.median(depths[labels == name]))
+        assert table.loc[name, "label_median"] == pytest.approx(median, rel=1e-6)
+        assert table.loc[name, "restored_depth"] == pytest.approx(min(median, model.depth_), rel=1e-6)
+        assert table.loc[name, "training_cells"] == (labels == name).sum()
+    assert table["restored_depth"].nunique() > 1  # the labels of this data differ in depth
+    assert (table["label_median"] > model.depth_).any()  # ... and the cap binds for one of them
+
+    seen = []
+    real = expression.restore_blocks
+    monkeypatch.setattr(expression, "restore_blocks",
+                        lambda m, x, r, d, *a: seen.append(np.array(d)) or real(m, x, r, d, *a))
+    library = np.asarray(adata.X.sum(axis=1)).ravel()
+    cells = np.arange(adata.n_obs)
+    for guidance, expected in ((2.0, table.loc[labels, "restored_depth"].to_numpy()), (0.0, model.depth_)):
+        model.get_normalized_expression(adata, method="posterior_mean", library_size="latent", return_numpy=True,
+                                        sampler=cds.Sampler(n_steps=4, seed=0, guidance=guidance))
+        np.testing.assert_allclose(seen[-1], np.maximum(expected, library[cells] / F_MAX), rtol=1e-6)
+    assert not np.allclose(seen[0], seen[1])
+
+    rare = table["training_cells"].min()  # a label below the minimum falls back to every training cell's median
+    monkeypatch.setattr(expression, "MIN_LABEL_CELLS", int(rare) + 1)
+    fallback = model.restored_depth_table()
+    assert fallback.loc[table["training_cells"] == rare, "label_median"].isna().all()
+    np.testing.assert_allclose(fallback.loc[table["training_cells"] == rare, "restored_depth"], model.depth_)
+
+
+def test_impute_restores_each_label_to_its_median_and_records_it(model_and_data, monkeypatch):
+    import countsdiff_sc.model._imputation as imputation
+
+    adata, model = model_and_data
+    seen = []
+    real = imputation.restore_blocks
+    monkeypatch.setattr(imputation, "restore_blocks",
+                        lambda m, x, r, d, *a: seen.append(np.array(d)) or real(m, x, r, d, *a))
+    data = adata.copy()
+    model.impute(data, n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0))
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    library = np.asarray(adata.X.sum(axis=1)).ravel()
+    expected = model.restored_depth_table().loc[labels, "restored_depth"].to_numpy()
+    np.testing.assert_allclose(seen[-1], np.maximum(expected, library / F_MAX), rtol=1e-6)
+    assert data.uns["countsdiff"]["countsdiff_imputed"]["restored_depth"] == (
+        "median of the cell's label, at most that of all cells")
+    model.impute(data, n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0, guidance=0.0))
+    np.testing.assert_allclose(seen[-1], np.maximum(model.depth_, library / F_MAX), rtol=1e-6)
+    assert data.uns["countsdiff"]["countsdiff_imputed"]["restored_depth"] == "median of the training cells"
+
+
+def test_label_depths_are_quantiles_of_each_labels_cells():
+    from countsdiff_sc.model._expression import label_depths
+
+    rng = np.random.default_rng(3)
+    depths = rng.lognormal(6, 1, 500)
+    labels = rng.integers(0, 4, 500)
+    labels[labels == 3] = 2  # label 3 has no cell
+    labels[:4] = 3  # ... but four
+    got = label_depths(depths, labels, 5, quantile=0.6, min_cells=5)
+    for code in range(3):
+        assert got[code] == pytest.approx(np.quantile(depths[labels == code], 0.6))
+    assert np.isnan(got[3]) and np.isnan(got[4])  # too few cells; none at all
 
 
 def test_restored_depths_floor_deep_cells():
@@ -189,3 +248,16 @@ def test_posterior_predictive_check_runs(model_and_data):
     assert "countsdiff" in cv.columns and np.isfinite(cv["countsdiff"]).all()
     ppc.zero_fraction()
     assert "countsdiff" in ppc.metrics["zero_fraction"].columns
+
+
+def test_restored_depths_survive_save_and_load_without_data(model_and_data, tmp_path):
+    """A model loaded without its training data restores each label to the same depth (the training cells' depths
+    and labels are saved with it), so ``impute`` on new cells gives the same values."""
+    adata, model = model_and_data
+    model.save(tmp_path / "m", overwrite=True)
+    bare = cds.CountsDiffModel.load(tmp_path / "m", adata=None)
+    pd.testing.assert_frame_equal(bare.restored_depth_table(), model.restored_depth_table())
+    query = adata[:10].copy()
+    a, _ = model.impute(query.copy(), n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0))
+    b, _ = bare.impute(query.copy(), n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0))
+    np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -17,10 +17,11 @@ state ``x_t ~ Binomial(x_D, f)`` at the time ``t_f`` with ``p(t_f) = f = L / D``
   profile (``Binomial(x_D, f)`` would share the observed molecules with the new measurement and shrink its
   sampling variance by the factor ``1 - f``: a half to a quarter for the median cell's ``f`` of 0.5-0.75).
 
-``D`` is the restored depth: by default the median of the training cells' depths, and for a cell deeper
-than ``D * F_MAX`` its own depth divided by ``F_MAX``, so that every cell is treated as a thinning of a deeper profile
-(deep cells are restored a little, never not at all). A depth-conditioned model is given ``D`` as the depth of the
-profile it restores.
+``D`` is the restored depth: by default the median depth of the training cells of the cell's label, or of every
+training cell where that is smaller (cell types differ in depth up to ten-fold; the model's
+``restored_depth_table``), and for a cell deeper than ``D * F_MAX`` its own depth divided by ``F_MAX``, so that
+every cell is treated as a thinning of a deeper profile (deep cells are restored a little, never not at all). A
+depth-conditioned model is given ``D`` as the depth of the profile it restores.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ __all__ = ["F_MAX", "Restored", "predictive_draws", "predictive_variance", "rest
 F_MAX = 0.75
 
 
-def restored_depths(library: np.ndarray, depth: float, floor: bool = True) -> np.ndarray:
-    """The depth ``D_c`` each cell is restored to: ``depth``, or ``L_c / F_MAX`` for a cell deeper than
-    ``depth * F_MAX`` (``floor``); with ``floor=False`` (a depth the user asked for) ``max(depth, L_c)``.
+def restored_depths(library: np.ndarray, depth: float | np.ndarray, floor: bool = True) -> np.ndarray:
+    """The depth ``D_c`` each cell is restored to: ``depth`` (one for every cell, or one per cell), or
+    ``L_c / F_MAX`` for a cell deeper than ``depth * F_MAX`` (``floor``); with ``floor=False`` (a depth the user asked
+    for) ``max(depth, L_c)``.
 
     Examples
     --------
@@ -53,9 +55,10 @@ def restored_depths(library: np.ndarray, depth: float, floor: bool = True) -> np
     array([1000., 1200.])
     """
     library = np.asarray(library, dtype=np.float64)
+    depth = np.asarray(depth, dtype=np.float64)
     if floor:
-        return np.maximum(float(depth), library / F_MAX)
-    return np.maximum(float(depth), library)
+        return np.maximum(depth, library / F_MAX)
+    return np.maximum(depth, library)
 
 
 def predictive_draws(draws: np.ndarray, fraction: np.ndarray, generator: torch.Generator | None = None) -> np.ndarray:

@@ -225,6 +225,9 @@ class ImputationMixin:
             "draws_made": made,
             "point_estimate": point_estimate, "n_cells_imputed": n_cells, "n_entries_imputed": n_entries,
             "preset": self.preset, **run.record(),
+            **({"restored_depth": "median of the cell's label, at most that of all cells" if self._uses_label_depths(
+                self.condition_space.guidance_strengths(run.sampler.guidance)) else "median of the training cells"}
+               if kind == "denoise" else {}),
         })
         return imputed, samples
 
@@ -322,7 +325,7 @@ class ImputationMixin:
         if VALID_KEY in manager.data_registry:
             valid = np.concatenate([to_dense(b).astype(bool) for b in _blocks(manager.get_from_registry(VALID_KEY),
                                                                                shape)]) if shape[0] else None
-        depths = restored_depths(x_obs.sum(axis=1), self._restored_depth("auto"))
+        depths = restored_depths(x_obs.sum(axis=1), self._auto_depths(codes, strengths))
         imputed = np.empty(shape, dtype=np.float32)
         spread = np.zeros(shape, dtype=np.float32) if n_draws > 1 else None
         samples = np.empty((shape[0], n_draws, shape[1]), dtype=draw_type) if keep_draws else None
