@@ -261,3 +261,23 @@ def test_restored_depths_survive_save_and_load_without_data(model_and_data, tmp_
     a, _ = model.impute(query.copy(), n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0))
     b, _ = bare.impute(query.copy(), n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0))
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_a_model_without_labels_restores_every_cell_to_the_overall_median(monkeypatch):
+    import countsdiff_sc.model._imputation as imputation
+
+    adata = make_counts(n_obs=60, n_vars=10)
+    cds.CountsDiffModel.setup_anndata(adata)
+    model = cds.CountsDiffModel(adata, backbone_kwargs=TINY)
+    model.train(max_steps=2, accelerator="cpu", enable_progress_bar=False)
+    table = model.restored_depth_table()
+    assert list(table.index) == ["all cells"] and table["restored_depth"].iloc[0] == pytest.approx(model.depth_)
+    seen = []
+    real = imputation.restore_blocks
+    monkeypatch.setattr(imputation, "restore_blocks",
+                        lambda m, x, r, d, *a: seen.append(np.array(d)) or real(m, x, r, d, *a))
+    data = adata.copy()
+    model.impute(data, n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0))
+    library = np.asarray(adata.X.sum(axis=1)).ravel()
+    np.testing.assert_allclose(seen[-1], np.maximum(model.depth_, library / F_MAX), rtol=1e-6)
+    assert data.uns["countsdiff"]["countsdiff_imputed"]["restored_depth"] == "median of the training cells"

@@ -34,7 +34,7 @@ __all__ = ["DEPTH_QUANTILE", "MIN_LABEL_CELLS", "ExpressionMixin", "label_depths
 
 Method = Literal["auto", "posterior_mean", "depth"]
 #: Quantile of the training cells' depths used as the restored depth when ``depth="auto"``: the median (a typical
-#: training cell). Chosen by measurement over the 90th percentile of 0.1 to 0.2.0, which let a shallow cell borrow
+#: training cell). Chosen by measurement over the 90th percentile of 0.1, which let a shallow cell borrow
 #: most of its profile from the network and put markers in the wrong cell types (see ``docs/defaults.md``).
 DEPTH_QUANTILE = 0.5
 #: A label needs at least this many training cells for a restored depth of its own (``label_depths``); the cells of
@@ -154,7 +154,8 @@ class ExpressionMixin:
         base = self._restored_depth("auto")
         table = self._label_depth_table()
         if table is None:
-            return pd.DataFrame({"training_cells": [len(getattr(self, "train_depths_", []))],
+            seen = getattr(self, "train_depths_", None)  # a model without a depth condition keeps no record
+            return pd.DataFrame({"training_cells": [np.nan if seen is None else len(seen)],
                                  "label_median": [np.nan], "restored_depth": [base]}, index=["all cells"])
         labels = np.asarray(self.train_codes_)[:, 0]
         counts = np.bincount(labels[labels >= 0], minlength=table.size)[: table.size]
