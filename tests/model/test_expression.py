@@ -110,6 +110,15 @@ def test_posterior_mean_is_the_networks_estimate(model_and_data):
     np.testing.assert_array_equal(got, again)  # one network pass: no randomness at all
 
 
+def _spy_on_depths(monkeypatch, module) -> list[np.ndarray]:
+    """Record the restored depths each call of ``module.restore_blocks`` is given (the chains still run)."""
+    seen: list[np.ndarray] = []
+    real = module.restore_blocks
+    monkeypatch.setattr(module, "restore_blocks",
+                        lambda m, x, r, d, *a: seen.append(np.array(d)) or real(m, x, r, d, *a))
+    return seen
+
+
 def test_default_restored_depth_is_the_median_of_the_cells_label(model_and_data, monkeypatch):
     """``depth="auto"`` restores each cell to the median depth of its label's training cells (cell types differ in
     depth ten-fold on real PBMCs) or, where that is deeper, of every training cell; to the median over every training
@@ -133,10 +142,7 @@ def test_default_restored_depth_is_the_median_of_the_cells_label(model_and_data,
     assert table["restored_depth"].nunique() > 1  # the labels of this data differ in depth
     assert (table["label_median"] > model.depth_).any()  # ... and the cap binds for one of them
 
-    seen = []
-    real = expression.restore_blocks
-    monkeypatch.setattr(expression, "restore_blocks",
-                        lambda m, x, r, d, *a: seen.append(np.array(d)) or real(m, x, r, d, *a))
+    seen = _spy_on_depths(monkeypatch, expression)
     library = np.asarray(adata.X.sum(axis=1)).ravel()
     cells = np.arange(adata.n_obs)
     for guidance, expected in ((2.0, table.loc[labels, "restored_depth"].to_numpy()), (0.0, model.depth_)):
@@ -156,10 +162,7 @@ def test_impute_restores_each_label_to_its_median_and_records_it(model_and_data,
     import countsdiff_sc.model._imputation as imputation
 
     adata, model = model_and_data
-    seen = []
-    real = imputation.restore_blocks
-    monkeypatch.setattr(imputation, "restore_blocks",
-                        lambda m, x, r, d, *a: seen.append(np.array(d)) or real(m, x, r, d, *a))
+    seen = _spy_on_depths(monkeypatch, imputation)
     data = adata.copy()
     model.impute(data, n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0))
     labels = adata.obs["cell_type"].astype(str).to_numpy()
@@ -272,10 +275,7 @@ def test_a_model_without_labels_restores_every_cell_to_the_overall_median(monkey
     model.train(max_steps=2, accelerator="cpu", enable_progress_bar=False)
     table = model.restored_depth_table()
     assert list(table.index) == ["all cells"] and table["restored_depth"].iloc[0] == pytest.approx(model.depth_)
-    seen = []
-    real = imputation.restore_blocks
-    monkeypatch.setattr(imputation, "restore_blocks",
-                        lambda m, x, r, d, *a: seen.append(np.array(d)) or real(m, x, r, d, *a))
+    seen = _spy_on_depths(monkeypatch, imputation)
     data = adata.copy()
     model.impute(data, n_samples=1, store_samples=False, sampler=cds.Sampler(n_steps=4, seed=0))
     library = np.asarray(adata.X.sum(axis=1)).ravel()

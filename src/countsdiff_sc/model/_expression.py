@@ -47,9 +47,8 @@ def label_depths(depths: np.ndarray, labels: np.ndarray, n_labels: int, quantile
     """The restored depth of each label: the ``quantile`` of its training cells' depths (NaN for a label with fewer
     than ``min_cells`` training cells).
 
-    Cell types differ in depth by an order of magnitude (Hao et al. 2021: Tregs 147, monocytes 1,265, mDCs 1,648
-    UMIs at the median), so one depth for every cell restores a shallow type far beyond what any cell of it holds
-    (the network then supplies most of its profile) and a deep one hardly at all.
+    Cell types differ in depth up to ten-fold on real PBMCs (``docs/defaults.md``), so one depth for every cell
+    restores a shallow type far beyond what its cells hold (the network then supplies most of its profile).
 
     Examples
     --------
