@@ -117,17 +117,17 @@ class ExpressionMixin:
         a model without labels every cell is restored to ``depth_``; at guidance 0 the output reads no label.
         """
         base = self._restored_depth("auto")
-        table = self._label_depth_table()
-        if table is None or codes is None or not self._uses_label_depths(strengths):
+        if codes is None or not self._uses_label_depths(strengths):
             return base
-        per = table[np.clip(codes[:, 0], 0, table.size - 1)]
-        per[(codes[:, 0] < 0) | (codes[:, 0] >= table.size)] = np.nan
-        return np.fmin(per, base)  # NaN (too few training cells, unknown code): base
+        table = np.fmin(self._label_depth_table(), base)  # NaN (too few training cells): base
+        return table[codes[:, 0]]
 
     def _uses_label_depths(self, strengths: float | list[float]) -> bool:
-        """Whether ``depth="auto"`` reads each cell's label at these guidance strengths."""
+        """Whether ``depth="auto"`` reads each cell's label at these guidance strengths: a model with labels and a
+        record of its training cells' depths, and a label guidance above 0."""
         label_strength = strengths if not isinstance(strengths, list) else (strengths[0] if strengths else 0.0)
-        return self._label_depth_table() is not None and label_strength > 0
+        recorded = getattr(self, "train_depths_", None) is not None and getattr(self, "train_codes_", None) is not None
+        return recorded and self.condition_space.use_labels and label_strength > 0
 
     def _label_depth_table(self) -> np.ndarray | None:
         """The median depth of each label's training cells (NaN where too few), or None for a model without labels

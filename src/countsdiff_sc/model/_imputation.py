@@ -225,9 +225,7 @@ class ImputationMixin:
             "draws_made": made,
             "point_estimate": point_estimate, "n_cells_imputed": n_cells, "n_entries_imputed": n_entries,
             "preset": self.preset, **run.record(),
-            **({"restored_depth": "median of the cell's label, at most that of all cells" if self._uses_label_depths(
-                self.condition_space.guidance_strengths(run.sampler.guidance)) else "median of the training cells"}
-               if kind == "denoise" else {}),
+            **({"restored_depth": _depth_rule(self, run)} if kind == "denoise" else {}),
         })
         return imputed, samples
 
@@ -346,6 +344,13 @@ class ImputationMixin:
             if samples is not None:
                 samples[block.cells] = np.rint(reps).astype(draw_type)
         return imputed, samples, spread, shape[0], shape[0] * shape[1]
+
+
+def _depth_rule(model: Any, run: ChainSettings) -> str:
+    """What ``depth="auto"`` restored the cells to, for ``uns`` (:meth:`ExpressionMixin._auto_depths`)."""
+    if model._uses_label_depths(model.condition_space.guidance_strengths(run.sampler.guidance)):
+        return "median of the cell's label, at most that of all cells"
+    return "median of the training cells"
 
 
 def _blocks(x: Any, shape: tuple[int, int]):
