@@ -97,3 +97,19 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
         "try:\n    import inmoose\nexcept ImportError:\n    inmoose = None\n"
     )
     assert script_imports(good) == [] and import_fallbacks(good) == []
+
+
+@pytest.mark.parametrize(("first", "expected"), [("", "1"), ("import numba; ", "None")])
+def test_numba_threads_set_only_before_numba(first, expected):
+    """A benchmark run (``python -m benchmarks.x`` imports the package first) gets one numba thread; an importer that
+    already loaded numba (the test suite, via scanpy) keeps its environment, since a changed NUMBA_NUM_THREADS makes
+    numba's next compilation fail once a cached kernel has started the thread pool."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    code = f"{first}import os, benchmarks; print(os.environ.get('NUMBA_NUM_THREADS'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=BENCHMARKS.parent, env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == expected
