@@ -60,15 +60,29 @@ class Truth:
         self.markers = top_markers(self.log, self.labels, self.groups)
         self.n_pcs, self.seed = n_pcs, seed
 
+    def entry_scores(self, x: np.ndarray) -> dict[str, float]:
+        """The metrics read entry by entry (no clustering, markers or gene correlations): per-cell r, the RMSEs and
+        the false signal of one method's output (counts scale), after rescaling it to the truth's libraries."""
+        x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)
+        tot = x.sum(axis=1, keepdims=True)
+        scaled = np.divide(x * self.lib[:, None], tot, out=np.zeros_like(x), where=tot > 0)
+        return {
+            "cell_r": float(row_pearson(lognorm(x), self.log).mean()),
+            "rmse_dropouts": float(np.sqrt(np.mean((scaled - self.counts)[self.dropout] ** 2))),
+            "false_signal": float(scaled[self.zero].mean()),
+            # every entry the method sees as 0 (a dropout or a true zero): selected on the data, not on the truth
+            "rmse_zeros": float(np.sqrt(np.mean((scaled - self.counts)[self.dropout | self.zero] ** 2))),
+            "rmse_all": float(np.sqrt(np.mean((scaled - self.counts) ** 2))),
+        }
+
     def score(self, x: np.ndarray) -> dict[str, float]:
-        """All metrics of one method's output (counts scale)."""
+        """All metrics of one method's output (counts scale): :meth:`entry_scores` and the analyses (gene-gene
+        correlations, Leiden ARI / NMI, marker overlap)."""
         from sklearn.decomposition import PCA
 
         from countsdiff_sc import metrics
 
         x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)
-        tot = x.sum(axis=1, keepdims=True)
-        scaled = np.divide(x * self.lib[:, None], tot, out=np.zeros_like(x), where=tot > 0)
         logx = lognorm(x)
         corr = gene_corr(logx[:, self.genes])
         ref, got = self.corr[self.pairs], corr[self.pairs]
@@ -77,12 +91,7 @@ class Truth:
         clus = metrics.leiden_nmi_ari(emb, self.labels, rule="max_ari", seed=self.seed)
         top = top_markers(logx, self.labels, self.groups)
         return {
-            "cell_r": float(row_pearson(logx, self.log).mean()),
-            "rmse_dropouts": float(np.sqrt(np.mean((scaled - self.counts)[self.dropout] ** 2))),
-            "false_signal": float(scaled[self.zero].mean()),
-            # every entry the method sees as 0 (a dropout or a true zero): selected on the data, not on the truth
-            "rmse_zeros": float(np.sqrt(np.mean((scaled - self.counts)[self.dropout | self.zero] ** 2))),
-            "rmse_all": float(np.sqrt(np.mean((scaled - self.counts) ** 2))),
+            **self.entry_scores(x),
             "gene_r": float(np.corrcoef(ref, got)[0, 1]) if got.std() > 0 else 0.0,
             "gene_abs_dr": float(np.abs(ref - got).mean()),
             "ari": clus["ari"],

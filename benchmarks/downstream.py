@@ -99,8 +99,11 @@ Usage::
     python -m benchmarks.downstream            # full run (about half an hour on 2 uncontended CPU cores)
     python -m benchmarks.downstream --quick    # smoke test (a few minutes: 300 simulated cells x 200 genes,
                                                # 1,000 CBMC cells, 200 training steps, 10 reverse steps)
+    python -m benchmarks.downstream --splits 0,1,2,3,4   # setting (b) on five train / test splits, two worker
+                                                       # processes at a time (about 40 min): downstream_splits.md
 
-Writes ``benchmarks/results[/quick]/downstream.md`` and ``.json``.
+Writes ``benchmarks/results[/quick]/downstream.md`` and ``.json`` (``--splits``: ``downstream_splits.md`` and
+``.json``: one split cannot rank methods whose scores differ by less than the split-to-split spread).
 """
 
 from __future__ import annotations
@@ -159,6 +162,12 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settings", default="sim,cbmc", help="comma-separated: sim, cbmc")
     p.add_argument("--merge", action="store_true",
                    help="keep the other setting's results from the existing page's JSON (run the settings separately)")
+    p.add_argument("--splits", default=None,
+                   help="comma-separated split seeds: run setting (b) on each split (lean method set, entry metrics) "
+                        "and write downstream_splits.md instead of the main page")
+    p.add_argument("--jobs", type=int, default=2, help="--splits: worker processes at a time (one thread each)")
+    p.add_argument("--timeout", type=float, default=7200.0, help="--splits: seconds per split before it is dropped")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -293,6 +302,7 @@ def run_methods(
     seed: int,
     timings: dict[str, float],
     tag: str,
+    lean: bool = False,
 ) -> dict[str, np.ndarray | None]:
     """Every method's output (counts scale, dense) on the observed cells ``data``.
 
@@ -300,7 +310,8 @@ def run_methods(
     they are scored against: clusters or transferred labels) and both validity layers of ``mark_both``;
     ``cd_models`` the CountsDiff models of ``train_countsdiff``; ``reference`` holds full-depth training cells
     (setting b) or is None (setting a: the observed cells are their own reference). An output of None means "not
-    available". ``n_steps``: reverse steps of CountsDiff's chains.
+    available". ``n_steps``: reverse steps of CountsDiff's chains. ``lean``: the baselines and the default flow's
+    ``impute`` at guidance default / 0 / 1 only (the split replicates; ``cd_models`` needs no ``"paper"`` model).
     """
     from countsdiff_sc import baselines
 
@@ -329,7 +340,7 @@ def run_methods(
         out["scVI normalised x library"] = timed("scvi", lambda: _scvi_output(scvi_model, data, label, seed))
     import countsdiff_sc as cds
 
-    old, model = cd_models["paper"], cd_models["default"]
+    model = cd_models["default"]
     mine = data.copy()  # the default flow reads its own validity layer under its registered name
     imputed, _ = timed("countsdiff_impute", lambda: model.impute(mine, n_samples=5, sampler=cds.Sampler(seed=seed)))
     out[COUNTSDIFF[0]] = np.asarray(imputed, dtype=np.float64)
@@ -341,6 +352,8 @@ def run_methods(
     imputed, _ = timed("countsdiff_impute_g1", lambda: model.impute(
         plain, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=1.0)))
     out[COUNTSDIFF[4]] = np.asarray(imputed, dtype=np.float64)
+    if lean:
+        return out
     uncapped = data.copy()  # the development default before the cap (guidance above 1 may raise a gene too)
     imputed, _ = timed("countsdiff_impute_g15_uncapped", lambda: model.impute(
         uncapped, n_samples=5, sampler=cds.Sampler(seed=seed, guidance=1.5, guidance_cap=math.inf)))
@@ -349,7 +362,7 @@ def run_methods(
     draw = timed("countsdiff_restoration_draw", lambda: model.get_normalized_expression(
         data, library_size=1, n_samples=1, method="depth", return_numpy=True, sampler=cds.Sampler(seed=seed)))
     out[COUNTSDIFF[2]] = np.asarray(draw, dtype=np.float64) * lib
-    legacy = data.copy()
+    old, legacy = cd_models["paper"], data.copy()
     legacy.layers[VALID_DEFAULT] = legacy.layers[VALID_PAPER]  # the 0.1 model reads the Algorithm 1 marks
     imputed, _ = timed("countsdiff_dropouts_alg1", lambda: old.impute(
         legacy, target="dropouts", n_samples=5, store_samples=False, key_added="cd_alg1",
@@ -475,6 +488,37 @@ def _ari(a: Any, b: Any) -> float:
     return float(adjusted_rand_score(np.asarray(a).astype(str), np.asarray(b).astype(str)))
 
 
+def cbmc_split(n_cells: int | None, seed: int) -> tuple[ad.AnnData, ad.AnnData]:
+    """Setting (b)'s cells: CBMC (or a seeded subset of ``n_cells``), split 90% training / 10% test, stratified by
+    cell type (``pp.split_cells`` with ``seed``); the training cells carry both validity layers (``mark_both``)."""
+    from countsdiff_sc import pp
+
+    adata = common.cbmc(n_cells, seed)
+    pp.split_cells(adata, train=0.9, validation=0.0, test=0.1, seed=seed, stratify="cell_type")
+    split = adata.obs["countsdiff_split"]
+    train, test = adata[split == "train"].copy(), adata[split == "test"].copy()
+    common.log(f"== (b) CBMC {adata.n_obs} cells (split seed {seed}): {train.n_obs} training, {test.n_obs} test")
+    mark_both(train, "cell_type", seed)
+    return train, test
+
+
+def thinned_test_cells(train: ad.AnnData, test: ad.AnnData, fraction: float, seed: int,
+                       index: int) -> tuple[ad.AnnData, np.ndarray, np.ndarray]:
+    """The test cells thinned to ``fraction`` (thinning seed ``seed + 1000 + index``), with cell types transferred
+    from the training cells by 15-NN and both validity layers; returns the AnnData, the thinned counts and the
+    predicted labels."""
+    import scipy.sparse as sp
+
+    x_thin = thin_counts(_dense(test.X), fraction, seed + 1000 + index)
+    predicted = transfer_labels(_dense(train.X), train.obs["cell_type"], x_thin, seed=seed)
+    categories = train.obs["cell_type"].cat.categories
+    obs = ad.AnnData(X=sp.csr_matrix(x_thin), var=pd.DataFrame(index=test.var_names),
+                     obs=pd.DataFrame({"cell_type": pd.Categorical(predicted, categories=categories)},
+                                      index=test.obs_names))
+    mark_both(obs, "cell_type", seed)
+    return obs, x_thin, predicted
+
+
 def setting_cbmc(cfg: dict[str, Any], timings: dict[str, float]) -> tuple[list[pd.DataFrame], dict[str, Any]]:
     """Setting (b): CBMC test cells thinned to 10 / 25 / 50% depth, the original cells as truth.
 
@@ -484,17 +528,7 @@ def setting_cbmc(cfg: dict[str, Any], timings: dict[str, float]) -> tuple[list[p
     covariate. One extra row, marked as a leak and not a target, gives CountsDiff depth restoration the true test
     labels, to show how much of its clustering comes from them.
     """
-    import scipy.sparse as sp
-
-    from countsdiff_sc import pp
-
-    adata = common.cbmc(cfg["cbmc_cells"], cfg["seed"])
-    pp.split_cells(adata, train=0.9, validation=0.0, test=0.1, seed=cfg["seed"], stratify="cell_type")
-    split = adata.obs["countsdiff_split"]
-    train = adata[split == "train"].copy()
-    test = adata[split == "test"].copy()
-    common.log(f"== (b) CBMC {adata.n_obs} cells: {train.n_obs} training, {test.n_obs} test")
-    mark_both(train, "cell_type", cfg["seed"])
+    train, test = cbmc_split(cfg["cbmc_cells"], cfg["seed"])
     models = train_countsdiff(train, "cell_type", cfg["max_steps"], cfg["seed"], timings, "(b)", cfg["default_steps"])
     model, t_train = models["default"], timings["(b): countsdiff_train_default"]
     t0 = time.perf_counter()
@@ -505,18 +539,13 @@ def setting_cbmc(cfg: dict[str, Any], timings: dict[str, float]) -> tuple[list[p
                             "depth_D": float(model.depth_), "fractions": [],
                             "depth_by_label": model.restored_depth_table()["restored_depth"].to_dict(),
                             "default_budget": dict(model.train_budget_)}
-    x_true, x_train = _dense(test.X), _dense(train.X)
+    x_true = _dense(test.X)
     true_labels = test.obs["cell_type"].astype(str).to_numpy()
     categories = train.obs["cell_type"].cat.categories
     truth = None
     tables = []
     for i, f in enumerate(cfg["fractions"]):
-        x_thin = thin_counts(x_true, f, cfg["seed"] + 1000 + i)
-        predicted = transfer_labels(x_train, train.obs["cell_type"], x_thin, seed=cfg["seed"])
-        obs = ad.AnnData(X=sp.csr_matrix(x_thin), var=pd.DataFrame(index=test.var_names),
-                         obs=pd.DataFrame({"cell_type": pd.Categorical(predicted, categories=categories)},
-                                          index=test.obs_names))
-        mark_both(obs, "cell_type", cfg["seed"])
+        obs, x_thin, predicted = thinned_test_cells(train, test, f, cfg["seed"], i)
         dropout = (x_thin == 0) & (x_true > 0)
         if truth is None:
             truth = Truth(x_true, dropout, true_labels, seed=cfg["seed"])
@@ -539,6 +568,134 @@ def setting_cbmc(cfg: dict[str, Any], timings: dict[str, float]) -> tuple[list[p
         outputs[LEAK] = np.asarray(leak, dtype=np.float64)
         tables.append(score_methods(outputs, truth, cond, "b"))
     return tables, info
+
+
+# --------------------------------------------------------------------------------------------------- split replicates
+
+#: the metrics scored per split (entry by entry; the analyses of the main page are left out)
+SPLIT_METRICS = ("cell_r", "rmse_dropouts", "false_signal", "rmse_zeros", "rmse_all")
+#: the CountsDiff rows of the split replicates (``run_methods(lean=True)``)
+SPLIT_COUNTSDIFF = (COUNTSDIFF[0], COUNTSDIFF[1], COUNTSDIFF[4])
+
+
+def split_replicate(spec: dict[str, Any]) -> dict[str, Any]:
+    """Setting (b) on one train / test split (split, thinning and training seed ``spec["seed"]``): the default flow's
+    CountsDiff model and scVI trained on its training cells, the baselines and the default flow's ``impute`` at
+    guidance default / 0 / 1 (``run_methods(lean=True)``) on its thinned test cells, scored entry by entry
+    (``Truth.entry_scores``). Split seed 0 is the main page's split. Returns the rows and the run's facts."""
+    seed = int(spec["seed"])
+    common.start(seed, int(spec["threads"]))
+    cfg = config(_parse(["--quick"] if spec["quick"] else []))
+    cfg["scvi_epochs"] = spec.get("scvi_epochs") or cfg["scvi_epochs"]
+    train, test = cbmc_split(cfg["cbmc_cells"], seed)
+    model, t_train = _countsdiff_model(train.copy(), "cell_type", cfg["default_steps"], seed, VALID_DEFAULT,
+                                       "default")
+    t0 = time.perf_counter()
+    scvi_model, epochs = _scvi_model(train, "cell_type", cfg["scvi_epochs"], seed)
+    t_scvi = time.perf_counter() - t0
+    x_true = _dense(test.X)
+    true_labels = test.obs["cell_type"].astype(str).to_numpy()
+    rows, truth, timings = [], None, {}
+    for i, f in enumerate(cfg["fractions"]):
+        obs, x_thin, _ = thinned_test_cells(train, test, f, seed, i)
+        dropout = (x_thin == 0) & (x_true > 0)
+        if truth is None:
+            truth = Truth(x_true, dropout, true_labels, seed=seed)
+        else:
+            truth.dropout = dropout
+        cond = f"depth {f:.0%}"
+        outputs = run_methods(obs, "cell_type", {"default": model}, scvi_model, reference=train,
+                              n_steps=cfg["n_steps"], seed=seed, timings=timings, tag=cond, lean=True)
+        for name, x in outputs.items():
+            if x is not None:
+                rows.append({"seed": seed, "condition": cond, "method": name, **truth.entry_scores(x)})
+    return {"rows": rows, "countsdiff_train_s": t_train, "scvi_train_s": t_scvi, "scvi_epochs": epochs,
+            "countsdiff_steps": int(model.train_budget_.get("steps_run") or 0)}
+
+
+def split_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and s.d. over the splits of every metric, per condition and method (the methods in their order)."""
+    order = list(dict.fromkeys(table.method))
+    agg = table.groupby(["condition", "method"], sort=False)[list(SPLIT_METRICS)].agg(["mean", "std"])
+    agg.columns = [f"{m}_{stat}" for m, stat in agg.columns]
+    agg = agg.reset_index()
+    agg["n_splits"] = table.groupby(["condition", "method"], sort=False).size().to_numpy()
+    agg["order"] = agg.method.map(order.index)
+    return agg.sort_values(["condition", "order"], kind="stable").drop(columns="order").reset_index(drop=True)
+
+
+def split_targets(table: pd.DataFrame) -> pd.DataFrame:
+    """Issue 30's target on the split replicates: at 10% and 25% depth, each CountsDiff row against no imputation and
+    every baseline, on the mean over the splits, with the splits won one by one (paired: same split, same cells)."""
+    rows = []
+    for cond in [c for c in dict.fromkeys(table.condition) if c in ("depth 10%", "depth 25%")]:
+        here = table[table.condition == cond]
+        rivals = [m for m in dict.fromkeys(here.method) if m not in SPLIT_COUNTSDIFF]
+        for variant in SPLIT_COUNTSDIFF:
+            mine = here[here.method == variant].set_index("seed")
+            for metric in ("cell_r", "rmse_dropouts"):
+                higher = METRICS[metric][1]
+                for rival in rivals:
+                    theirs = here[here.method == rival].set_index("seed")[metric].reindex(mine.index)
+                    diff = mine[metric] - theirs
+                    won = int(sum(_better(a, b, higher) for a, b in zip(mine[metric], theirs, strict=True)))
+                    rows.append({"condition": cond, "variant": variant, "metric": METRICS[metric][0], "rival": rival,
+                                 "mean": float(mine[metric].mean()), "rival mean": float(theirs.mean()),
+                                 "mean difference": float(diff.mean()), "s.d. of difference": float(diff.std()),
+                                 "splits won": f"{won} / {len(diff)}",
+                                 "met (mean)": _better(mine[metric].mean(), theirs.mean(), higher)})
+    return pd.DataFrame(rows)
+
+
+def replicates(args: argparse.Namespace) -> None:
+    """``--splits``: setting (b) on several splits, one worker process per split (``--jobs`` at a time, one torch
+    thread each); writes ``downstream_splits.md`` / ``.json``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t_all = time.perf_counter()
+    seeds = [int(v) for v in args.splits.split(",") if v.strip()]
+    specs = [{"task": "split", "seed": s, "threads": 1, "quick": bool(args.quick), "scvi_epochs": args.scvi_epochs}
+             for s in seeds]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(lambda spec: common.run_worker("benchmarks.downstream", spec, args.timeout), specs))
+    failed = [r for r in results if "error" in r]
+    if failed:
+        raise RuntimeError(f"split replicates failed: {[(r['seed'], r['error']) for r in failed]}")
+    table = pd.DataFrame([row for r in results for row in r["rows"]])
+    summary, targets = split_summary(table), split_targets(table)
+    facts = pd.DataFrame([{k: r[k] for k in ("seed", "countsdiff_train_s", "countsdiff_steps", "scvi_train_s",
+                                            "scvi_epochs", "wall_s")} for r in results]).round(0)
+    lines = ["# Downstream benchmark, setting (b) on several train / test splits", "",
+             common.command_header("downstream", args.quick, time.perf_counter() - t_all) + f" {args.jobs} worker "
+             "processes at a time, one torch thread each; timings are indicative.", "",
+             "The main page (`downstream.md`) scores one split (seed 0). Here the same protocol runs on "
+             f"{len(seeds)} splits (seeds {', '.join(map(str, seeds))}): each seed draws its own 10% of test cells "
+             "(stratified by cell type), its own thinning and its own training of the default CountsDiff model "
+             "(the plain `train()`) and of scVI (as on the main page). The methods are the main page's baselines "
+             "and the default model's `impute` at the default guidance, 0 and 1; the metrics are those read entry "
+             "by entry (definitions on the main page). Split seed 0 is the main page's split.", "",
+             "## Mean (s.d.) over the splits", ""]
+    for cond, sub in summary.groupby("condition", sort=False):
+        frame = pd.DataFrame({METRICS[m][0]: [f"{a:.4g} ({b:.2g})" for a, b in zip(sub[f"{m}_mean"], sub[f"{m}_std"],
+                                                                                     strict=True)]
+                              for m in SPLIT_METRICS}, index=sub.method.to_numpy())
+        frame.index.name = "method"
+        lines += [f"### {cond}", "", common.frame_to_markdown(frame), ""]
+    lines += ["## Per split: RMSE dropouts", ""]
+    pivot = table.pivot_table(index=["condition", "method"], columns="seed", values="rmse_dropouts", sort=False)
+    pivot.columns = [f"seed {c}" for c in pivot.columns]
+    lines += [common.frame_to_markdown(pivot.reset_index(), index=False), "",
+              "## Target of issue 30 on the splits", "",
+              "At 10% and 25% depth, each CountsDiff row against no imputation and every baseline: the mean over the "
+              "splits (met when better), the paired difference (CountsDiff minus the rival, same cells) and the "
+              "splits won one by one.", "",
+              common.frame_to_markdown(targets.assign(**{"met (mean)": targets["met (mean)"].map(
+                  {True: "met", False: "not met"})}), index=False), "",
+              "## Runs", "", common.frame_to_markdown(facts, index=False), ""]
+    payload = {"settings": {"seeds": seeds, "quick": bool(args.quick), "jobs": args.jobs}, **common.machine_info(),
+               "runs": [{k: v for k, v in r.items() if k != "rows"} for r in results],
+               "table": table.to_dict(orient="records"), "targets": targets.to_dict(orient="records")}
+    common.write_results(common.result_stem("downstream_splits", args.quick), lines, payload)
 
 
 # --------------------------------------------------------------------------------------------------- targets
@@ -623,6 +780,14 @@ def run(cfg: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
+    if args.worker:
+        import json
+
+        print("RESULT " + json.dumps(split_replicate(json.loads(args.worker)), default=float), flush=True)
+        return
+    if args.splits:
+        replicates(args)
+        return
     import scvi
 
     common.quiet()
