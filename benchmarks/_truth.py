@@ -75,6 +75,20 @@ class Truth:
             "rmse_all": float(np.sqrt(np.mean((scaled - self.counts) ** 2))),
         }
 
+    def dropout_errors_by_label(self, x: np.ndarray) -> list[dict[str, Any]]:
+        """Per label of the truth: the dropout entries, their summed squared error and that over every entry, with the
+        rescaling of :meth:`entry_scores` (the sums add up to the totals behind its RMSEs)."""
+        x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)
+        tot = x.sum(axis=1, keepdims=True)
+        sq = (np.divide(x * self.lib[:, None], tot, out=np.zeros_like(x), where=tot > 0) - self.counts) ** 2
+        rows = []
+        for label in np.unique(self.labels):
+            cells = self.labels == label
+            rows.append({"label": str(label), "cells": int(cells.sum()), "dropouts": int(self.dropout[cells].sum()),
+                         "sse_dropouts": float(sq[cells][self.dropout[cells]].sum()),
+                         "sse_all": float(sq[cells].sum())})
+        return rows
+
     def score(self, x: np.ndarray) -> dict[str, float]:
         """All metrics of one method's output (counts scale): :meth:`entry_scores` and the analyses (gene-gene
         correlations, Leiden ARI / NMI, marker overlap)."""

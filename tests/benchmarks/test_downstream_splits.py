@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from benchmarks._truth import Truth
-from benchmarks.downstream import SPLIT_COUNTSDIFF, split_summary, split_targets
+from benchmarks.downstream import SPLIT_COUNTSDIFF, split_by_label, split_summary, split_targets
 
 
 def test_entry_scores_follow_their_definitions():
@@ -31,6 +31,14 @@ def test_entry_scores_follow_their_definitions():
     # the truth scores perfectly on every entry metric
     perfect = t.entry_scores(truth)
     assert perfect["rmse_all"] == pytest.approx(0.0, abs=1e-12) and perfect["cell_r"] == pytest.approx(1.0)
+    # the per-label sums add up to the totals behind the RMSEs
+    parts = pd.DataFrame(t.dropout_errors_by_label(out)).set_index("label")
+    assert list(parts.index) == ["a", "b"] and parts.cells.tolist() == [20, 20]
+    assert parts.dropouts.sum() == dropout.sum()
+    assert np.sqrt(parts.sse_dropouts.sum() / parts.dropouts.sum()) == pytest.approx(got["rmse_dropouts"])
+    assert np.sqrt(parts.sse_all.sum() / truth.size) == pytest.approx(got["rmse_all"])
+    a = np.arange(20)
+    assert parts.at["a", "sse_dropouts"] == pytest.approx(((scaled - truth)[a][dropout[a]] ** 2).sum())
 
 
 def _table() -> pd.DataFrame:
@@ -80,3 +88,21 @@ def test_split_targets_are_paired_and_on_the_mean():
     # only the 10% / 25% conditions, every CountsDiff row against every rival on both metrics
     assert set(targets.condition) == {"depth 10%", "depth 25%"}
     assert len(targets) == 2 * len(SPLIT_COUNTSDIFF) * 2 * 2
+
+
+def test_split_by_label_pools_splits_and_shares_the_difference():
+    rows = []
+    for seed in (0, 1):
+        for method, sse in (("mine", {"x": 8.0, "y": 2.0}), ("theirs", {"x": 2.0, "y": 4.0})):
+            for label in ("x", "y"):
+                rows.append({"seed": seed, "condition": "depth 25%", "method": method, "label": label, "cells": 3,
+                             "dropouts": 2, "sse_dropouts": sse[label] * (1 + seed), "sse_all": 0.0})
+    rows.append({"seed": 0, "condition": "depth 10%", "method": "mine", "label": "x", "cells": 3, "dropouts": 2,
+                 "sse_dropouts": 1e6, "sse_all": 0.0})  # another condition: ignored
+    out = split_by_label(pd.DataFrame(rows), "depth 25%", "mine", "theirs")
+    assert out.index.tolist() == ["x", "y"]  # the largest share first
+    assert out.at["x", "RMSE mine"] == pytest.approx(np.sqrt((8 + 16) / 4))
+    assert out.at["y", "RMSE theirs"] == pytest.approx(np.sqrt((4 + 8) / 4))
+    assert out.at["x", "dropouts"] == 4 and out.at["x", "test cells (all splits)"] == 6
+    # differences: x 24 - 6 = 18 more, y 6 - 12 = 6 less, 12 in all: shares 18 / 12 and -6 / 12
+    assert out["share of the SSE difference"].tolist() == pytest.approx([1.5, -0.5])
