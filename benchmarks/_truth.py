@@ -60,12 +60,16 @@ class Truth:
         self.markers = top_markers(self.log, self.labels, self.groups)
         self.n_pcs, self.seed = n_pcs, seed
 
+    def _rescaled(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A method's output clipped at 0, and that output rescaled to the truth's library of each cell."""
+        x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)
+        tot = x.sum(axis=1, keepdims=True)
+        return x, np.divide(x * self.lib[:, None], tot, out=np.zeros_like(x), where=tot > 0)
+
     def entry_scores(self, x: np.ndarray) -> dict[str, float]:
         """The metrics read entry by entry (no clustering, markers or gene correlations): per-cell r, the RMSEs and
         the false signal of one method's output (counts scale), after rescaling it to the truth's libraries."""
-        x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)
-        tot = x.sum(axis=1, keepdims=True)
-        scaled = np.divide(x * self.lib[:, None], tot, out=np.zeros_like(x), where=tot > 0)
+        x, scaled = self._rescaled(x)
         return {
             "cell_r": float(row_pearson(lognorm(x), self.log).mean()),
             "rmse_dropouts": float(np.sqrt(np.mean((scaled - self.counts)[self.dropout] ** 2))),
@@ -78,9 +82,7 @@ class Truth:
     def dropout_errors_by_label(self, x: np.ndarray) -> list[dict[str, Any]]:
         """Per label of the truth: the dropout entries, their summed squared error and that over every entry, with the
         rescaling of :meth:`entry_scores` (the sums add up to the totals behind its RMSEs)."""
-        x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)
-        tot = x.sum(axis=1, keepdims=True)
-        sq = (np.divide(x * self.lib[:, None], tot, out=np.zeros_like(x), where=tot > 0) - self.counts) ** 2
+        sq = (self._rescaled(x)[1] - self.counts) ** 2
         rows = []
         for label in np.unique(self.labels):
             cells = self.labels == label

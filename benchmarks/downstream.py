@@ -611,11 +611,11 @@ def split_replicate(spec: dict[str, Any]) -> dict[str, Any]:
                 rows.append({"seed": seed, "condition": cond, "method": name, **truth.entry_scores(x)})
                 by_label += [{"seed": seed, "condition": cond, "method": name, **r}
                              for r in truth.dropout_errors_by_label(x)]
+    depth_table = model.restored_depth_table()
     return {"rows": rows, "by_label": by_label, "countsdiff_train_s": t_train, "scvi_train_s": t_scvi,
             "scvi_epochs": epochs,
             "countsdiff_steps": int(model.train_budget_.get("steps_run") or 0),
-            "restored_depth": model.restored_depth_table()["restored_depth"].to_dict(),
-            "label_median": model.restored_depth_table()["label_median"].to_dict()}
+            **{key: depth_table[key].to_dict() for key in ("label_median", "restored_depth")}}
 
 
 def split_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -654,9 +654,9 @@ def split_targets(table: pd.DataFrame) -> pd.DataFrame:
 
 def split_by_label(by_label: pd.DataFrame, condition: str, method: str, rival: str) -> pd.DataFrame:
     """Where ``method``'s RMSE at the dropouts differs from ``rival``'s in ``condition``: per cell type (the truth's
-    labels), the dropout entries and each method's RMSE over them, pooled over the splits, the restored depth of the
-    type (the mean over the splits), and the type's share of the difference in summed squared error (positive:
-    ``method`` has the larger error there; the shares add up to 1)."""
+    labels), the test cells and dropout entries, each method's RMSE over them, pooled over the splits, and the type's
+    share of the difference in summed squared error (positive: ``method`` has the larger error there; the shares add
+    up to 1), the largest first."""
     here = by_label[by_label.condition == condition]
     sums = here.groupby(["method", "label"])[["dropouts", "sse_dropouts", "cells"]].sum()
     mine, theirs = sums.loc[method], sums.loc[rival]
